@@ -1,0 +1,1 @@
+"""Host-side tools: board files, Debian package cache, cpio, ELF and module closure, freezing, images."""

@@ -1,0 +1,137 @@
+"""Board files: everything the builder and the QEMU harness need to know about one board, read from TOML
+and checked up front so a typo is reported with the file and key at fault, not as a failed boot later."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from builder.arch import Arch, get_arch
+
+COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
+DEFAULT_BOARD = "qemu-aarch64"
+
+
+class BoardError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Kernel:
+    package: str | None = None  # Debian package (or metapackage)
+    image: Path | None = None  # own kernel: the image file
+    modules_dir: Path | None = None  # own kernel: lib/modules/<version>
+    version: str | None = None  # own kernel: its release (defaults to modules_dir's name)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    path: Path
+    description: str
+    arch: Arch
+    kernel: Kernel
+    compression: str
+    modules: tuple[str, ...]
+    console: str
+    cmdline: str
+    qemu_system: str
+    qemu_args: tuple[str, ...]
+    qemu_disk: tuple[str, ...]
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def disk_args(self, path: Path, index: int) -> list[str]:
+        return [a.format(path=path, index=index) for a in self.qemu_disk]
+
+
+def board_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("builder.boards").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_board(name_or_path: str) -> Board:
+    """A board by name (builder/boards/NAME.toml) or by the path of the user's own TOML file."""
+    candidate = Path(name_or_path)
+    if name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = candidate
+        if not path.is_file():
+            raise BoardError(f"board file {path} does not exist")
+    else:
+        path = Path(str(resources.files("builder.boards").joinpath(f"{name_or_path}.toml")))
+        if not path.is_file():
+            raise BoardError(f"unknown board {name_or_path!r}; known boards: {', '.join(board_names())} "
+                             f"(or give the path of a board .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BoardError(f"{path}: not valid TOML: {e}") from None
+    return parse_board(path.name.removesuffix(".toml"), path, data)
+
+
+def _get(data: dict, path: Path, key: str, kind: type, default=None):
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            raise BoardError(f"{path}: [{part}] must be a table")
+    value = node.get(parts[-1], default)
+    if value is None:
+        raise BoardError(f"{path}: missing required key {key!r}")
+    if not isinstance(value, kind):
+        raise BoardError(f"{path}: {key!r} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _str_list(data: dict, path: Path, key: str, default=None) -> tuple[str, ...]:
+    value = _get(data, path, key, list, default)
+    if not all(isinstance(v, str) for v in value):
+        raise BoardError(f"{path}: {key!r} must be a list of strings")
+    return tuple(value)
+
+
+def parse_board(name: str, path: Path, data: dict) -> Board:
+    try:
+        arch = get_arch(_get(data, path, "arch", str))
+    except ValueError as e:
+        raise BoardError(f"{path}: {e}") from None
+    kern = data.get("kernel", {})
+    if not isinstance(kern, dict):
+        raise BoardError(f"{path}: [kernel] must be a table")
+    base = path.parent
+
+    def own_path(key: str) -> Path | None:
+        value = kern.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise BoardError(f"{path}: kernel.{key} must be a string")
+        return (base / value).resolve()
+
+    kernel = Kernel(package=kern.get("package"), image=own_path("image"), modules_dir=own_path("modules_dir"),
+                    version=kern.get("version"))
+    if kernel.package is None and (kernel.image is None or kernel.modules_dir is None):
+        raise BoardError(f"{path}: [kernel] needs either `package` (a Debian kernel package) or both "
+                         f"`image` and `modules_dir` (your own kernel)")
+    if kernel.package is not None and (kernel.image or kernel.modules_dir):
+        raise BoardError(f"{path}: [kernel] has both `package` and `image`/`modules_dir`: pick one")
+    compression = _get(data, path, "initramfs.compression", str, "zstd")
+    if compression not in COMPRESSIONS:
+        raise BoardError(f"{path}: initramfs.compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    return Board(
+        name=name,
+        path=path,
+        description=_get(data, path, "description", str, ""),
+        arch=arch,
+        kernel=kernel,
+        compression=compression,
+        modules=_str_list(data, path, "initramfs.modules", []),
+        console=_get(data, path, "boot.console", str),
+        cmdline=_get(data, path, "boot.cmdline", str, ""),
+        qemu_system=_get(data, path, "qemu.system", str),
+        qemu_args=_str_list(data, path, "qemu.args"),
+        qemu_disk=_str_list(data, path, "qemu.disk"),
+        extra=data,
+    )

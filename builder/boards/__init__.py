@@ -1,0 +1,1 @@
+"""Board files: one TOML file per board (see docs/boards.md)."""

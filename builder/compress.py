@@ -1,0 +1,49 @@
+"""Initramfs compression in the formats the kernel's decompressors accept, deterministically."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import shutil
+import subprocess
+
+# The options matter to the kernel, not just the ratio: its xz decoder knows CRC32 but not CRC64 and
+# wants a small dictionary; its lz4 decoder wants the legacy frame format (-l).
+ZSTD_LEVEL = 19
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"`{name}` is not installed (make deps installs it)")
+    return path
+
+
+def compress(data: bytes, method: str) -> bytes:
+    if method == "none":
+        return data
+    if method == "gzip":
+        return gzip.compress(data, compresslevel=9, mtime=0)
+    if method == "xz":
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                             filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << 20}])
+    if method == "zstd":
+        # One thread, fixed level: the output depends on nothing but the input.
+        cmd = [_tool("zstd"), f"-{ZSTD_LEVEL}", "-T1", "-q", "-c", "--no-progress"]
+    elif method == "lz4":
+        cmd = [_tool("lz4"), "-l", "-9", "-q", "-c"]
+    else:
+        raise ValueError(f"unknown compression {method!r}")
+    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
+
+
+def decompress(data: bytes, method: str) -> bytes:
+    """For tests and `bankboot inspect`: the inverse of compress()."""
+    if method == "none":
+        return data
+    if method == "gzip":
+        return gzip.decompress(data)
+    if method == "xz":
+        return lzma.decompress(data)
+    cmd = {"zstd": [_tool("zstd"), "-d", "-q", "-c"], "lz4": [_tool("lz4"), "-d", "-q", "-c"]}[method]
+    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout

@@ -1,0 +1,87 @@
+"""Freeze initfs into a PyInstaller onedir bundle for a target architecture, cached by a hash of
+everything that goes in, so an unchanged rebuild does not re-freeze (a freeze under qemu-user takes
+about half a minute; a cache hit takes none).
+
+Onedir, not onefile: onefile keeps its bootloader as PID 1 and runs Python as a child, which cannot
+switch_root, and it unpacks itself into a writable TMPDIR on every start."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from builder.paths import PROJECT, cache_dir
+from builder.pysysroot import PySysroot
+
+ENTRY = PROJECT / "initfs" / "entry.py"
+NAME = "init"
+CONTENTS_DIR = "bankboot"  # the bundle's libraries and Python modules, at /bankboot in the initramfs
+
+# Standard-library parts the init never uses: keeping them out keeps the initramfs small and the
+# start-up short on slow boards.
+EXCLUDES = [
+    "tkinter", "unittest", "pydoc", "doctest", "email", "http", "xml", "xmlrpc", "sqlite3",
+    "ssl", "_ssl", "_hashlib", "lib2to3", "distutils", "setuptools", "pkg_resources", "asyncio",
+    "multiprocessing", "concurrent", "curses", "readline", "pdb", "bz2", "lzma", "_bz2", "_lzma",
+    "decimal", "_decimal", "ftplib", "smtplib", "mailbox",
+]
+
+
+def freeze_inputs() -> list[Path]:
+    """The files whose content decides the frozen result."""
+    return sorted([*(PROJECT / "initfs").glob("*.py"), Path(__file__)])
+
+
+def input_hash(sysroot: PySysroot) -> str:
+    h = hashlib.sha256()
+    h.update(sysroot.stamp.encode())
+    h.update(repr(EXCLUDES).encode())
+    for f in freeze_inputs():
+        h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+class FreezeError(RuntimeError):
+    pass
+
+
+def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
+    """Return the onedir bundle (a directory holding `init` and `bankboot/`), freezing when needed."""
+    key = input_hash(sysroot)
+    out = cache_dir() / "frozen" / sysroot.arch.debian / key
+    if (out / NAME / NAME).is_file():
+        return out / NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent))
+    launcher = work / "run_pyinstaller.py"
+    # PyInstaller starts helper processes with sys.executable (and compat uses _base_executable):
+    # both must be the host-executable wrapper, not the target binary.
+    launcher.write_text(
+        "import sys\n"
+        f"sys.executable = sys._base_executable = {str(sysroot.python)!r}\n"
+        "from PyInstaller.__main__ import run\n"
+        "run()\n"
+    )
+    args = [
+        str(sysroot.python), str(launcher), "--noconfirm", "--onedir", "--name", NAME,
+        "--contents-directory", CONTENTS_DIR, "--strip", "--log-level", "WARN",
+        "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
+        "--paths", str(PROJECT), *[f"--exclude-module={m}" for m in EXCLUDES], str(ENTRY),
+    ]
+    proc = subprocess.run(args, env=sysroot.env(), capture_output=True, text=True, cwd=work)
+    if log is not None:
+        log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not (work / "dist" / NAME / NAME).is_file():
+        tail = (proc.stdout + proc.stderr).strip()[-3000:]
+        shutil.rmtree(work, ignore_errors=True)
+        raise FreezeError(f"PyInstaller failed for {sysroot.arch.debian} (exit {proc.returncode}):\n{tail}")
+    final = work / "final"
+    (work / "dist").rename(final)
+    if out.exists():
+        shutil.rmtree(out)
+    final.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out / NAME

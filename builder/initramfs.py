@@ -1,0 +1,160 @@
+"""Assemble a board's initramfs: the frozen init (or, for comparison, a busybox-sh /init), a static
+busybox with its applet links, the libraries the init needs and the board's kernel modules, written as
+a reproducible cpio archive and compressed the way the board says."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import compress as compression
+from builder.arch import is_native
+from builder.board import Board
+from builder.cpio import write_cpio
+from builder.elf import LibraryResolver, is_elf
+from builder.freeze import CONTENTS_DIR, freeze_init
+from builder.fstree import FsTree
+from builder.kmod import module_closure, run_depmod
+from builder.parts import KernelParts, busybox_applets, locate_busybox, locate_kernel
+from builder.pysysroot import PySysroot, locate_sysroot
+from initfs.version import VERSION
+
+BASE_DIRS = ["bin", "sbin", "usr/bin", "usr/sbin", "lib", "etc/bankboot", "dev", "proc", "sys", "run",
+             "tmp", "mnt", "root", "newroot"]
+INIT_KINDS = ("frozen", "busybox-sh")
+
+# The baseline /init for benchmarks: the same mounts and module loading as ours, in plain busybox sh.
+BUSYBOX_INIT = """#!/bin/sh
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+echo "baseline busybox-sh init on Linux $(uname -r)"
+n=0
+for m in $(cat /etc/bankboot/modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
+echo "baseline: loaded $n kernel modules"
+export PS1='(baseline) \\w # '
+while true; do setsid cttyhack sh -l; done
+"""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    compressed: int
+    unpacked: int
+    compression: str
+    kernel: KernelParts
+
+
+def runner_for(sysroot_or_arch) -> list[str]:
+    arch = sysroot_or_arch.arch if isinstance(sysroot_or_arch, PySysroot) else sysroot_or_arch
+    return [] if is_native(arch) else [shutil.which(arch.qemu_user) or arch.qemu_user]
+
+
+def add_busybox(tree: FsTree, board: Board) -> None:
+    busybox = locate_busybox(board.arch)
+    tree.add_file("bin/busybox", src=busybox, mode=0o755)
+    for applet in busybox_applets(busybox, runner_for(board.arch)):
+        rel = applet.lstrip("/")
+        if rel == "bin/busybox" or rel.startswith("linuxrc"):
+            continue
+        depth = rel.count("/")
+        tree.add_symlink(rel, "../" * (depth - 1) + "bin/busybox" if depth > 1 else "busybox")
+
+
+def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> list[str]:
+    """Copy the modules' closure and give it a modules.dep of its own (so modprobe works in the shell)."""
+    order = module_closure(kernel.modules_dir, names)
+    base = f"lib/modules/{kernel.version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        mdir = Path(tmp) / base
+        for rel in order:
+            dest = mdir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kernel.modules_dir / rel, dest)
+        for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            if (kernel.modules_dir / meta).is_file():
+                shutil.copyfile(kernel.modules_dir / meta, mdir / meta)
+        mdir.mkdir(parents=True, exist_ok=True)
+        run_depmod(Path(tmp), kernel.version)
+        for f in sorted(mdir.rglob("*")):
+            if f.is_file():
+                tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
+    tree.add_file("etc/bankboot/modules", data="".join(f"{r}\n" for r in order).encode())
+    return order
+
+
+def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> None:
+    """The onedir bundle at / (/init and /bankboot/...), plus every library its ELF files need from the
+    sysroot at the path ld.so will look for it: the bootloader runs before anything sets
+    LD_LIBRARY_PATH, so a copy inside the bundle is not enough for it."""
+    bundle = freeze_init(sysroot)
+    contents = bundle / CONTENTS_DIR
+    tree.add_file("init", src=bundle / "init", mode=0o755)
+    tree.add_host_path(CONTENTS_DIR, contents)
+    resolver = LibraryResolver(sysroot.root, sysroot.arch)
+    resolver.add_program(bundle / "init", "/init")
+    for path in sorted(contents.rglob("*")):
+        if path.is_file() and not path.is_symlink() and is_elf(path):
+            target = "/" + str(path.relative_to(bundle))
+            resolver.add_program(path, target, provided=[contents, path.parent])
+    for link, target in sorted(resolver.closure.links.items()):
+        if link.lstrip("/") not in tree:
+            tree.add_symlink(link, target)
+    for f in sorted(resolver.closure.files):
+        if f.lstrip("/") not in tree:
+            tree.add_file(f, src=sysroot.root / f.lstrip("/"))
+
+
+def assemble(board: Board, init: str = "frozen") -> tuple[FsTree, KernelParts]:
+    if init not in INIT_KINDS:
+        raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
+    kernel = locate_kernel(board)
+    tree = FsTree()
+    for d in BASE_DIRS:
+        tree.add_dir(d)
+    tree.add_dir("tmp", 0o1777)
+    tree.add_device("dev/console", "char", 5, 1, 0o600)
+    tree.add_device("dev/null", "char", 1, 3, 0o666)
+    add_busybox(tree, board)
+    add_modules(tree, kernel, board.modules)
+    if init == "frozen":
+        add_frozen_init(tree, locate_sysroot(board.arch))
+    else:
+        tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
+    conf = (f"board={board.name}\nkernel={kernel.version}\narch={board.arch.debian}\n"
+            f"console={board.console}\nbankboot={VERSION}\ninit={init}\n")
+    tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
+    return tree, kernel
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_initramfs(board: Board, output: Path, init: str = "frozen",
+                    compression_method: str | None = None) -> BuildResult:
+    tree, kernel = assemble(board, init)
+    raw = io.BytesIO()
+    write_cpio(tree, raw)
+    method = compression_method or board.compression
+    data = compression.compress(raw.getvalue(), method)
+    write_atomic(output, data)
+    return BuildResult(output, len(data), len(raw.getvalue()), method, kernel)

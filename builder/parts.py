@@ -1,0 +1,107 @@
+"""The parts an initramfs is made of that come from Debian: the kernel (image, modules, device trees)
+and the static busybox, fetched once into the cache. `fetch_*` download when needed; `locate_*` only look
+and say how to fetch when something is missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import debian
+from builder.arch import Arch
+from builder.board import Board
+from builder.kmod import run_depmod
+from builder.paths import cache_dir
+
+
+class PartsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class KernelParts:
+    version: str  # the kernel release, `uname -r`
+    image: Path
+    modules_dir: Path  # .../lib/modules/<version>, with modules.dep
+    dtb_dir: Path | None  # device trees shipped with the kernel package
+
+
+def _record(arch: Arch, package: str) -> Path:
+    return cache_dir() / "kernel" / arch.debian / f"{package}.json"
+
+
+def fetch_kernel(board: Board) -> KernelParts:
+    """Download and unpack the board's Debian kernel package (metapackages resolved) and run depmod."""
+    if board.kernel.package is None:
+        return locate_kernel(board)
+    arch = board.arch
+    versioned = debian.resolve_package(board.kernel.package, arch.debian)
+    deb_version = debian.package_version(versioned, arch.debian)
+    root = cache_dir() / "kernel" / arch.debian / versioned
+    stamp = f"{versioned} {deb_version}\n"
+    if not ((root / ".bankboot-unpacked").exists() and (root / ".bankboot-unpacked").read_text() == stamp):
+        debs = debian.download([versioned], arch.debian, cache_dir() / "debs" / arch.debian)
+        debian.unpack(debs, root, stamp)
+    release = _release_of(root)
+    if not (root / "lib/modules" / release / "modules.dep").is_file():
+        run_depmod(root, release, root / "boot" / f"System.map-{release}")
+    rec = _record(arch, board.kernel.package)
+    rec.write_text(json.dumps({"package": versioned, "deb_version": deb_version, "root": str(root)}))
+    return locate_kernel(board)
+
+
+def _release_of(root: Path) -> str:
+    releases = sorted(p.name for p in (root / "lib/modules").iterdir() if p.is_dir())
+    if len(releases) != 1:
+        raise PartsError(f"{root}/lib/modules holds {releases}, expected exactly one kernel release")
+    return releases[0]
+
+
+def locate_kernel(board: Board) -> KernelParts:
+    k = board.kernel
+    if k.package is None:
+        assert k.image is not None and k.modules_dir is not None
+        if not k.image.is_file():
+            raise PartsError(f"{board.path}: kernel image {k.image} does not exist")
+        if not (k.modules_dir / "modules.dep").is_file():
+            raise PartsError(f"{board.path}: {k.modules_dir}/modules.dep does not exist (run depmod for it)")
+        return KernelParts(k.version or k.modules_dir.name, k.image, k.modules_dir, None)
+    rec = _record(board.arch, k.package)
+    if not rec.is_file():
+        raise PartsError(f"the kernel for board {board.name} ({k.package}:{board.arch.debian}) is not "
+                         f"fetched yet: run `make deps`")
+    root = Path(json.loads(rec.read_text())["root"])
+    release = _release_of(root)
+    image = root / "boot" / f"vmlinuz-{release}"
+    dtbs = root / "usr/lib" / f"linux-image-{release}"
+    return KernelParts(release, image, root / "lib/modules" / release, dtbs if dtbs.is_dir() else None)
+
+
+def fetch_busybox(arch: Arch) -> Path:
+    """The static busybox for `arch` from Debian's busybox-static."""
+    version = debian.package_version("busybox-static", arch.debian)
+    root = cache_dir() / "busybox" / arch.debian
+    debs = []
+    stamp = f"busybox-static {version}\n"
+    if not ((root / ".bankboot-unpacked").exists() and (root / ".bankboot-unpacked").read_text() == stamp):
+        debs = debian.download(["busybox-static"], arch.debian, cache_dir() / "debs" / arch.debian)
+        debian.unpack(debs, root, stamp)
+    return locate_busybox(arch)
+
+
+def locate_busybox(arch: Arch) -> Path:
+    path = cache_dir() / "busybox" / arch.debian / "bin" / "busybox"
+    if not path.is_file():
+        raise PartsError(f"busybox for {arch.debian} is not fetched yet: run `make deps`")
+    return path
+
+
+def busybox_applets(busybox: Path, runner: list[str]) -> list[str]:
+    """The applets this busybox was built with, as install paths (bin/sh, sbin/insmod, ...), asked of the
+    binary itself (under qemu-user for another architecture)."""
+    proc = subprocess.run([*runner, str(busybox), "--list-full"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PartsError(f"{busybox} --list-full failed: {proc.stderr.strip()}")
+    return sorted(line.strip() for line in proc.stdout.splitlines() if line.strip())

@@ -1,0 +1,63 @@
+"""Messages from the init: to the console (our stdout, which the kernel opened on /dev/console) and into
+the kernel log (/dev/kmsg, so `dmesg` on the booted system shows them), stamped with the time since the
+kernel started, like the kernel's own lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+_kmsg_fd: int | None = None
+debug = False
+
+
+def uptime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def open_kmsg() -> None:
+    """After /dev is mounted. Level 7 (debug) keeps the kernel from echoing our lines to the console a
+    second time at the default console loglevel."""
+    global _kmsg_fd
+    try:
+        _kmsg_fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        _kmsg_fd = None
+
+
+def log(msg: str, level: int = 6) -> None:
+    prefix = "bankboot: " if level > 3 else "bankboot: ERROR: "
+    for line in msg.splitlines() or [""]:
+        text = f"[{uptime():12.6f}] {prefix}{line}\n"
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError:
+            pass
+        if _kmsg_fd is not None:
+            try:
+                os.write(_kmsg_fd, f"<7>{prefix}{line}\n".encode(errors="replace"))
+            except OSError:
+                pass
+
+
+def error(msg: str) -> None:
+    log(msg, level=3)
+
+
+class step:
+    """`with step("load modules"):` prints how long the step took when bankboot.debug is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> step:
+        self.start = time.monotonic()
+        if debug:
+            log(f"{self.name} ...")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if debug:
+            log(f"{self.name}: {1000 * (time.monotonic() - self.start):.1f} ms")

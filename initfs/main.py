@@ -1,0 +1,92 @@
+"""bankboot's init: runs as PID 1 from the initramfs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import NoReturn
+
+from initfs import log
+from initfs.cmdline import Cmdline
+from initfs.version import VERSION
+
+CONFIG_FILE = "/etc/bankboot/initramfs.conf"
+
+# What we mount before anything else, as (source, target, type, flags, data).
+from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID  # noqa: E402
+
+EARLY_MOUNTS = [
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+]
+
+
+def read_config(path: str = CONFIG_FILE) -> dict[str, str]:
+    """key=value lines the builder wrote (board name, kernel release, ...)."""
+    config: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    key, value = line.split("=", 1)
+                    config[key.strip()] = value.strip()
+    except FileNotFoundError:
+        pass
+    return config
+
+
+def mount_early() -> None:
+    import errno
+
+    from initfs.syscalls import mount
+
+    for source, target, fstype, flags, data in EARLY_MOUNTS:
+        os.makedirs(target, exist_ok=True)
+        try:
+            mount(source, target, fstype, flags, data)
+        except OSError as e:
+            if e.errno != errno.EBUSY:  # already mounted (by a kernel with DEVTMPFS_MOUNT=y)
+                raise
+
+
+def banner(config: dict[str, str]) -> None:
+    u = os.uname()
+    board = config.get("board", "unknown board")
+    log.log(f"bankboot {VERSION} init on Linux {u.release} ({u.machine}, board {board})")
+
+
+def boot() -> NoReturn:
+    config = read_config()
+    banner(config)
+    with log.step("mount /proc /sys /dev /run"):
+        mount_early()
+    log.open_kmsg()
+    cmdline = Cmdline.from_proc()
+    log.debug = cmdline.has("bankboot.debug")
+    with log.step("load modules"):
+        from initfs.modules import load_modules, read_order
+
+        count = load_modules(os.uname().release, read_order())
+    log.log(f"loaded {count} kernel modules")
+    from initfs.rescue import rescue_shell
+
+    rescue_shell("no boot flow in this build yet: dropping to a shell")
+
+
+def main() -> NoReturn:
+    if os.getpid() != 1:
+        sys.stderr.write("bankboot init: must run as PID 1 (from an initramfs)\n")
+        sys.exit(2)
+    try:
+        boot()
+    except BaseException as e:  # PID 1 must never die: everything ends in the rescue shell
+        detail = "".join(traceback.format_exception(e)).rstrip()
+        log.error(f"unexpected failure: {type(e).__name__}: {e}")
+        log.log(detail)
+        from initfs.rescue import rescue_shell
+
+        rescue_shell(f"boot failed: {e}")

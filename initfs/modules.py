@@ -1,0 +1,53 @@
+"""Loading the kernel modules the builder put into the initramfs, in the order it worked out from
+modules.dep (/etc/bankboot/modules: one path per line, relative to /lib/modules/<release>)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from initfs import log
+from initfs.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
+
+ORDER_FILE = "/etc/bankboot/modules"
+
+
+class ModuleLoadError(RuntimeError):
+    pass
+
+
+def read_order(path: str = ORDER_FILE) -> list[str]:
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def load_modules(release: str, order: list[str]) -> int:
+    """Load each module once; one that is already loaded (or built in) is fine. Returns how many were
+    loaded. A module that fails is an error naming it and the kernel's reason."""
+    base = f"/lib/modules/{release}"
+    if order and not os.path.isdir(base):
+        present = ", ".join(sorted(os.listdir("/lib/modules"))) if os.path.isdir("/lib/modules") else "none"
+        raise ModuleLoadError(f"this initramfs has no modules for the running kernel {release} "
+                              f"(it has: {present}); it was built for another kernel")
+    loaded = 0
+    for rel in order:
+        path = f"{base}/{rel}"
+        flags = MODULE_INIT_COMPRESSED_FILE if not rel.endswith(".ko") else 0
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ModuleLoadError(f"cannot open module {path}: {e.strerror}") from None
+        try:
+            finit_module(fd, "", flags)
+            loaded += 1
+            if log.debug:
+                log.log(f"loaded {rel}")
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise ModuleLoadError(f"loading module {path} failed: {e.strerror} (see dmesg)") from None
+        finally:
+            os.close(fd)
+    return loaded

@@ -1,0 +1,45 @@
+"""The rescue shell: busybox sh on the console, started again whenever it exits. PID 1 must never
+return (the kernel would panic), so this never does either."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import NoReturn
+
+from initfs import log
+from initfs.environ import clean_environ
+
+BUSYBOX = "/bin/busybox"
+PS1 = r"(bankboot rescue) \w # "
+
+
+def _spawn_shell(env: dict[str, str]) -> int:
+    # setsid + cttyhack give the shell the real console device as its controlling terminal, so Ctrl-C
+    # and job control work (/dev/console cannot be a controlling tty).
+    return os.posix_spawn(BUSYBOX, [BUSYBOX, "setsid", BUSYBOX, "cttyhack", "/bin/sh", "-l"], env)
+
+
+def rescue_shell(reason: str) -> NoReturn:
+    log.error(reason)
+    env = clean_environ()
+    env["PS1"] = PS1
+    env.setdefault("HOME", "/")
+    env.setdefault("TERM", "linux")
+    while True:
+        log.log("starting a rescue shell on the console (exit it to start a new one)")
+        try:
+            pid = _spawn_shell(env)
+        except OSError as e:
+            log.error(f"cannot start {BUSYBOX}: {e.strerror}; waiting forever")
+            while True:
+                time.sleep(3600)
+        # As PID 1 we are every orphan's parent: reap them all until our shell is the one that ended.
+        while True:
+            try:
+                done, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if done == pid:
+                break
+        time.sleep(0.2)

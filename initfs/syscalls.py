@@ -1,0 +1,50 @@
+"""The few system calls the init needs that `os` lacks (mount, umount2, finit_module), through ctypes on
+the libc already loaded into the process."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MNT_DETACH = 2
+
+# finit_module(2) by machine: the one syscall number per architecture we need.
+_FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "armv7l": 379, "armv6l": 379, "armv8l": 379}
+MODULE_INIT_COMPRESSED_FILE = 4
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    ret = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                      ctypes.c_ulong(flags), data.encode() if data else None)
+    _check(ret, f"mount {source} on {target} ({fstype or 'no type'}, {data or 'no options'})")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
+    nr = _FINIT_MODULE.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"finit_module: unknown syscall number for {os.uname().machine}")
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
+                        ctypes.c_int(flags))
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
