@@ -110,6 +110,9 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
             raise BoardError(f"{path}: kernel.{key} must be a string")
         return (base / value).resolve()
 
+    for key in ("package", "version"):
+        if key in kern and not isinstance(kern[key], str):
+            raise BoardError(f"{path}: kernel.{key} must be a string")
     kernel = Kernel(package=kern.get("package"), image=own_path("image"), modules_dir=own_path("modules_dir"),
                     version=kern.get("version"))
     if kernel.package is None and (kernel.image is None or kernel.modules_dir is None):

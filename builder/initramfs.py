@@ -63,8 +63,8 @@ def add_busybox(tree: FsTree, board: Board) -> None:
         rel = applet.lstrip("/")
         if rel == "bin/busybox" or rel.startswith("linuxrc"):
             continue
-        depth = rel.count("/")
-        tree.add_symlink(rel, "../" * (depth - 1) + "bin/busybox" if depth > 1 else "busybox")
+        parent = rel.rsplit("/", 1)[0]
+        tree.add_symlink(rel, "busybox" if parent == "bin" else "../" * rel.count("/") + "bin/busybox")
 
 
 def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,43 @@
+# bankboot: the two commands a new user needs are `make demo` and `make test` (see README.md).
+BOARD ?= qemu-aarch64
+VENV  := .venv/bin
+INITRAMFS := build/$(BOARD)/initramfs.img
+PYTEST_ARGS ?=
+
+.PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench clean distclean
+
+all: initramfs
+
+deps:
+	@scripts/deps.sh
+
+initramfs: deps
+	$(VENV)/bankboot initramfs --board $(BOARD) -o $(INITRAMFS)
+
+qemu: initramfs
+	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)
+
+demo: initramfs
+	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)
+
+test: deps
+	$(VENV)/ruff check .
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+test-unit: deps
+	$(VENV)/pytest -m "not vm" $(PYTEST_ARGS)
+
+test-vm: deps
+	$(VENV)/pytest -m vm $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/ruff check .
+
+bench: deps
+	$(VENV)/bankboot bench --board $(BOARD)
+
+clean:
+	rm -rf build/qemu-* build/tests
+
+distclean:
+	rm -rf build .venv

@@ -1,0 +1,51 @@
+"""Shared fixtures. Missing tools or parts fail loudly (CI must not go green by skipping)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.board import load_board
+from builder.parts import PartsError, locate_busybox, locate_kernel
+from builder.paths import build_dir
+from builder.pysysroot import SysrootError, locate_sysroot
+
+REQUIRED_TOOLS = ["cpio", "zstd", "lz4", "depmod", "qemu-system-aarch64", "qemu-system-x86_64",
+                  "qemu-aarch64-static"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tools_present() -> None:
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if missing:
+        pytest.fail(f"missing tools: {', '.join(missing)}: run `make deps`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def test_dir() -> Path:
+    d = build_dir() / "tests"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def board_parts(name: str):
+    board = load_board(name)
+    try:
+        kernel = locate_kernel(board)
+        locate_busybox(board.arch)
+        sysroot = locate_sysroot(board.arch)
+    except (PartsError, SysrootError) as e:
+        pytest.fail(str(e), pytrace=False)
+    return board, kernel, sysroot
+
+
+@pytest.fixture(scope="session")
+def aarch64():
+    return board_parts("qemu-aarch64")
+
+
+@pytest.fixture(scope="session")
+def x86_64():
+    return board_parts("qemu-x86_64")

@@ -1,0 +1,61 @@
+"""The assembled initramfs, inspected with GNU cpio (the frozen init comes from the freeze cache)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.compress import decompress
+from builder.cpio import write_cpio
+from builder.initramfs import assemble, build_initramfs
+
+
+@pytest.fixture(scope="module")
+def listing(aarch64) -> dict[str, str]:
+    board, _, _ = aarch64
+    tree, _ = assemble(board)
+    out = io.BytesIO()
+    write_cpio(tree, out)
+    text = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=out.getvalue(), capture_output=True,
+                          check=True).stdout.decode()
+    result = {}
+    for line in text.splitlines():
+        parts = line.split()
+        name = parts[-3] if "->" in parts else parts[-1]
+        result[name] = line
+    return result
+
+
+def test_contains_the_frozen_init_busybox_and_console(listing: dict[str, str], aarch64) -> None:
+    _, kernel, _ = aarch64
+    assert listing["init"].startswith("-rwx")
+    assert "bankboot/libpython3.11.so.1.0" in listing
+    assert listing["dev/console"].startswith("crw-------")
+    assert listing["bin/busybox"].startswith("-rwx")
+    assert listing["bin/sh"].endswith("-> busybox")
+    assert listing["sbin/insmod"].endswith("-> ../bin/busybox")
+    # What the PyInstaller bootloader needs before LD_LIBRARY_PATH exists, at the system paths.
+    for lib in ["ld-linux-aarch64.so.1", "libc.so.6", "libdl.so.2", "libm.so.6", "libpthread.so.0", "libz.so.1"]:
+        assert f"lib/aarch64-linux-gnu/{lib}" in listing, lib
+    assert listing["lib/ld-linux-aarch64.so.1"].endswith("-> aarch64-linux-gnu/ld-linux-aarch64.so.1")
+    assert f"lib/modules/{kernel.version}/modules.dep" in listing
+    assert f"lib/modules/{kernel.version}/kernel/fs/squashfs/squashfs.ko" in listing
+
+
+def test_only_the_boards_modules_and_their_dependencies(listing: dict[str, str], aarch64) -> None:
+    _, _kernel, _ = aarch64
+    kos = sorted(Path(n).name for n in listing if n.endswith(".ko"))
+    assert "ext4.ko" in kos and "jbd2.ko" in kos and "overlay.ko" in kos
+    assert "btrfs.ko" not in kos and len(kos) < 20
+
+
+def test_two_builds_are_byte_identical(aarch64, tmp_path: Path) -> None:
+    board, _, _ = aarch64
+    a = build_initramfs(board, tmp_path / "a.img", compression_method="gzip")
+    b = build_initramfs(board, tmp_path / "b.img", compression_method="gzip")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    raw = decompress(a.path.read_bytes(), "gzip")
+    assert raw.startswith(b"070701") and len(raw) == a.unpacked
