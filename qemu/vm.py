@@ -106,6 +106,15 @@ class VM:
     def system_reset(self) -> None:
         self.qmp.cmd("system_reset")
 
+    def quit(self) -> None:
+        """Ask QEMU to exit now (like closing its window): the guest gets no shutdown either."""
+        try:
+            self.qmp.cmd("quit")
+        except Exception:  # QEMU may close the socket before it answers
+            pass
+        if self.proc:
+            self.proc.wait(10)
+
     def power_cut(self) -> None:
         """Pull the plug: QEMU dies at once, nothing is flushed or shut down in the guest."""
         if self.proc and self.proc.poll() is None:

@@ -49,3 +49,21 @@ def aarch64():
 @pytest.fixture(scope="session")
 def x86_64():
     return board_parts("qemu-x86_64")
+
+
+_built: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def built_initramfs(test_dir: Path):
+    """build_initramfs(board) once per test session per board: returns the image path."""
+    from builder.initramfs import build_initramfs
+
+    def build(board) -> Path:
+        if board.name not in _built:
+            out = test_dir / board.name
+            out.mkdir(exist_ok=True)
+            _built[board.name] = build_initramfs(board, out / "initramfs.img").path
+        return _built[board.name]
+
+    return build

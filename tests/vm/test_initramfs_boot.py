@@ -10,7 +10,7 @@ import pytest
 
 from builder.compress import compress
 from builder.cpio import write_cpio
-from builder.initramfs import assemble, build_initramfs, write_atomic
+from builder.initramfs import assemble, write_atomic
 from initfs.version import VERSION
 from qemu.vm import VM
 
@@ -19,11 +19,10 @@ BOOT_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module", params=["aarch64", "x86_64"])
-def booted(request, test_dir: Path):
+def booted(request, test_dir: Path, built_initramfs):
     board, kernel, _ = request.getfixturevalue(request.param)
     out = test_dir / board.name
-    out.mkdir(exist_ok=True)
-    initrd = build_initramfs(board, out / "initramfs.img").path
+    initrd = built_initramfs(board)
     disk = out / "blank.img"
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
@@ -98,3 +97,23 @@ def test_a_failure_ends_in_a_rescue_shell_not_a_panic(aarch64, test_dir: Path) -
         rc, pid1 = vm.console.run("readlink /proc/1/exe")
         assert rc == 0 and pid1.strip() == "/init"
     assert "Kernel panic" not in vm.console.text()
+
+
+def test_qmp_status_reset_and_quit(aarch64, test_dir: Path, built_initramfs) -> None:
+    """The harness's QMP side, on the guest: a system_reset boots the init a second time."""
+    board, _, _ = aarch64
+    initrd = built_initramfs(board)
+    out = test_dir / "qmp"
+    out.mkdir(exist_ok=True)
+    with VM(board, initrd, log_dir=out, reboot=True) as vm:
+        vm.console.expect(r"rescue\) / # ", BOOT_TIMEOUT)
+        assert vm.status() == "running"
+        rc, boot_id = vm.console.run("cat /proc/sys/kernel/random/boot_id")
+        assert rc == 0
+        vm.system_reset()
+        vm.console.expect(r"Booting Linux", BOOT_TIMEOUT)
+        vm.console.expect(r"rescue\) / # ", BOOT_TIMEOUT)
+        rc, boot_id2 = vm.console.run("cat /proc/sys/kernel/random/boot_id")
+        assert rc == 0 and boot_id2.strip() != boot_id.strip()
+        vm.quit()
+        assert vm.proc.returncode is not None

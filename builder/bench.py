@@ -1,0 +1,59 @@
+"""`make bench`: initramfs size and boot time of bankboot's frozen init next to a busybox-sh /init built
+by the same builder from the same parts (same kernel, busybox and modules) and booted in the same run.
+Prints numbers; asserts nothing (targets are judged by people reading them)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from builder.board import Board
+from builder.initramfs import build_initramfs
+from builder.paths import build_dir
+
+# (label, pattern) pairs the console must show, in order, per init kind.
+MARKERS = {
+    "frozen": [("banner", r"bankboot \S+ init on Linux"), ("modules loaded", r"loaded \d+ kernel modules")],
+    "busybox-sh": [("banner", r"baseline busybox-sh init on Linux"),
+                   ("modules loaded", r"baseline: loaded \d+ kernel modules")],
+}
+BOOT_TIMEOUT = 180
+
+
+def time_boot(board: Board, initrd: Path, kind: str, log_dir: Path) -> dict[str, float]:
+    from qemu.vm import VM
+
+    times: dict[str, float] = {}
+    with VM(board, initrd, log_dir=log_dir) as vm:
+        run_init = vm.console.expect(r"Run /init as init process", BOOT_TIMEOUT)
+        times["kernel ran /init"] = time.monotonic() - vm.started_at
+        del run_init
+        for label, pattern in MARKERS[kind]:
+            vm.console.expect(pattern, BOOT_TIMEOUT)
+            times[label] = time.monotonic() - vm.started_at
+    return times
+
+
+def run_bench(board: Board, runs: int = 3) -> int:
+    out = build_dir() / "bench" / board.name
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"bench: {board.name} ({board.description}), {runs} boot(s) each, times from QEMU start (median)")
+    rows = []
+    for kind in ("frozen", "busybox-sh"):
+        result = build_initramfs(board, out / f"initramfs-{kind}.img", init=kind)
+        samples: dict[str, list[float]] = {}
+        for _ in range(runs):
+            for label, t in time_boot(board, result.path, kind, out).items():
+                samples.setdefault(label, []).append(t)
+        rows.append((kind, result, {k: statistics.median(v) for k, v in samples.items()}))
+    labels = ["kernel ran /init", "banner", "modules loaded"]
+    print(f"{'init':<12} {'compressed':>11} {'unpacked':>10}  " + "  ".join(f"{lbl:>16}" for lbl in labels))
+    for kind, result, med in rows:
+        print(f"{kind:<12} {result.compressed / 1e6:>8.2f} MB {result.unpacked / 1e6:>7.2f} MB  "
+              + "  ".join(f"{med[lbl]:>14.2f} s" for lbl in labels))
+    frozen, base = rows[0][2], rows[1][2]
+    print(f"frozen init costs {frozen['modules loaded'] - base['modules loaded']:+.2f} s to modules loaded, "
+          f"{(rows[0][1].compressed - rows[1][1].compressed) / 1e6:+.2f} MB compressed, against busybox-sh "
+          f"({board.compression})")
+    return 0
