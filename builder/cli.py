@@ -52,7 +52,38 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
-    return run_interactive(board, initrd=initrd, disks=[Path(d) for d in args.disk], append=args.append)
+    return run_interactive(board, initrd=initrd, disks=[Path(d) for d in args.disk], append=args.append,
+                           from_disk=args.from_disk)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from builder.image import build_image
+
+    m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id)
+    print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}), squashfs {_human(m['size'])} "
+          f"sha256 {m['sha256']}")
+    return 0
+
+
+def cmd_disk(args: argparse.Namespace) -> int:
+    from builder.disk import build_disk, parse_size
+
+    board = load_board(args.board)
+    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
+    layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
+                           userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append)
+    print(f"{args.output}: {board.name} disk, {args.size}, image {m['id']} current; "
+          f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}")
+    return 0
+
+
+def cmd_sample_rootfs(args: argparse.Namespace) -> int:
+    from builder.samplerootfs import build_sample_rootfs
+
+    board = load_board(args.board)
+    path = build_sample_rootfs(board.arch, Path(args.output), version=args.version)
+    print(f"{path}: sample rootfs for {board.arch.debian}, version {args.version}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -83,7 +114,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     q.add_argument("--disk", action="append", default=[], help="a raw disk image to attach (repeatable)")
     q.add_argument("--append", default="", help="extra kernel command line")
+    q.add_argument("--from-initramfs", dest="from_disk", action="store_false", default=True,
+                   help="with --disk: boot the kernel and --initramfs given here, not those on the disk")
     q.set_defaults(func=cmd_qemu)
+
+    im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory")
+    im.add_argument("--rootfs", required=True)
+    im.add_argument("--version", required=True)
+    im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
+    im.add_argument("-o", "--output", required=True)
+    im.set_defaults(func=cmd_image)
+
+    dk = sub.add_parser("disk", help="make a partitioned disk image (boot, banks, userdata)")
+    dk.add_argument("--board", default=DEFAULT_BOARD)
+    dk.add_argument("--image", required=True, help="the bank file that becomes `current`")
+    dk.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
+    dk.add_argument("--size", default="512M")
+    dk.add_argument("--userdata-size", default="64M")
+    dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
+    dk.add_argument("-o", "--output", required=True)
+    dk.set_defaults(func=cmd_disk)
+
+    sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
+    sr.add_argument("--board", default=DEFAULT_BOARD)
+    sr.add_argument("--version", default="1.0.0")
+    sr.add_argument("-o", "--output", required=True)
+    sr.set_defaults(func=cmd_sample_rootfs)
 
     b = sub.add_parser("bench", help="initramfs size and boot time against a busybox-sh baseline")
     b.add_argument("--board", default=DEFAULT_BOARD)

@@ -32,7 +32,7 @@ EXCLUDES = [
 
 def freeze_inputs() -> list[Path]:
     """The files whose content decides the frozen result."""
-    return sorted([*(PROJECT / "initfs").glob("*.py"), Path(__file__)])
+    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").glob("*.py"), Path(__file__)])
 
 
 def input_hash(sysroot: PySysroot) -> str:

@@ -9,13 +9,12 @@ from typing import NoReturn
 
 from initfs import log
 from initfs.cmdline import Cmdline
+from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from initfs.version import VERSION
 
 CONFIG_FILE = "/etc/bankboot/initramfs.conf"
 
 # What we mount before anything else, as (source, target, type, flags, data).
-from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID  # noqa: E402
-
 EARLY_MOUNTS = [
     ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
     ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
@@ -72,9 +71,13 @@ def boot() -> NoReturn:
 
         count = load_modules(os.uname().release, read_order())
     log.log(f"loaded {count} kernel modules")
-    from initfs.rescue import rescue_shell
+    from initfs.rescue import rescue_shell  # imported now: after the hand-over starts, nothing more can be
 
-    rescue_shell("no boot flow in this build yet: dropping to a shell")
+    if cmdline.get("root") is None:
+        rescue_shell("no root= on the kernel command line: nothing to boot, dropping to a shell")
+    from initfs.bootflow import boot_image
+
+    boot_image(cmdline, sys.argv[1:])
 
 
 def main() -> NoReturn:

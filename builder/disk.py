@@ -1,0 +1,161 @@
+"""`bankboot disk`: a partitioned disk image, built without root.
+
+    p1  FAT   boot: kernel, initramfs, cmdline.txt (the board's command line, how to find p2 and p3)
+    p2  ext4  banks: the layout (docs/layout.md) with the image installed and `current` pointing at it
+    p3  ext4  userdata
+
+Partitions are made as separate files (mkfs.vfat + mcopy, mkfs.ext4 -d) and copied into the table
+sfdisk wrote on the image file. The MBR label (which a Raspberry Pi's firmware needs) has a disk id
+derived from the image, so PARTUUIDs are stable for the same inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.board import Board
+from builder.image import extract_squashfs, read_bank
+from builder.parts import locate_kernel
+from overlay_layout.layout import Layout
+from overlay_layout.manifest import dump_manifest
+
+MiB = 1 << 20
+BOOT_SIZE = 64 * MiB
+FIRST = 1 * MiB
+BANKS_LABEL = "bankboot-banks"
+USERDATA_LABEL = "bankboot-data"
+
+
+class DiskError(RuntimeError):
+    pass
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": MiB, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise DiskError(f"size {text!r} is not a size like 512M or 2G") from None
+
+
+def _run(cmd: list[str], **kw) -> str:
+    tool = shutil.which(cmd[0]) or (f"/sbin/{cmd[0]}" if Path(f"/sbin/{cmd[0]}").exists() else None)
+    if tool is None:
+        raise DiskError(f"{cmd[0]} is not installed (make deps installs it)")
+    proc = subprocess.run([tool, *cmd[1:]], capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise DiskError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    disk_id: int
+    parts: list[tuple[int, int]]  # (start, size) in bytes for p1..p3
+
+    def partuuid(self, n: int) -> str:
+        return f"{self.disk_id:08x}-{n:02x}"
+
+
+def plan(size: int, userdata: int, disk_id: int) -> DiskLayout:
+    banks = size - FIRST - BOOT_SIZE - userdata - MiB
+    if banks < 32 * MiB:
+        raise DiskError(f"disk size {size // MiB} MiB leaves {banks // MiB} MiB for banks; make it bigger")
+    p1 = (FIRST, BOOT_SIZE)
+    p2 = (p1[0] + p1[1], banks)
+    p3 = (p2[0] + p2[1], userdata)
+    return DiskLayout(disk_id, [p1, p2, p3])
+
+
+def cmdline_for(board: Board, layout: DiskLayout, extra: str = "") -> str:
+    parts = [board.cmdline, f"root=PARTUUID={layout.partuuid(2)}", "rootwait",
+             f"bankboot.userdata=PARTUUID={layout.partuuid(3)}", extra]
+    return " ".join(p for p in parts if p)
+
+
+def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0"]
+    if content is not None:
+        cmd += ["-d", str(content)]
+    _run([*cmd, str(path)])
+
+
+def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
+               userdata_size: int = 64 * MiB, extra_cmdline: str = "") -> tuple[DiskLayout, dict]:
+    manifest, tar, _ = read_bank(bank)
+    tar.close()
+    if manifest["arch"] != board.arch.debian:
+        raise DiskError(f"{bank} is an {manifest['arch']} image; board {board.name} is {board.arch.debian}")
+    if not initramfs.is_file():
+        raise DiskError(f"initramfs {initramfs} does not exist (make initramfs BOARD={board.name})")
+    kernel = locate_kernel(board)
+    disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
+    layout = plan(size, userdata_size, disk_id)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
+        tmp = Path(tmpdir)
+        # p1: boot
+        boot = tmp / "boot.vfat"
+        _run(["mkfs.vfat", "-C", "-n", "BOOT", "-i", f"{disk_id:08x}", str(boot), str(layout.parts[0][1] // 1024)])
+        (tmp / "cmdline.txt").write_text(cmdline_for(board, layout, extra_cmdline) + "\n")
+        files = ((kernel.image, "vmlinuz"), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt"))
+        for src, name in files:
+            _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+        # p2: banks, with the layout populated
+        stage = tmp / "banks"
+        lay = Layout(str(stage))
+        image_id = manifest["id"]
+        os.makedirs(lay.image_dir(image_id))
+        extract_squashfs(bank, Path(lay.squashfs(image_id)))
+        Path(lay.manifest_path(image_id)).write_bytes(dump_manifest(manifest))
+        lay.prepare_image_dirs(image_id)
+        lay.set_pointer("current", image_id)
+        banks = tmp / "banks.ext4"
+        _mkfs_ext4(banks, layout.parts[1][1], BANKS_LABEL, stage)
+        # p3: userdata
+        data = tmp / "userdata.ext4"
+        _mkfs_ext4(data, layout.parts[2][1], USERDATA_LABEL, None)
+        # the disk: partition table, then each filesystem at its offset
+        disk = tmp / "disk.img"
+        with open(disk, "wb") as f:
+            f.truncate(size)
+        script = f"label: dos\nlabel-id: 0x{disk_id:08x}\nunit: sectors\n" + "".join(
+            f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
+            for i, ((s, n), t) in enumerate(zip(layout.parts, ("c", "83", "83"), strict=True)))
+        _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=script)
+        with open(disk, "r+b") as out:
+            for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):
+                out.seek(start)
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 4 * MiB)
+            out.flush()
+            os.fsync(out.fileno())
+        disk.replace(output)
+    return layout, manifest
+
+
+def partitions(disk: Path) -> list[dict]:
+    return json.loads(_run(["sfdisk", "-J", str(disk)]))["partitiontable"]["partitions"]
+
+
+def read_boot_files(disk: Path, dest: Path) -> tuple[Path, Path, str]:
+    """What firmware would load from the boot partition: (kernel, initramfs, command line)."""
+    parts = partitions(disk)
+    if not parts:
+        raise DiskError(f"{disk} has no partition table")
+    offset = parts[0]["start"] * 512
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for name in ("vmlinuz", "initramfs.img", "cmdline.txt"):
+        _run(["mcopy", "-n", "-o", "-i", f"{disk}@@{offset}", f"::{name}", str(dest / name)], env=env)
+    return dest / "vmlinuz", dest / "initramfs.img", (dest / "cmdline.txt").read_text().strip()

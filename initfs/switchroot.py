@@ -1,0 +1,68 @@
+"""Hand over to the image: move /dev /proc /sys /run into the new root (moved, not remounted, as
+systemd expects), free the initramfs, make the new root / and exec its init as PID 1."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import NoReturn
+
+from initfs import log
+from initfs.environ import clean_environ
+from initfs.syscalls import MS_MOVE, mount
+
+HANDED_OVER = ("/dev", "/proc", "/sys", "/run")
+
+
+def _free_initramfs(root_dev: int, path: str = "/") -> int:
+    """Delete everything on the initramfs (rootfs) itself, never crossing into another filesystem.
+    Returns bytes freed."""
+    freed = 0
+    for entry in os.scandir(path):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_dev != root_dev:
+            continue  # a mount point (the new root): not ours to touch
+        if stat.S_ISDIR(st.st_mode):
+            freed += _free_initramfs(root_dev, entry.path)
+            try:
+                os.rmdir(entry.path)
+            except OSError:
+                pass
+        else:
+            freed += st.st_size
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+    return freed
+
+
+def init_exists(newroot: str, init: str) -> bool:
+    """Whether `init` resolves to an executable inside newroot (absolute symlinks taken as inside it)."""
+    path = init
+    for _ in range(40):
+        host = newroot + path
+        if os.path.islink(host):
+            target = os.readlink(host)
+            path = target if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), target))
+            continue
+        return os.path.isfile(host) and os.access(host, os.X_OK)
+    return False
+
+
+def switch_root(newroot: str, init: str, argv: list[str]) -> NoReturn:
+    for m in HANDED_OVER:
+        os.makedirs(newroot + m, exist_ok=True)
+        mount(m, newroot + m, None, MS_MOVE)
+    root_dev = os.lstat("/").st_dev
+    freed = _free_initramfs(root_dev)
+    log.log(f"freed {freed / 1e6:.1f} MB of initramfs; exec {init}")
+    os.chdir(newroot)
+    mount(".", "/", None, MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+    env = clean_environ()
+    os.execve(init, [init, *argv], env)

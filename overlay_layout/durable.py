@@ -1,0 +1,70 @@
+"""The one way anything durable is written to the banks partition: write a temp file in the same
+directory, fsync it, rename it over the target, fsync the directory. After a power cut at any instant
+the target is either the old content or the new one, never a mix or nothing."""
+
+from __future__ import annotations
+
+import os
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: str) -> str:
+    d, name = os.path.split(path)
+    return os.path.join(d, f".{name}.tmp-{os.getpid()}")
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    tmp = _tmp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def set_symlink(path: str, target: str) -> None:
+    """Point the symlink `path` at `target` atomically (a new link renamed over the old one)."""
+    tmp = _tmp_name(path)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.rename(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def remove(path: str) -> None:
+    """Remove a file or symlink durably (absent already is fine)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def make_dirs(path: str, mode: int = 0o755) -> None:
+    """mkdir -p, with every directory that was created made durable in its parent."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        os.mkdir(d, mode)
+        fsync_dir(os.path.dirname(d))

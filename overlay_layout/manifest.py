@@ -1,0 +1,35 @@
+"""manifest.json: what an image is. Written by `bankboot image`, checked wherever it is read."""
+
+from __future__ import annotations
+
+import json
+
+from overlay_layout.layout import LayoutError, check_id
+
+FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
+FORMAT = 1
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    try:
+        m = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LayoutError(f"{where}: not valid JSON: {e}") from None
+    if not isinstance(m, dict):
+        raise LayoutError(f"{where}: must be a JSON object")
+    if m.get("format") != FORMAT:
+        raise LayoutError(f"{where}: unknown manifest format {m.get('format')!r} (this bankboot reads {FORMAT})")
+    for key, kind in FIELDS.items():
+        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+            raise LayoutError(f"{where}: {key!r} must be a {kind.__name__}")
+    check_id(m["id"])
+    if len(m["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in m["sha256"]):
+        raise LayoutError(f"{where}: 'sha256' must be 64 lowercase hex digits")
+    if m["size"] <= 0:
+        raise LayoutError(f"{where}: 'size' must be positive")
+    return m
+
+
+def dump_manifest(m: dict) -> bytes:
+    """Canonical bytes: sorted keys, no spaces, one trailing newline."""
+    return json.dumps(m, sort_keys=True, separators=(",", ":")).encode() + b"\n"
