@@ -48,12 +48,13 @@ class VM:
     """`with VM(board, initrd=...) as vm: vm.console.expect(...)`."""
 
     def __init__(self, board: Board, initrd: Path, disks: list[Path] | None = None, append: str = "",
-                 log_dir: Path | None = None, kernel: Path | None = None, reboot: bool = False) -> None:
+                 log_dir: Path | None = None, kernel: Path | None = None, reboot: bool = False,
+                 cmdline: str | None = None) -> None:
         self.board = board
         self.initrd = initrd
         self.kernel = kernel or locate_kernel(board).image
         self.disks = disks or []
-        self.cmdline = " ".join(x for x in (board.cmdline, append) if x)
+        self.cmdline = " ".join(x for x in (cmdline if cmdline is not None else board.cmdline, append) if x)
         self.reboot = reboot
         self.tmp = Path(tempfile.mkdtemp(prefix="bankboot-vm-"))
         self.log_dir = log_dir or self.tmp
@@ -61,6 +62,17 @@ class VM:
         self.console: SerialConsole | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self.started_at = 0.0
+
+    @classmethod
+    def from_disk(cls, board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False) -> VM:
+        """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition."""
+        from builder.disk import read_boot_files
+
+        boot = log_dir / "bootfiles"
+        boot.mkdir(parents=True, exist_ok=True)
+        kernel, initrd, cmdline = read_boot_files(disk, boot)
+        return cls(board, initrd, disks=[disk], log_dir=log_dir, kernel=kernel, cmdline=cmdline, append=append,
+                   reboot=reboot)
 
     def start(self, connect_timeout: float = 30.0) -> VM:
         for f in [self.initrd, self.kernel, *self.disks]:
