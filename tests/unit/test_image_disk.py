@@ -1,0 +1,113 @@
+"""`bankboot image` and `bankboot disk`, inspected with unsquashfs, sfdisk, debugfs and mtools."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder.disk import build_disk, partitions, read_boot_files
+from builder.image import ImageError, build_image, read_bank
+from builder.samplerootfs import build_sample_rootfs
+
+
+@pytest.fixture(scope="module")
+def rootfs(aarch64, tmp_path_factory) -> Path:
+    board, _, _ = aarch64
+    return build_sample_rootfs(board.arch, tmp_path_factory.mktemp("img") / "rootfs", version="2.0.0")
+
+
+@pytest.fixture(scope="module")
+def bank(rootfs: Path) -> tuple[Path, dict]:
+    out = rootfs.parent / "app.bank"
+    return out, build_image(rootfs, "2.0.0", out)
+
+
+def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank) -> None:
+    path, m = bank
+    assert m["arch"] == "arm64" and m["version"] == "2.0.0" and m["id"].startswith("2.0.0-")
+    with tarfile.open(path) as tar:
+        assert tar.getnames() == ["manifest.json", "rootfs.squashfs"]
+    again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank")
+    assert again == m
+    assert (rootfs.parent / "again.bank").read_bytes() == path.read_bytes()
+    _manifest, tar, member = read_bank(path)
+    tar.close()
+    assert member.size == m["size"]
+
+
+def test_squashfs_has_the_rootfs_owned_by_root(bank, tmp_path: Path) -> None:
+    path, _ = bank
+    with tarfile.open(path) as tar:
+        tar.extract("rootfs.squashfs", tmp_path, filter="data")
+    listing = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "rootfs.squashfs")], capture_output=True,
+                             text=True, check=True).stdout
+    assert "squashfs-root/sbin/init -> ../bin/busybox" in listing
+    assert "squashfs-root/etc/init.d/rcS" in listing
+    for line in listing.splitlines():
+        if line.startswith(("-", "d", "l")):
+            assert line.split()[1] == "0/0", line
+
+
+def test_image_without_init_or_of_unknown_arch_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "r/sbin").mkdir(parents=True)
+    with pytest.raises(ImageError, match="has no /sbin/init"):
+        build_image(tmp_path / "r", "1", tmp_path / "x.bank")
+    (tmp_path / "r/sbin/init").write_text("#!/bin/sh\n")
+    with pytest.raises(ImageError, match="not an ELF"):
+        build_image(tmp_path / "r", "1", tmp_path / "x.bank")
+    assert not (tmp_path / "x.bank").exists()
+
+
+def test_tampered_bank_is_refused(bank, tmp_path: Path) -> None:
+    path, _ = bank
+    data = bytearray(path.read_bytes())
+    data[600:604] = b"{{{{"  # inside manifest.json
+    (tmp_path / "bad.bank").write_bytes(bytes(data))
+    with pytest.raises(Exception, match="manifest|JSON|bank"):
+        read_bank(tmp_path / "bad.bank")
+
+
+def test_disk_has_boot_banks_and_userdata(aarch64, bank, built_initramfs, tmp_path: Path) -> None:
+    board, _, _ = aarch64
+    path, m = bank
+    disk = tmp_path / "disk.img"
+    layout, _ = build_disk(board, path, disk, 256 << 20, built_initramfs(board))
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    assert table["label"] == "dos" and int(table["id"], 16) == layout.disk_id
+    parts = partitions(disk)
+    assert [p["type"] for p in parts] == ["c", "83", "83"]
+    # boot partition: what firmware needs
+    off = parts[0]["start"] * 512
+    listing = subprocess.run(["mdir", "-b", "-i", f"{disk}@@{off}", "::"], capture_output=True, text=True,
+                             check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+    assert {"::/VMLINUZ", "::/INITRAMFS.IMG", "::/CMDLINE.TXT"} <= {x.upper() for x in listing.split()}
+    _kernel, initrd, cmdline = read_boot_files(disk, tmp_path)
+    assert initrd.read_bytes() == built_initramfs(board).read_bytes()
+    assert f"root=PARTUUID={layout.partuuid(2)}" in cmdline and board.cmdline in cmdline
+    # banks partition: the layout with current -> the image
+    banks = tmp_path / "banks.ext4"
+    with open(disk, "rb") as src, open(banks, "wb") as dst:
+        src.seek(parts[1]["start"] * 512)
+        dst.write(src.read(parts[1]["size"] * 512))
+    def debugfs(cmd: str) -> str:
+        return subprocess.run(["debugfs", "-R", cmd, str(banks)], capture_output=True, text=True, check=True).stdout
+    assert debugfs("stat overlay/current").count(f'Fast link dest: "{m["id"]}"') == 1
+    names = debugfs(f"ls -l overlay/{m['id']}")
+    for name in ("rootfs.squashfs", "manifest.json", "upper", "work", "backups", "utils"):
+        assert name in names
+    assert subprocess.run(["dumpe2fs", "-h", str(banks)], capture_output=True, text=True,
+                          check=True).stdout.count("bankboot-banks") == 1
+
+
+def test_disk_refuses_an_image_of_another_arch(x86_64, bank, tmp_path: Path) -> None:
+    board, _, _ = x86_64
+    path, _ = bank
+    with pytest.raises(Exception, match="arm64 image; board qemu-x86_64 is amd64"):
+        build_disk(board, path, tmp_path / "d.img", 256 << 20, path)
+    assert not (tmp_path / "d.img").exists()
