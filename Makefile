@@ -17,8 +17,16 @@ initramfs: deps
 qemu: initramfs
 	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)
 
+DEMO := build/demo/$(BOARD)
+
+# The sample rootfs becomes image 1.0.0, installed as `current` on a disk whose boot partition carries
+# the kernel, our initramfs and cmdline.txt; QEMU then boots that disk the way firmware would.
 demo: initramfs
-	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)
+	$(VENV)/bankboot sample-rootfs --board $(BOARD) -o $(DEMO)/rootfs
+	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 -o $(DEMO)/app-1.0.0.bank
+	$(VENV)/bankboot disk --board $(BOARD) --image $(DEMO)/app-1.0.0.bank --initramfs $(INITRAMFS) \
+		--size 512M -o $(DEMO)/disk.img
+	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img
 
 test: deps
 	$(VENV)/ruff check .

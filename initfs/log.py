@@ -10,6 +10,7 @@ import time
 
 _kmsg_fd: int | None = None
 debug = False
+stepping = False  # bankboot.step: wait for Enter on the console before each step
 
 
 def uptime() -> float:
@@ -53,6 +54,12 @@ class step:
         self.name = name
 
     def __enter__(self) -> step:
+        if stepping:
+            log(f"step: {self.name}: press Enter to run it")
+            try:
+                sys.stdin.readline()
+            except OSError:
+                pass
         self.start = time.monotonic()
         if debug:
             log(f"{self.name} ...")

@@ -66,6 +66,7 @@ def boot() -> NoReturn:
     log.open_kmsg()
     cmdline = Cmdline.from_proc()
     log.debug = cmdline.has("bankboot.debug")
+    log.stepping = cmdline.has("bankboot.step")
     with log.step("load modules"):
         from initfs.modules import load_modules, read_order
 
