@@ -37,6 +37,18 @@ echo "baseline busybox-sh init on Linux $(uname -r)"
 n=0
 for m in $(cat /etc/bankboot/modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
 echo "baseline: loaded $n kernel modules"
+if grep -q "root=" /proc/cmdline; then
+  # The same hand-over as bankboot's, with the device names fixed (bankboot disk: p2 banks, p3 userdata).
+  b=/run/bankboot/banks
+  mkdir -p $b /run/bankboot/lower /newroot
+  mount -t ext4 -o nosuid,nodev /dev/vda2 $b
+  d=$b/overlay/$(readlink $b/overlay/current)
+  mount -t squashfs -o ro,loop $d/rootfs.squashfs /run/bankboot/lower
+  mount -t overlay -o lowerdir=/run/bankboot/lower,upperdir=$d/upper,workdir=$d/work overlay /newroot
+  mount -t ext4 -o nosuid,nodev /dev/vda3 /newroot/userdata
+  for m in dev proc sys run; do mount --move /$m /newroot/$m; done
+  exec switch_root /newroot /sbin/init
+fi
 export PS1='(baseline) \\w # '
 while true; do setsid cttyhack sh -l; done
 """
