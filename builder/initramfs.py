@@ -19,7 +19,7 @@ from builder.elf import LibraryResolver, is_elf
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import module_closure, run_depmod
-from builder.parts import KernelParts, busybox_applets, locate_busybox, locate_kernel
+from builder.parts import KernelParts, busybox_links, locate_busybox, locate_kernel
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
 
@@ -71,12 +71,8 @@ def runner_for(sysroot_or_arch) -> list[str]:
 def add_busybox(tree: FsTree, board: Board) -> None:
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for applet in busybox_applets(busybox, runner_for(board.arch)):
-        rel = applet.lstrip("/")
-        if rel == "bin/busybox" or rel.startswith("linuxrc"):
-            continue
-        parent = rel.rsplit("/", 1)[0]
-        tree.add_symlink(rel, "busybox" if parent == "bin" else "../" * rel.count("/") + "bin/busybox")
+    for rel, target in busybox_links(busybox, runner_for(board.arch)):
+        tree.add_symlink(rel, target)
 
 
 def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> list[str]:

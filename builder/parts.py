@@ -105,3 +105,16 @@ def busybox_applets(busybox: Path, runner: list[str]) -> list[str]:
     if proc.returncode != 0:
         raise PartsError(f"{busybox} --list-full failed: {proc.stderr.strip()}")
     return sorted(line.strip() for line in proc.stdout.splitlines() if line.strip())
+
+
+def busybox_links(busybox: Path, runner: list[str]) -> list[tuple[str, str]]:
+    """(relative path, relative symlink target) for every applet, e.g. ("sbin/insmod", "../bin/busybox"),
+    for a busybox installed at bin/busybox."""
+    links = []
+    for applet in busybox_applets(busybox, runner):
+        rel = applet.lstrip("/")
+        if rel == "bin/busybox" or rel.startswith("linuxrc"):
+            continue
+        parent = rel.rsplit("/", 1)[0]
+        links.append((rel, "busybox" if parent == "bin" else "../" * rel.count("/") + "bin/busybox"))
+    return links

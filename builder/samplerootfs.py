@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.arch import Arch
 from builder.initramfs import runner_for
-from builder.parts import busybox_applets, locate_busybox
+from builder.parts import busybox_links, locate_busybox
 
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
@@ -47,13 +47,9 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0") -> Path:
     os.chmod(dest / "tmp", 0o1777)
     busybox = locate_busybox(arch)
     shutil.copy2(busybox, dest / "bin/busybox")
-    for applet in busybox_applets(busybox, runner_for(arch)):
-        rel = applet.lstrip("/")
-        if rel == "bin/busybox" or rel.startswith("linuxrc") or (dest / rel).exists():
-            continue
+    for rel, target in busybox_links(busybox, runner_for(arch)):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        parent = rel.rsplit("/", 1)[0]
-        os.symlink("busybox" if parent == "bin" else "../" * rel.count("/") + "bin/busybox", dest / rel)
+        os.symlink(target, dest / rel)
     (dest / "etc/inittab").write_text(INITTAB)
     (dest / "etc/init.d/rcS").write_text(RCS)
     os.chmod(dest / "etc/init.d/rcS", 0o755)
