@@ -5,6 +5,15 @@ the target is either the old content or the new one, never a mix or nothing."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
+# Tests set this to simulate a power cut: it is called before every durable operation and may raise.
+before_write: Callable[[str], None] | None = None
+
+
+def _about_to(what: str) -> None:
+    if before_write is not None:
+        before_write(what)
 
 
 def fsync_dir(path: str) -> None:
@@ -21,6 +30,7 @@ def _tmp_name(path: str) -> str:
 
 
 def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    _about_to(f"write {path}")
     tmp = _tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -39,6 +49,7 @@ def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
 
 def set_symlink(path: str, target: str) -> None:
     """Point the symlink `path` at `target` atomically (a new link renamed over the old one)."""
+    _about_to(f"symlink {path} -> {target}")
     tmp = _tmp_name(path)
     try:
         os.unlink(tmp)
@@ -51,6 +62,7 @@ def set_symlink(path: str, target: str) -> None:
 
 def remove(path: str) -> None:
     """Remove a file or symlink durably (absent already is fine)."""
+    _about_to(f"remove {path}")
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -66,5 +78,15 @@ def make_dirs(path: str, mode: int = 0o755) -> None:
         missing.append(p)
         p = os.path.dirname(p)
     for d in reversed(missing):
+        _about_to(f"mkdir {d}")
         os.mkdir(d, mode)
         fsync_dir(os.path.dirname(d))
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename (a finished directory into place, say) and make it durable in both parents."""
+    _about_to(f"rename {src} -> {dst}")
+    os.rename(src, dst)
+    fsync_dir(os.path.dirname(dst) or ".")
+    if os.path.dirname(src) != os.path.dirname(dst):
+        fsync_dir(os.path.dirname(src) or ".")

@@ -1,0 +1,171 @@
+"""Staging an update: copy a bank file's squashfs onto the banks partition in one pass (hashing while
+copying), check it against its manifest and this machine, and only then make it `next` on trial.
+Anything that fails leaves nothing behind but what was there before."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+
+from overlay_layout import durable
+from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
+from overlay_layout.manifest import dump_manifest, parse_manifest
+from overlay_layout.state import Banks, StateError
+
+CHUNK = 1 << 20
+MARGIN = 4 << 20  # left free on the partition after staging
+MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv8l": "armhf"}
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def tree_size(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def copy_upper(src: str, dst: str) -> None:
+    """Copy an overlay upper dir as overlayfs wrote it: whiteouts (0:0 char devices), opaque-dir and other
+    xattrs, symlinks, owners and modes."""
+    os.makedirs(dst, exist_ok=True)
+    _copy_meta(src, dst)
+    for entry in os.scandir(src):
+        s, d = entry.path, os.path.join(dst, entry.name)
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            copy_upper(s, d)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(st.st_mode):
+            with open(s, "rb") as fi, open(d, "wb") as fo:
+                while chunk := fi.read(CHUNK):
+                    fo.write(chunk)
+                fo.flush()
+                os.fsync(fo.fileno())
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            os.mknod(d, st.st_mode, st.st_rdev)
+        else:
+            continue  # sockets: nothing to keep
+        _copy_meta(s, d)
+
+
+def _copy_meta(src: str, dst: str) -> None:
+    st = os.lstat(src)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    try:
+        for name in os.listxattr(src, follow_symlinks=False):
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
+    except OSError:
+        pass
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def stage(banks: Banks, bank_file: str, tries: int = 3, upper: str = "copy", machine: str | None = None,
+          progress: Callable[[int, int], None] | None = None, allow_arch: bool = False) -> dict:
+    if upper not in ("copy", "fresh"):
+        raise StageError(f"--upper must be copy or fresh, not {upper!r}")
+    if tries < 1:
+        raise StageError(f"--tries must be at least 1, not {tries}")
+    layout = banks.layout
+    try:
+        tar = tarfile.open(bank_file, mode="r|")
+    except (OSError, tarfile.TarError) as e:
+        raise StageError(f"{bank_file} is not a bank file: {e}") from None
+    with tar:
+        member = tar.next()
+        if member is None or member.name != MANIFEST or member.size > 65536:
+            raise StageError(f"{bank_file}: a bank file starts with {MANIFEST}")
+        try:
+            manifest = parse_manifest(tar.extractfile(member).read(), f"{bank_file}:{MANIFEST}")
+        except LayoutError as e:
+            raise StageError(str(e)) from None
+        image = manifest["id"]
+        arch = MACHINE_ARCH.get(machine or os.uname().machine)
+        if not allow_arch and manifest["arch"] != arch:
+            raise StageError(f"{bank_file} is an {manifest['arch']} image; this machine is {arch}")
+        if os.path.exists(layout.image_dir(image)):
+            raise StageError(f"image {image} is already on the banks partition (bankctl gc removes unused ones)")
+        cur = layout.pointer("current")
+        upper_src = layout.sub(cur, "upper") if cur and upper == "copy" else None
+        need = manifest["size"] + (tree_size(upper_src) if upper_src else 0) + MARGIN
+        fs = os.statvfs(layout.root)
+        free = fs.f_bavail * fs.f_frsize
+        if free < need:
+            raise StageError(f"not enough space on the banks partition: {need / 1e6:.1f} MB needed, "
+                             f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
+        member = tar.next()
+        if member is None or member.name != SQUASHFS:
+            raise StageError(f"{bank_file}: {SQUASHFS} must follow {MANIFEST}")
+        if member.size != manifest["size"]:
+            raise StageError(f"{bank_file}: squashfs is {member.size} bytes, the manifest says {manifest['size']}")
+        tmp = os.path.join(layout.overlay, f".staging-{image}")
+        durable.make_dirs(layout.overlay)
+        from overlay_layout.state import _remove_tree
+
+        _remove_tree(tmp)
+        os.mkdir(tmp)
+        try:
+            _copy_squashfs(tar.extractfile(member), os.path.join(tmp, SQUASHFS), manifest, bank_file, progress)
+            durable.write_file(os.path.join(tmp, MANIFEST), dump_manifest(manifest))
+            for name in ("work", "backups", "utils"):
+                os.mkdir(os.path.join(tmp, name))
+            if upper_src and os.path.isdir(upper_src):
+                copy_upper(upper_src, os.path.join(tmp, "upper"))
+            else:
+                os.mkdir(os.path.join(tmp, "upper"))
+            for dirpath, _, _ in os.walk(tmp):
+                durable.fsync_dir(dirpath)
+            durable.rename(tmp, layout.image_dir(image))
+        except BaseException:
+            _remove_tree(tmp)
+            raise
+    try:
+        banks.add_trial(image, tries)
+    except StateError:
+        _remove_tree(layout.image_dir(image))
+        raise
+    return manifest
+
+
+def _copy_squashfs(src, dest: str, manifest: dict, bank_file: str,
+                   progress: Callable[[int, int], None] | None) -> None:
+    h = hashlib.sha256()
+    done = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        while True:
+            try:
+                chunk = src.read(CHUNK)
+            except (tarfile.TarError, EOFError) as e:
+                raise StageError(f"{bank_file} is truncated or damaged after {done} squashfs bytes: {e}") from None
+            if not chunk:
+                break
+            h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            done += len(chunk)
+            if progress:
+                progress(done, manifest["size"])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if done != manifest["size"]:
+        raise StageError(f"{bank_file} is truncated: {done} of {manifest['size']} squashfs bytes")
+    if h.hexdigest() != manifest["sha256"]:
+        raise StageError(f"{bank_file}: squashfs sha256 {h.hexdigest()} does not match the manifest's "
+                         f"{manifest['sha256']}: the file is corrupted")

@@ -1,0 +1,292 @@
+"""The bank state machine under hypothesis, with a power cut before any durable write.
+
+The model is a device: it stages images, reboots (the init's choose_boot), the running image calls
+mark-good / mark-bad / rollback / reset / gc, and at any durable write the power may go. After every
+(re)boot the invariants must hold."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from overlay_layout import durable
+from overlay_layout.layout import Layout
+from overlay_layout.manifest import dump_manifest
+from overlay_layout.stage import StageError, stage
+from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError
+
+
+class PowerCut(Exception):
+    pass
+
+
+def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64") -> str:
+    payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
+    digest = hashlib.sha256(payload).hexdigest()
+    image_id = f"{version}-{digest[:8]}"
+    manifest = dump_manifest({"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
+                              "sha256": digest, "created": "1970-01-01T00:00:00Z"})
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("manifest.json", manifest), ("rootfs.squashfs", payload)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return image_id
+
+
+def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
+    lay = Layout(str(root))
+    os.makedirs(lay.image_dir(image))
+    Path(lay.squashfs(image)).write_bytes(b"hsqs" + b"\0" * 100)
+    lay.prepare_image_dirs(image)
+    lay.set_pointer("current", image)
+
+
+class Device(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bankboot-sm-"))
+        self.root = self.dir / "banks"
+        self.root.mkdir()
+        install_first_image(self.root)
+        (self.root / "userdata").mkdir()
+        (self.root / "userdata/precious").write_text("keep me")
+        self.banks = Banks(str(self.root))
+        self.versions = 0
+        self.max_tries: dict[str, int] = {}
+        self.max_tries_staged: dict[str, int] = {}
+        self.complete: set[str] = {"1.0.0-base"}  # images fully staged (all bytes verified)
+        self.known_bad: set[str] = set()
+        self.booted = self.banks.choose_boot().image
+        self.countdown: int | None = None
+        durable.before_write = self._tick
+
+    def teardown(self) -> None:
+        durable.before_write = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _tick(self, what: str) -> None:
+        if self.countdown is not None:
+            if self.countdown == 0:
+                self.countdown = None
+                raise PowerCut(what)
+            self.countdown -= 1
+
+    def _run(self, cut_at: int | None, fn, *args):
+        """Run one operation with the power going at durable write number cut_at; a cut means reboot."""
+        self.countdown = cut_at
+        try:
+            return fn(*args)
+        except PowerCut:
+            self.reboot()
+            return None
+        except (StateError, StageError):
+            return None
+        finally:
+            self.countdown = None
+
+    # -- what a device does --------------------------------------------------------------------------------
+    @rule(tries=st.integers(1, 3), cut=st.one_of(st.none(), st.integers(0, 12)), corrupt=st.booleans())
+    def stage_update(self, tries: int, cut: int | None, corrupt: bool) -> None:
+        self.versions += 1
+        payload = b"hsqs" + f"image {self.versions}".encode() * 50
+        bank = self.dir / f"u{self.versions}.bank"
+        image = make_bank(bank, f"2.{self.versions}.0", payload)
+        if corrupt:
+            data = bytearray(bank.read_bytes())
+            data[1536 + 5] ^= 0xFF  # inside the squashfs payload (after two 512-byte headers and the manifest)
+            bank.write_bytes(bytes(data))
+        result = self._run(cut, stage, self.banks, str(bank), tries, "copy", "x86_64")
+        if result is not None:
+            assert not corrupt, "a corrupted bank was staged"
+        if os.path.isdir(self.banks.layout.image_dir(image)):
+            # In place only once all of it was verified (even if the power went right after).
+            assert not corrupt, "a corrupted bank reached the overlay directory"
+            self.complete.add(image)
+            self.max_tries[image] = tries
+            self.max_tries_staged[image] = tries
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
+    def reboot_rule(self, cut: int | None) -> None:
+        self.countdown = cut
+        try:
+            self.reboot()
+        except PowerCut:
+            self.countdown = None
+            self.reboot()
+        finally:
+            self.countdown = None
+
+    def reboot(self) -> None:
+        self.trial_boots = getattr(self, "trial_boots", {})
+        choice = self.banks.choose_boot()
+        state = self.banks.load()
+        entry = self.banks.image_state(state, choice.image)
+        assert choice.image in self.complete, f"booting {choice.image}, which was never completely staged"
+        if choice.trial:
+            assert entry["state"] == TRIAL
+            assert entry["tries"] >= 0
+            # Each trial boot spends one try, written before the boot: never more boots than tries staged.
+            self.trial_boots[choice.image] = self.trial_boots.get(choice.image, 0) + 1
+            assert self.trial_boots[choice.image] + entry["tries"] == self.max_tries_staged[choice.image]
+        else:
+            assert entry.get("state") == GOOD, (choice, entry)
+        self.booted = choice.image
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
+    def mark_good(self, cut: int | None) -> None:
+        self._run(cut, self.banks.mark_good, self.booted)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 4)))
+    def mark_bad(self, cut: int | None) -> None:
+        nxt = self.banks.layout.pointer("next")
+        if self._run(cut, self.banks.mark_bad, None, "test says so") and nxt:
+            self.known_bad.add(nxt)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
+    def rollback(self, cut: int | None) -> None:
+        self._run(cut, self.banks.rollback)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 8)))
+    def gc(self, cut: int | None) -> None:
+        self._run(cut, self.banks.gc, self.booted)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 8)), keep=st.booleans())
+    def reset(self, cut: int | None, keep: bool) -> None:
+        self._run(cut, self.banks.request_reset, self.booted, keep)
+        self._run(None, self.banks.apply_reset, self.booted)
+
+    # -- what must always hold -------------------------------------------------------------------------------
+    @invariant()
+    def current_is_good_and_complete(self) -> None:
+        if not hasattr(self, "banks"):
+            return
+        cur = self.banks.layout.pointer("current")
+        assert cur is not None, "no current image"
+        assert cur in self.complete, f"current {cur} was never completely staged"
+        st_ = self.banks.load()
+        assert self.banks.image_state(st_, cur).get("state") == GOOD, f"current {cur} is not good"
+        assert cur not in self.known_bad
+        Layout(str(self.root)).check_image(cur)
+
+    @invariant()
+    def tries_never_grow(self) -> None:
+        if not hasattr(self, "banks"):
+            return
+        for image, entry in self.banks.load()["images"].items():
+            if entry.get("state") == TRIAL:
+                assert entry["tries"] <= self.max_tries[image]
+                self.max_tries[image] = entry["tries"]
+
+    @invariant()
+    def bad_never_next_or_current(self) -> None:
+        if not hasattr(self, "banks"):
+            return
+        st_ = self.banks.load()
+        for p in ("current", "next"):
+            image = self.banks.layout.pointer(p)
+            if image is not None:
+                assert self.banks.image_state(st_, image).get("state") != BAD, (p, image)
+
+    @invariant()
+    def userdata_untouched(self) -> None:
+        if hasattr(self, "root"):
+            assert (self.root / "userdata/precious").read_text() == "keep me"
+
+    @invariant()
+    def state_file_is_valid_json(self) -> None:
+        if hasattr(self, "root") and (self.root / "state.json").exists():
+            json.loads((self.root / "state.json").read_text())
+
+
+TestDevice = Device.TestCase
+TestDevice.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
+
+
+def test_a_trial_that_is_never_marked_good_falls_back(tmp_path: Path) -> None:
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    image = make_bank(tmp_path / "u.bank", "2.0.0", b"x" * 5000)
+    stage(banks, str(tmp_path / "u.bank"), tries=2, machine="x86_64")
+    assert [banks.choose_boot().image for _ in range(3)] == [image, image, "1.0.0-base"]
+    assert banks.load()["images"][image]["state"] == BAD
+    assert "no tries left" in banks.load()["images"][image]["reason"]
+    assert banks.layout.pointer("next") is None
+
+
+def test_commit_makes_trial_current_and_old_current_previous(tmp_path: Path) -> None:
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    image = make_bank(tmp_path / "u.bank", "2.0.0", b"y" * 5000)
+    stage(banks, str(tmp_path / "u.bank"), machine="x86_64")
+    booted = banks.choose_boot()
+    assert booted.trial and booted.image == image
+    banks.mark_good(booted.image)
+    assert banks.layout.pointer("current") == image
+    assert banks.layout.pointer("previous") == "1.0.0-base"
+    assert banks.layout.pointer("next") is None
+    banks.rollback()
+    assert banks.choose_boot().image == "1.0.0-base"
+    assert banks.layout.pointer("current") == "1.0.0-base" and banks.layout.pointer("previous") == image
+
+
+@pytest.mark.parametrize("damage, message", [("truncate", "truncated|not a bank"), ("flip", "does not match"),
+                                             ("arch", "arm64 image; this machine is amd64")])
+def test_stage_refuses_bad_banks_and_leaves_nothing(tmp_path: Path, damage: str, message: str) -> None:
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    bank = tmp_path / "u.bank"
+    make_bank(bank, "2.0.0", b"z" * 50000, arch="arm64" if damage == "arch" else "amd64")
+    data = bank.read_bytes()
+    if damage == "truncate":
+        bank.write_bytes(data[:30000])
+    elif damage == "flip":
+        bank.write_bytes(data[:20000] + bytes([data[20000] ^ 1]) + data[20001:])
+    before = sorted(os.listdir(tmp_path / "overlay"))
+    with pytest.raises(StageError, match=message):
+        stage(banks, str(bank), machine="x86_64")
+    assert sorted(os.listdir(tmp_path / "overlay")) == before
+    assert banks.layout.pointer("next") is None
+
+
+def test_stage_refuses_when_the_partition_is_too_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    make_bank(tmp_path / "u.bank", "2.0.0", b"z" * 5000)
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, s):
+            self.f_frsize, self.f_bavail = s.f_frsize, 1
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)))
+    with pytest.raises(StageError, match="not enough space"):
+        stage(banks, str(tmp_path / "u.bank"), machine="x86_64")
+    assert not any(n.startswith(".staging") for n in os.listdir(tmp_path / "overlay"))
+
+
+def test_stage_copies_the_upper_with_whiteouts_and_xattrs(tmp_path: Path) -> None:
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    upper = Path(banks.layout.sub("1.0.0-base", "upper"))
+    (upper / "etc").mkdir()
+    (upper / "etc/config").write_text("mine")
+    os.mknod(upper / "etc/deleted", 0o600 | 0o020000, os.makedev(0, 0))
+    os.setxattr(upper / "etc", "trusted.overlay.opaque", b"y")
+    image = make_bank(tmp_path / "u.bank", "2.0.0", b"w" * 5000)
+    stage(banks, str(tmp_path / "u.bank"), machine="x86_64", upper="copy")
+    new = Path(banks.layout.sub(image, "upper"))
+    assert (new / "etc/config").read_text() == "mine"
+    assert os.stat(new / "etc/deleted").st_rdev == os.makedev(0, 0)
+    assert os.getxattr(new / "etc", "trusted.overlay.opaque") == b"y"
