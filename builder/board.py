@@ -40,6 +40,7 @@ class Board:
     qemu_system: str
     qemu_args: tuple[str, ...]
     qemu_disk: tuple[str, ...]
+    image_needs_modules: bool = False  # a trial image must carry /lib/modules/<release> (self-test)
     extra: dict = field(default_factory=dict, compare=False)
 
     def disk_args(self, path: Path, index: int) -> list[str]:
@@ -136,5 +137,6 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         qemu_system=_get(data, path, "qemu.system", str),
         qemu_args=_str_list(data, path, "qemu.args"),
         qemu_disk=_str_list(data, path, "qemu.disk"),
+        image_needs_modules=_get(data, path, "boot.image_needs_modules", bool, False),
         extra=data,
     )

@@ -81,7 +81,8 @@ def cmd_sample_rootfs(args: argparse.Namespace) -> int:
     from builder.samplerootfs import build_sample_rootfs
 
     board = load_board(args.board)
-    path = build_sample_rootfs(board.arch, Path(args.output), version=args.version)
+    path = build_sample_rootfs(board.arch, Path(args.output), version=args.version, mark_good=not args.no_mark_good,
+                               failing_selftest=args.failing_selftest)
     print(f"{path}: sample rootfs for {board.arch.debian}, version {args.version}")
     return 0
 
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
     sr.add_argument("--board", default=DEFAULT_BOARD)
     sr.add_argument("--version", default="1.0.0")
+    sr.add_argument("--no-mark-good", action="store_true", help="a trial of this image never commits itself")
+    sr.add_argument("--failing-selftest", action="store_true", help="ship a selftest.d check that fails")
     sr.add_argument("-o", "--output", required=True)
     sr.set_defaults(func=cmd_sample_rootfs)
 

@@ -9,13 +9,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from builder import compress as compression
 from builder.arch import is_native
 from builder.board import Board
 from builder.cpio import write_cpio
-from builder.elf import LibraryResolver, is_elf
+from builder.elf import LibraryResolver, is_elf, read_elf
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import module_closure, run_depmod
@@ -97,7 +97,7 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> li
     return order
 
 
-def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> None:
+def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
     """The onedir bundle at / (/init and /bankboot/...), plus every library its ELF files need from the
     sysroot at the path ld.so will look for it: the bootloader runs before anything sets
     LD_LIBRARY_PATH, so a copy inside the bundle is not enough for it."""
@@ -117,6 +117,13 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> None:
     for f in sorted(resolver.closure.files):
         if f.lstrip("/") not in tree:
             tree.add_file(f, src=sysroot.root / f.lstrip("/"))
+    # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
+    kit = ["init", CONTENTS_DIR, "bin/busybox", *sorted(x.lstrip("/") for x in resolver.closure.links),
+           *sorted(x.lstrip("/") for x in resolver.closure.files)]
+    tree.add_file("etc/bankboot/kit", data="".join(f"{k}\n" for k in kit).encode())
+    interp = read_elf(bundle / "init").interp or ""
+    return {"build": bundle.parent.name, "interp": interp,
+            "libdirs": ":".join(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))}
 
 
 def assemble(board: Board, init: str = "frozen") -> tuple[FsTree, KernelParts]:
@@ -131,12 +138,15 @@ def assemble(board: Board, init: str = "frozen") -> tuple[FsTree, KernelParts]:
     tree.add_device("dev/null", "char", 1, 3, 0o666)
     add_busybox(tree, board)
     add_modules(tree, kernel, board.modules)
+    extra: dict[str, str] = {}
     if init == "frozen":
-        add_frozen_init(tree, locate_sysroot(board.arch))
+        extra = add_frozen_init(tree, locate_sysroot(board.arch))
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
-    conf = (f"board={board.name}\nkernel={kernel.version}\narch={board.arch.debian}\n"
-            f"console={board.console}\nbankboot={VERSION}\ninit={init}\n")
+    settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
+                "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
+                **extra}
+    conf = "".join(f"{k}={v}\n" for k, v in settings.items())
     tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
     return tree, kernel
 

@@ -29,16 +29,29 @@ for m in /proc /sys /dev /run; do mounted $m || echo "sample-rootfs: $m was NOT 
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mounted /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
 echo "sample-rootfs: root is $(awk '$2 == "/" {print $1, $3}' /proc/mounts)"
+# On a trial boot, commit once our own checks pass (a real image would do this from a health service).
+if grep -q '"trial": true' /run/bankboot/booted 2>/dev/null; then
+  if [ -e /etc/sample-no-mark-good ]; then
+    echo "sample-rootfs: trial boot; this image never marks itself good"
+  elif [ -x /run/bankboot/bin/bankctl ] && /run/bankboot/bin/bankctl mark-good; then
+    echo "sample-rootfs: trial boot; marked good"
+  else
+    echo "sample-rootfs: trial boot; mark-good FAILED"
+  fi
+fi
 echo "sample-rootfs: ready"
 """
 
 PROFILE = """\
 export PS1='(sample) \\w # '
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/run/bankboot/bin
 """
 
 
-def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0") -> Path:
+def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_good: bool = True,
+                        failing_selftest: bool = False) -> Path:
+    """mark_good=False: a trial of this image never commits itself. failing_selftest: the image ships a
+    /etc/bankboot/selftest.d check that fails (the init must fall back before switching to it)."""
     if dest.exists():
         shutil.rmtree(dest)
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp",
@@ -56,4 +69,15 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0") -> Path:
     (dest / "etc/profile").write_text(PROFILE)
     (dest / "etc/sample-version").write_text(version + "\n")
     (dest / "etc/hostname").write_text("sample\n")
+    checks = dest / "etc/bankboot/selftest.d"
+    checks.mkdir(parents=True)
+    ok = checks / "10-sample"
+    ok.write_text("#!/bin/sh\n# Runs chrooted in the image before the init switches to it.\ntest -x /bin/busybox\n")
+    ok.chmod(0o755)
+    if failing_selftest:
+        bad = checks / "50-fails"
+        bad.write_text("#!/bin/sh\necho 'sample self-test: deliberately failing' >&2\nexit 7\n")
+        bad.chmod(0o755)
+    if not mark_good:
+        (dest / "etc/sample-no-mark-good").write_text("")
     return dest

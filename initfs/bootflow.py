@@ -57,13 +57,37 @@ def mount_banks(cmdline: Cmdline) -> Layout:
     return Layout(BANKS)
 
 
-def choose_image(layout: Layout) -> tuple[str, str]:
-    """(image id, why). For now the image `current` names."""
-    image = layout.pointer("current")
-    if image is None:
-        found = ", ".join(layout.images()) or "none"
-        raise BootError(f"{layout.overlay}/current does not exist: nothing to boot (images present: {found})")
-    return image, "current"
+def unmount_image() -> None:
+    """Undo mount_image (a trial that failed its checks): overlay, then the squashfs (its loop device
+    clears itself)."""
+    from initfs.syscalls import umount
+
+    for target in (NEWROOT, LOWER):
+        try:
+            umount(target)
+        except OSError as e:
+            raise BootError(f"cannot unmount {target} to fall back: {e.strerror}") from None
+
+
+def menu_selection(cmdline: Cmdline, banks) -> tuple[str | None, str]:
+    """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
+    select = cmdline.get("bankboot.select")
+    if select:
+        return select, "bankboot.select"
+    timeout = _seconds(cmdline, "bankboot.timeout", 2.0) or 0.0
+    if timeout <= 0:
+        return None, ""
+    from initfs.menu import prompt
+    from overlay_layout import bootlog
+
+    last: dict[str, str] = {}
+    for r in bootlog.read_log(banks.root):
+        last[r.get("image", "")] = r.get("outcome") or r.get("why", "")
+    entries = banks.status()["images"]
+    for e in entries:
+        e["last_boot"] = last.get(e["id"])
+    with log.step("console prompt"):
+        return prompt(entries, timeout), "console menu"
 
 
 def mount_image(layout: Layout, image: str) -> None:
@@ -113,18 +137,71 @@ def mount_userdata(cmdline: Cmdline, layout: Layout) -> None:
         raise BootError(f"cannot mount the userdata partition {dev} ({spec}): {e.strerror}") from None
 
 
-def boot_image(cmdline: Cmdline, argv: list[str]) -> NoReturn:
-    from initfs.switchroot import init_exists, switch_root
+def boot_image(cmdline: Cmdline, argv: list[str], config: dict[str, str]) -> NoReturn:
+    import json
+    import time
 
+    from initfs.kit import install_kit
+    from initfs.selftest import SelfTestError, self_test
+    from initfs.switchroot import init_exists, switch_root
+    from overlay_layout import bootlog
+    from overlay_layout.state import Banks
+
+    init = cmdline.get("init") or "/sbin/init"
+    record: dict = {"time": int(time.time()), "kernel": os.uname().release}
     try:
         layout = mount_banks(cmdline)
-        image, why = choose_image(layout)
+        banks = Banks(BANKS)
+        select, how = menu_selection(cmdline, banks)
+        choice = banks.choose_boot(select)
+        for w in banks.warnings:
+            log.error(w)
+        image, why = choice.image, (f"{how}: {choice.why}" if select else choice.why)
         log.log(f"booting image {image} ({why})")
-        mount_image(layout, image)
+        done = banks.apply_reset(image)
+        if done:
+            log.log(f"{image}: {done}")
+        try:
+            mount_image(layout, image)
+            if not init_exists(NEWROOT, init):
+                raise BootError(f"image {image} has no executable {init}")
+            if choice.trial:
+                with log.step("self-test"):
+                    record["selftest"] = self_test(NEWROOT, init, config.get("image_modules") == "yes",
+                                                   _seconds(cmdline, "bankboot.selftest_timeout", 60.0) or 60.0)
+                log.log(f"self-test of {image}: {record['selftest']}")
+            else:
+                record["selftest"] = "not run (not a trial)"
+        except (BootError, SelfTestError, LayoutError, OSError) as e:
+            if not choice.trial:
+                raise
+            reason = f"self-test failed: {e}" if isinstance(e, SelfTestError) else f"trial boot failed: {e}"
+            log.error(f"trial image {image}: {reason}; falling back")
+            if os.path.ismount(NEWROOT):
+                unmount_image()
+            elif os.path.ismount(LOWER):
+                from initfs.syscalls import umount
+
+                umount(LOWER)
+            banks.mark_bad(image, reason)
+            record["fallback_from"] = {"image": image, "reason": reason}
+            choice = banks.choose_boot(None)
+            image, why = choice.image, f"fallback after {reason}"
+            log.log(f"booting image {image} ({why})")
+            mount_image(layout, image)
+            record["selftest"] = f"failed: {reason}"
+        if choice.trial and cmdline.get("bankboot.watchdog"):
+            from initfs.watchdog import arm
+
+            log.log(arm(int(_seconds(cmdline, "bankboot.watchdog", 0) or 0)))
+        record.update(image=image, why=why, trial=choice.trial,
+                      outcome="trial not confirmed" if choice.trial else "booted")
+        with open(f"{RUN}/booted", "w") as f:
+            json.dump({"image": image, "why": why, "trial": choice.trial}, f)
+        with log.step("install bankctl"):
+            install_kit(layout, image, config)
+        bootlog.append_record(BANKS, record)
     except LayoutError as e:
         raise BootError(str(e)) from None
-    init = cmdline.get("init") or "/sbin/init"
-    if not init_exists(NEWROOT, init):
-        raise BootError(f"image {image} has no executable {init}")
     mount_userdata(cmdline, layout)
     switch_root(NEWROOT, init, argv)

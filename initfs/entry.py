@@ -1,10 +1,16 @@
-"""Entry point of the frozen program. One bundle, several programs: the name it was started as decides
-(the initramfs /init now; bankctl later)."""
+"""Entry point of the frozen program. One bundle, two programs: the initramfs /init, and bankctl (run as
+BANKBOOT_ENTRY=bankctl by the /run/bankboot/bin/bankctl script, or under the name bankctl)."""
 
+import os
 import sys
 
 
 def run() -> None:
+    name = os.environ.get("BANKBOOT_ENTRY") or os.path.basename(sys.argv[0])
+    if name == "bankctl":
+        from initfs.bankctl import main as bankctl
+
+        sys.exit(bankctl(sys.argv[1:]))
     from initfs.main import main
 
     main()

@@ -78,7 +78,7 @@ def boot() -> NoReturn:
         rescue_shell("no root= on the kernel command line: nothing to boot, dropping to a shell")
     from initfs.bootflow import boot_image
 
-    boot_image(cmdline, sys.argv[1:])
+    boot_image(cmdline, sys.argv[1:], config)
 
 
 def main() -> NoReturn:

@@ -78,9 +78,9 @@ class Banks:
             return {}
         entry = st["images"].get(image)
         if entry is None:
-            # An image the state file does not know: `current` is good by construction, anything else is not
-            # known to be anything.
-            return {"state": GOOD} if image == self.layout.pointer("current") else {}
+            # An image the state file does not know (the first one, installed by `bankboot disk`): `current`
+            # is good by construction and `previous` was current; anything else is not known to be anything.
+            return {"state": GOOD} if image in (self.layout.pointer("current"), self.layout.pointer("previous")) else {}
         return entry
 
     # -- what boots --------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ class Device(RuleBasedStateMachine):
 
 
 TestDevice = Device.TestCase
-TestDevice.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
+TestDevice.settings = settings(max_examples=250, stateful_step_count=30, deadline=None)
 
 
 def test_a_trial_that_is_never_marked_good_falls_back(tmp_path: Path) -> None:

@@ -1,0 +1,206 @@
+"""bankctl: the device-side tool, run in the booted image (/run/bankboot/bin/bankctl). It is the frozen
+program's second entry point and changes state only through overlay_layout.
+
+Exit codes (stable, see docs/lifecycle.md): 0 done; 1 error (bad input, I/O, damaged layout);
+2 usage; 3 refused by the state (nothing on trial, no previous image, ...); 4 stage refused the image
+(verification, architecture, space)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from overlay_layout import bootlog
+from overlay_layout.layout import LayoutError
+from overlay_layout.stage import StageError, stage
+from overlay_layout.state import GOOD, TRIAL, Banks, StateError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE = 0, 1, 2, 3, 4
+
+
+def banks_root() -> str:
+    return os.environ.get("BANKBOOT_BANKS", "/run/bankboot/banks")
+
+
+def booted_info() -> dict:
+    path = os.path.join(os.environ.get("BANKBOOT_RUN", "/run/bankboot"), "booted")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def next_boot(banks: Banks, st: dict) -> dict:
+    """What the next boot will pick and why (the same rules as choose_boot, without its writes)."""
+    cur, nxt = banks.layout.pointer("current"), banks.layout.pointer("next")
+    if nxt is not None and nxt != cur:
+        entry = banks.image_state(st, nxt)
+        if entry.get("state") == GOOD:
+            return {"image": nxt, "why": "next is committed (or a rollback): it becomes current"}
+        if entry.get("state") == TRIAL and entry.get("tries", 0) > 0:
+            return {"image": nxt, "why": f"trial of next, {entry['tries']} tries left"}
+        if entry.get("state") == TRIAL:
+            return {"image": cur, "why": f"next {nxt} has no tries left: it will be marked bad"}
+    return {"image": cur, "why": "current"}
+
+
+def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
+    status = banks.status()
+    st = banks.load()
+    status["booted"] = booted_info()
+    status["next_boot"] = next_boot(banks, st)
+    if args.json:
+        print(json.dumps(status, indent=1, sort_keys=True))
+        return EXIT_OK
+    b = status["booted"]
+    if b:
+        print(f"booted: {b.get('image')} ({b.get('why')})")
+    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<6} {'TRIES':>5}  POINTERS")
+    for img in status["images"]:
+        tries = "" if img["tries"] is None or img["state"] != TRIAL else str(img["tries"])
+        extra = f"  ({img['reason']})" if img.get("reason") else ""
+        extra += "  (reset at next boot)" if img.get("reset_pending") else ""
+        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<6} {tries:>5}  "
+              f"{','.join(img['pointers'])}{extra}")
+    nb = status["next_boot"]
+    print(f"next boot: {nb['image']} ({nb['why']})")
+    for w in status["warnings"]:
+        print(f"warning: {w}")
+    return EXIT_OK
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // max(total, 1)
+        if pct == self.last or (not self.tty and pct % 10 and done != total):
+            return
+        self.last = pct
+        rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+        bar = "#" * (pct // 4)
+        end = "" if self.tty and done != total else "\n"
+        sys.stderr.write(f"\rstaging [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s{end}")
+        sys.stderr.flush()
+
+
+def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    m = stage(banks, args.file, tries=args.tries, upper=args.upper, progress=Progress())
+    print(f"staged {m['id']} (version {m['version']}) as next, on trial with {args.tries} tries; reboot to try it")
+    return EXIT_OK
+
+
+def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
+    booted = booted_info().get("image")
+    image = banks.mark_good(booted)
+    from initfs.watchdog import disarm
+
+    disarm()
+    bootlog.set_outcome(banks.root, "marked good")
+    print(f"{image} is good and current")
+    return EXIT_OK
+
+
+def cmd_mark_bad(banks: Banks, args: argparse.Namespace) -> int:
+    image = banks.mark_bad(None, args.reason)
+    bootlog.set_outcome(banks.root, f"marked bad: {args.reason}")
+    print(f"{image} is marked bad ({args.reason}); current boots next time")
+    return EXIT_OK
+
+
+def cmd_rollback(banks: Banks, args: argparse.Namespace) -> int:
+    image = banks.rollback()
+    print(f"{image} (previous) boots next time and becomes current")
+    return EXIT_OK
+
+
+def cmd_reset(banks: Banks, args: argparse.Namespace) -> int:
+    image = booted_info().get("image") or banks.layout.pointer("current")
+    if image is None:
+        raise StateError("no running or current image to reset")
+    banks.request_reset(image, args.keep_backup)
+    kept = " (the old one kept in backups/)" if args.keep_backup else ""
+    print(f"{image}: its changes (the overlay upper) are emptied at the next boot{kept}; /userdata is kept")
+    return EXIT_OK
+
+
+def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
+    removed = banks.gc(booted_info().get("image"))
+    print("removed: " + (", ".join(removed) if removed else "nothing"))
+    return EXIT_OK
+
+
+def cmd_log(banks: Banks, args: argparse.Namespace) -> int:
+    records = list(reversed(bootlog.read_log(banks.root)))
+    if args.json:
+        print(json.dumps(records, indent=1, sort_keys=True))
+        return EXIT_OK
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("time", 0)))
+        print(f"{when}  {r.get('image')}  {r.get('why')}  self-test: {r.get('selftest')}  "
+              f"outcome: {r.get('outcome')}  previous boot: {r.get('previous_boot', '-')}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bankctl", description="bankboot's device-side tool")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status", help="images, versions, states; what boots next and why")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
+    s.add_argument("file")
+    s.add_argument("--tries", type=int, default=3)
+    s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
+                   help="start the new image with a copy of current's changes (default) or with none")
+    s.set_defaults(func=cmd_stage)
+    s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
+    s.set_defaults(func=cmd_mark_good)
+    s = sub.add_parser("mark-bad", help="give up the trial now")
+    s.add_argument("--reason", default="marked bad by bankctl")
+    s.set_defaults(func=cmd_mark_bad)
+    s = sub.add_parser("rollback", help="boot previous next time (it becomes current once it boots)")
+    s.set_defaults(func=cmd_rollback)
+    s = sub.add_parser("reset", help="factory reset: empty the running image's overlay upper at next boot")
+    s.add_argument("--keep-backup", action="store_true")
+    s.set_defaults(func=cmd_reset)
+    s = sub.add_parser("gc", help="remove images that are neither previous, current nor next")
+    s.set_defaults(func=cmd_gc)
+    s = sub.add_parser("log", help="the boot records, newest first")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_log)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    root = banks_root()
+    if not os.path.isdir(os.path.join(root, "overlay")):
+        print(f"bankctl: {root} is not a mounted banks partition (no overlay/ directory)", file=sys.stderr)
+        return EXIT_ERROR
+    banks = Banks(root)
+    try:
+        return args.func(banks, args)
+    except StageError as e:
+        print(f"bankctl {args.command}: refused: {e}", file=sys.stderr)
+        return EXIT_STAGE
+    except StateError as e:
+        print(f"bankctl {args.command}: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (LayoutError, OSError) as e:
+        print(f"bankctl {args.command}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""bankctl in the booted system. The frozen program (this one) is copied once per build from the
+initramfs into the booted image's utils/ on the banks partition, with the libraries and ld.so it needs and
+a static busybox, so it runs in any image, even one without a libc or with another one:
+
+    /run/bankboot/kit          -> banks/overlay/<image>/utils/bankboot-<build>
+    /run/bankboot/bin/busybox  -> ../kit/bin/busybox
+    /run/bankboot/bin/bankctl     a busybox sh script that runs the kit's init through the kit's ld.so
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from initfs import log
+from overlay_layout import durable
+from overlay_layout.layout import Layout
+from overlay_layout.state import _remove_tree
+
+KIT_LIST = "/etc/bankboot/kit"
+RUN = "/run/bankboot"
+
+
+def _copy(src: str, dst: str) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+    elif os.path.isdir(src):
+        os.mkdir(dst)
+        for name in sorted(os.listdir(src)):
+            _copy(f"{src}/{name}", f"{dst}/{name}")
+    else:
+        with open(src, "rb") as fi, open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+            fo.flush()
+            os.fsync(fo.fileno())
+        os.chmod(dst, os.stat(src).st_mode & 0o7777)
+
+
+def install_kit(layout: Layout, image: str, config: dict[str, str]) -> str:
+    build = config.get("build", "unknown")
+    utils = layout.sub(image, "utils")
+    dest = f"{utils}/bankboot-{build}"
+    if not os.path.isdir(dest):
+        with open(KIT_LIST) as f:
+            paths = [line.strip() for line in f if line.strip()]
+        durable.make_dirs(utils)
+        tmp = f"{dest}.tmp"
+        _remove_tree(tmp)
+        os.mkdir(tmp)
+        for rel in paths:
+            parent = os.path.dirname(f"{tmp}/{rel}")
+            os.makedirs(parent, exist_ok=True)
+            _copy(f"/{rel}", f"{tmp}/{rel}")
+        for dirpath, _, _ in os.walk(tmp):
+            durable.fsync_dir(dirpath)
+        durable.rename(tmp, dest)
+        for old in os.listdir(utils):
+            if old.startswith("bankboot-") and f"{utils}/{old}" != dest:
+                _remove_tree(f"{utils}/{old}")
+        log.log(f"installed bankctl for build {build} in {dest}")
+    _link(dest, config)
+    return dest
+
+
+def _link(dest: str, config: dict[str, str]) -> None:
+    os.makedirs(f"{RUN}/bin", exist_ok=True)
+    for path, target in ((f"{RUN}/kit", dest), (f"{RUN}/bin/busybox", "../kit/bin/busybox")):
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(target, path)
+    interp = config.get("interp", "/lib/ld-linux-aarch64.so.1")
+    libdirs = ":".join(f"$k{d}" for d in config.get("libdirs", "/lib").split(":"))
+    # LD_LIBRARY_PATH, not ld.so --library-path: PyInstaller's bootloader re-execs itself and the
+    # environment is what survives that.
+    script = (f"#!{RUN}/bin/busybox sh\n# bankctl: bankboot's frozen program from the kit, through the kit's ld.so.\n"
+              f"k={RUN}/kit\nexport BANKBOOT_ENTRY=bankctl LD_LIBRARY_PATH=\"{libdirs}\"\n"
+              f'exec "$k{interp}" "$k/init" "$@"\n')
+    with open(f"{RUN}/bin/bankctl", "w") as f:
+        f.write(script)
+    os.chmod(f"{RUN}/bin/bankctl", 0o755)

@@ -1,0 +1,193 @@
+"""Update lifecycle scenarios on qemu-aarch64: a device with image 1.0.0 gets an update on a second disk
+(like a USB stick) and stages it with the bankctl the init installed; the test drives reboots and reads
+what the booted system and bankctl say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.disk import build_disk
+from builder.image import build_image
+from builder.samplerootfs import build_sample_rootfs
+from qemu.vm import VM
+
+pytestmark = pytest.mark.vm
+T = 120
+PROMPT = r"\(sample\) / # "
+
+
+@pytest.fixture(scope="module")
+def device(aarch64, test_dir: Path, built_initramfs):
+    """The base disk (1.0.0 current) and update banks: good, failing self-test, never marks itself good."""
+    board, _, _ = aarch64
+    out = test_dir / "lifecycle"
+    out.mkdir(exist_ok=True)
+    banks = {}
+    for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}),
+                              ("selftest-fails", "1.2.0", {"failing_selftest": True}),
+                              ("no-mark-good", "1.3.0", {"mark_good": False})]:
+        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
+        banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank"))
+    disk = out / "base-disk.img"
+    build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
+    return board, out, disk, banks
+
+
+class Device:
+    """One device: a copy of the base disk, the update bank as a second disk."""
+
+    def __init__(self, device, name: str, update: str | None) -> None:
+        self.board, out, base, self.banks = device
+        self.dir = out / name
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir()
+        self.disk = self.dir / "disk.img"
+        shutil.copyfile(base, self.disk)
+        self.update = self.banks[update][0] if update else None
+
+    def vm(self, append: str = "") -> VM:
+        vm = VM.from_disk(self.board, self.disk, self.dir, append=append, reboot=True)
+        if self.update:
+            vm.disks.append(self.update)
+        return vm
+
+
+def sh(vm: VM, cmd: str) -> tuple[int, str]:
+    return vm.console.run(cmd, timeout=T)
+
+
+def up(vm: VM) -> str:
+    """Wait for the image's init and shell; returns the version the image itself reports."""
+    m = vm.console.expect(r"sample-rootfs: up, version ([^ ,]+)", T)
+    vm.console.expect(PROMPT, T)
+    return m.group(1).decode()
+
+
+def status(vm: VM) -> dict:
+    rc, out = sh(vm, "bankctl status --json")
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def state_of(st: dict, version: str) -> dict:
+    return next(i for i in st["images"] if i["version"] == version)
+
+
+def reboot(vm: VM) -> None:
+    vm.console.sendline("reboot")
+    vm.console.expect(r"Booting Linux", T)
+
+
+def test_good_update_commits_after_mark_good(device) -> None:
+    d = Device(device, "good", "good")
+    with d.vm() as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb --tries 2")
+        assert rc == 0, out
+        st = status(vm)
+        assert state_of(st, "1.1.0")["state"] == "trial" and st["pointers"]["next"] == state_of(st, "1.1.0")["id"]
+        reboot(vm)
+        assert up(vm) == "1.1.0"
+        assert "trial boot; marked good" in vm.console.text()
+        st = status(vm)
+        assert state_of(st, "1.1.0")["pointers"] == ["current"]
+        assert state_of(st, "1.0.0")["pointers"] == ["previous"]
+        reboot(vm)
+        assert up(vm) == "1.1.0"  # committed: boots again without a trial
+        rc, out = sh(vm, "cat /run/bankboot/booted")
+        assert json.loads(out)["trial"] is False
+
+
+def test_failing_selftest_falls_back_in_the_same_boot(device) -> None:
+    d = Device(device, "selftest", "selftest-fails")
+    with d.vm() as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb")
+        assert rc == 0, out
+        reboot(vm)
+        vm.console.expect(r"self-test .*50-fails failed with exit status 7", T)
+        assert up(vm) == "1.0.0"  # no extra reboot: straight into current
+        st = status(vm)
+        bad = state_of(st, "1.2.0")
+        assert bad["state"] == "bad" and "50-fails" in bad["reason"] and st["pointers"]["next"] is None
+        rc, out = sh(vm, "bankctl log --json")
+        assert "self-test failed" in json.loads(out)[0]["selftest"]
+
+
+def test_update_that_never_marks_good_falls_back_after_its_tries(device) -> None:
+    d = Device(device, "nomark", "no-mark-good")
+    with d.vm() as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb --tries 2")
+        assert rc == 0, out
+        for _ in range(2):
+            reboot(vm)
+            assert up(vm) == "1.3.0"
+        reboot(vm)
+        assert up(vm) == "1.0.0"
+        st = status(vm)
+        assert state_of(st, "1.3.0")["state"] == "bad"
+        assert "no tries left" in state_of(st, "1.3.0")["reason"]
+
+
+def test_esc_menu_boots_previous_and_select_works(device) -> None:
+    d = Device(device, "esc", "good")
+    with d.vm() as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb")
+        assert rc == 0, out
+        reboot(vm)
+        assert up(vm) == "1.1.0"  # committed by the image itself
+        reboot(vm)
+        vm.console.expect(r"Press ESC for the boot menu", T)
+        vm.console.send(b"\x1b")
+        vm.console.expect(r"bankboot boot menu", 30)
+        vm.console.expect(r"choice: ", 30)
+        vm.console.send(b"\x1b")
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /run/bankboot/booted")
+        assert "console menu" in json.loads(out)["why"]
+    with d.vm(append="bankboot.select=previous bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.1.0"  # a selection is for one boot only
+
+
+def test_corrupt_or_truncated_update_is_refused_and_never_booted(device) -> None:
+    d = Device(device, "corrupt", None)
+    good = d.banks["good"][0].read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    (d.dir / "flipped.bank").write_bytes(bytes(flipped))
+    (d.dir / "truncated.bank").write_bytes(good[: (len(good) // 2) // 512 * 512])
+    for bad, message in [("flipped.bank", "does not match"), ("truncated.bank", "truncated")]:
+        d.update = d.dir / bad
+        with d.vm(append="bankboot.timeout=0") as vm:
+            assert up(vm) == "1.0.0"
+            rc, out = sh(vm, "bankctl stage /dev/vdb 2>&1")
+            assert rc == 4 and message in out, out
+            st = status(vm)
+            assert st["pointers"]["next"] is None and [i["version"] for i in st["images"]] == ["1.0.0"]
+            rc, out = sh(vm, "ls -a /run/bankboot/banks/overlay")
+            assert ".staging" not in out
+            reboot(vm)
+            assert up(vm) == "1.0.0"
+
+
+def test_reset_empties_the_upper_and_keeps_userdata(device) -> None:
+    d = Device(device, "reset", None)
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+        rc, _ = sh(vm, "echo mine > /etc/changed && echo kept > /userdata/kept")
+        assert rc == 0
+        rc, out = sh(vm, "bankctl reset")
+        assert rc == 0, out
+        reboot(vm)
+        vm.console.expect(r"reset: upper emptied", T)
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /etc/changed 2>&1; cat /userdata/kept")
+        assert "No such file" in out and "kept" in out
