@@ -54,7 +54,7 @@ def run_bench(board: Board, runs: int = 3) -> int:
     for kind in ("frozen", "busybox-sh"):
         result = build_initramfs(board, out / f"initramfs-{kind}.img", init=kind)
         disk = out / f"disk-{kind}.img"
-        build_disk(board, out / "sample.bank", disk, 256 << 20, result.path)
+        build_disk(board, out / "sample.bank", disk, 256 << 20, result.path, extra_cmdline="bankboot.timeout=0")
         samples: dict[str, list[float]] = {}
         for _ in range(runs):
             for label, t in time_boot(board, result.path, kind, out, disk).items():
