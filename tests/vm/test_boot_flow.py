@@ -62,7 +62,7 @@ def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk,
         rc, out = vm.console.run("readlink /proc/1/exe; tr '\\0' ' ' < /proc/1/cmdline; echo")
         exe, argv0 = out.split()
         assert exe == "/bin/busybox" and argv0 in ("init", "/sbin/init")  # busybox init rewrites its argv[0]
-        rc, out = vm.console.run("ls -d /init /bankboot /etc/bankboot 2>&1; test -b /dev/vda && test -b /dev/vda2")
+        rc, out = vm.console.run("ls -d /init /bankboot /etc/bankboot/initramfs.conf 2>&1; test -b /dev/vda && test -b /dev/vda2")
         assert rc == 0 and out.count("No such file") == 3, out
         rc, env = vm.console.run("cat /proc/1/environ | tr '\\0' '\\n'")
         assert "LD_LIBRARY_PATH" not in env and "_PYI" not in env

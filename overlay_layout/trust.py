@@ -1,0 +1,144 @@
+"""Who may be booted: ed25519 signatures over the manifest (PyNaCl; no hand-written crypto), trusted
+public keys with ids (several at once, for rotation), semantic versions for the anti-rollback floor.
+
+Key files are one line each:
+    private: bankboot-ed25519-private <base64 32-byte seed>
+    public:  bankboot-ed25519 <base64 32-byte key> [comment]
+A key id is the first 16 hex digits of the sha256 of the public key bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+
+from overlay_layout.layout import LayoutError
+from overlay_layout.manifest import dump_manifest
+
+PUBLIC_TAG = "bankboot-ed25519"
+PRIVATE_TAG = "bankboot-ed25519-private"
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$")
+
+
+class TrustError(RuntimeError):
+    pass
+
+
+# -- versions ------------------------------------------------------------------------------------------------
+def parse_version(text: str) -> tuple:
+    """A semantic version as a sortable key; anything else is an error naming the string."""
+    m = _SEMVER.match(text or "")
+    if not m:
+        raise TrustError(f"version {text!r} is not a semantic version (MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD])")
+    major, minor, patch, pre, _build = m.groups()
+    # A pre-release sorts before its release; its dot parts compare numerically when numeric.
+    pre_key: tuple = (1,) if pre is None else (0, *[(0, int(p), "") if p.isdigit() else (1, 0, p)
+                                                     for p in pre.split(".")])
+    return (int(major), int(minor), int(patch), pre_key)
+
+
+def version_lt(a: str, b: str) -> bool:
+    return parse_version(a) < parse_version(b)
+
+
+# -- keys ----------------------------------------------------------------------------------------------------
+def key_id(public: bytes) -> str:
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise TrustError(f"{what}: not base64") from None
+    if len(raw) != 32:
+        raise TrustError(f"{what}: an ed25519 key is 32 bytes, this one is {len(raw)}")
+    return raw
+
+
+def read_public_key(path: str) -> bytes:
+    try:
+        with open(path) as f:
+            parts = f.read().split()
+    except OSError as e:
+        raise TrustError(f"cannot read public key {path}: {e.strerror}") from None
+    if len(parts) < 2 or parts[0] != PUBLIC_TAG:
+        raise TrustError(f"{path} is not a bankboot public key (expected '{PUBLIC_TAG} <base64>')")
+    return _b64(parts[1], path)
+
+
+def read_private_key(path: str) -> bytes:
+    try:
+        with open(path) as f:
+            parts = f.read().split()
+    except OSError as e:
+        raise TrustError(f"cannot read private key {path}: {e.strerror}") from None
+    if len(parts) != 2 or parts[0] != PRIVATE_TAG:
+        raise TrustError(f"{path} is not a bankboot private key (expected '{PRIVATE_TAG} <base64>')")
+    return _b64(parts[1], path)
+
+
+def load_trusted(directory: str) -> dict[str, bytes]:
+    """Every *.pub in `directory`, by key id."""
+    keys: dict[str, bytes] = {}
+    if not os.path.isdir(directory):
+        return keys
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".pub"):
+            pub = read_public_key(os.path.join(directory, name))
+            keys[key_id(pub)] = pub
+    return keys
+
+
+# -- signatures ----------------------------------------------------------------------------------------------
+def signed_bytes(manifest: dict) -> bytes:
+    """What the signature covers: the canonical manifest without its signature."""
+    return dump_manifest({k: v for k, v in manifest.items() if k != "signature"})
+
+
+def sign_manifest(manifest: dict, seed: bytes) -> dict:
+    from nacl.signing import SigningKey
+
+    sk = SigningKey(seed)
+    public = bytes(sk.verify_key)
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    body["key"] = key_id(public)
+    sig = sk.sign(signed_bytes(body)).signature
+    return {**body, "signature": sig.hex()}
+
+
+def verify_manifest(manifest: dict, trusted: dict[str, bytes], allow_unsigned: bool = False) -> str:
+    """Returns who signed it ("key <id>" or "unsigned (allowed)"); anything else raises TrustError with
+    the reason."""
+    sig = manifest.get("signature")
+    if sig is None:
+        if allow_unsigned:
+            return "unsigned (allowed by this initramfs)"
+        raise TrustError(f"image {manifest.get('id')} is not signed and this device accepts only signed images")
+    kid = manifest.get("key")
+    if not isinstance(kid, str) or not isinstance(sig, str):
+        raise TrustError(f"image {manifest.get('id')}: malformed signature fields")
+    if kid not in trusted:
+        raise TrustError(f"image {manifest.get('id')} is signed by key {kid}, which this device does not trust "
+                         f"(trusted: {', '.join(sorted(trusted)) or 'none'})")
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    try:
+        raw = bytes.fromhex(sig)
+        VerifyKey(trusted[kid]).verify(signed_bytes(manifest), raw)
+    except (ValueError, BadSignatureError):
+        raise TrustError(f"image {manifest.get('id')}: the signature by key {kid} does not match the manifest "
+                         f"(tampered or corrupted)") from None
+    return f"key {kid}"
+
+
+def check_manifest_version(manifest: dict, where: str) -> None:
+    try:
+        parse_version(manifest["version"])
+        if "min_bankboot" in manifest:
+            parse_version(manifest["min_bankboot"])
+    except TrustError as e:
+        raise LayoutError(f"{where}: {e}") from None
