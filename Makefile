@@ -3,6 +3,10 @@ BOARD ?= qemu-aarch64
 VENV  := .venv/bin
 INITRAMFS := build/$(BOARD)/initramfs.img
 PYTEST_ARGS ?=
+# Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
+DEV_KEY := build/keys/dev
+TRUST ?= $(DEV_KEY).pub
+SIGN ?= $(DEV_KEY).key
 
 .PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench clean distclean
 
@@ -11,8 +15,12 @@ all: initramfs
 deps:
 	@scripts/deps.sh
 
-initramfs: deps
-	$(VENV)/bankboot initramfs --board $(BOARD) -o $(INITRAMFS)
+$(DEV_KEY).key $(DEV_KEY).pub:
+	@scripts/deps.sh
+	$(VENV)/bankboot keygen -o $(DEV_KEY) --comment "bankboot development key (not for devices you ship)"
+
+initramfs: deps $(if $(filter $(DEV_KEY).pub,$(TRUST)),$(DEV_KEY).pub)
+	$(VENV)/bankboot initramfs --board $(BOARD) -o $(INITRAMFS) --trust "$(TRUST)"
 
 qemu: initramfs
 	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)
@@ -23,7 +31,7 @@ DEMO := build/demo/$(BOARD)
 # the kernel, our initramfs and cmdline.txt; QEMU then boots that disk the way firmware would.
 demo: initramfs
 	$(VENV)/bankboot sample-rootfs --board $(BOARD) -o $(DEMO)/rootfs
-	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 -o $(DEMO)/app-1.0.0.bank
+	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 --sign $(SIGN) -o $(DEMO)/app-1.0.0.bank
 	$(VENV)/bankboot disk --board $(BOARD) --image $(DEMO)/app-1.0.0.bank --initramfs $(INITRAMFS) \
 		--size 512M -o $(DEMO)/disk.img
 	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img

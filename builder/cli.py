@@ -37,11 +37,16 @@ def default_initramfs_path(board_name: str) -> Path:
 
 
 def cmd_initramfs(args: argparse.Namespace) -> int:
-    from builder.initramfs import build_initramfs
+    from builder.initramfs import TrustPolicy, build_initramfs
 
     board = load_board(args.board)
     out = Path(args.output) if args.output else default_initramfs_path(board.name)
-    result = build_initramfs(board, out, init=args.init, compression_method=args.compression)
+    keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
+    policy = TrustPolicy(keys, args.insecure_allow_unsigned, args.allow_downgrade)
+    if args.insecure_allow_unsigned:
+        print("WARNING: this initramfs accepts UNSIGNED images (--insecure-allow-unsigned): development only",
+              file=sys.stderr)
+    result = build_initramfs(board, out, init=args.init, compression_method=args.compression, policy=policy)
     print(f"{result.path}: {_human(result.compressed)} {result.compression} "
           f"({_human(result.unpacked)} unpacked) for {board.name}, kernel {result.kernel.version}")
     return 0
@@ -59,9 +64,19 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
 
-    m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id)
+    m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
+                    sign_key=Path(args.sign) if args.sign else None)
+    signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}), squashfs {_human(m['size'])} "
-          f"sha256 {m['sha256']}")
+          f"sha256 {m['sha256']}, {signed}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from builder.keys import keygen
+
+    private, public, kid = keygen(Path(args.output), args.comment)
+    print(f"{private} (private: keep it secret), {public} (public: give it to `make initramfs TRUST=`); key id {kid}")
     return 0
 
 
@@ -108,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="busybox-sh builds the plain-shell baseline used by benchmarks")
     i.add_argument("--compression", choices=["zstd", "gzip", "xz", "lz4", "none"],
                    help="override the board's compression")
+    i.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
+                   help="public key(s) whose signed images the device accepts (repeatable, or comma-separated)")
+    i.add_argument("--insecure-allow-unsigned", action="store_true",
+                   help="also accept unsigned images (development only; bankctl status says so loudly)")
+    i.add_argument("--allow-downgrade", action="store_true",
+                   help="let `bankctl stage --allow-downgrade` install versions below the anti-rollback floor")
     i.set_defaults(func=cmd_initramfs)
 
     q = sub.add_parser("qemu", help="boot a board in QEMU on this terminal (Ctrl-A x quits)")
@@ -123,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--rootfs", required=True)
     im.add_argument("--version", required=True)
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
+    im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
     im.add_argument("-o", "--output", required=True)
     im.set_defaults(func=cmd_image)
+
+    kg = sub.add_parser("keygen", help="make an ed25519 key pair: PREFIX.key (private) and PREFIX.pub")
+    kg.add_argument("-o", "--output", required=True, metavar="PREFIX")
+    kg.add_argument("--comment", default="")
+    kg.set_defaults(func=cmd_keygen)
 
     dk = sub.add_parser("disk", help="make a partitioned disk image (boot, banks, userdata)")
     dk.add_argument("--board", default=DEFAULT_BOARD)

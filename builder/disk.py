@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.board import Board
-from builder.image import extract_squashfs, read_bank
+from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
@@ -117,7 +117,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         lay = Layout(str(stage))
         image_id = manifest["id"]
         os.makedirs(lay.image_dir(image_id))
-        extract_squashfs(bank, Path(lay.squashfs(image_id)))
+        extract_image(bank, Path(lay.image_dir(image_id)))
         Path(lay.manifest_path(image_id)).write_bytes(dump_manifest(manifest))
         lay.prepare_image_dirs(image_id)
         lay.set_pointer("current", image_id)

@@ -1,7 +1,8 @@
 """`bankboot image`: a root filesystem directory becomes a bank file: an uncompressed tar holding
-manifest.json first and rootfs.squashfs after it (so a device can read what it is about to copy before
-copying it, in one pass). The squashfs is zstd, all files owned by root, timestamps fixed: the same
-rootfs gives the same bytes."""
+manifest.json first, then rootfs.squashfs and rootfs.verity (its dm-verity hash tree), so a device can
+read and check what it is about to copy before copying it, in one pass. The squashfs is zstd, all files
+owned by root, timestamps fixed: the same rootfs gives the same bytes. With a key, the manifest is signed
+(ed25519); the signature covers the squashfs and hash tree through their hashes and the verity root hash."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from builder.arch import ARCHES
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.initramfs import write_atomic
-from overlay_layout.layout import MANIFEST, SQUASHFS, check_id
+from initfs.version import VERSION
+from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, check_id
 from overlay_layout.manifest import FORMAT, dump_manifest, parse_manifest
+from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
 _ARCH_BY_MACHINE = {(a.elf_machine, a.elf_class): a.debian for a in ARCHES.values()}
 
@@ -59,6 +62,27 @@ def make_squashfs(rootfs: Path, output: Path) -> None:
         raise ImageError(f"mksquashfs failed: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
+def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
+    """The dm-verity hash tree of the squashfs, without a superblock (the manifest carries the
+    parameters), with cryptsetup's veritysetup."""
+    tool = shutil.which("veritysetup") or ("/sbin/veritysetup" if Path("/sbin/veritysetup").exists() else None)
+    if tool is None:
+        raise ImageError("veritysetup is not installed (Debian cryptsetup-bin; make deps installs it)")
+    if squashfs.stat().st_size % 4096:
+        raise ImageError(f"{squashfs} is not a whole number of 4096-byte blocks (mksquashfs pads unless -nopad)")
+    proc = subprocess.run([tool, "format", "--no-superblock", "--hash", "sha256", "--data-block-size", "4096",
+                           "--hash-block-size", "4096", "--salt", salt, str(squashfs), str(output)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"veritysetup format failed: {proc.stderr.strip()}")
+    lines = proc.stdout.splitlines()
+    root = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Root hash:")), "")
+    if len(root) != 64:
+        raise ImageError(f"veritysetup printed no root hash:\n{proc.stdout}")
+    return {"root_hash": root, "salt": salt, "hash_algorithm": "sha256", "data_block_size": 4096,
+            "hash_block_size": 4096, "size": output.stat().st_size, "sha256": sha256_file(output)}
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -67,16 +91,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None) -> dict:
+def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
+                sign_key: Path | None = None, min_bankboot: str = VERSION) -> dict:
     if not rootfs.is_dir():
         raise ImageError(f"rootfs {rootfs} is not a directory")
-    if not version or any(c.isspace() for c in version):
-        raise ImageError(f"version {version!r} must be a non-empty word")
+    try:
+        parse_version(version)
+        parse_version(min_bankboot)
+        seed = read_private_key(str(sign_key)) if sign_key else None
+    except TrustError as e:
+        raise ImageError(str(e)) from None
     arch = rootfs_arch(rootfs)
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS
         make_squashfs(rootfs, sq)
         digest = sha256_file(sq)
+        salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible
+        verity = make_verity(sq, Path(tmp) / VERITY, salt=salt)
         manifest = {
             "format": FORMAT,
             "id": check_id(image_id or f"{version}-{digest[:12]}"),
@@ -85,19 +116,23 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             "size": sq.stat().st_size,
             "sha256": digest,
             "created": datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "min_bankboot": min_bankboot,
+            "verity": verity,
         }
+        if seed is not None:
+            manifest = sign_manifest(manifest, seed)
         data = dump_manifest(manifest)
         parse_manifest(data, "new manifest")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, size, src in ((MANIFEST, len(data), io.BytesIO(data)), (SQUASHFS, sq.stat().st_size, None)):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = size, 0o644, source_date_epoch()
-                if src is None:
-                    with open(sq, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info, src)
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mode, info.mtime = len(data), 0o644, source_date_epoch()
+            tar.addfile(info, io.BytesIO(data))
+            for path in (sq, Path(tmp) / VERITY):
+                info = tarfile.TarInfo(path.name)
+                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, source_date_epoch()
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
         output.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(output, buf.getvalue())
     return manifest
@@ -113,7 +148,7 @@ def read_bank(path: Path) -> tuple[dict, tarfile.TarFile, tarfile.TarInfo]:
         members = tar.getmembers()
         names = [m.name for m in members]
         if names[:2] != [MANIFEST, SQUASHFS]:
-            raise ImageError(f"{path}: a bank file holds {MANIFEST} then {SQUASHFS}, this one {names}")
+            raise ImageError(f"{path}: a bank file holds {MANIFEST} then {SQUASHFS} (and {VERITY}), this one {names}")
         manifest = parse_manifest(tar.extractfile(members[0]).read(), f"{path}:{MANIFEST}")
         if members[1].size != manifest["size"]:
             raise ImageError(f"{path}: squashfs is {members[1].size} bytes, the manifest says {manifest['size']}")
@@ -123,20 +158,28 @@ def read_bank(path: Path) -> tuple[dict, tarfile.TarFile, tarfile.TarInfo]:
         raise
 
 
-def extract_squashfs(path: Path, dest: Path) -> dict:
-    """Copy the bank's squashfs to dest, checking size and sha256 against its manifest."""
-    manifest, tar, member = read_bank(path)
+def extract_image(path: Path, dest_dir: Path) -> dict:
+    """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
+    manifest, tar, _ = read_bank(path)
+    expected = {SQUASHFS: manifest["sha256"]}
+    if "verity" in manifest:
+        expected[VERITY] = manifest["verity"]["sha256"]
     with tar:
-        src = tar.extractfile(member)
-        h = hashlib.sha256()
-        with open(dest, "wb") as out:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    if h.hexdigest() != manifest["sha256"]:
-        dest.unlink()
-        raise ImageError(f"{path}: squashfs sha256 {h.hexdigest()} does not match the manifest's "
-                         f"{manifest['sha256']}")
+        for member in tar.getmembers()[1:]:
+            if member.name not in expected:
+                raise ImageError(f"{path}: unexpected member {member.name}")
+            src = tar.extractfile(member)
+            h = hashlib.sha256()
+            dest = dest_dir / member.name
+            with open(dest, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if h.hexdigest() != expected.pop(member.name):
+                dest.unlink()
+                raise ImageError(f"{path}: {member.name} sha256 {h.hexdigest()} does not match the manifest")
+    if expected:
+        raise ImageError(f"{path}: missing {', '.join(expected)}")
     return manifest

@@ -118,7 +118,7 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
         if f.lstrip("/") not in tree:
             tree.add_file(f, src=sysroot.root / f.lstrip("/"))
     # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, "bin/busybox", *sorted(x.lstrip("/") for x in resolver.closure.links),
+    kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
     tree.add_file("etc/bankboot/kit", data="".join(f"{k}\n" for k in kit).encode())
     interp = read_elf(bundle / "init").interp or ""
@@ -126,7 +126,33 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
             "libdirs": ":".join(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))}
 
 
-def assemble(board: Board, init: str = "frozen") -> tuple[FsTree, KernelParts]:
+@dataclass(frozen=True)
+class TrustPolicy:
+    """What the device will accept: images signed by these keys; unsigned ones only when built so for
+    development; versions below the floor only when downgrades are allowed."""
+
+    keys: tuple[Path, ...] = ()
+    allow_unsigned: bool = False
+    allow_downgrade: bool = False
+
+
+def add_trust(tree: FsTree, policy: TrustPolicy) -> dict[str, str]:
+    from overlay_layout.trust import key_id, read_public_key
+
+    ids = []
+    for path in policy.keys:
+        pub = read_public_key(str(path))
+        kid = key_id(pub)
+        tree.add_file(f"etc/bankboot/trust/{kid}.pub", data=path.read_bytes())
+        ids.append(kid)
+    if not ids and not policy.allow_unsigned:
+        raise ValueError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
+                         "every image; use --insecure-allow-unsigned only for development")
+    return {"trusted": ",".join(ids), "unsigned": "allowed" if policy.allow_unsigned else "refused",
+            "downgrade": "allowed" if policy.allow_downgrade else "refused"}
+
+
+def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = None) -> tuple[FsTree, KernelParts]:
     if init not in INIT_KINDS:
         raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
     kernel = locate_kernel(board)
@@ -138,9 +164,9 @@ def assemble(board: Board, init: str = "frozen") -> tuple[FsTree, KernelParts]:
     tree.add_device("dev/null", "char", 1, 3, 0o666)
     add_busybox(tree, board)
     add_modules(tree, kernel, board.modules)
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}
     if init == "frozen":
-        extra = add_frozen_init(tree, locate_sysroot(board.arch))
+        extra.update(add_frozen_init(tree, locate_sysroot(board.arch)))
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
@@ -168,8 +194,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def build_initramfs(board: Board, output: Path, init: str = "frozen",
-                    compression_method: str | None = None) -> BuildResult:
-    tree, kernel = assemble(board, init)
+                    compression_method: str | None = None, policy: TrustPolicy | None = None) -> BuildResult:
+    tree, kernel = assemble(board, init, policy)
     raw = io.BytesIO()
     write_cpio(tree, raw)
     method = compression_method or board.compression

@@ -13,16 +13,23 @@ import os
 import sys
 import time
 
+from initfs.version import VERSION
 from overlay_layout import bootlog
 from overlay_layout.layout import LayoutError
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import GOOD, TRIAL, Banks, StateError
+from overlay_layout.trust import Policy
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE = 0, 1, 2, 3, 4
 
 
 def banks_root() -> str:
     return os.environ.get("BANKBOOT_BANKS", "/run/bankboot/banks")
+
+
+def policy() -> Policy:
+    """The trust settings of the initramfs this bankctl came from (its kit carries /etc/bankboot)."""
+    return Policy.load(os.path.join(os.environ.get("BANKBOOT_KIT", "/"), "etc/bankboot"))
 
 
 def booted_info() -> dict:
@@ -53,6 +60,12 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     st = banks.load()
     status["booted"] = booted_info()
     status["next_boot"] = next_boot(banks, st)
+    pol = policy()
+    status["trust"] = {"keys": sorted(pol.keys), "unsigned_allowed": pol.allow_unsigned,
+                       "downgrade_allowed": pol.allow_downgrade, "floor": st.get("floor")}
+    if pol.allow_unsigned:
+        status["warnings"].insert(0, "THIS DEVICE ACCEPTS UNSIGNED IMAGES (initramfs built with "
+                                     "--insecure-allow-unsigned): anyone who can write a bank file can run code here")
     if args.json:
         print(json.dumps(status, indent=1, sort_keys=True))
         return EXIT_OK
@@ -68,8 +81,10 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
               f"{','.join(img['pointers'])}{extra}")
     nb = status["next_boot"]
     print(f"next boot: {nb['image']} ({nb['why']})")
+    t = status["trust"]
+    print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'}")
     for w in status["warnings"]:
-        print(f"warning: {w}")
+        print(f"WARNING: {w}" if "UNSIGNED" in w else f"warning: {w}")
     return EXIT_OK
 
 
@@ -92,8 +107,10 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
-    m = stage(banks, args.file, tries=args.tries, upper=args.upper, progress=Progress())
-    print(f"staged {m['id']} (version {m['version']}) as next, on trial with {args.tries} tries; reboot to try it")
+    m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
+              allow_downgrade=args.allow_downgrade)
+    print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "
+          f"tries; reboot to try it")
     return EXIT_OK
 
 
@@ -160,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tries", type=int, default=3)
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
+    s.add_argument("--allow-downgrade", action="store_true",
+                   help="accept a version below the anti-rollback floor, where the initramfs allows it")
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
     s.set_defaults(func=cmd_mark_good)

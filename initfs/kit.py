@@ -73,7 +73,7 @@ def _link(dest: str, config: dict[str, str]) -> None:
     # LD_LIBRARY_PATH, not ld.so --library-path: PyInstaller's bootloader re-execs itself and the
     # environment is what survives that.
     script = (f"#!{RUN}/bin/busybox sh\n# bankctl: bankboot's frozen program from the kit, through the kit's ld.so.\n"
-              f"k={RUN}/kit\nexport BANKBOOT_ENTRY=bankctl LD_LIBRARY_PATH=\"{libdirs}\"\n"
+              f"k={RUN}/kit\nexport BANKBOOT_ENTRY=bankctl BANKBOOT_KIT=$k LD_LIBRARY_PATH=\"{libdirs}\"\n"
               f'exec "$k{interp}" "$k/init" "$@"\n')
     with open(f"{RUN}/bin/bankctl", "w") as f:
         f.write(script)

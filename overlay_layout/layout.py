@@ -22,6 +22,7 @@ from overlay_layout import durable
 OVERLAY = "overlay"
 POINTERS = ("current", "next", "previous")
 SQUASHFS = "rootfs.squashfs"
+VERITY = "rootfs.verity"  # the squashfs's dm-verity hash tree (no superblock)
 MANIFEST = "manifest.json"
 IMAGE_DIRS = ("upper", "work", "backups", "utils")
 USERDATA_DIR = "userdata"
@@ -51,6 +52,9 @@ class Layout:
 
     def squashfs(self, image_id: str) -> str:
         return os.path.join(self.image_dir(image_id), SQUASHFS)
+
+    def verity(self, image_id: str) -> str:
+        return os.path.join(self.image_dir(image_id), VERITY)
 
     def manifest_path(self, image_id: str) -> str:
         return os.path.join(self.image_dir(image_id), MANIFEST)

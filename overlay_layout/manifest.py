@@ -8,6 +8,8 @@ from overlay_layout.layout import LayoutError, check_id
 
 FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
 FORMAT = 1
+VERITY_FIELDS = {"root_hash": str, "salt": str, "hash_algorithm": str, "data_block_size": int,
+                 "hash_block_size": int, "size": int, "sha256": str}
 
 
 def parse_manifest(data: bytes, where: str) -> dict:
@@ -27,6 +29,19 @@ def parse_manifest(data: bytes, where: str) -> dict:
         raise LayoutError(f"{where}: 'sha256' must be 64 lowercase hex digits")
     if m["size"] <= 0:
         raise LayoutError(f"{where}: 'size' must be positive")
+    v = m.get("verity")
+    if v is not None:
+        if not isinstance(v, dict):
+            raise LayoutError(f"{where}: 'verity' must be an object")
+        for key, kind in VERITY_FIELDS.items():
+            if not isinstance(v.get(key), kind) or isinstance(v.get(key), bool):
+                raise LayoutError(f"{where}: 'verity.{key}' must be a {kind.__name__}")
+        for key in ("root_hash", "salt", "sha256"):
+            if any(c not in "0123456789abcdef" for c in v[key]):
+                raise LayoutError(f"{where}: 'verity.{key}' must be lowercase hex")
+    for key in ("min_bankboot", "key", "signature"):
+        if key in m and not isinstance(m[key], str):
+            raise LayoutError(f"{where}: {key!r} must be a string")
     return m
 
 

@@ -11,9 +11,10 @@ import tarfile
 from collections.abc import Callable
 
 from overlay_layout import durable
-from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
+from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
 from overlay_layout.manifest import dump_manifest, parse_manifest
 from overlay_layout.state import Banks, StateError
+from overlay_layout.trust import Policy, TrustError, version_lt
 
 CHUNK = 1 << 20
 MARGIN = 4 << 20  # left free on the partition after staging
@@ -74,8 +75,9 @@ def _copy_meta(src: str, dst: str) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def stage(banks: Banks, bank_file: str, tries: int = 3, upper: str = "copy", machine: str | None = None,
-          progress: Callable[[int, int], None] | None = None, allow_arch: bool = False) -> dict:
+def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
+          machine: str | None = None, progress: Callable[[int, int], None] | None = None,
+          allow_downgrade: bool = False) -> dict:
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -94,14 +96,29 @@ def stage(banks: Banks, bank_file: str, tries: int = 3, upper: str = "copy", mac
         except LayoutError as e:
             raise StageError(str(e)) from None
         image = manifest["id"]
+        try:
+            who = policy.check(manifest, running_version)
+            floor = banks.load().get("floor")
+            if floor and version_lt(manifest["version"], floor):
+                if not allow_downgrade:
+                    raise TrustError(f"version {manifest['version']} is below this device's floor {floor} "
+                                     f"(anti-rollback); --allow-downgrade to override where the initramfs allows it")
+                if not policy.allow_downgrade:
+                    raise TrustError(f"version {manifest['version']} is below the floor {floor} and this "
+                                     f"initramfs does not allow downgrades")
+        except TrustError as e:
+            raise StageError(str(e)) from None
+        manifest["_signed_by"] = who
         arch = MACHINE_ARCH.get(machine or os.uname().machine)
-        if not allow_arch and manifest["arch"] != arch:
+        if manifest["arch"] != arch:
             raise StageError(f"{bank_file} is an {manifest['arch']} image; this machine is {arch}")
         if os.path.exists(layout.image_dir(image)):
             raise StageError(f"image {image} is already on the banks partition (bankctl gc removes unused ones)")
         cur = layout.pointer("current")
         upper_src = layout.sub(cur, "upper") if cur and upper == "copy" else None
-        need = manifest["size"] + (tree_size(upper_src) if upper_src else 0) + MARGIN
+        verity = manifest.get("verity")
+        need = manifest["size"] + (verity["size"] if verity else 0) + MARGIN
+        need += tree_size(upper_src) if upper_src else 0
         fs = os.statvfs(layout.root)
         free = fs.f_bavail * fs.f_frsize
         if free < need:
@@ -119,8 +136,16 @@ def stage(banks: Banks, bank_file: str, tries: int = 3, upper: str = "copy", mac
         _remove_tree(tmp)
         os.mkdir(tmp)
         try:
-            _copy_squashfs(tar.extractfile(member), os.path.join(tmp, SQUASHFS), manifest, bank_file, progress)
-            durable.write_file(os.path.join(tmp, MANIFEST), dump_manifest(manifest))
+            _copy_checked(tar.extractfile(member), os.path.join(tmp, SQUASHFS), manifest["size"], manifest["sha256"],
+                          bank_file, progress)
+            if verity:
+                member = tar.next()
+                if member is None or member.name != VERITY or member.size != verity["size"]:
+                    raise StageError(f"{bank_file}: {VERITY} of {verity['size']} bytes must follow {SQUASHFS}")
+                _copy_checked(tar.extractfile(member), os.path.join(tmp, VERITY), verity["size"], verity["sha256"],
+                              bank_file, None)
+            durable.write_file(os.path.join(tmp, MANIFEST),
+                               dump_manifest({k: v for k, v in manifest.items() if not k.startswith("_")}))
             for name in ("work", "backups", "utils"):
                 os.mkdir(os.path.join(tmp, name))
             if upper_src and os.path.isdir(upper_src):
@@ -141,8 +166,8 @@ def stage(banks: Banks, bank_file: str, tries: int = 3, upper: str = "copy", mac
     return manifest
 
 
-def _copy_squashfs(src, dest: str, manifest: dict, bank_file: str,
-                   progress: Callable[[int, int], None] | None) -> None:
+def _copy_checked(src, dest: str, size: int, sha256: str, bank_file: str,
+                  progress: Callable[[int, int], None] | None) -> None:
     h = hashlib.sha256()
     done = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -160,12 +185,13 @@ def _copy_squashfs(src, dest: str, manifest: dict, bank_file: str,
                 view = view[os.write(fd, view):]
             done += len(chunk)
             if progress:
-                progress(done, manifest["size"])
+                progress(done, size)
         os.fsync(fd)
     finally:
         os.close(fd)
-    if done != manifest["size"]:
-        raise StageError(f"{bank_file} is truncated: {done} of {manifest['size']} squashfs bytes")
-    if h.hexdigest() != manifest["sha256"]:
-        raise StageError(f"{bank_file}: squashfs sha256 {h.hexdigest()} does not match the manifest's "
-                         f"{manifest['sha256']}: the file is corrupted")
+    name = os.path.basename(dest)
+    if done != size:
+        raise StageError(f"{bank_file} is truncated: {done} of {size} {name} bytes")
+    if h.hexdigest() != sha256:
+        raise StageError(f"{bank_file}: {name} sha256 {h.hexdigest()} does not match the signed manifest's "
+                         f"{sha256}: the file is corrupted or was changed")

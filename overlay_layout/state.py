@@ -182,9 +182,22 @@ class Banks:
             raise StateError(f"the running image is {booted}, not the trial {nxt}: boot the trial first")
         st["images"][nxt] = {**st["images"].get(nxt, {}), "state": GOOD, "tries": 0,
                              "committed": int(time.time())}
+        self._raise_floor(st, nxt)
         self.save(st)
         self._roll_forward(st, nxt)
         return nxt
+
+    def _raise_floor(self, st: dict, image: str) -> None:
+        """Anti-rollback: committing an image raises the version floor to its version (never lowers it)."""
+        from overlay_layout.trust import TrustError, version_lt
+
+        try:
+            with open(self.layout.manifest_path(image), "rb") as f:
+                version = json.loads(f.read()).get("version")
+            if version and (not st.get("floor") or version_lt(st["floor"], version)):
+                st["floor"] = version
+        except (OSError, ValueError, TrustError):
+            pass
 
     def _mark_bad(self, st: dict, image: str, reason: str) -> None:
         st["images"][image] = {**st["images"].get(image, {}), "state": BAD, "tries": 0, "reason": reason}

@@ -142,3 +142,36 @@ def check_manifest_version(manifest: dict, where: str) -> None:
             parse_version(manifest["min_bankboot"])
     except TrustError as e:
         raise LayoutError(f"{where}: {e}") from None
+
+
+class Policy:
+    """The device's trust settings, as the initramfs was built: trusted keys, and whether unsigned images
+    or downgrades below the floor may be accepted. Read from <etc>/trust/*.pub and <etc>/initramfs.conf."""
+
+    def __init__(self, keys: dict[str, bytes], allow_unsigned: bool, allow_downgrade: bool) -> None:
+        self.keys = keys
+        self.allow_unsigned = allow_unsigned
+        self.allow_downgrade = allow_downgrade
+
+    @classmethod
+    def load(cls, etc: str) -> Policy:
+        conf: dict[str, str] = {}
+        try:
+            with open(os.path.join(etc, "initramfs.conf")) as f:
+                for line in f:
+                    if "=" in line:
+                        k, v = line.strip().split("=", 1)
+                        conf[k] = v
+        except OSError:
+            pass
+        return cls(load_trusted(os.path.join(etc, "trust")), conf.get("unsigned") == "allowed",
+                   conf.get("downgrade") == "allowed")
+
+    def check(self, manifest: dict, running_version: str) -> str:
+        """Signature and the image's minimum bankboot version; returns who signed it."""
+        who = verify_manifest(manifest, self.keys, self.allow_unsigned)
+        need = manifest.get("min_bankboot")
+        if need and version_lt(running_version, need):
+            raise TrustError(f"image {manifest.get('id')} needs bankboot {need} or newer; this device runs "
+                             f"{running_version}")
+        return who

@@ -29,13 +29,19 @@ apt_retry() {
 }
 
 apt_update() {
-  # apt-get update exits 0 even when some index files failed; treat any "Failed to fetch" as failure.
+  # apt-get update exits 0 even when some index files failed ("File has unexpected size ... Mirror sync in
+  # progress?"): retry a few times. If one index still fails, apt keeps the old copy of it; go on with a
+  # warning, since a package that is really missing then fails loudly at install or download time.
   local log; log=$(mktemp)
-  for n in 1 2 3 4 5; do
+  for n in 1 2 3; do
     if as_root apt-get update >"$log" 2>&1 && ! grep -q '^E:' "$log"; then rm -f "$log"; return 0; fi
-    say "apt-get update had errors (try $n of 5):"; grep '^E:' "$log" | head -3 || true
+    say "apt-get update had errors (try $n of 3):"; grep '^E:' "$log" | head -3 || true
     sleep $((n * 5))
   done
+  if grep -q '^E: Failed to fetch' "$log" && ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
+    say "WARNING: some package indexes could not be refreshed; using the copies apt already has"
+    rm -f "$log"; return 0
+  fi
   rm -f "$log"; say "ERROR: apt-get update kept failing"; return 1
 }
 

@@ -55,15 +55,33 @@ _built: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
-def built_initramfs(test_dir: Path):
-    """build_initramfs(board) once per test session per board: returns the image path."""
+def signing_key(test_dir: Path) -> tuple[Path, Path]:
+    """The test suite's release key pair (private, public), made once."""
+    from builder.keys import keygen
+
+    prefix = test_dir / "keys" / "release"
+    if not prefix.with_suffix(".key").exists():
+        keygen(prefix, "bankboot test suite")
+    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+
+
+@pytest.fixture(scope="session")
+def trust_policy(signing_key):
+    from builder.initramfs import TrustPolicy
+
+    return TrustPolicy(keys=(signing_key[1],))
+
+
+@pytest.fixture(scope="session")
+def built_initramfs(test_dir: Path, trust_policy):
+    """build_initramfs(board) once per test session per board, trusting the test key: the image path."""
     from builder.initramfs import build_initramfs
 
     def build(board) -> Path:
         if board.name not in _built:
             out = test_dir / board.name
             out.mkdir(exist_ok=True)
-            _built[board.name] = build_initramfs(board, out / "initramfs.img").path
+            _built[board.name] = build_initramfs(board, out / "initramfs.img", policy=trust_policy).path
         return _built[board.name]
 
     return build

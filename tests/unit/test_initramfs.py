@@ -14,9 +14,9 @@ from builder.initramfs import assemble, build_initramfs
 
 
 @pytest.fixture(scope="module")
-def listing(aarch64) -> dict[str, str]:
+def listing(aarch64, trust_policy) -> dict[str, str]:
     board, _, _ = aarch64
-    tree, _ = assemble(board)
+    tree, _ = assemble(board, policy=trust_policy)
     out = io.BytesIO()
     write_cpio(tree, out)
     text = subprocess.run(["cpio", "-t", "-v", "--quiet"], input=out.getvalue(), capture_output=True,
@@ -52,10 +52,23 @@ def test_only_the_boards_modules_and_their_dependencies(listing: dict[str, str],
     assert "btrfs.ko" not in kos and len(kos) < 20
 
 
-def test_two_builds_are_byte_identical(aarch64, tmp_path: Path) -> None:
+def test_two_builds_are_byte_identical(aarch64, tmp_path: Path, trust_policy) -> None:
     board, _, _ = aarch64
-    a = build_initramfs(board, tmp_path / "a.img", compression_method="gzip")
-    b = build_initramfs(board, tmp_path / "b.img", compression_method="gzip")
+    a = build_initramfs(board, tmp_path / "a.img", compression_method="gzip", policy=trust_policy)
+    b = build_initramfs(board, tmp_path / "b.img", compression_method="gzip", policy=trust_policy)
     assert a.path.read_bytes() == b.path.read_bytes()
     raw = decompress(a.path.read_bytes(), "gzip")
     assert raw.startswith(b"070701") and len(raw) == a.unpacked
+
+
+def test_trusted_keys_and_policy_are_in_the_initramfs(listing: dict[str, str], signing_key) -> None:
+    from overlay_layout.trust import key_id, read_public_key
+
+    kid = key_id(read_public_key(str(signing_key[1])))
+    assert f"etc/bankboot/trust/{kid}.pub" in listing
+
+
+def test_no_key_and_no_insecure_flag_is_refused(aarch64) -> None:
+    board, _, _ = aarch64
+    with pytest.raises(ValueError, match="no trusted key"):
+        assemble(board)

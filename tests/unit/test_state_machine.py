@@ -25,6 +25,10 @@ from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError
+from overlay_layout.trust import Policy
+
+# The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
+DEV = Policy({}, allow_unsigned=True, allow_downgrade=True)
 
 
 class PowerCut(Exception):
@@ -107,7 +111,7 @@ class Device(RuleBasedStateMachine):
             data = bytearray(bank.read_bytes())
             data[1536 + 5] ^= 0xFF  # inside the squashfs payload (after two 512-byte headers and the manifest)
             bank.write_bytes(bytes(data))
-        result = self._run(cut, stage, self.banks, str(bank), tries, "copy", "x86_64")
+        result = self._run(cut, stage, self.banks, str(bank), DEV, "9.9.9", tries, "copy", "x86_64")
         if result is not None:
             assert not corrupt, "a corrupted bank was staged"
         if os.path.isdir(self.banks.layout.image_dir(image)):
@@ -218,7 +222,7 @@ def test_a_trial_that_is_never_marked_good_falls_back(tmp_path: Path) -> None:
     install_first_image(tmp_path)
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"x" * 5000)
-    stage(banks, str(tmp_path / "u.bank"), tries=2, machine="x86_64")
+    stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", tries=2, machine="x86_64")
     assert [banks.choose_boot().image for _ in range(3)] == [image, image, "1.0.0-base"]
     assert banks.load()["images"][image]["state"] == BAD
     assert "no tries left" in banks.load()["images"][image]["reason"]
@@ -229,7 +233,7 @@ def test_commit_makes_trial_current_and_old_current_previous(tmp_path: Path) -> 
     install_first_image(tmp_path)
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"y" * 5000)
-    stage(banks, str(tmp_path / "u.bank"), machine="x86_64")
+    stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
     booted = banks.choose_boot()
     assert booted.trial and booted.image == image
     banks.mark_good(booted.image)
@@ -255,7 +259,7 @@ def test_stage_refuses_bad_banks_and_leaves_nothing(tmp_path: Path, damage: str,
         bank.write_bytes(data[:20000] + bytes([data[20000] ^ 1]) + data[20001:])
     before = sorted(os.listdir(tmp_path / "overlay"))
     with pytest.raises(StageError, match=message):
-        stage(banks, str(bank), machine="x86_64")
+        stage(banks, str(bank), DEV, "9.9.9", machine="x86_64")
     assert sorted(os.listdir(tmp_path / "overlay")) == before
     assert banks.layout.pointer("next") is None
 
@@ -272,7 +276,7 @@ def test_stage_refuses_when_the_partition_is_too_full(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)))
     with pytest.raises(StageError, match="not enough space"):
-        stage(banks, str(tmp_path / "u.bank"), machine="x86_64")
+        stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
     assert not any(n.startswith(".staging") for n in os.listdir(tmp_path / "overlay"))
 
 
@@ -285,7 +289,7 @@ def test_stage_copies_the_upper_with_whiteouts_and_xattrs(tmp_path: Path) -> Non
     os.mknod(upper / "etc/deleted", 0o600 | 0o020000, os.makedev(0, 0))
     os.setxattr(upper / "etc", "trusted.overlay.opaque", b"y")
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"w" * 5000)
-    stage(banks, str(tmp_path / "u.bank"), machine="x86_64", upper="copy")
+    stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64", upper="copy")
     new = Path(banks.layout.sub(image, "upper"))
     assert (new / "etc/config").read_text() == "mine"
     assert os.stat(new / "etc/deleted").st_rdev == os.makedev(0, 0)

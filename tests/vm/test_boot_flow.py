@@ -20,12 +20,12 @@ PROMPT = r"\(sample\) / # "
 
 
 @pytest.fixture(scope="module")
-def disk(aarch64, test_dir: Path, built_initramfs):
+def disk(aarch64, test_dir: Path, built_initramfs, signing_key):
     board, _, _ = aarch64
     out = test_dir / "bootflow"
     out.mkdir(exist_ok=True)
     rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
-    manifest = build_image(rootfs, "1.0.0", out / "app-1.0.0.bank")
+    manifest = build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key[0])
     path = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", path, 256 << 20, built_initramfs(board))
     return board, path, manifest
@@ -62,7 +62,8 @@ def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk,
         rc, out = vm.console.run("readlink /proc/1/exe; tr '\\0' ' ' < /proc/1/cmdline; echo")
         exe, argv0 = out.split()
         assert exe == "/bin/busybox" and argv0 in ("init", "/sbin/init")  # busybox init rewrites its argv[0]
-        rc, out = vm.console.run("ls -d /init /bankboot /etc/bankboot/initramfs.conf 2>&1; test -b /dev/vda && test -b /dev/vda2")
+        rc, out = vm.console.run("ls -d /init /bankboot /etc/bankboot/initramfs.conf 2>&1; "
+                                 "test -b /dev/vda && test -b /dev/vda2")
         assert rc == 0 and out.count("No such file") == 3, out
         rc, env = vm.console.run("cat /proc/1/environ | tr '\\0' '\\n'")
         assert "LD_LIBRARY_PATH" not in env and "_PYI" not in env

@@ -79,10 +79,10 @@ def test_children_get_a_clean_environment(booted) -> None:
     assert "PATH=/usr/sbin:/usr/bin:/sbin:/bin" in out
 
 
-def test_a_failure_ends_in_a_rescue_shell_not_a_panic(aarch64, test_dir: Path) -> None:
+def test_a_failure_ends_in_a_rescue_shell_not_a_panic(aarch64, test_dir: Path, trust_policy) -> None:
     """A module list naming a file that is not there: the init says what failed and still gives a shell."""
     board, _, _ = aarch64
-    tree, kernel = assemble(board)
+    tree, kernel = assemble(board, policy=trust_policy)
     tree.entries["etc/bankboot/modules"].data += b"kernel/fs/nothere.ko\n"
     raw = io.BytesIO()
     write_cpio(tree, raw)

@@ -21,7 +21,7 @@ PROMPT = r"\(sample\) / # "
 
 
 @pytest.fixture(scope="module")
-def device(aarch64, test_dir: Path, built_initramfs):
+def device(aarch64, test_dir: Path, built_initramfs, signing_key):
     """The base disk (1.0.0 current) and update banks: good, failing self-test, never marks itself good."""
     board, _, _ = aarch64
     out = test_dir / "lifecycle"
@@ -31,7 +31,8 @@ def device(aarch64, test_dir: Path, built_initramfs):
                               ("selftest-fails", "1.2.0", {"failing_selftest": True}),
                               ("no-mark-good", "1.3.0", {"mark_good": False})]:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
-        banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank"))
+        banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
+                                                         sign_key=signing_key[0]))
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
     return board, out, disk, banks
