@@ -30,6 +30,10 @@ EXCLUDES = [
 ]
 
 
+# Imports PyInstaller cannot see: PyNaCl's compiled _sodium module loads cffi's backend from C.
+HIDDEN_IMPORTS = ["_cffi_backend"]
+
+
 def freeze_inputs() -> list[Path]:
     """The files whose content decides the frozen result."""
     return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").glob("*.py"), Path(__file__)])
@@ -38,7 +42,7 @@ def freeze_inputs() -> list[Path]:
 def input_hash(sysroot: PySysroot) -> str:
     h = hashlib.sha256()
     h.update(sysroot.stamp.encode())
-    h.update(repr(EXCLUDES).encode())
+    h.update(repr((EXCLUDES, HIDDEN_IMPORTS)).encode())
     for f in freeze_inputs():
         h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -69,7 +73,8 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         str(sysroot.python), str(launcher), "--noconfirm", "--onedir", "--name", NAME,
         "--contents-directory", CONTENTS_DIR, "--strip", "--log-level", "WARN",
         "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
-        "--paths", str(PROJECT), *[f"--exclude-module={m}" for m in EXCLUDES], str(ENTRY),
+        "--paths", str(PROJECT), *[f"--exclude-module={m}" for m in EXCLUDES],
+        *[f"--hidden-import={m}" for m in HIDDEN_IMPORTS], str(ENTRY),
     ]
     proc = subprocess.run(args, env=sysroot.env(), capture_output=True, text=True, cwd=work)
     if log is not None:

@@ -5,82 +5,12 @@ what the booted system and bankctl say."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-from builder.disk import build_disk
-from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
-from qemu.vm import VM
+from tests.vm.devices import Device, T, reboot, sh, state_of, status, up
 
 pytestmark = pytest.mark.vm
-T = 120
-PROMPT = r"\(sample\) / # "
-
-
-@pytest.fixture(scope="module")
-def device(aarch64, test_dir: Path, built_initramfs, signing_key):
-    """The base disk (1.0.0 current) and update banks: good, failing self-test, never marks itself good."""
-    board, _, _ = aarch64
-    out = test_dir / "lifecycle"
-    out.mkdir(exist_ok=True)
-    banks = {}
-    for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}),
-                              ("selftest-fails", "1.2.0", {"failing_selftest": True}),
-                              ("no-mark-good", "1.3.0", {"mark_good": False})]:
-        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
-        banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
-                                                         sign_key=signing_key[0]))
-    disk = out / "base-disk.img"
-    build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
-    return board, out, disk, banks
-
-
-class Device:
-    """One device: a copy of the base disk, the update bank as a second disk."""
-
-    def __init__(self, device, name: str, update: str | None) -> None:
-        self.board, out, base, self.banks = device
-        self.dir = out / name
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir()
-        self.disk = self.dir / "disk.img"
-        shutil.copyfile(base, self.disk)
-        self.update = self.banks[update][0] if update else None
-
-    def vm(self, append: str = "") -> VM:
-        vm = VM.from_disk(self.board, self.disk, self.dir, append=append, reboot=True)
-        if self.update:
-            vm.disks.append(self.update)
-        return vm
-
-
-def sh(vm: VM, cmd: str) -> tuple[int, str]:
-    return vm.console.run(cmd, timeout=T)
-
-
-def up(vm: VM) -> str:
-    """Wait for the image's init and shell; returns the version the image itself reports."""
-    m = vm.console.expect(r"sample-rootfs: up, version ([^ ,]+)", T)
-    vm.console.expect(PROMPT, T)
-    return m.group(1).decode()
-
-
-def status(vm: VM) -> dict:
-    rc, out = sh(vm, "bankctl status --json")
-    assert rc == 0, out
-    return json.loads(out)
-
-
-def state_of(st: dict, version: str) -> dict:
-    return next(i for i in st["images"] if i["version"] == version)
-
-
-def reboot(vm: VM) -> None:
-    vm.console.sendline("reboot")
-    vm.console.expect(r"Booting Linux", T)
 
 
 def test_good_update_commits_after_mark_good(device) -> None:

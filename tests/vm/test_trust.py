@@ -1,0 +1,94 @@
+"""Trust on the device (qemu-aarch64): stage refuses what its owner did not sign, and a squashfs changed
+on the banks partition behind stage's back fails verification at boot and falls back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.image import build_image
+from builder.keys import keygen
+from builder.samplerootfs import build_sample_rootfs
+from tests.vm.devices import Device, T, reboot, sh, status, up
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def bad_banks(device, test_dir: Path, signing_key):
+    """Bank files stage must refuse, each for its own reason."""
+    board, out, _, banks = device
+    rootfs = build_sample_rootfs(board.arch, out / "rootfs-trust", version="1.4.0")
+    if not (out / "trust-other.key").exists():
+        keygen(out / "trust-other", "a key the device does not trust")
+    result = {
+        "unsigned": (build_image(rootfs, "1.4.0", out / "unsigned.bank"), "is not signed"),
+        "unknown-key": (build_image(rootfs, "1.4.0", out / "unknown-key.bank", sign_key=out / "trust-other.key"),
+                        "which this device does not trust"),
+        "old": (build_image(rootfs, "0.9.0", out / "old.bank", sign_key=signing_key[0]), "below this device's floor"),
+    }
+    # Signed, then the squashfs changed: flip one byte of the squashfs inside the bank file.
+    shutil.copyfile(banks["good"][0], out / "changed.bank")
+    data = bytearray((out / "changed.bank").read_bytes())
+    data[1536 + 8192] ^= 0x01  # headers + manifest, then into the squashfs
+    (out / "changed.bank").write_bytes(bytes(data))
+    result["changed"] = (banks["good"][1], "does not match the signed manifest")
+    return result
+
+
+def test_stage_refuses_unsigned_unknown_changed_and_old_images(device, bad_banks) -> None:
+    d = Device(device, "trust-refuse", "good")
+    out = d.dir.parent
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+        rc, msg = sh(vm, "bankctl stage /dev/vdb 2>&1")  # commit 1.1.0: the floor becomes 1.1.0
+        assert rc == 0, msg
+        reboot(vm)
+        assert up(vm) == "1.1.0"
+        assert status(vm)["trust"]["floor"] == "1.1.0"
+    for name, (_, message) in bad_banks.items():
+        d.update = out / f"{name}.bank"
+        with d.vm(append="bankboot.timeout=0") as vm:
+            assert up(vm) == "1.1.0"
+            rc, msg = sh(vm, "bankctl stage /dev/vdb 2>&1")
+            assert rc == 4 and message in msg, (name, msg)
+            st = status(vm)
+            assert st["pointers"]["next"] is None, name
+            assert not st["trust"]["unsigned_allowed"]
+
+
+def test_squashfs_changed_on_the_banks_partition_fails_verification_and_falls_back(device) -> None:
+    d = Device(device, "trust-flip", "good")
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+        rc, msg = sh(vm, "bankctl stage /dev/vdb")
+        assert rc == 0, msg
+        nxt = status(vm)["pointers"]["next"]
+        # Bypass stage: change one byte in the middle of next's squashfs where it lies.
+        sq = f"/run/bankboot/banks/overlay/{nxt}/rootfs.squashfs"
+        rc, msg = sh(vm, f"size=$(stat -c %s {sq}); printf 'Z' | dd of={sq} bs=1 seek=$((size / 2)) conv=notrunc "
+                         f"2>/dev/null && sync")
+        assert rc == 0, msg
+        reboot(vm)
+        vm.console.expect(r"verification failed: .*rootfs\.squashfs has sha256", T)
+        assert up(vm) == "1.0.0"  # same boot, current
+        st = status(vm)
+        bad = next(i for i in st["images"] if i["id"] == nxt)
+        assert bad["state"] == "bad" and "verification failed" in bad["reason"]
+        rc, log = sh(vm, "bankctl log --json")
+        assert json.loads(log)[0]["fallback_from"]["image"] == nxt
+
+
+def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
+    """The committed image is read through dm-verity: a block changed on disk reads as an I/O error."""
+    d = Device(device, "trust-verity", None)
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /proc/mounts | grep ' /run/bankboot/lower '")
+        assert rc == 0 and out.split()[0].startswith("/dev/dm-"), out
+        rc, out = sh(vm, "cat /sys/block/$(basename $(awk '$2==\"/run/bankboot/lower\"{print $1}' /proc/mounts))"
+                         "/dm/name")
+        assert out.strip().startswith("bankboot-")
