@@ -40,19 +40,77 @@ def time_boot(board: Board, initrd: Path, kind: str, log_dir: Path, disk: Path |
     return times
 
 
+def crypto_size(bundle: Path) -> tuple[int, int]:
+    """Bytes PyNaCl adds to the frozen init (its package, libsodium, cffi's backend): unpacked, zstd."""
+    import io
+    import tarfile
+
+    from builder.compress import compress
+
+    parts = [p for p in bundle.rglob("*") if p.is_file() and ("nacl" in p.parts or p.name.startswith(
+        ("libsodium", "_cffi_backend")))]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in parts:
+            tar.add(p, arcname=str(p.relative_to(bundle)))
+    return sum(p.stat().st_size for p in parts), len(compress(buf.getvalue(), "zstd"))
+
+
+def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[str, float]:
+    """In the guest: signature check and dm-verity setup at boot (bankboot.debug step times), then
+    `bankctl stage` of a 32 MB image against sha256sum of the same bytes."""
+    import os
+    import re
+
+    from builder.disk import build_disk
+    from builder.image import build_image
+    from builder.samplerootfs import build_sample_rootfs
+    from qemu.vm import VM
+
+    rootfs = build_sample_rootfs(board.arch, out / "rootfs-big", version="1.1.0")
+    (rootfs / "payload").write_bytes(os.urandom(32 << 20))  # incompressible: squashfs stays 32 MB
+    build_image(rootfs, "1.1.0", out / "big.bank", sign_key=key)
+    disk = out / "disk-verify.img"
+    build_disk(board, out / "sample.bank", disk, 256 << 20, initrd, extra_cmdline="bankboot.timeout=0 bankboot.debug")
+    res: dict[str, float] = {}
+    vm = VM.from_disk(board, disk, out)
+    vm.disks.append(out / "big.bank")
+    with vm:
+        m = vm.console.expect(r"verify manifest signature: ([\d.]+) ms", BOOT_TIMEOUT)
+        res["signature check at boot (ms)"] = float(m.group(1))
+        m = vm.console.expect(r"mount \S+rootfs\.squashfs: ([\d.]+) ms", BOOT_TIMEOUT)
+        res["verity setup + squashfs mount (ms)"] = float(m.group(1))
+        vm.console.expect(r"\(sample\) / # ", BOOT_TIMEOUT)
+        size = (out / "big.bank").stat().st_size / 1e6
+        for label, cmd in (("bankctl stage (MB/s)", "/run/bankboot/bin/bankctl stage /dev/vdb >/dev/null"),
+                           ("sha256sum (MB/s)", "sha256sum /dev/vdb >/dev/null")):
+            rc, text = vm.console.run(f"busybox time -p sh -c '{cmd}' 2>&1", timeout=600)
+            if rc != 0:
+                raise RuntimeError(f"bench: `{cmd}` failed in the guest:\n{text}")
+            secs = float(re.search(r"real ([\d.]+)", text).group(1))
+            res[label] = size / secs
+    return res
+
+
 def run_bench(board: Board, runs: int = 3) -> int:
     out = build_dir() / "bench" / board.name
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench: {board.name} ({board.description}), {runs} boot(s) each, times from QEMU start (median)")
     from builder.disk import build_disk
     from builder.image import build_image
+    from builder.initramfs import TrustPolicy
+    from builder.keys import keygen
     from builder.samplerootfs import build_sample_rootfs
 
+    key = out / "bench"
+    if not key.with_suffix(".key").exists():
+        keygen(key, "bankboot bench")
     rootfs = build_sample_rootfs(board.arch, out / "rootfs")
-    build_image(rootfs, "1.0.0", out / "sample.bank")
+    build_image(rootfs, "1.0.0", out / "sample.bank", sign_key=key.with_suffix(".key"))
+    policy = TrustPolicy(keys=(key.with_suffix(".pub"),))
     rows = []
     for kind in ("frozen", "busybox-sh"):
-        result = build_initramfs(board, out / f"initramfs-{kind}.img", init=kind)
+        result = build_initramfs(board, out / f"initramfs-{kind}.img", init=kind, policy=policy)
         disk = out / f"disk-{kind}.img"
         build_disk(board, out / "sample.bank", disk, 256 << 20, result.path, extra_cmdline="bankboot.timeout=0")
         samples: dict[str, list[float]] = {}
@@ -71,4 +129,12 @@ def run_bench(board: Board, runs: int = 3) -> int:
     print(f"frozen init costs {frozen['image init up'] - base['image init up']:+.2f} s to the image's init, "
           f"{(rows[0][1].compressed - rows[1][1].compressed) / 1e6:+.2f} MB compressed, against busybox-sh "
           f"({board.compression})")
+    from builder.freeze import freeze_init
+    from builder.pysysroot import locate_sysroot
+
+    raw, packed = crypto_size(freeze_init(locate_sysroot(board.arch)))
+    print(f"crypto library (PyNaCl + libsodium + cffi backend): {raw / 1e6:.2f} MB unpacked, "
+          f"{packed / 1e6:.2f} MB zstd")
+    for label, value in time_verification(board, rows[0][1].path, out, key.with_suffix(".key")).items():
+        print(f"{label:<40} {value:8.1f}")
     return 0

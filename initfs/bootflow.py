@@ -94,7 +94,8 @@ def verify_image(layout: Layout, image: str, full: bool) -> dict:
     if manifest["id"] != image:
         raise BootError(f"image {image}: {path} describes image {manifest['id']}")
     try:
-        who = Policy.load("/etc/bankboot").check(manifest, VERSION)
+        with log.step("verify manifest signature"):
+            who = Policy.load("/etc/bankboot").check(manifest, VERSION)
     except TrustError as e:
         raise BootError(f"verification failed: {e}") from None
     log.log(f"image {image}: manifest signed by {who}")

@@ -52,9 +52,13 @@ def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk,
         assert opts["upperdir"] == f"/run/bankboot/banks/overlay/{manifest['id']}/upper"
         lower = [m for m in table if m[1] == "/run/bankboot/lower"]
         assert len(lower) == 1 and lower[0][2] == "squashfs" and lower[0][3].startswith("ro"), mounts
-        loopdev = Path(lower[0][0]).name
-        rc, backing = vm.console.run(f"cat /sys/block/{loopdev}/loop/backing_file")
-        assert backing.strip().endswith(f"overlay/{manifest['id']}/rootfs.squashfs")
+        # The squashfs is read through dm-verity, whose data and hash devices are loops on the image's files.
+        dm = Path(lower[0][0]).name
+        assert dm.startswith("dm-"), mounts
+        rc, backing = vm.console.run(f"for s in /sys/block/{dm}/slaves/*; do cat $s/loop/backing_file; done")
+        assert rc == 0
+        assert sorted(Path(b).name for b in backing.split()) == ["rootfs.squashfs", "rootfs.verity"]
+        assert all(f"overlay/{manifest['id']}/" in b for b in backing.split())
         for target, fstype in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs"), ("/run", "tmpfs")]:
             assert [m[2] for m in table if m[1] == target] == [fstype], (target, mounts)
         assert [m[0] for m in table if m[1] == "/userdata"] == ["/dev/vda3"], mounts
