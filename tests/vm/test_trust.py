@@ -31,11 +31,11 @@ def bad_banks(device, test_dir: Path, signing_key):
         "old": (build_image(rootfs, "0.9.0", out / "old.bank", sign_key=signing_key[0]), "below this device's floor"),
     }
     # Signed, then the squashfs changed: flip one byte of the squashfs inside the bank file.
-    shutil.copyfile(banks["good"][0], out / "changed.bank")
+    shutil.copyfile(banks["selftest-fails"][0], out / "changed.bank")  # 1.2.0: above the floor, not on disk
     data = bytearray((out / "changed.bank").read_bytes())
     data[1536 + 8192] ^= 0x01  # headers + manifest, then into the squashfs
     (out / "changed.bank").write_bytes(bytes(data))
-    result["changed"] = (banks["good"][1], "does not match the signed manifest")
+    result["changed"] = (banks["selftest-fails"][1], "does not match the signed manifest")
     return result
 
 
