@@ -41,6 +41,11 @@ class Board:
     qemu_args: tuple[str, ...]
     qemu_disk: tuple[str, ...]
     image_needs_modules: bool = False  # a trial image must carry /lib/modules/<release> (self-test)
+    kernel_name: str = "vmlinuz"  # the kernel's file name on the boot partition
+    dtb: str | None = None  # device tree, relative to the kernel package's dtb directory
+    config_txt: str | None = None  # Raspberry Pi firmware config.txt for the boot partition
+    power_of_two: bool = False  # the disk image size must be a power of two (QEMU's SD cards)
+    serial_index: int = 0  # which QEMU -serial is the console (raspi: 1, the mini-UART)
     extra: dict = field(default_factory=dict, compare=False)
 
     def disk_args(self, path: Path, index: int) -> list[str]:
@@ -138,5 +143,10 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         qemu_args=_str_list(data, path, "qemu.args"),
         qemu_disk=_str_list(data, path, "qemu.disk"),
         image_needs_modules=_get(data, path, "boot.image_needs_modules", bool, False),
+        kernel_name=_get(data, path, "boot.kernel_name", str, "vmlinuz"),
+        dtb=data.get("boot", {}).get("dtb"),
+        config_txt=data.get("boot", {}).get("config_txt"),
+        power_of_two=_get(data, path, "disk.power_of_two", bool, False),
+        serial_index=_get(data, path, "qemu.serial_index", int, 0),
         extra=data,
     )

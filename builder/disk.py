@@ -92,7 +92,12 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
 
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
-               userdata_size: int = 64 * MiB, extra_cmdline: str = "") -> tuple[DiskLayout, dict]:
+               userdata_size: int = 64 * MiB, extra_cmdline: str = "",
+               userdata_files: list[Path] | None = None) -> tuple[DiskLayout, dict]:
+    """userdata_files are copied into the userdata partition (an update to stage, say)."""
+    if board.power_of_two and size & (size - 1):
+        raise DiskError(f"board {board.name} needs a power-of-two disk size (its SD card): 256M, 512M, 1G, ... "
+                        f"not {size // MiB} MiB")
     manifest, tar, _ = read_bank(bank)
     tar.close()
     if manifest["arch"] != board.arch.debian:
@@ -109,7 +114,14 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         boot = tmp / "boot.vfat"
         _run(["mkfs.vfat", "-C", "-n", "BOOT", "-i", f"{disk_id:08x}", str(boot), str(layout.parts[0][1] // 1024)])
         (tmp / "cmdline.txt").write_text(cmdline_for(board, layout, extra_cmdline) + "\n")
-        files = ((kernel.image, "vmlinuz"), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt"))
+        files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt")]
+        if board.config_txt:
+            (tmp / "config.txt").write_text(board.config_txt.lstrip())
+            files.append((tmp / "config.txt", "config.txt"))
+        if board.dtb:
+            if kernel.dtb_dir is None or not (kernel.dtb_dir / board.dtb).is_file():
+                raise DiskError(f"board {board.name}: device tree {board.dtb} not found with the kernel")
+            files.append((kernel.dtb_dir / board.dtb, Path(board.dtb).name))
         for src, name in files:
             _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
         # p2: banks, with the layout populated
@@ -125,7 +137,13 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         _mkfs_ext4(banks, layout.parts[1][1], BANKS_LABEL, stage)
         # p3: userdata
         data = tmp / "userdata.ext4"
-        _mkfs_ext4(data, layout.parts[2][1], USERDATA_LABEL, None)
+        content = None
+        if userdata_files:
+            content = tmp / "userdata"
+            content.mkdir()
+            for f in userdata_files:
+                shutil.copyfile(f, content / f.name)
+        _mkfs_ext4(data, layout.parts[2][1], USERDATA_LABEL, content)
         # the disk: partition table, then each filesystem at its offset
         disk = tmp / "disk.img"
         with open(disk, "wb") as f:
@@ -149,13 +167,13 @@ def partitions(disk: Path) -> list[dict]:
     return json.loads(_run(["sfdisk", "-J", str(disk)]))["partitiontable"]["partitions"]
 
 
-def read_boot_files(disk: Path, dest: Path) -> tuple[Path, Path, str]:
+def read_boot_files(disk: Path, dest: Path, kernel_name: str = "vmlinuz") -> tuple[Path, Path, str]:
     """What firmware would load from the boot partition: (kernel, initramfs, command line)."""
     parts = partitions(disk)
     if not parts:
         raise DiskError(f"{disk} has no partition table")
     offset = parts[0]["start"] * 512
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for name in ("vmlinuz", "initramfs.img", "cmdline.txt"):
+    for name in (kernel_name, "initramfs.img", "cmdline.txt"):
         _run(["mcopy", "-n", "-o", "-i", f"{disk}@@{offset}", f"::{name}", str(dest / name)], env=env)
-    return dest / "vmlinuz", dest / "initramfs.img", (dest / "cmdline.txt").read_text().strip()
+    return dest / kernel_name, dest / "initramfs.img", (dest / "cmdline.txt").read_text().strip()

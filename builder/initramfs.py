@@ -162,6 +162,9 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     tree.add_dir("tmp", 0o1777)
     tree.add_device("dev/console", "char", 5, 1, 0o600)
     tree.add_device("dev/null", "char", 1, 3, 0o666)
+    # Python reads random bytes for hash randomisation before the init mounts devtmpfs; where the kernel's
+    # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
+    tree.add_device("dev/urandom", "char", 1, 9, 0o666)
     add_busybox(tree, board)
     add_modules(tree, kernel, board.modules)
     extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}

@@ -20,7 +20,7 @@ def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str =
         from builder.disk import read_boot_files
 
         tmp = Path(tempfile.mkdtemp(prefix="bankboot-boot-"))
-        kernel, initrd, cmdline = read_boot_files(disks[0], tmp)
+        kernel, initrd, cmdline = read_boot_files(disks[0], tmp, board.kernel_name)
         cmdline = " ".join(x for x in (cmdline, append) if x)
     else:
         if not initrd.is_file():

@@ -30,13 +30,24 @@ def kvm_usable() -> bool:
 
 def qemu_command(board: Board, kernel: Path, initrd: Path, cmdline: str, disks: list[Path],
                  serial: list[str], qmp: str | None = None) -> list[str]:
+    if not board.qemu_system:
+        raise RuntimeError(f"board {board.name} has no QEMU machine (real hardware only)")
     binary = shutil.which(board.qemu_system)
     if binary is None:
         raise RuntimeError(f"{board.qemu_system} is not installed (make deps installs it)")
-    accel = "kvm" if kvm_usable() and board.arch.uname == os.uname().machine else "tcg"
-    cmd = [binary, *board.qemu_args, "-accel", accel, "-display", "none", "-nodefaults",
-           "-no-user-config", "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-           *serial]
+    cmd = [binary, *board.qemu_args]
+    if "-accel" not in board.qemu_args:
+        cmd += ["-accel", "kvm" if kvm_usable() and board.arch.uname == os.uname().machine else "tcg"]
+    if board.dtb:
+        from builder.parts import locate_kernel
+
+        dtb_dir = locate_kernel(board).dtb_dir
+        if dtb_dir is None or not (dtb_dir / board.dtb).is_file():
+            raise RuntimeError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
+        cmd += ["-dtb", str(dtb_dir / board.dtb)]
+    # The console is the board's serial_index-th serial port; the ones before it go nowhere.
+    cmd += ["-display", "none", "-nodefaults", "-no-user-config", "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", cmdline, *["-serial", "null"] * board.serial_index, *serial]
     if qmp:
         cmd += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     for i, disk in enumerate(disks):
@@ -70,7 +81,7 @@ class VM:
 
         boot = log_dir / "bootfiles"
         boot.mkdir(parents=True, exist_ok=True)
-        kernel, initrd, cmdline = read_boot_files(disk, boot)
+        kernel, initrd, cmdline = read_boot_files(disk, boot, board.kernel_name)
         return cls(board, initrd, disks=[disk], log_dir=log_dir, kernel=kernel, cmdline=cmdline, append=append,
                    reboot=reboot)
 
