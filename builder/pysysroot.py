@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,18 +102,58 @@ def _pip(*args: str) -> None:
 
 def _install_pyinstaller(arch: Arch, site: Path) -> None:
     """PyInstaller wheels for the target platform (their bootloader is per-platform), installed into a
-    plain directory the target Python puts on its path."""
+    plain directory the target Python puts on its path. PyPI has no armv7l wheel: there the x86_64 wheel's
+    Python code is used with a bootloader built from PyInstaller's source distribution by Debian's cross gcc."""
+    build_bootloader = arch.debian == "armhf"
+    platform = "manylinux2014_x86_64" if build_bootloader else arch.pyinstaller_platform
     wheels = cache_dir() / "wheels" / arch.debian
     wheels.mkdir(parents=True, exist_ok=True)
-    platform_args = ["--platform", arch.pyinstaller_platform, "--python-version", "3.11",
-                     "--only-binary=:all:"]
+    platform_args = ["--platform", platform, "--python-version", "3.11", "--only-binary=:all:"]
     _pip("download", *platform_args, "-d", str(wheels), PYINSTALLER_PIN)
     tmp = site.with_name(site.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _pip("install", *platform_args, "--no-index", "--find-links", str(wheels), "--target", str(tmp),
          PYINSTALLER_PIN)
+    if build_bootloader:
+        shutil.rmtree(tmp / "PyInstaller" / "bootloader" / "Linux-64bit-intel", ignore_errors=True)
+        shutil.copytree(_cross_bootloader(arch), tmp / "PyInstaller" / "bootloader" / "Linux-32bit-arm")
     shutil.rmtree(site, ignore_errors=True)
     tmp.rename(site)
+
+
+CROSS_GCC = {"armhf": "arm-linux-gnueabihf-gcc-12"}
+
+
+def _cross_bootloader(arch: Arch) -> Path:
+    """Build PyInstaller's bootloader for `arch` from its sdist with PyInstaller's own waf (cached)."""
+    out = cache_dir() / "bootloader" / arch.debian / PYINSTALLER_PIN.split("==")[1]
+    if (out / "run").is_file():
+        return out
+    gcc = shutil.which(CROSS_GCC[arch.debian])
+    if gcc is None:
+        raise SysrootError(f"{CROSS_GCC[arch.debian]} is not installed (Debian gcc-12-arm-linux-gnueabihf; "
+                           f"make deps installs it)")
+    src = cache_dir() / "bootloader" / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(src), PYINSTALLER_PIN)
+    sdist = next(src.glob("pyinstaller-*.tar.gz"))
+    work = Path(tempfile.mkdtemp(prefix="bootloader-", dir=src))
+    try:
+        subprocess.run(["tar", "xzf", str(sdist), "-C", str(work)], check=True)
+        tree = next(work.glob("pyinstaller-*"))
+        env = {**os.environ, "CC": gcc, "STRIP": f"{arch.cross_prefix}strip"}
+        proc = subprocess.run([sys.executable, "./waf", "configure", "--static-zlib", "--no-tests", "all"],
+                              cwd=tree / "bootloader", env=env, capture_output=True, text=True)
+        built = tree / "PyInstaller" / "bootloader" / "Linux-32bit-arm"
+        if proc.returncode != 0 or not (built / "run").is_file():
+            raise SysrootError(f"building PyInstaller's bootloader for {arch.debian} failed:\n"
+                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(built, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def _runner(s: PySysroot) -> str:

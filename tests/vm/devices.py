@@ -4,6 +4,7 @@ bank files handed to it as a second disk (like a USB stick)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -56,11 +57,15 @@ def sh(vm: VM, cmd: str) -> tuple[int, str]:
     return vm.console.run(cmd, timeout=T)
 
 
-def up(vm: VM) -> str:
-    """Wait for the image's init and shell; returns the version the image itself reports."""
-    m = vm.console.expect(r"sample-rootfs: up, version ([^ ,]+)", T)
-    vm.console.expect(PROMPT, T)
-    return m.group(1).decode()
+def up(vm: VM, timeout: float = T) -> str:
+    """Wait for the image's init and shell; returns the version the image itself reports (asked of the
+    guest: kernel messages may interleave with what its rcS printed)."""
+    vm.console.expect(r"sample-rootfs: ready", timeout)
+    vm.console.expect(PROMPT, timeout)
+    rc, out = vm.console.run("cat /etc/sample-version", timeout=timeout)
+    m = re.search(r"\b(\d+\.\d+\.\d+)\b", out)
+    assert rc == 0 and m, out
+    return m.group(1)
 
 
 def status(vm: VM) -> dict:
