@@ -38,14 +38,20 @@ n=0
 for m in $(cat /etc/bankboot/modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
 echo "baseline: loaded $n kernel modules"
 if grep -q "root=" /proc/cmdline; then
-  # The same hand-over as bankboot's, with the device names fixed (bankboot disk: p2 banks, p3 userdata).
+  # The same hand-over as bankboot's, with the partitions fixed (bankboot disk: p2 banks, p3 userdata)
+  # on the board's disk (virtio or SD card), waited for as rootwait would.
   b=/run/bankboot/banks
   mkdir -p $b /run/bankboot/lower /newroot
-  mount -t ext4 -o nosuid,nodev /dev/vda2 $b
+  p=
+  while [ -z "$p" ]; do
+    for d in /dev/vda /dev/mmcblk0p; do [ -b ${d}2 ] && p=$d; done
+    [ -n "$p" ] || usleep 50000
+  done
+  mount -t ext4 -o nosuid,nodev ${p}2 $b
   d=$b/overlay/$(readlink $b/overlay/current)
   mount -t squashfs -o ro,loop $d/rootfs.squashfs /run/bankboot/lower
   mount -t overlay -o lowerdir=/run/bankboot/lower,upperdir=$d/upper,workdir=$d/work overlay /newroot
-  mount -t ext4 -o nosuid,nodev /dev/vda3 /newroot/userdata
+  mount -t ext4 -o nosuid,nodev ${p}3 /newroot/userdata
   for m in dev proc sys run; do mount --move /$m /newroot/$m; done
   exec switch_root /newroot /sbin/init
 fi

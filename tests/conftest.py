@@ -12,7 +12,8 @@ from builder.parts import PartsError, locate_busybox, locate_kernel
 from builder.paths import build_dir
 from builder.pysysroot import SysrootError, locate_sysroot
 
-REQUIRED_TOOLS = ["cpio", "zstd", "lz4", "depmod", "qemu-system-aarch64", "qemu-system-x86_64",
+REQUIRED_TOOLS = ["cpio", "zstd", "lz4", "depmod", "qemu-system-aarch64", "qemu-system-x86_64", "qemu-system-arm",
+                  "qemu-arm-static", "veritysetup", "mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk",
                   "qemu-aarch64-static"]
 
 

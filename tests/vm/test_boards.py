@@ -19,7 +19,7 @@ from tests.vm.devices import up
 
 pytestmark = pytest.mark.vm
 T = 180
-BOARDS = ["raspberrypi3"]
+BOARDS = ["raspberrypi3", "qemu-armv7", "raspberrypi2"]
 
 
 @pytest.mark.parametrize("name", BOARDS)
