@@ -15,7 +15,6 @@ import shutil
 from initfs import log
 from overlay_layout import durable
 from overlay_layout.layout import Layout
-from overlay_layout.state import _remove_tree
 
 KIT_LIST = "/etc/bankboot/kit"
 RUN = "/run/bankboot"
@@ -45,7 +44,7 @@ def install_kit(layout: Layout, image: str, config: dict[str, str]) -> str:
             paths = [line.strip() for line in f if line.strip()]
         durable.make_dirs(utils)
         tmp = f"{dest}.tmp"
-        _remove_tree(tmp)
+        durable.remove_tree(tmp)
         os.mkdir(tmp)
         for rel in paths:
             parent = os.path.dirname(f"{tmp}/{rel}")
@@ -56,7 +55,7 @@ def install_kit(layout: Layout, image: str, config: dict[str, str]) -> str:
         durable.rename(tmp, dest)
         for old in os.listdir(utils):
             if old.startswith("bankboot-") and f"{utils}/{old}" != dest:
-                _remove_tree(f"{utils}/{old}")
+                durable.remove_tree(f"{utils}/{old}")
         log.log(f"installed bankctl for build {build} in {dest}")
     _link(dest, config)
     return dest

@@ -90,3 +90,17 @@ def rename(src: str, dst: str) -> None:
     fsync_dir(os.path.dirname(dst) or ".")
     if os.path.dirname(src) != os.path.dirname(dst):
         fsync_dir(os.path.dirname(src) or ".")
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf that never follows symlinks (an overlay upper may hold anything). Used for what is already
+    unreachable (unpointed images, staging leftovers, old backups), so it needs no ordering of its own;
+    callers fsync the parent when the removal must be durable."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.scandir(path):
+            remove_tree(entry.path)
+        os.rmdir(path)
+    else:
+        os.unlink(path)

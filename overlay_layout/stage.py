@@ -131,9 +131,7 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             raise StageError(f"{bank_file}: squashfs is {member.size} bytes, the manifest says {manifest['size']}")
         tmp = os.path.join(layout.overlay, f".staging-{image}")
         durable.make_dirs(layout.overlay)
-        from overlay_layout.state import _remove_tree
-
-        _remove_tree(tmp)
+        durable.remove_tree(tmp)
         os.mkdir(tmp)
         try:
             _copy_checked(tar.extractfile(member), os.path.join(tmp, SQUASHFS), manifest["size"], manifest["sha256"],
@@ -156,12 +154,12 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
                 durable.fsync_dir(dirpath)
             durable.rename(tmp, layout.image_dir(image))
         except BaseException:
-            _remove_tree(tmp)
+            durable.remove_tree(tmp)
             raise
     try:
         banks.add_trial(image, tries)
     except StateError:
-        _remove_tree(layout.image_dir(image))
+        durable.remove_tree(layout.image_dir(image))
         raise
     return manifest
 

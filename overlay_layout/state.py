@@ -255,12 +255,12 @@ class Banks:
         durable.make_dirs(upper)
         work = self.layout.sub(image, "work")
         if os.path.isdir(work):
-            _remove_tree(work)
+            durable.remove_tree(work)
         durable.make_dirs(work)
         del st["reset"][image]
         self.save(st)
         if not req.get("keep_backup"):
-            _remove_tree(backup)
+            durable.remove_tree(backup)
             return "reset: upper emptied"
         return f"reset: upper emptied, old one kept in {backup}"
 
@@ -271,13 +271,13 @@ class Banks:
         st = self.load()
         for image in self.layout.images():
             if image not in keep:
-                _remove_tree(self.layout.image_dir(image))
+                durable.remove_tree(self.layout.image_dir(image))
                 st["images"].pop(image, None)
                 st["reset"].pop(image, None)
                 removed.append(image)
         for name in os.listdir(self.layout.overlay) if os.path.isdir(self.layout.overlay) else []:
             if name.startswith(".staging-"):
-                _remove_tree(os.path.join(self.layout.overlay, name))
+                durable.remove_tree(os.path.join(self.layout.overlay, name))
                 removed.append(name)
         if removed:
             self.save(st)
@@ -301,15 +301,3 @@ class Banks:
                            "pointers": [p for p, v in pointers.items() if v == image],
                            "reset_pending": image in st["reset"]})
         return {"pointers": pointers, "images": images, "warnings": self.warnings}
-
-
-def _remove_tree(path: str) -> None:
-    """rm -rf that does not follow symlinks (an upper dir may hold anything)."""
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        for entry in os.scandir(path):
-            _remove_tree(entry.path)
-        os.rmdir(path)
-    else:
-        os.unlink(path)
