@@ -71,19 +71,19 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
     (rootfs / "payload").write_bytes(os.urandom(32 << 20))  # incompressible: squashfs stays 32 MB
     build_image(rootfs, "1.1.0", out / "big.bank", sign_key=key)
     disk = out / "disk-verify.img"
-    build_disk(board, out / "sample.bank", disk, 256 << 20, initrd, extra_cmdline="bankboot.timeout=0 bankboot.debug")
+    # The update travels on the userdata partition: SD-card boards have no second disk.
+    build_disk(board, out / "sample.bank", disk, 256 << 20, initrd, userdata_size=96 << 20,
+               extra_cmdline="bankboot.timeout=0 bankboot.debug", userdata_files=[out / "big.bank"])
     res: dict[str, float] = {}
-    vm = VM.from_disk(board, disk, out)
-    vm.disks.append(out / "big.bank")
-    with vm:
+    with VM.from_disk(board, disk, out) as vm:
         m = vm.console.expect(r"verify manifest signature: ([\d.]+) ms", BOOT_TIMEOUT)
         res["signature check at boot (ms)"] = float(m.group(1))
         m = vm.console.expect(r"mount \S+rootfs\.squashfs: ([\d.]+) ms", BOOT_TIMEOUT)
         res["verity setup + squashfs mount (ms)"] = float(m.group(1))
         vm.console.expect(r"\(sample\) / # ", BOOT_TIMEOUT)
         size = (out / "big.bank").stat().st_size / 1e6
-        for label, cmd in (("bankctl stage (MB/s)", "/run/bankboot/bin/bankctl stage /dev/vdb >/dev/null"),
-                           ("sha256sum (MB/s)", "sha256sum /dev/vdb >/dev/null")):
+        for label, cmd in (("sha256sum (MB/s)", "sha256sum /userdata/big.bank >/dev/null"),
+                           ("bankctl stage (MB/s)", "/run/bankboot/bin/bankctl stage /userdata/big.bank >/dev/null")):
             rc, text = vm.console.run(f"busybox time -p sh -c '{cmd}' 2>&1", timeout=600)
             if rc != 0:
                 raise RuntimeError(f"bench: `{cmd}` failed in the guest:\n{text}")
@@ -114,6 +114,9 @@ def run_bench(board: Board, runs: int = 3) -> int:
         disk = out / f"disk-{kind}.img"
         build_disk(board, out / "sample.bank", disk, 256 << 20, result.path, extra_cmdline="bankboot.timeout=0")
         samples: dict[str, list[float]] = {}
+        # One boot first, not counted: a device's first boot of a new initramfs also installs bankctl's kit
+        # on the banks partition; every later boot is what this measures.
+        time_boot(board, result.path, kind, out, disk)
         for _ in range(runs):
             for label, t in time_boot(board, result.path, kind, out, disk).items():
                 samples.setdefault(label, []).append(t)

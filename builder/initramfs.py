@@ -15,7 +15,7 @@ from builder import compress as compression
 from builder.arch import is_native
 from builder.board import Board
 from builder.cpio import write_cpio
-from builder.elf import LibraryResolver, is_elf, read_elf
+from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import module_closure, run_depmod
@@ -127,7 +127,9 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
     kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
     tree.add_file("etc/bankboot/kit", data="".join(f"{k}\n" for k in kit).encode())
-    interp = read_elf(bundle / "init").interp or ""
+    # The launcher runs ld.so by the path of the real file: PT_INTERP may be a symlink, and an absolute one
+    # (amd64's /lib64/ld-linux-x86-64.so.2) would point outside the kit.
+    interp = resolve_in_root(sysroot.root, read_elf(bundle / "init").interp or "")
     return {"build": bundle.parent.name, "interp": interp,
             "libdirs": ":".join(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))}
 
