@@ -58,26 +58,23 @@ def _b64(text: str, what: str) -> bytes:
     return raw
 
 
-def read_public_key(path: str) -> bytes:
+def _read_key(path: str, tag: str, kind: str, comment_ok: bool) -> bytes:
     try:
         with open(path) as f:
             parts = f.read().split()
     except OSError as e:
-        raise TrustError(f"cannot read public key {path}: {e.strerror}") from None
-    if len(parts) < 2 or parts[0] != PUBLIC_TAG:
-        raise TrustError(f"{path} is not a bankboot public key (expected '{PUBLIC_TAG} <base64>')")
+        raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from None
+    if len(parts) < 2 or parts[0] != tag or (len(parts) > 2 and not comment_ok):
+        raise TrustError(f"{path} is not a bankboot {kind} key (expected '{tag} <base64>')")
     return _b64(parts[1], path)
+
+
+def read_public_key(path: str) -> bytes:
+    return _read_key(path, PUBLIC_TAG, "public", comment_ok=True)
 
 
 def read_private_key(path: str) -> bytes:
-    try:
-        with open(path) as f:
-            parts = f.read().split()
-    except OSError as e:
-        raise TrustError(f"cannot read private key {path}: {e.strerror}") from None
-    if len(parts) != 2 or parts[0] != PRIVATE_TAG:
-        raise TrustError(f"{path} is not a bankboot private key (expected '{PRIVATE_TAG} <base64>')")
-    return _b64(parts[1], path)
+    return _read_key(path, PRIVATE_TAG, "private", comment_ok=False)
 
 
 def load_trusted(directory: str) -> dict[str, bytes]:

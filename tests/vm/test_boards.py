@@ -1,5 +1,6 @@
-"""One smoke scenario per board besides qemu-aarch64 (which has the full suites): boot into the sample image, stage an update, commit it, then ESC
-at the console boots the previous image. The update reaches the device on its userdata partition."""
+"""One smoke scenario per board besides qemu-aarch64 (which has the full suites): boot into the sample
+image, stage an update, commit it, then ESC at the console boots the previous image. The update reaches
+the device on its userdata partition."""
 
 from __future__ import annotations
 
