@@ -15,7 +15,7 @@ all: initramfs
 deps:
 	@scripts/deps.sh
 
-$(DEV_KEY).key $(DEV_KEY).pub:
+$(DEV_KEY).key $(DEV_KEY).pub &:
 	@scripts/deps.sh
 	$(VENV)/bankboot keygen -o $(DEV_KEY) --comment "bankboot development key (not for devices you ship)"
 
@@ -29,7 +29,7 @@ DEMO := build/demo/$(BOARD)
 
 # The sample rootfs becomes image 1.0.0, installed as `current` on a disk whose boot partition carries
 # the kernel, our initramfs and cmdline.txt; QEMU then boots that disk the way firmware would.
-demo: initramfs
+demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot sample-rootfs --board $(BOARD) -o $(DEMO)/rootfs
 	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 --sign $(SIGN) -o $(DEMO)/app-1.0.0.bank
 	$(VENV)/bankboot disk --board $(BOARD) --image $(DEMO)/app-1.0.0.bank --initramfs $(INITRAMFS) \
