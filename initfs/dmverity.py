@@ -55,7 +55,11 @@ def open_verity(name: str, data: str, hashes: str, verity: dict) -> str:
         raise VerityError(f"{data}: {size} bytes is not a whole number of {block}-byte verity blocks")
     blocks = size // block
     data_dev, data_fd = attach_readonly(data)
-    hash_dev, hash_fd = attach_readonly(hashes)
+    try:
+        hash_dev, hash_fd = attach_readonly(hashes)
+    except BaseException:
+        os.close(data_fd)  # the loop device clears itself once nothing holds it
+        raise
     try:
         params = (f"1 {_devno(data_dev)} {_devno(hash_dev)} {block} {hash_block} {blocks} 0 "
                   f"{verity.get('hash_algorithm', 'sha256')} {verity['root_hash']} {verity['salt'] or '-'}")
