@@ -34,6 +34,11 @@ def _seconds(cmdline: Cmdline, key: str, default: float | None) -> float | None:
         raise BootError(f"{key}={raw!r} on the kernel command line is not a number of seconds") from None
 
 
+def device_timeout(cmdline: Cmdline) -> float | None:
+    """How long to wait for the banks and userdata devices: for ever with rootwait."""
+    return None if cmdline.has("rootwait") else _seconds(cmdline, "bankboot.roottimeout", DEFAULT_ROOT_TIMEOUT)
+
+
 def mount_banks(cmdline: Cmdline) -> Layout:
     spec = cmdline.get("root")
     if not spec:
@@ -44,9 +49,8 @@ def mount_banks(cmdline: Cmdline) -> Layout:
         import time
 
         time.sleep(delay)
-    timeout = None if cmdline.has("rootwait") else _seconds(cmdline, "bankboot.roottimeout", DEFAULT_ROOT_TIMEOUT)
     with log.step(f"wait for banks partition {spec}"):
-        dev = wait_for_device(spec, timeout, "banks partition")
+        dev = wait_for_device(spec, device_timeout(cmdline), "banks partition")
     fstype = cmdline.get("rootfstype") or "ext4"
     os.makedirs(BANKS, exist_ok=True)
     with log.step(f"mount {dev} on {BANKS}"):
@@ -174,8 +178,7 @@ def mount_userdata(cmdline: Cmdline, layout: Layout) -> None:
         os.makedirs(src, exist_ok=True)
         mount(src, target, None, MS_BIND)
         return
-    timeout = None if cmdline.has("rootwait") else _seconds(cmdline, "bankboot.roottimeout", DEFAULT_ROOT_TIMEOUT)
-    dev = wait_for_device(spec, timeout, "userdata partition")
+    dev = wait_for_device(spec, device_timeout(cmdline), "userdata partition")
     try:
         mount(dev, target, cmdline.get("bankboot.userdatafstype") or "ext4", MS_NOSUID | MS_NODEV)
     except OSError as e:

@@ -10,6 +10,7 @@ import time
 
 from initfs import log
 from initfs.environ import clean_environ
+from initfs.switchroot import resolve_in
 from initfs.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
 
 SELFTEST_DIR = "/etc/bankboot/selftest.d"
@@ -21,19 +22,10 @@ class SelfTestError(RuntimeError):
     pass
 
 
-def resolve_in(newroot: str, path: str) -> str:
-    """Follow symlinks of `path` inside newroot (absolute targets stay inside). Returns the host path."""
-    for _ in range(40):
-        host = newroot + path
-        if not os.path.islink(host):
-            return host
-        target = os.readlink(host)
-        path = target if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), target))
-    raise SelfTestError(f"too many symlinks resolving {path} in the image")
-
-
 def check_init(newroot: str, init: str) -> None:
     host = resolve_in(newroot, init)
+    if host is None:
+        raise SelfTestError(f"too many symlinks resolving {init} in the image")
     try:
         with open(host, "rb") as f:
             head = f.read(20)

@@ -40,17 +40,22 @@ def _free_initramfs(root_dev: int, path: str = "/") -> int:
     return freed
 
 
-def init_exists(newroot: str, init: str) -> bool:
-    """Whether `init` resolves to an executable inside newroot (absolute symlinks taken as inside it)."""
-    path = init
+def resolve_in(newroot: str, path: str) -> str | None:
+    """The host path `path` names inside newroot, symlinks followed there (absolute targets taken as
+    inside newroot); None for a symlink loop."""
     for _ in range(40):
         host = newroot + path
-        if os.path.islink(host):
-            target = os.readlink(host)
-            path = target if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), target))
-            continue
-        return os.path.isfile(host) and os.access(host, os.X_OK)
-    return False
+        if not os.path.islink(host):
+            return host
+        target = os.readlink(host)
+        path = target if target.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), target))
+    return None
+
+
+def init_exists(newroot: str, init: str) -> bool:
+    """Whether `init` resolves to an executable inside newroot."""
+    host = resolve_in(newroot, init)
+    return host is not None and os.path.isfile(host) and os.access(host, os.X_OK)
 
 
 def switch_root(newroot: str, init: str, argv: list[str]) -> NoReturn:
