@@ -46,6 +46,8 @@ class Board:
     config_txt: str | None = None  # Raspberry Pi firmware config.txt for the boot partition
     power_of_two: bool = False  # the disk image size must be a power of two (QEMU's SD cards)
     serial_index: int = 0  # which QEMU -serial is the console (raspi: 1, the mini-UART)
+    rescue: str = "reboot"  # when no image boots: reboot and try again (field devices), or a shell
+    unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
     extra: dict = field(default_factory=dict, compare=False)
 
     def disk_args(self, path: Path, index: int) -> list[str]:
@@ -129,6 +131,12 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
     compression = _get(data, path, "initramfs.compression", str, "zstd")
     if compression not in COMPRESSIONS:
         raise BoardError(f"{path}: initramfs.compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    rescue = _get(data, path, "boot.rescue", str, "reboot")
+    if rescue not in ("reboot", "shell"):
+        raise BoardError(f"{path}: boot.rescue {rescue!r} must be reboot or shell")
+    unconfirmed = _get(data, path, "boot.unconfirmed_boots", int, 3)
+    if not 1 <= unconfirmed <= 100:
+        raise BoardError(f"{path}: boot.unconfirmed_boots must be from 1 to 100, not {unconfirmed}")
     return Board(
         name=name,
         path=path,
@@ -148,5 +156,7 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         config_txt=data.get("boot", {}).get("config_txt"),
         power_of_two=_get(data, path, "disk.power_of_two", bool, False),
         serial_index=_get(data, path, "qemu.serial_index", int, 0),
+        rescue=rescue,
+        unconfirmed_boots=unconfirmed,
         extra=data,
     )

@@ -65,7 +65,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
-                    sign_key=Path(args.sign) if args.sign else None)
+                    sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots)
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}), squashfs {_human(m['size'])} "
           f"sha256 {m['sha256']}, {signed}")
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--version", required=True)
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
     im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
+    im.add_argument("--confirm-boots", action="store_true",
+                    help="the image runs `bankctl boot-ok` once up; boots without it count towards a fallback")
     im.add_argument("-o", "--output", required=True)
     im.set_defaults(func=cmd_image)
 

@@ -92,7 +92,9 @@ def sha256_file(path: Path) -> str:
 
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
-                sign_key: Path | None = None, min_bankboot: str = VERSION) -> dict:
+                sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False) -> dict:
+    """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
+    that many times in a row without one (the board's limit) falls back to the previous image."""
     if not rootfs.is_dir():
         raise ImageError(f"rootfs {rootfs} is not a directory")
     try:
@@ -119,6 +121,8 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             "min_bankboot": min_bankboot,
             "verity": verity,
         }
+        if confirm_boots:
+            manifest["confirm_boots"] = True
         if seed is not None:
             manifest = sign_manifest(manifest, seed)
         data = dump_manifest(manifest)

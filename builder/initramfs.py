@@ -182,7 +182,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
                 "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
-                **extra}
+                "rescue": board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots), **extra}
     conf = "".join(f"{k}={v}\n" for k, v in settings.items())
     tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
     return tree, kernel

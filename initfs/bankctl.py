@@ -3,7 +3,7 @@ program's second entry point and changes state only through overlay_layout.
 
 Exit codes (stable, see docs/lifecycle.md): 0 done; 1 error (bad input, I/O, damaged layout);
 2 usage; 3 refused by the state (nothing on trial, no previous image, ...); 4 stage refused the image
-(verification, architecture, space)."""
+(verification, architecture, space); 5 another bankctl holds the banks partition (try again)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import time
 from initfs.version import VERSION
 from overlay_layout import bootlog
 from overlay_layout.layout import LayoutError
-from overlay_layout.stage import StageError, stage
-from overlay_layout.state import GOOD, TRIAL, Banks, StateError
+from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.policy import DEFAULT_UNCONFIRMED_LIMIT
+from overlay_layout.stage import DEFAULT_RESERVE, StageError, stage
+from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 
 def banks_root() -> str:
@@ -41,28 +43,31 @@ def booted_info() -> dict:
         return {}
 
 
-def next_boot(banks: Banks, st: dict) -> dict:
-    """What the next boot will pick and why (the same rules as choose_boot, without its writes)."""
-    cur, nxt = banks.layout.pointer("current"), banks.layout.pointer("next")
-    if nxt is not None and nxt != cur:
-        entry = banks.image_state(st, nxt)
-        if entry.get("state") == GOOD:
-            return {"image": nxt, "why": "next is committed (or a rollback): it becomes current"}
-        if entry.get("state") == TRIAL and entry.get("tries", 0) > 0:
-            return {"image": nxt, "why": f"trial of next, {entry['tries']} tries left"}
-        if entry.get("state") == TRIAL:
-            return {"image": cur, "why": f"next {nxt} has no tries left: it will be marked bad"}
-    return {"image": cur, "why": "current"}
+def unconfirmed_limit() -> int:
+    """The board's limit, from the initramfs.conf in the kit this bankctl came from."""
+    path = os.path.join(os.environ.get("BANKBOOT_KIT", "/"), "etc/bankboot/initramfs.conf")
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                if key == "unconfirmed_boots" and value.isdigit():
+                    return max(1, int(value))
+    except OSError:
+        pass
+    return DEFAULT_UNCONFIRMED_LIMIT
 
 
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
-    status = banks.status()
-    st = banks.load()
+    status = banks.status(unconfirmed_limit())
     status["booted"] = booted_info()
-    status["next_boot"] = next_boot(banks, st)
+    plan = status["plan"]
+    status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
     pol = policy()
     status["trust"] = {"keys": sorted(pol.keys), "unsigned_allowed": pol.allow_unsigned,
-                       "downgrade_allowed": pol.allow_downgrade, "floor": st.get("floor")}
+                       "downgrade_allowed": pol.allow_downgrade, "floor": status["floor"]}
+    for w in status["booted"].get("warnings", []):
+        if w not in status["warnings"]:
+            status["warnings"].append(f"at boot: {w}")
     if pol.allow_unsigned:
         status["warnings"].insert(0, "THIS DEVICE ACCEPTS UNSIGNED IMAGES (initramfs built with "
                                      "--insecure-allow-unsigned): anyone who can write a bank file can run code here")
@@ -72,15 +77,18 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     b = status["booted"]
     if b:
         print(f"booted: {b.get('image')} ({b.get('why')})")
-    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<6} {'TRIES':>5}  POINTERS")
+        for t in b.get("tried", []):
+            print(f"  not booted this time: {t['image']} ({t['why']}): {t['error']}")
+    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<7} {'TRIES':>5}  POINTERS")
     for img in status["images"]:
         tries = "" if img["tries"] is None or img["state"] != TRIAL else str(img["tries"])
         extra = f"  ({img['reason']})" if img.get("reason") else ""
         extra += "  (reset at next boot)" if img.get("reset_pending") else ""
-        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<6} {tries:>5}  "
+        extra += f"  ({img['unconfirmed_boots']} unconfirmed boots)" if img.get("unconfirmed_boots") else ""
+        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  "
               f"{','.join(img['pointers'])}{extra}")
-    nb = status["next_boot"]
-    print(f"next boot: {nb['image']} ({nb['why']})")
+    order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
+    print(f"next boot: {order}")
     t = status["trust"]
     print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'}")
     for w in status["warnings"]:
@@ -107,8 +115,12 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    from overlay_layout.stage import tree_size
+
+    kit = os.environ.get("BANKBOOT_KIT")
+    reserve = tree_size(kit) + (1 << 20) if kit and os.path.isdir(kit) else DEFAULT_RESERVE
     m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
-              allow_downgrade=args.allow_downgrade)
+              allow_downgrade=args.allow_downgrade, reserve=reserve, booted=booted_info().get("image"))
     print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "
           f"tries; reboot to try it")
     return EXIT_OK
@@ -122,6 +134,17 @@ def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
     disarm()
     bootlog.set_outcome(banks.root, "marked good")
     print(f"{image} is good and current")
+    return EXIT_OK
+
+
+def cmd_boot_ok(banks: Banks, args: argparse.Namespace) -> int:
+    image = banks.boot_ok(booted_info().get("image"))
+    from initfs.watchdog import disarm
+
+    disarm()
+    if not booted_info().get("trial"):
+        bootlog.set_outcome(banks.root, "up (boot-ok)")
+    print(f"{image}: boot confirmed")
     return EXIT_OK
 
 
@@ -155,7 +178,10 @@ def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_log(banks: Banks, args: argparse.Namespace) -> int:
-    records = list(reversed(bootlog.read_log(banks.root)))
+    warnings: list[str] = []
+    records = list(reversed(bootlog.read_log(banks.root, warnings)))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(records, indent=1, sort_keys=True))
         return EXIT_OK
@@ -170,11 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankctl", description="bankboot's device-side tool")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="images, versions, states; what boots next and why")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
-    s.add_argument("file")
-    s.add_argument("--tries", type=int, default=3)
+    s.add_argument("file", help="a bank file or a block device holding one")
+    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.add_argument("--allow-downgrade", action="store_true",
@@ -182,18 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
     s.set_defaults(func=cmd_mark_good)
+    s = sub.add_parser("boot-ok", help="the running image is up: confirm this boot (images that ask for it "
+                                        "fall back after several boots without one)")
+    s.set_defaults(func=cmd_boot_ok)
     s = sub.add_parser("mark-bad", help="give up the trial now")
     s.add_argument("--reason", default="marked bad by bankctl")
     s.set_defaults(func=cmd_mark_bad)
     s = sub.add_parser("rollback", help="boot previous next time (it becomes current once it boots)")
     s.set_defaults(func=cmd_rollback)
     s = sub.add_parser("reset", help="factory reset: empty the running image's overlay upper at next boot")
-    s.add_argument("--keep-backup", action="store_true")
+    s.add_argument("--keep-backup", action="store_true", help="keep the old upper in the image's backups/")
     s.set_defaults(func=cmd_reset)
     s = sub.add_parser("gc", help="remove images that are neither previous, current nor next")
     s.set_defaults(func=cmd_gc)
     s = sub.add_parser("log", help="the boot records, newest first")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_log)
     return p
 
@@ -209,13 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     banks = Banks(root)
     try:
-        return args.func(banks, args)
+        with lock_banks(root, exclusive=args.command not in ("status", "log")):
+            return args.func(banks, args)
     except StageError as e:
         print(f"bankctl {args.command}: refused: {e}", file=sys.stderr)
         return EXIT_STAGE
     except StateError as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_REFUSED
+    except LockError as e:
+        print(f"bankctl {args.command}: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except (LayoutError, OSError) as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR

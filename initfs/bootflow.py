@@ -1,5 +1,9 @@
-"""The boot: find the banks partition, choose the image, mount its squashfs read-only under an
-overlay with the image's upper/work, add /userdata, and hand over to the image's init."""
+"""The boot: find the banks partition, ask overlay_layout's policy for this boot's candidates, and walk
+them: mount one's squashfs read-only (verified) under an overlay with its upper/work, preflight its init,
+self-test a trial; any failure moves to the next candidate. Then /userdata, and the hand-over.
+
+Writes to the banks partition never stop a boot: a full, read-only or failing partition is a warning,
+and the boot goes on with the state in memory (an upper on tmpfs if need be, the kit on /run)."""
 
 from __future__ import annotations
 
@@ -9,64 +13,60 @@ from typing import NoReturn
 
 from initfs import log
 from initfs.blockdev import wait_for_device
-from initfs.cmdline import Cmdline
+from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
-from overlay_layout.layout import Layout, LayoutError
+from overlay_layout.layout import Layout
 
 RUN = "/run/bankboot"
 BANKS = f"{RUN}/banks"  # the banks partition, reachable from the booted system here
 LOWER = f"{RUN}/lower"  # the image's squashfs
+VOLATILE = f"{RUN}/volatile"  # upper/work on tmpfs when the banks partition cannot hold them
 NEWROOT = "/newroot"
-DEFAULT_ROOT_TIMEOUT = 30.0
 
 
 class BootError(RuntimeError):
     pass
 
 
-def _seconds(cmdline: Cmdline, key: str, default: float | None) -> float | None:
-    raw = cmdline.get(key)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise BootError(f"{key}={raw!r} on the kernel command line is not a number of seconds") from None
-
-
-def device_timeout(cmdline: Cmdline) -> float | None:
+def device_timeout(opts: Options) -> float | None:
     """How long to wait for the banks and userdata devices: for ever with rootwait."""
-    return None if cmdline.has("rootwait") else _seconds(cmdline, "bankboot.roottimeout", DEFAULT_ROOT_TIMEOUT)
+    return None if opts.get("rootwait") else opts.get("bankboot.roottimeout")
 
 
-def mount_banks(cmdline: Cmdline) -> Layout:
-    spec = cmdline.get("root")
+def mount_banks(opts: Options) -> Layout:
+    spec = opts.get("root")
     if not spec:
         raise BootError("no root= on the kernel command line: it names the banks partition "
                         "(root=/dev/vda2, root=PARTUUID=..., root=LABEL=...)")
-    delay = _seconds(cmdline, "rootdelay", 0.0)
+    delay = opts.get("rootdelay")
     if delay:
         import time
 
         time.sleep(delay)
     with log.step(f"wait for banks partition {spec}"):
-        dev = wait_for_device(spec, device_timeout(cmdline), "banks partition")
-    fstype = cmdline.get("rootfstype") or "ext4"
+        dev = wait_for_device(spec, device_timeout(opts), "banks partition")
+    fstype = opts.get("rootfstype")
     os.makedirs(BANKS, exist_ok=True)
     with log.step(f"mount {dev} on {BANKS}"):
         try:
             mount(dev, BANKS, fstype, MS_NOSUID | MS_NODEV)
         except OSError as e:
-            raise BootError(f"cannot mount the banks partition {dev} ({spec}) as {fstype}: {e.strerror}") from None
+            # A write-protected card or a filesystem the kernel will only read: boot read-only.
+            try:
+                mount(dev, BANKS, fstype, MS_NOSUID | MS_NODEV | MS_RDONLY)
+            except OSError:
+                raise BootError(f"cannot mount the banks partition {dev} ({spec}) as {fstype}: {e.strerror}") from None
+            log.error(f"the banks partition {dev} mounts only read-only ({e.strerror}): booting without "
+                      f"recording anything; changes to the image will not persist")
     return Layout(BANKS)
 
 
-def menu_selection(cmdline: Cmdline, banks) -> tuple[str | None, str]:
+def menu_selection(opts: Options, banks, limit: int) -> tuple[str | None, str]:
     """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
-    select = cmdline.get("bankboot.select")
+    select = opts.get("bankboot.select")
     if select:
         return select, "bankboot.select"
-    timeout = _seconds(cmdline, "bankboot.timeout", 2.0) or 0.0
+    timeout = opts.get("bankboot.timeout")
     if timeout <= 0:
         return None, ""
     from initfs.menu import prompt
@@ -74,34 +74,38 @@ def menu_selection(cmdline: Cmdline, banks) -> tuple[str | None, str]:
 
     last: dict[str, str] = {}
     for r in bootlog.read_log(banks.root):
-        last[r.get("image", "")] = r.get("outcome") or r.get("why", "")
-    entries = banks.status()["images"]
+        last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
+    entries = banks.status(limit)["images"]
     for e in entries:
         e["last_boot"] = last.get(e["id"])
     with log.step("console prompt"):
-        return prompt(entries, timeout), "console menu"
+        return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
 
 
 def verify_image(layout: Layout, image: str, full: bool) -> dict:
     """The image's manifest must be signed by a trusted key (checked every boot: cheap); on a trial's first
     boot the whole squashfs and hash tree are also hashed against it. Later reads are checked by dm-verity."""
     from initfs.version import VERSION
+    from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import parse_manifest
     from overlay_layout.trust import Policy, TrustError
 
     path = layout.manifest_path(image)
     try:
         with open(path, "rb") as f:
-            manifest = parse_manifest(f.read(), path)
+            manifest = parse_manifest(f.read(65536), path)
     except OSError as e:
-        raise BootError(f"image {image}: cannot read {path}: {e.strerror}") from None
+        raise BootError(f"cannot read {path}: {e.strerror}") from None
+    except LayoutError as e:
+        raise BootError(str(e)) from None
     if manifest["id"] != image:
-        raise BootError(f"image {image}: {path} describes image {manifest['id']}")
+        raise BootError(f"{path} describes image {manifest['id']}")
     try:
         with log.step("verify manifest signature"):
             who = Policy.load("/etc/bankboot").check(manifest, VERSION)
     except TrustError as e:
         raise BootError(f"verification failed: {e}") from None
+    manifest["_signed_by"] = who
     log.log(f"image {image}: manifest signed by {who}")
     if full:
         with log.step(f"hash {image}"):
@@ -129,7 +133,7 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def mount_image(layout: Layout, image: str, full_check: bool = False) -> None:
+def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
     from initfs.loop import attach_readonly
 
     layout.check_image(image)
@@ -143,137 +147,199 @@ def mount_image(layout: Layout, image: str, full_check: bool = False) -> None:
             try:
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest["verity"]), None
             except VerityError as e:
-                raise BootError(f"image {image}: dm-verity: {e}") from None
+                raise BootError(f"dm-verity: {e}") from None
         elif "signature" in manifest:
-            raise BootError(f"image {image}: signed but without dm-verity data: refusing to read it unchecked")
+            raise BootError("signed but without dm-verity data: refusing to read it unchecked")
         else:
             dev, fd = attach_readonly(squashfs)
         try:
             mount(dev, LOWER, "squashfs", MS_RDONLY | MS_NODEV)
         except OSError as e:
-            raise BootError(f"image {image}: cannot mount {squashfs} (through {dev}): {e.strerror}; "
+            raise BootError(f"cannot mount {squashfs} (through {dev}): {e.strerror}; "
                             f"the image is damaged or not a squashfs") from None
         finally:
             if fd is not None:
                 os.close(fd)
-    layout.prepare_image_dirs(image)
-    opts = f"lowerdir={LOWER},upperdir={layout.sub(image, 'upper')},workdir={layout.sub(image, 'work')}"
     os.makedirs(NEWROOT, exist_ok=True)
     with log.step("mount overlay"):
         try:
-            mount("overlay", NEWROOT, "overlay", 0, opts)
+            layout.prepare_image_dirs(image)
+            upper, work = layout.sub(image, "upper"), layout.sub(image, "work")
+            mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
         except OSError as e:
-            raise BootError(f"image {image}: cannot mount the overlay ({opts}): {e.strerror}") from None
+            # The banks partition cannot hold the upper (read-only, full, damaged): changes go to memory.
+            log.error(f"image {image}: its overlay upper on the banks partition cannot be used ({e.strerror}); "
+                      f"changes made in this boot will not persist")
+            os.makedirs(VOLATILE, exist_ok=True)
+            if not os.path.ismount(VOLATILE):
+                mount("tmpfs", VOLATILE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+            for d in ("upper", "work"):
+                os.makedirs(f"{VOLATILE}/{d}", exist_ok=True)
+            mount("overlay", NEWROOT, "overlay", 0,
+                  f"lowerdir={LOWER},upperdir={VOLATILE}/upper,workdir={VOLATILE}/work")
+    return manifest
 
 
-def mount_userdata(cmdline: Cmdline, layout: Layout) -> None:
-    spec = cmdline.get("bankboot.userdata")
+def mount_userdata(opts: Options, layout: Layout) -> str:
+    """/userdata in the new root. One that cannot be had is a warning and an empty tmpfs in its place: the
+    image boots (and can be updated) without it. Returns what was mounted."""
+    spec = opts.get("bankboot.userdata")
     target = f"{NEWROOT}/userdata"
     if not spec:
         log.log("no bankboot.userdata= on the command line: no /userdata")
-        return
-    os.makedirs(target, exist_ok=True)
-    if spec == "banks":
-        src = layout.userdata_dir()
-        os.makedirs(src, exist_ok=True)
-        mount(src, target, None, MS_BIND)
-        return
-    dev = wait_for_device(spec, device_timeout(cmdline), "userdata partition")
+        return "none"
     try:
-        mount(dev, target, cmdline.get("bankboot.userdatafstype") or "ext4", MS_NOSUID | MS_NODEV)
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            return
-        raise BootError(f"cannot mount the userdata partition {dev} ({spec}): {e.strerror}") from None
+        os.makedirs(target, exist_ok=True)
+        if spec == "banks":
+            src = layout.userdata_dir()
+            os.makedirs(src, exist_ok=True)
+            mount(src, target, None, MS_BIND)
+            return src
+        dev = wait_for_device(spec, device_timeout(opts), "userdata partition")
+        try:
+            mount(dev, target, opts.get("bankboot.userdatafstype"), MS_NOSUID | MS_NODEV)
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+        return dev
+    except Exception as e:
+        log.error(f"the userdata partition ({spec}) cannot be mounted: {e}; /userdata is an empty tmpfs for this "
+                  f"boot, nothing written there is kept")
+        try:
+            mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        except OSError as e2:
+            log.error(f"no tmpfs on /userdata either: {e2.strerror}")
+        return "tmpfs (userdata unavailable)"
 
 
 def release_image(image: str) -> None:
-    """Undo whatever of mount_image happened: overlay, squashfs, the verity mapping (loops clear themselves)."""
+    """Undo whatever of mount_image happened: overlay, squashfs, the verity mapping (loops clear themselves).
+    Never fails: a mount that stays busy is detached, so the next candidate can use the mount points."""
     from initfs.dmverity import close_verity
-    from initfs.syscalls import umount
+    from initfs.syscalls import MNT_DETACH, umount
 
     for target in (NEWROOT, LOWER):
         if os.path.ismount(target):
             try:
                 umount(target)
             except OSError as e:
-                raise BootError(f"cannot unmount {target} to fall back: {e.strerror}") from None
-    close_verity(f"bankboot-{image}")
+                log.error(f"cannot unmount {target} ({e.strerror}); detaching it")
+                try:
+                    umount(target, MNT_DETACH)
+                except OSError:
+                    pass
+    try:
+        close_verity(f"bankboot-{image}")
+    except Exception as e:
+        log.error(f"cannot remove the dm-verity mapping of {image}: {e}")
 
 
-def prepare(layout: Layout, image: str, init: str, trial: bool, cmdline: Cmdline, config: dict[str, str]) -> str:
-    """Mount the image (verified) and, for a trial, self-test it. Returns the self-test result."""
+def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: dict[str, str]) -> dict:
+    """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
+    from initfs.preflight import preflight
     from initfs.selftest import self_test
-    from initfs.switchroot import init_exists
 
-    mount_image(layout, image, full_check=trial)
-    if not init_exists(NEWROOT, init):
-        raise BootError(f"image {image} has no executable {init}")
-    if not trial:
-        return "not run (not a trial)"
-    with log.step("self-test"):
-        result = self_test(NEWROOT, init, config.get("image_modules") == "yes",
-                           _seconds(cmdline, "bankboot.selftest_timeout", 60.0) or 60.0)
-    log.log(f"self-test of {image}: {result}")
+    manifest = mount_image(layout, image, full_check=trial)
+    with log.step("preflight"):
+        n = preflight(NEWROOT, init)
+    log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
+    result = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True}
+    if trial:
+        with log.step("self-test"):
+            result["selftest"] = self_test(NEWROOT, config.get("image_modules") == "yes",
+                                           opts.get("bankboot.selftest_timeout"))
+        log.log(f"self-test of {image}: {result['selftest']}")
     return result
 
 
-def boot_image(cmdline: Cmdline, argv: list[str], config: dict[str, str]) -> NoReturn:
+def _quietly(what: str, fn, *args):
+    """A write to the banks partition that must not stop the boot: failures are warnings."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        log.error(f"{what} failed ({getattr(e, 'strerror', None) or e}); booting on")
+        return None
+
+
+def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
+    """Walk the policy's candidates until one prepares. Returns (candidate, prepared, tried, banks)."""
+    from overlay_layout.state import Banks
+
+    banks = Banks(BANKS)
+    _quietly("removing staging leftovers", banks.remove_staging_leftovers)
+    limit = opts.get("bankboot.unconfirmed_boots") or int(config.get("unconfirmed_boots", "3"))
+    select, how = menu_selection(opts, banks, limit)
+    plan = banks.begin_boot(select, limit)
+    for w in banks.warnings:
+        log.error(w)
+    tried: list[dict] = []
+    for cand in plan.candidates:
+        why = f"{how}: {cand.why}" if cand.why.startswith("selected") else cand.why
+        log.log(f"booting image {cand.image} ({why})")
+        done = _quietly(f"factory reset of {cand.image}", banks.apply_reset, cand.image)
+        if done:
+            log.log(f"{cand.image}: {done}")
+        try:
+            prepared = prepare(layout, cand.image, init, cand.trial, opts, config)
+        except Exception as e:
+            from initfs.selftest import SelfTestError
+
+            kind = "self-test failed" if isinstance(e, SelfTestError) else "cannot boot it"
+            reason = f"{kind}: {e}"
+            log.error(f"image {cand.image}: {reason}")
+            release_image(cand.image)
+            tried.append({"image": cand.image, "why": why, "error": reason})
+            if cand.trial:
+                _quietly(f"marking {cand.image} bad", banks.trial_failed, cand.image,
+                         f"trial boot failed: {reason}")
+            continue
+        return cand, why, prepared, tried, banks, plan
+    return None, "", {}, tried, banks, plan
+
+
+def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoReturn:
     import json
     import time
 
     from initfs.kit import install_kit
-    from initfs.selftest import SelfTestError
+    from initfs.rescue import give_up
     from initfs.switchroot import switch_root
     from overlay_layout import bootlog
-    from overlay_layout.state import Banks
 
-    init = cmdline.get("init") or "/sbin/init"
-    record: dict = {"time": int(time.time()), "kernel": os.uname().release}
+    init = opts.get("init")
+    rescue = opts.get("bankboot.rescue") or config.get("rescue", "reboot")
     try:
-        layout = mount_banks(cmdline)
-        banks = Banks(BANKS)
-        select, how = menu_selection(cmdline, banks)
-        choice = banks.choose_boot(select)
-        for w in banks.warnings:
-            log.error(w)
-        image, why, trial = choice.image, (f"{how}: {choice.why}" if select else choice.why), choice.trial
-        log.log(f"booting image {image} ({why})")
-        done = banks.apply_reset(image)
-        if done:
-            log.log(f"{image}: {done}")
-        try:
-            record["selftest"] = prepare(layout, image, init, trial, cmdline, config)
-        except (BootError, SelfTestError, LayoutError, OSError) as e:
-            release_image(image)
-            if trial:
-                # The trial is given up in this same boot: marked bad with the reason, current boots.
-                reason = f"self-test failed: {e}" if isinstance(e, SelfTestError) else f"trial boot failed: {e}"
-                banks.mark_bad(image, reason)
-                record["selftest"] = f"failed: {reason}"
-                fallback = banks.choose_boot(None)
-                new, trial = fallback.image, fallback.trial
-            else:
-                # current is good by construction, so this is damage on disk: boot previous, this once.
-                reason = f"current failed: {e}"
-                new = banks.layout.pointer("previous")
-                if new is None or new == image or select:
-                    raise
-            log.error(f"image {image}: {reason}; booting {new} instead")
-            record["fallback_from"] = {"image": image, "reason": reason}
-            image, why = new, f"fallback after {image}: {reason}"
-            prepare(layout, image, init, trial, cmdline, config)
-        if trial and cmdline.get("bankboot.watchdog"):
-            from initfs.watchdog import arm
+        layout = mount_banks(opts)
+    except BootError as e:
+        give_up(str(e), [], rescue)
+    cand, why, prepared, tried, banks, plan = _choose(opts, config, layout, init)
+    if cand is None:
+        give_up(f"no image on {BANKS} could be booted ({len(tried)} tried)", tried, rescue)
+    image, trial = cand.image, cand.trial
+    record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
+                    "trial": trial, "selftest": prepared.get("selftest", "not run (not a trial)"),
+                    "outcome": "trial not confirmed" if trial else "booted"}
+    if tried:
+        record["fallback_from"] = {"image": tried[0]["image"], "reason": tried[0]["error"]}
+        record["tried"] = tried
+    if plan.notes:
+        record["notes"] = "; ".join(plan.notes)
+    unconfirmed = None
+    if not trial and prepared.get("confirm_boots"):
+        unconfirmed = _quietly("counting this boot", banks.record_boot, image)
+        record["unconfirmed_boots"] = unconfirmed
+    watchdog = opts.get("bankboot.watchdog")
+    if watchdog and (trial or prepared.get("confirm_boots")):
+        from initfs.watchdog import arm
 
-            log.log(arm(int(_seconds(cmdline, "bankboot.watchdog", 0) or 0)))
-        record.update(image=image, why=why, trial=trial, outcome="trial not confirmed" if trial else "booted")
-        with open(f"{RUN}/booted", "w") as f:
-            json.dump({"image": image, "why": why, "trial": trial}, f)
-        with log.step("install bankctl"):
-            install_kit(layout, image, config)
-        bootlog.append_record(BANKS, record)
-    except LayoutError as e:
-        raise BootError(str(e)) from None
-    mount_userdata(cmdline, layout)
+        log.log(_quietly("arming the watchdog", arm, watchdog) or "watchdog not armed")
+    os.makedirs(RUN, exist_ok=True)
+    with open(f"{RUN}/booted", "w") as f:
+        json.dump({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
+                   "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
+                   "tried": tried, "warnings": banks.warnings}, f)
+    with log.step("install bankctl"):
+        _quietly("installing bankctl", install_kit, layout, image, config)
+    _quietly("writing the boot log", bootlog.append_record, BANKS, record, banks.warnings)
+    mount_userdata(opts, layout)
     switch_root(NEWROOT, init, argv)

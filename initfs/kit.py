@@ -20,45 +20,64 @@ KIT_LIST = "/etc/bankboot/kit"
 RUN = "/run/bankboot"
 
 
-def _copy(src: str, dst: str) -> None:
+def _copy(src: str, dst: str, sync: bool = True) -> None:
     if os.path.islink(src):
         os.symlink(os.readlink(src), dst)
     elif os.path.isdir(src):
         os.mkdir(dst)
         for name in sorted(os.listdir(src)):
-            _copy(f"{src}/{name}", f"{dst}/{name}")
+            _copy(f"{src}/{name}", f"{dst}/{name}", sync)
     else:
         with open(src, "rb") as fi, open(dst, "wb") as fo:
             shutil.copyfileobj(fi, fo, 1 << 20)
             fo.flush()
-            os.fsync(fo.fileno())
+            if sync:
+                os.fsync(fo.fileno())
         os.chmod(dst, os.stat(src).st_mode & 0o7777)
 
 
 def install_kit(layout: Layout, image: str, config: dict[str, str]) -> str:
+    """The kit in the image's utils/ (once per build). When the banks partition cannot take it (full,
+    read-only, I/O error), a copy on /run (tmpfs) serves this boot, so bankctl still works: a trial can
+    still commit itself, and `bankctl gc` can make room."""
     build = config.get("build", "unknown")
     utils = layout.sub(image, "utils")
     dest = f"{utils}/bankboot-{build}"
     if not os.path.isdir(dest):
-        with open(KIT_LIST) as f:
-            paths = [line.strip() for line in f if line.strip()]
-        durable.make_dirs(utils)
-        tmp = f"{dest}.tmp"
-        durable.remove_tree(tmp)
-        os.mkdir(tmp)
-        for rel in paths:
-            parent = os.path.dirname(f"{tmp}/{rel}")
-            os.makedirs(parent, exist_ok=True)
-            _copy(f"/{rel}", f"{tmp}/{rel}")
-        for dirpath, _, _ in os.walk(tmp):
-            durable.fsync_dir(dirpath)
-        durable.rename(tmp, dest)
-        for old in os.listdir(utils):
+        try:
+            _install(utils, dest)
+        except OSError as e:
+            durable.remove_tree_quietly(f"{dest}.tmp")
+            log.error(f"cannot install bankctl in {utils} ({e.strerror}); using a copy in memory for this boot")
+            dest = f"{RUN}/volatile-kit/bankboot-{build}"
+            _install(os.path.dirname(dest), dest, durable_copy=False)
+        for old in os.listdir(utils) if dest.startswith(utils) else []:
             if old.startswith("bankboot-") and f"{utils}/{old}" != dest:
-                durable.remove_tree(f"{utils}/{old}")
+                durable.remove_tree_quietly(f"{utils}/{old}")
         log.log(f"installed bankctl for build {build} in {dest}")
     _link(dest, config)
     return dest
+
+
+def _install(parent: str, dest: str, durable_copy: bool = True) -> None:
+    with open(KIT_LIST) as f:
+        paths = [line.strip() for line in f if line.strip()]
+    if durable_copy:
+        durable.make_dirs(parent)
+    else:
+        os.makedirs(parent, exist_ok=True)
+    tmp = f"{dest}.tmp"
+    durable.remove_tree(tmp)
+    os.mkdir(tmp)
+    for rel in paths:
+        os.makedirs(os.path.dirname(f"{tmp}/{rel}"), exist_ok=True)
+        _copy(f"/{rel}", f"{tmp}/{rel}", durable_copy)
+    if durable_copy:
+        for dirpath, _, _ in os.walk(tmp):
+            durable.fsync_dir(dirpath)
+        durable.rename(tmp, dest)
+    else:
+        os.rename(tmp, dest)
 
 
 def _link(dest: str, config: dict[str, str]) -> None:

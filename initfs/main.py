@@ -64,21 +64,25 @@ def boot() -> NoReturn:
     with log.step("mount /proc /sys /dev /run"):
         mount_early()
     log.open_kmsg()
-    cmdline = Cmdline.from_proc()
-    log.debug = cmdline.has("bankboot.debug")
-    log.stepping = cmdline.has("bankboot.step")
+    from initfs.options import Options
+
+    opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")})
+    log.debug = opts.get("bankboot.debug")
+    log.stepping = opts.get("bankboot.step")
+    for w in opts.warnings:
+        log.error(w)
     with log.step("load modules"):
         from initfs.modules import load_modules, read_order
 
         count = load_modules(os.uname().release, read_order())
     log.log(f"loaded {count} kernel modules")
-    from initfs.rescue import rescue_shell  # imported now: after the hand-over starts, nothing more can be
+    from initfs.rescue import give_up  # imported now: after the hand-over starts, nothing more can be
 
-    if cmdline.get("root") is None:
-        rescue_shell("no root= on the kernel command line: nothing to boot, dropping to a shell")
+    if opts.get("root") is None:
+        give_up("no root= on the kernel command line: nothing to boot", [], "shell")
     from initfs.bootflow import boot_image
 
-    boot_image(cmdline, sys.argv[1:], config)
+    boot_image(opts, sys.argv[1:], config)
 
 
 def main() -> NoReturn:
@@ -87,10 +91,21 @@ def main() -> NoReturn:
         sys.exit(2)
     try:
         boot()
-    except BaseException as e:  # PID 1 must never die: everything ends in the rescue shell
+    except BaseException as e:  # PID 1 must never die: everything ends in the board's rescue policy
         detail = "".join(traceback.format_exception(e)).rstrip()
         log.error(f"unexpected failure: {type(e).__name__}: {e}")
         log.log(detail)
-        from initfs.rescue import rescue_shell
+        from initfs.rescue import give_up
 
-        rescue_shell(f"boot failed: {e}")
+        give_up(f"boot failed: {e}", [], _rescue_mode())
+
+
+def _rescue_mode() -> str:
+    """bankboot.rescue= if it can still be read, else the board's default: this runs after a failure."""
+    try:
+        from initfs.options import Options
+
+        return Options(Cmdline.from_proc(), {"bankboot.rescue": read_config().get("rescue", "reboot")}) \
+            .get("bankboot.rescue")
+    except BaseException:
+        return "reboot"

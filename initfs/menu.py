@@ -1,17 +1,69 @@
 """The console boot prompt and menu: "Press ESC for the boot menu (Ns)" on every console (serial and
 VT); ESC opens a menu of images on that console; digits or arrows + Enter pick one; ESC again boots
-`previous`. Consoles are switched to raw input with termios for the wait and restored afterwards."""
+`previous`. Consoles are switched to raw input with termios for the wait and restored afterwards.
+
+Input is parsed key by key, not read by read: two ESCs in one read are two presses, an arrow key's
+escape sequence is one key, and anything else (line noise on a serial line) is ignored. The menu boots
+as planned after `menu_timeout` seconds without a key, so noise that looks like ESC cannot stop a boot."""
 
 from __future__ import annotations
 
 import os
 import select
-import termios
 import time
+from collections.abc import Callable
 
 from initfs import log
 
-ESC = b"\x1b"
+ESC = 0x1B
+SEQ_WAIT = 0.05  # an ESC followed by nothing for this long is the ESC key, not the start of a sequence
+ARROWS = {ord("A"): "up", ord("B"): "down"}
+
+
+class KeyParser:
+    """Bytes in, keys out: "esc", "up", "down", "enter", "1".."9". Unknown bytes are dropped."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes, final: bool = False) -> list[str]:
+        """`final`: no more bytes are coming soon, so a lone trailing ESC is the ESC key."""
+        self.buf += data
+        keys: list[str] = []
+        while self.buf:
+            b = self.buf[0]
+            if b == ESC:
+                if len(self.buf) == 1:
+                    if not final:
+                        break
+                    keys.append("esc")
+                    del self.buf[:1]
+                elif self.buf[1] in (ord("["), ord("O")):
+                    if len(self.buf) == 2 and not final:
+                        break
+                    # CSI/SS3: ESC [ params final-byte (0x40-0x7e)
+                    end = next((i for i in range(2, min(len(self.buf), 16)) if 0x40 <= self.buf[i] <= 0x7E), None)
+                    if end is None:
+                        if len(self.buf) < 16 and not final:
+                            break
+                        del self.buf[:2]  # a broken sequence: drop its start
+                        continue
+                    key = ARROWS.get(self.buf[end]) if end == 2 else None
+                    if key:
+                        keys.append(key)
+                    del self.buf[:end + 1]
+                else:
+                    keys.append("esc")
+                    del self.buf[:1]
+            elif b in (0x0D, 0x0A):
+                keys.append("enter")
+                del self.buf[:1]
+            elif 0x31 <= b <= 0x39:
+                keys.append(chr(b))
+                del self.buf[:1]
+            else:
+                del self.buf[:1]
+        return keys
 
 
 def console_devices() -> list[str]:
@@ -27,16 +79,18 @@ def console_devices() -> list[str]:
 
 class RawConsoles:
     def __init__(self) -> None:
-        self.fds: dict[int, list] = {}
+        import termios
+
+        self.fds: dict[int, list | None] = {}
         for dev in console_devices():
             try:
-                fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+                fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
                 saved = termios.tcgetattr(fd)
                 raw = termios.tcgetattr(fd)
-                raw[3] &= ~(termios.ICANON | termios.ECHO)
+                raw[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
                 raw[6][termios.VMIN] = 1
                 raw[6][termios.VTIME] = 0
                 termios.tcsetattr(fd, termios.TCSANOW, raw)
@@ -53,15 +107,20 @@ class RawConsoles:
                 pass
 
     def read(self, timeout: float) -> tuple[int, bytes] | None:
+        if not self.fds:
+            time.sleep(max(0.0, timeout))
+            return None
         ready, _, _ = select.select(list(self.fds), [], [], max(0.0, timeout))
         for fd in ready:
             try:
-                return fd, os.read(fd, 16)
+                return fd, os.read(fd, 256)
             except OSError:
                 continue
         return None
 
     def close(self) -> None:
+        import termios
+
         for fd, saved in self.fds.items():
             if saved is not None:
                 try:
@@ -72,56 +131,92 @@ class RawConsoles:
         self.fds = {}
 
 
-def prompt(entries: list[dict], timeout: float) -> str | None:
-    """Wait up to `timeout` for ESC. Returns None (boot as planned), "previous", or an image id."""
-    if timeout <= 0:
-        return None
-    cons = RawConsoles()
-    try:
-        cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
-        deadline = time.monotonic() + timeout
+class Keys:
+    """Keys from a byte source `read(timeout) -> (fd, bytes) | None`, parsed per console."""
+
+    def __init__(self, read: Callable[[float], tuple[int, bytes] | None]) -> None:
+        self.read = read
+        self.parsers: dict[int, KeyParser] = {}
+        self.queue: list[tuple[int, str]] = []
+
+    def next(self, deadline: float, only: int | None = None) -> tuple[int, str] | None:
         while True:
+            for i, (fd, key) in enumerate(self.queue):
+                if only is None or fd == only:
+                    del self.queue[i]
+                    return fd, key
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            got = cons.read(left)
-            if got and ESC in got[1]:
-                return _menu(cons, got[0], entries)
+            pending = any(p.buf for p in self.parsers.values())
+            got = self.read(min(left, SEQ_WAIT) if pending else left)
+            if got is None:
+                for fd, p in self.parsers.items():
+                    self.queue += [(fd, k) for k in p.feed(b"", final=True)]
+                continue
+            fd, data = got
+            if not data:
+                continue
+            self.queue += [(fd, k) for k in self.parsers.setdefault(fd, KeyParser()).feed(data)]
+
+
+def prompt(entries: list[dict], timeout: float, menu_timeout: float = 30.0, cons=None) -> str | None:
+    """Wait up to `timeout` for ESC. Returns None (boot as planned), "previous", or an image id."""
+    if timeout <= 0:
+        return None
+    own = cons is None
+    cons = RawConsoles() if own else cons
+    try:
+        cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
+        keys = Keys(cons.read)
+        got = None
+        deadline = time.monotonic() + timeout
+        while (got := keys.next(deadline)) is not None and got[1] != "esc":
+            pass
+        if got is None:
+            return None
+        return _menu(cons, keys, got[0], entries, menu_timeout)
     finally:
-        cons.close()
+        if own:
+            cons.close()
 
 
-def _menu(cons: RawConsoles, fd: int, entries: list[dict]) -> str | None:
+def _menu(cons, keys: Keys, fd: int, entries: list[dict], menu_timeout: float) -> str | None:
+    if not entries:
+        return None
     sel = next((i for i, e in enumerate(entries) if "current" in e["pointers"]), 0)
 
     def draw() -> None:
-        lines = ["", "bankboot boot menu: digits or arrows + Enter to boot an image, ESC for previous", ""]
+        lines = ["", "bankboot boot menu: digits or arrows + Enter to boot an image, ESC for previous "
+                 f"(boots as planned after {menu_timeout:g}s without a key)", ""]
         for i, e in enumerate(entries):
             mark = ">" if i == sel else " "
             ptr = ",".join(e["pointers"])
-            lines.append(f"{mark} {i + 1}) {e['id']:<28} {e.get('version') or '?':<12} {e['state']:<6} "
+            lines.append(f"{mark} {i + 1}) {e['id']:<28} {e.get('version') or '?':<12} {e['state']:<7} "
                          f"{ptr:<16} last boot: {e.get('last_boot') or '-'}")
         cons.write("\n".join(lines) + "\nchoice: ", fd)
 
     draw()
     while True:
-        got = cons.read(3600)
-        if not got or got[0] != fd:
-            continue
-        data = got[1]
-        if data in (b"\x1b[A", b"\x1bOA"):
+        got = keys.next(time.monotonic() + menu_timeout, only=fd)
+        if got is None:
+            cons.write("no key: booting as planned\n", fd)
+            log.log(f"console menu: no key for {menu_timeout:g} s, booting as planned")
+            return None
+        key = got[1]
+        if key == "up":
             sel = (sel - 1) % len(entries)
             draw()
-        elif data in (b"\x1b[B", b"\x1bOB"):
+        elif key == "down":
             sel = (sel + 1) % len(entries)
             draw()
-        elif data.startswith(ESC):
+        elif key == "esc":
             cons.write("previous\n", fd)
             log.log("console menu: ESC, booting previous")
             return "previous"
-        elif data[:1] in (b"\r", b"\n"):
+        elif key == "enter":
             cons.write(f"{entries[sel]['id']}\n", fd)
             return entries[sel]["id"]
-        elif data[:1].isdigit() and 1 <= int(data[:1]) <= len(entries):
-            sel = int(data[:1]) - 1
+        elif key.isdigit() and 1 <= int(key) <= len(entries):
+            sel = int(key) - 1
             draw()

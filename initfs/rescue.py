@@ -1,5 +1,6 @@
-"""The rescue shell: busybox sh on the console, started again whenever it exits. PID 1 must never
-return (the kernel would panic), so this never does either."""
+"""When nothing boots: `bankboot.rescue=reboot` (field boards) waits a moment so the reason can be read,
+then reboots to try again; `shell` (development boards) starts busybox sh on the console, again whenever
+it exits. PID 1 must never return (the kernel would panic), so neither does."""
 
 from __future__ import annotations
 
@@ -12,6 +13,32 @@ from initfs.environ import clean_environ
 
 BUSYBOX = "/bin/busybox"
 PS1 = r"(bankboot rescue) \w # "
+REBOOT_DELAY = 10.0
+
+
+def give_up(reason: str, tried: list[dict], mode: str) -> NoReturn:
+    """The end of every path on which no image boots: every candidate tried and why, then the board's
+    (or bankboot.rescue=) choice."""
+    log.error(reason)
+    for t in tried:
+        log.error(f"  tried {t['image']} ({t['why']}): {t['error']}")
+    if mode == "reboot":
+        reboot_now(f"nothing could be booted; rebooting in {REBOOT_DELAY:g} s to try again "
+                   f"(bankboot.rescue=shell gives a shell instead)", REBOOT_DELAY)
+    rescue_shell("nothing could be booted")
+
+
+def reboot_now(reason: str, delay: float = 0.0) -> NoReturn:
+    from initfs.syscalls import reboot
+
+    log.error(reason)
+    time.sleep(delay)
+    os.sync()
+    try:
+        reboot()
+    except OSError as e:
+        log.error(f"reboot failed: {e.strerror}")
+    rescue_shell("reboot failed")
 
 
 def _spawn_shell(env: dict[str, str]) -> int:

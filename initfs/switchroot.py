@@ -52,12 +52,6 @@ def resolve_in(newroot: str, path: str) -> str | None:
     return None
 
 
-def init_exists(newroot: str, init: str) -> bool:
-    """Whether `init` resolves to an executable inside newroot."""
-    host = resolve_in(newroot, init)
-    return host is not None and os.path.isfile(host) and os.access(host, os.X_OK)
-
-
 def switch_root(newroot: str, init: str, argv: list[str]) -> NoReturn:
     for m in HANDED_OVER:
         os.makedirs(newroot + m, exist_ok=True)
@@ -70,4 +64,11 @@ def switch_root(newroot: str, init: str, argv: list[str]) -> NoReturn:
     os.chroot(".")
     os.chdir("/")
     env = clean_environ()
-    os.execve(init, [init, *argv], env)
+    try:
+        os.execve(init, [init, *argv], env)
+    except OSError as e:
+        # Past the point of return: the mounts are moved and the initramfs is gone. Reboot; the next boot
+        # counts this one (a trial's try was spent, a committed image's boot is unconfirmed).
+        from initfs.rescue import reboot_now
+
+        reboot_now(f"cannot exec the image's {init}: {e.strerror}; rebooting", 5.0)

@@ -48,3 +48,11 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+RB_AUTOBOOT = 0x01234567
+
+
+def reboot() -> None:
+    """reboot(2) at once (the caller synced): the kernel restarts the machine."""
+    _check(_libc.reboot(ctypes.c_int(RB_AUTOBOOT)), "reboot")

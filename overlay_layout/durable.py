@@ -104,3 +104,12 @@ def remove_tree(path: str) -> None:
         os.rmdir(path)
     else:
         os.unlink(path)
+
+
+def remove_tree_quietly(path: str) -> None:
+    """remove_tree for clean-ups on a path that already failed (a full or failing disk): errors are the
+    disk's, already reported by the caller, and must not hide the original one."""
+    try:
+        remove_tree(path)
+    except OSError:
+        pass

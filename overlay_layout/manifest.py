@@ -39,6 +39,8 @@ def parse_manifest(data: bytes, where: str) -> dict:
         for key in ("root_hash", "salt", "sha256"):
             if any(c not in "0123456789abcdef" for c in v[key]):
                 raise LayoutError(f"{where}: 'verity.{key}' must be lowercase hex")
+    if "confirm_boots" in m and not isinstance(m["confirm_boots"], bool):
+        raise LayoutError(f"{where}: 'confirm_boots' must be true or false")
     for key in ("min_bankboot", "key", "signature"):
         if key in m and not isinstance(m[key], str):
             raise LayoutError(f"{where}: {key!r} must be a string")

@@ -17,7 +17,8 @@ from overlay_layout.state import Banks, StateError
 from overlay_layout.trust import Policy, TrustError, version_lt
 
 CHUNK = 1 << 20
-MARGIN = 4 << 20  # left free on the partition after staging
+MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
+DEFAULT_RESERVE = 32 << 20  # room kept for the next boot's bankctl kit when its size is not known
 MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv8l": "armhf"}
 
 
@@ -77,12 +78,18 @@ def _copy_meta(src: str, dst: str) -> None:
 
 def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
           machine: str | None = None, progress: Callable[[int, int], None] | None = None,
-          allow_downgrade: bool = False) -> dict:
+          allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> dict:
+    """`reserve`: bytes staging must leave free beyond MARGIN, so the trial's first boot has room for
+    its bankctl kit (the caller passes the running kit's size). `booted`: the running image, never
+    replaced. The caller holds the banks lock (lock.py)."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
         raise StageError(f"--tries must be at least 1, not {tries}")
     layout = banks.layout
+    banks.refuse_if_rollback_pending()
+    # What a stage cut by a power loss left behind: it only takes space, and a retry must find room.
+    banks.remove_staging_leftovers()
     try:
         tar = tarfile.open(bank_file, mode="r|")
     except (OSError, tarfile.TarError) as e:
@@ -113,16 +120,23 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         if manifest["arch"] != arch:
             raise StageError(f"{bank_file} is an {manifest['arch']} image; this machine is {arch}")
         if os.path.exists(layout.image_dir(image)):
-            raise StageError(f"image {image} is already on the banks partition (bankctl gc removes unused ones)")
+            pointed = [p for p in ("current", "next", "previous") if banks._pointer(p) == image]
+            if pointed or image == booted:
+                raise StageError(f"image {image} is already on the banks partition "
+                                 f"({', '.join(pointed) or 'running'})")
+            # Complete on disk but never made `next` (a cut after its rename): replace it.
+            durable.remove_tree(layout.image_dir(image))
+            durable.fsync_dir(layout.overlay)
         cur = layout.pointer("current")
         upper_src = layout.sub(cur, "upper") if cur and upper == "copy" else None
         verity = manifest.get("verity")
-        need = manifest["size"] + (verity["size"] if verity else 0) + MARGIN
+        need = manifest["size"] + (verity["size"] if verity else 0) + MARGIN + reserve
         need += tree_size(upper_src) if upper_src else 0
         fs = os.statvfs(layout.root)
         free = fs.f_bavail * fs.f_frsize
         if free < need:
-            raise StageError(f"not enough space on the banks partition: {need / 1e6:.1f} MB needed, "
+            raise StageError(f"not enough space on the banks partition: {need / 1e6:.1f} MB needed "
+                             f"(including {(MARGIN + reserve) / 1e6:.1f} MB kept free for the next boot), "
                              f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
         member = tar.next()
         if member is None or member.name != SQUASHFS:

@@ -2,45 +2,74 @@
 
 State lives in two kinds of durable objects, each written atomically (durable.py): the pointer symlinks
 (overlay/current, next, previous) and the state file (state.json: per-image state and tries, pending
-resets). Every transition is a sequence of such writes ordered so that a power cut after any of them
-leaves a state the next boot handles:
+resets, the anti-rollback floor). Every transition is a sequence of such writes ordered so that a power
+cut after any of them leaves a state the next boot handles:
 
 - an image becomes `next` only after it is complete on disk and recorded as a trial;
 - a trial's try is spent (written) before it is mounted;
 - `next` whose state is good means "make it current": the next boot rolls that forward, so a commit cut
   half-way finishes at the next boot, and `rollback` is the same move towards `previous`;
 - `current` only ever names an image whose state is good.
-"""
+
+What boots is decided by policy.plan_boot, a pure function of a snapshot; this module reads the snapshot
+and applies the plan's writes. A state file of any content is read without crashing: damage is a warning,
+a copy kept for inspection, and state rebuilt from the layout (never with a lower floor)."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import dataclass
 
-from overlay_layout import durable
+from overlay_layout import durable, policy
 from overlay_layout.layout import Layout, LayoutError, check_id
+from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 
 STATE_FILE = "state.json"
-GOOD, TRIAL, BAD = "good", "trial", "bad"
 STATE_FORMAT = 1
 DEFAULT_TRIES = 3
+MAX_STATE_BYTES = 1 << 20  # far more than any real state file; a bigger one is damage
+__all__ = ["BAD", "GOOD", "TRIAL", "Banks", "Candidate", "Choice", "StateError"]
 
 
 class StateError(RuntimeError):
     """A transition that is not allowed now (exit code 3 in bankctl)."""
 
 
-@dataclass(frozen=True)
-class Choice:
-    image: str
-    why: str
-    trial: bool
+Choice = Candidate  # what one boot tries: image, why, trial
 
 
 def _empty() -> dict:
     return {"format": STATE_FORMAT, "images": {}, "reset": {}}
+
+
+_ENTRY_TYPES = {"state": str, "tries": int, "reason": str, "staged": int, "committed": int, "unconfirmed": int}
+
+
+def check_state(st: object) -> dict:
+    """The state file's shape, checked field by field; ValueError names what is wrong."""
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        raise ValueError("not a bankboot state file (no \"format\": 1)")
+    images, reset = st.get("images"), st.get("reset", {})
+    if not isinstance(images, dict) or not isinstance(reset, dict):
+        raise ValueError("\"images\" and \"reset\" must be objects")
+    for image, entry in images.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"the entry of image {image!r} is not an object")
+        for key, kind in _ENTRY_TYPES.items():
+            if key in entry and (not isinstance(entry[key], kind) or isinstance(entry[key], bool)):
+                raise ValueError(f"image {image!r}: {key!r} must be a {kind.__name__}")
+        if entry.get("state", GOOD) not in (GOOD, TRIAL, BAD):
+            raise ValueError(f"image {image!r}: unknown state {entry.get('state')!r}")
+        if not 0 <= entry.get("tries", 0) <= 1000 or entry.get("unconfirmed", 0) < 0:
+            raise ValueError(f"image {image!r}: counters out of range")
+    for image, req in reset.items():
+        if not isinstance(req, dict):
+            raise ValueError(f"the reset request of {image!r} is not an object")
+    if "floor" in st and not isinstance(st["floor"], str):
+        raise ValueError("\"floor\" must be a string")
+    st.setdefault("reset", {})
+    return st
 
 
 class Banks:
@@ -50,28 +79,73 @@ class Banks:
         self.state_path = os.path.join(root, STATE_FILE)
         self.warnings: list[str] = []
 
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+
     # -- the state file ---------------------------------------------------------------------------------
     def load(self) -> dict:
-        """The state file. A missing one is empty. An unreadable one is reported and treated as empty:
-        at boot a damaged state file must not stop `current`, which is good by construction, from booting."""
+        """The state file. A missing one is empty; a damaged one (unreadable, not JSON, wrong shape, huge)
+        is kept aside for inspection and the state rebuilt from the layout."""
         try:
             with open(self.state_path, "rb") as f:
-                raw = f.read()
+                raw = f.read(MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return _empty()
+        except OSError as e:
+            return self._rebuild(f"cannot be read: {e.strerror}", None)
         try:
-            st = json.loads(raw)
-            if not isinstance(st, dict) or st.get("format") != STATE_FORMAT or not isinstance(st.get("images"), dict):
-                raise ValueError("not a bankboot state file")
-        except ValueError as e:
-            self.warnings.append(f"{self.state_path} is damaged ({e}); treating it as empty")
-            return _empty()
-        st.setdefault("reset", {})
+            if len(raw) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+            return check_state(json.loads(raw))
+        except (ValueError, RecursionError, UnicodeDecodeError) as e:
+            return self._rebuild(str(e)[:200], raw)
+
+    def _rebuild(self, why: str, raw: bytes | None) -> dict:
+        """State from the layout alone: current and previous are good (they were committed); a pending
+        trial is dropped (stage it again); the floor is at least the highest committed version."""
+        st = _empty()
+        floor = None
+        for name in ("current", "previous"):
+            image = self._pointer(name)
+            if image is None:
+                continue
+            st["images"][image] = {"state": GOOD}
+            version = self.manifest(image).get("version")
+            if isinstance(version, str) and (floor is None or policy.version_key(version) > policy.version_key(floor)):
+                floor = version
+        if floor:
+            st["floor"] = floor
+        kept = ""
+        if raw is not None:
+            copy = f"{self.state_path}.damaged"
+            try:
+                if not os.path.exists(copy):
+                    durable.write_file(copy, raw[:MAX_STATE_BYTES])
+                kept = f"; a copy is kept in {copy}"
+            except OSError:
+                pass
+        self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
         return st
 
     def save(self, st: dict) -> None:
         data = json.dumps(st, sort_keys=True, indent=1).encode() + b"\n"
         durable.write_file(self.state_path, data)
+
+    def manifest(self, image: str) -> dict:
+        try:
+            with open(self.layout.manifest_path(image), "rb") as f:
+                m = json.loads(f.read(65536))
+            return m if isinstance(m, dict) else {}
+        except (OSError, ValueError, RecursionError, LayoutError):
+            return {}
+
+    def _pointer(self, name: str) -> str | None:
+        try:
+            return self.layout.pointer(name)
+        except LayoutError as e:
+            self._warn(str(e))
+            return None
 
     def image_state(self, st: dict, image: str | None) -> dict:
         if image is None:
@@ -80,80 +154,130 @@ class Banks:
         if entry is None:
             # An image the state file does not know (the first one, installed by `bankboot disk`): `current`
             # is good by construction and `previous` was current; anything else is not known to be anything.
-            return {"state": GOOD} if image in (self.layout.pointer("current"), self.layout.pointer("previous")) else {}
+            return {"state": GOOD} if image in (self._pointer("current"), self._pointer("previous")) else {}
         return entry
 
     # -- what boots --------------------------------------------------------------------------------------
-    def _roll_forward(self, st: dict, nxt: str) -> None:
+    def snapshot(self, st: dict | None = None) -> Snapshot:
+        st = self.load() if st is None else st
+        damaged = []
+        pointers = {}
+        for name in ("current", "next", "previous"):
+            try:
+                pointers[name] = self.layout.pointer(name)
+            except LayoutError as e:
+                self._warn(str(e))
+                pointers[name] = None
+                damaged.append(name)
+        images = {}
+        for image in self.layout.images():
+            entry = self.image_state(st, image)
+            m = self.manifest(image)
+            version = m.get("version") if isinstance(m.get("version"), str) else None
+            images[image] = ImageInfo(image, entry.get("state"), entry.get("tries", 0), entry.get("reason"),
+                                      version, entry.get("committed", 0), m.get("confirm_boots") is True,
+                                      entry.get("unconfirmed", 0))
+        return Snapshot(pointers["current"], pointers["next"], pointers["previous"], images, tuple(damaged))
+
+    def plan(self, select: str | None = None, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
+        """What the next boot would try, without writing anything (bankctl status, the console menu)."""
+        return policy.plan_boot(self.snapshot(), select, unconfirmed_limit)
+
+    def begin_boot(self, select: str | None = None,
+                   unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
+        """The boot's plan, with its writes made (in order) before anything is mounted. A write that fails
+        (full, read-only, I/O error) does not stop the boot: it is a warning, and a trial whose try cannot
+        be recorded is not booted (it could otherwise boot for ever)."""
+        st = self.load()
+        plan = policy.plan_boot(self.snapshot(st), select, unconfirmed_limit)
+        for note in plan.notes:
+            self._warn(note)
+        for effect in plan.effects:
+            try:
+                self._apply(st, effect)
+            except (OSError, LayoutError) as e:
+                what = getattr(e, "strerror", None) or str(e)
+                self._warn(f"cannot record '{effect.kind} {effect.image or effect.reason}' on the banks partition "
+                           f"({what}); booting with the state in memory")
+                if effect.kind == "spend_try":
+                    plan.candidates = [c for c in plan.candidates if not c.trial]
+                    self._warn(f"trial of {effect.image} skipped: its try could not be recorded")
+        return plan
+
+    def _apply(self, st: dict, e: Effect) -> None:
+        lay = self.layout
+        if e.kind == "drop_pointer":
+            durable.remove(os.path.join(lay.overlay, e.reason))
+        elif e.kind == "clear_next":
+            lay.set_pointer("next", None)
+        elif e.kind == "roll_forward":
+            self._roll_forward(e.image)
+        elif e.kind == "mark_bad":
+            self._mark_bad(st, e.image, e.reason)
+        elif e.kind == "spend_try":
+            entry = st["images"][e.image]
+            entry["tries"] = max(0, entry.get("tries", 0) - 1)
+            self.save(st)
+        elif e.kind == "demote":
+            # The bad state first: a cut before the pointers move leaves current bad, which demotes again.
+            cur, prev = lay.pointer("current"), lay.pointer("previous")
+            st["images"][e.image] = {**st["images"].get(e.image, {}), "state": BAD, "reason": e.reason,
+                                     "unconfirmed": 0}
+            if prev is not None:
+                st["images"][prev] = {**st["images"].get(prev, {}), "state": GOOD, "unconfirmed": 0}
+            self.save(st)
+            if prev is not None and cur == e.image:
+                lay.set_pointer("current", prev)
+                lay.set_pointer("previous", e.image)
+        elif e.kind == "repoint_current":
+            lay.set_pointer("current", e.image)
+        else:
+            raise ValueError(f"unknown effect {e.kind}")
+
+    def choose_boot(self, select: str | None = None) -> Candidate:
+        """The first candidate of this boot (with the boot's writes made): what boots when it prepares."""
+        plan = self.begin_boot(select)
+        if not plan.candidates:
+            raise LayoutError(f"nothing to boot on {self.root} (images present: "
+                              f"{', '.join(self.layout.images()) or 'none'})")
+        return plan.candidates[0]
+
+    def _roll_forward(self, nxt: str) -> None:
         """Make a good `next` current: previous <- current, current <- next, next removed."""
-        cur = self.layout.pointer("current")
+        cur = self._pointer("current")
         if cur is not None and cur != nxt:
             self.layout.set_pointer("previous", cur)
         self.layout.set_pointer("current", nxt)
         self.layout.set_pointer("next", None)
 
-    def choose_boot(self, select: str | None = None) -> Choice:
-        """Decide what boots now, writing what that decision spends (a try) before returning it. `select`
-        (bankboot.select= or the console menu) is previous, current, next or an image id."""
+    def trial_failed(self, image: str, reason: str) -> None:
+        """The init gave up a trial in this boot (self-test, verification, mount): it is bad now."""
         st = self.load()
-        cur = self.layout.pointer("current")
-        nxt = self.layout.pointer("next")
-        if nxt is not None and nxt == cur:
-            self.layout.set_pointer("next", None)
-            nxt = None
-        if nxt is not None and self.image_state(st, nxt).get("state") == GOOD:
-            self._roll_forward(st, nxt)
-            cur, nxt = nxt, None
-            committed = True
-        else:
-            committed = False
-        if select:
-            return self._choose_selected(st, select, cur, nxt)
-        if nxt is not None:
-            entry = self.image_state(st, nxt)
-            if entry.get("state") == TRIAL and entry.get("tries", 0) > 0:
-                entry["tries"] -= 1
-                st["images"][nxt] = entry
-                self.save(st)
-                return Choice(nxt, f"trial of next ({entry['tries']} tries left after this one)", True)
-            if entry.get("state") == TRIAL:
-                self._mark_bad(st, nxt, "trial never marked good: no tries left")
-                why = f"next {nxt} used up its tries without being marked good; falling back to current"
-            else:
-                self.layout.set_pointer("next", None)
-                why = f"next {nxt} is {entry.get('state', 'unknown')}; booting current"
-            if cur is None:
-                raise LayoutError(f"{why}, but there is no current image")
-            return Choice(cur, why, False)
-        if cur is None:
-            prev = self.layout.pointer("previous")
-            if prev is not None:
-                return Choice(prev, "no current image: booting previous", False)
-            raise LayoutError(f"{self.layout.overlay}/current does not exist: nothing to boot "
-                              f"(images present: {', '.join(self.layout.images()) or 'none'})")
-        return Choice(cur, "rolled forward to the committed image" if committed else "current", False)
+        if self.image_state(st, image).get("state") == TRIAL:
+            self._mark_bad(st, image, reason)
 
-    def _choose_selected(self, st: dict, select: str, cur: str | None, nxt: str | None) -> Choice:
-        if select in ("previous", "current", "next"):
-            image = {"current": cur, "next": nxt, "previous": self.layout.pointer("previous")}[select]
-            if image is None:
-                raise LayoutError(f"bankboot.select={select}: there is no {select} image")
-        else:
-            image = check_id(select)
-            if not os.path.isdir(self.layout.image_dir(image)):
-                raise LayoutError(f"bankboot.select={select}: no such image (images: "
-                                  f"{', '.join(self.layout.images()) or 'none'})")
-        entry = self.image_state(st, image)
-        if image == nxt and entry.get("state") == TRIAL:
-            if entry.get("tries", 0) <= 0:
-                raise LayoutError(f"selected image {image} is a trial with no tries left")
-            entry["tries"] -= 1
-            st["images"][image] = entry
+    def record_boot(self, image: str) -> int | None:
+        """Count a boot of a committed image that asks for confirmation (`bankctl boot-ok` zeroes it);
+        written before the hand-over, so an image whose init dies is counted too. Returns the count."""
+        if self.manifest(image).get("confirm_boots") is not True:
+            return None
+        st = self.load()
+        entry = st["images"].setdefault(image, dict(self.image_state(st, image)))
+        entry["unconfirmed"] = entry.get("unconfirmed", 0) + 1
+        self.save(st)
+        return entry["unconfirmed"]
+
+    def boot_ok(self, booted: str | None) -> str:
+        """The running image is up: its unconfirmed-boot count goes back to zero."""
+        image = booted or self._pointer("current")
+        if image is None:
+            raise StateError("no running image to confirm")
+        st = self.load()
+        entry = st["images"].get(image)
+        if entry is not None and entry.get("unconfirmed"):
+            entry["unconfirmed"] = 0
             self.save(st)
-            return Choice(image, f"selected ({select}), trial", True)
-        if entry.get("state") == BAD:
-            self.warnings.append(f"selected image {image} is marked bad: {entry.get('reason', '')}")
-        return Choice(image, f"selected ({select})", False)
+        return image
 
     # -- transitions -------------------------------------------------------------------------------------
     def add_trial(self, image: str, tries: int = DEFAULT_TRIES) -> None:
@@ -162,70 +286,77 @@ class Banks:
             raise StateError(f"tries must be at least 1, not {tries}")
         if not os.path.isdir(self.layout.image_dir(image)):
             raise StateError(f"image {image} is not on the banks partition")
-        if image == self.layout.pointer("current"):
+        if image == self._pointer("current"):
             raise StateError(f"image {image} is already current")
+        self.refuse_if_rollback_pending()
         st = self.load()
         st["images"][image] = {"state": TRIAL, "tries": tries, "staged": int(time.time())}
         self.save(st)
         self.layout.set_pointer("next", image)
 
+    def refuse_if_rollback_pending(self) -> None:
+        """`next` that is good is a commit or rollback the next boot finishes; staging would cancel it."""
+        nxt = self._pointer("next")
+        if nxt is not None and self.image_state(self.load(), nxt).get("state") == GOOD:
+            raise StateError(f"a switch to {nxt} (a rollback, or a commit) is pending and finishes at the next "
+                             f"boot: reboot first, then stage")
+
     def mark_good(self, booted: str | None) -> str:
         """The running trial is healthy: commit it (it becomes current, current becomes previous)."""
         st = self.load()
-        nxt = self.layout.pointer("next")
+        nxt = self._pointer("next")
         if nxt is None or self.image_state(st, nxt).get("state") != TRIAL:
-            cur = self.layout.pointer("current")
+            cur = self._pointer("current")
             if booted is not None and booted == cur:
                 return cur  # already committed: mark-good is idempotent
             raise StateError("no image is on trial")
         if booted is not None and booted != nxt:
             raise StateError(f"the running image is {booted}, not the trial {nxt}: boot the trial first")
-        st["images"][nxt] = {**st["images"].get(nxt, {}), "state": GOOD, "tries": 0,
+        st["images"][nxt] = {**st["images"].get(nxt, {}), "state": GOOD, "tries": 0, "unconfirmed": 0,
                              "committed": int(time.time())}
         self._raise_floor(st, nxt)
         self.save(st)
-        self._roll_forward(st, nxt)
+        self._roll_forward(nxt)
         return nxt
 
     def _raise_floor(self, st: dict, image: str) -> None:
         """Anti-rollback: committing an image raises the version floor to its version (never lowers it)."""
         from overlay_layout.trust import TrustError, version_lt
 
+        version = self.manifest(image).get("version")
         try:
-            with open(self.layout.manifest_path(image), "rb") as f:
-                version = json.loads(f.read()).get("version")
-            if version and (not st.get("floor") or version_lt(st["floor"], version)):
+            if isinstance(version, str) and (not st.get("floor") or version_lt(st["floor"], version)):
                 st["floor"] = version
-        except (OSError, ValueError, TrustError):
+        except TrustError:
             pass
 
     def _mark_bad(self, st: dict, image: str, reason: str) -> None:
         st["images"][image] = {**st["images"].get(image, {}), "state": BAD, "tries": 0, "reason": reason}
         self.save(st)
-        if self.layout.pointer("next") == image:
+        if self._pointer("next") == image:
             self.layout.set_pointer("next", None)
 
     def mark_bad(self, image: str | None, reason: str) -> str:
-        """Give up a trial now (the init on a failed self-test, or bankctl mark-bad)."""
+        """Give up a trial now (bankctl mark-bad)."""
         st = self.load()
-        nxt = self.layout.pointer("next")
+        nxt = self._pointer("next")
         image = image or nxt
         if image is None or self.image_state(st, image).get("state") != TRIAL:
             raise StateError("no image is on trial")
-        if image == self.layout.pointer("current"):
+        if image == self._pointer("current"):
             raise StateError(f"{image} is current and cannot be marked bad")
         self._mark_bad(st, image, reason)
         return image
 
     def rollback(self) -> str:
         """Boot `previous` next time; once it has booted it is current again."""
-        prev = self.layout.pointer("previous")
+        prev = self._pointer("previous")
         if prev is None:
             raise StateError("there is no previous image to roll back to")
         st = self.load()
         if self.image_state(st, prev).get("state") == BAD:
             raise StateError(f"previous image {prev} is marked bad")
-        nxt = self.layout.pointer("next")
+        nxt = self._pointer("next")
         if nxt is not None and self.image_state(st, nxt).get("state") == TRIAL:
             self._mark_bad(st, nxt, "superseded by a rollback")
         st["images"][prev] = {**st["images"].get(prev, {}), "state": GOOD}
@@ -241,16 +372,18 @@ class Banks:
 
     def apply_reset(self, image: str) -> str | None:
         """At boot, before mounting: move a reset image's upper to backups/ and start an empty one.
-        Returns what was done, or None."""
+        Returns what was done, or None. Each step can be cut and redone: the backup name is new every
+        time (boards without a clock boot in the same second again and again)."""
         st = self.load()
         req = st["reset"].get(image)
         if req is None:
             return None
         upper = self.layout.sub(image, "upper")
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        backup = os.path.join(self.layout.sub(image, "backups"), f"upper-{stamp}")
-        durable.make_dirs(self.layout.sub(image, "backups"))
+        backups = self.layout.sub(image, "backups")
+        durable.make_dirs(backups)
+        backup = None
         if os.path.isdir(upper):
+            backup = _unused_name(os.path.join(backups, "upper-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime())))
             durable.rename(upper, backup)
         durable.make_dirs(upper)
         work = self.layout.sub(image, "work")
@@ -260,13 +393,18 @@ class Banks:
         del st["reset"][image]
         self.save(st)
         if not req.get("keep_backup"):
-            durable.remove_tree(backup)
+            # Earlier cut resets left their backups here too: all of them were the image's old changes.
+            for name in os.listdir(backups):
+                if name.startswith("upper-"):
+                    durable.remove_tree(os.path.join(backups, name))
+            durable.fsync_dir(backups)
             return "reset: upper emptied"
         return f"reset: upper emptied, old one kept in {backup}"
 
     def gc(self, booted: str | None) -> list[str]:
-        """Remove images that are neither previous, current nor next (nor running), and staging leftovers."""
-        keep = {self.layout.pointer(p) for p in ("previous", "current", "next")} | {booted}
+        """Remove images that are neither previous, current nor next (nor running), and staging leftovers.
+        Callers hold the banks lock, so no stage is in progress."""
+        keep = {self._pointer(p) for p in ("previous", "current", "next")} | {booted}
         removed = []
         st = self.load()
         for image in self.layout.images():
@@ -275,29 +413,45 @@ class Banks:
                 st["images"].pop(image, None)
                 st["reset"].pop(image, None)
                 removed.append(image)
-        for name in os.listdir(self.layout.overlay) if os.path.isdir(self.layout.overlay) else []:
-            if name.startswith(".staging-"):
-                durable.remove_tree(os.path.join(self.layout.overlay, name))
-                removed.append(name)
+        removed += self.remove_staging_leftovers()
         if removed:
             self.save(st)
             durable.fsync_dir(self.layout.overlay)
         return removed
 
-    def status(self) -> dict:
+    def remove_staging_leftovers(self) -> list[str]:
+        """`.staging-*` directories: what a stage cut by a power loss left behind (never in use: stage holds
+        the banks lock while it writes one, and the init runs before any stage)."""
+        removed = []
+        for name in os.listdir(self.layout.overlay) if os.path.isdir(self.layout.overlay) else []:
+            if name.startswith(".staging-"):
+                durable.remove_tree(os.path.join(self.layout.overlay, name))
+                removed.append(name)
+        if removed:
+            durable.fsync_dir(self.layout.overlay)
+        return removed
+
+    def status(self, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> dict:
         st = self.load()
-        pointers = {p: self.layout.pointer(p) for p in ("current", "next", "previous")}
+        snap = self.snapshot(st)
+        plan = policy.plan_boot(snap, None, unconfirmed_limit)
+        pointers = {"current": snap.current, "next": snap.next, "previous": snap.previous}
         images = []
-        for image in self.layout.images():
-            entry = self.image_state(st, image)
-            manifest = {}
-            try:
-                with open(self.layout.manifest_path(image), "rb") as f:
-                    manifest = json.loads(f.read())
-            except (OSError, ValueError):
-                pass
-            images.append({"id": image, "version": manifest.get("version"), "state": entry.get("state", "unknown"),
-                           "tries": entry.get("tries"), "reason": entry.get("reason"),
+        for image, info in snap.images.items():
+            images.append({"id": image, "version": info.version, "state": info.state or "unknown",
+                           "tries": info.tries if info.state == TRIAL else None, "reason": info.reason,
                            "pointers": [p for p, v in pointers.items() if v == image],
-                           "reset_pending": image in st["reset"]})
-        return {"pointers": pointers, "images": images, "warnings": self.warnings}
+                           "reset_pending": image in st["reset"], "confirm_boots": info.confirm,
+                           "unconfirmed_boots": info.unconfirmed})
+        return {"pointers": pointers, "images": images, "floor": st.get("floor"),
+                "plan": [{"image": c.image, "why": c.why, "trial": c.trial} for c in plan.candidates],
+                "warnings": self.warnings + [n for n in plan.notes if n not in self.warnings]}
+
+
+def _unused_name(base: str) -> str:
+    if not os.path.lexists(base):
+        return base
+    n = 1
+    while os.path.lexists(f"{base}.{n}"):
+        n += 1
+    return f"{base}.{n}"

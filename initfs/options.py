@@ -1,0 +1,105 @@
+"""Every kernel command-line option the init reads, parsed once into typed, bounded values.
+
+One table is the whole contract (docs/cmdline.md mirrors it): a value that does not parse or is out of
+bounds is a console warning naming the option and the default is used; an unknown `bankboot.*` key is a
+warning naming the nearest known one. Nothing on the command line can make the init crash, spin or wait
+for ever by accident."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from initfs.cmdline import Cmdline
+
+RESCUE_MODES = ("shell", "reboot")
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    kind: str  # seconds, int, str, flag, choice
+    default: object
+    low: float = 0.0
+    high: float = math.inf
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+
+OPTIONS = (
+    Option("root", "str", None, help="the banks partition: /dev/..., PARTUUID=, LABEL=, UUID="),
+    Option("rootfstype", "str", "ext4", help="filesystem of the banks partition"),
+    Option("rootwait", "flag", False, help="wait for the banks partition for ever"),
+    Option("rootdelay", "seconds", 0.0, 0, 300, help="sleep this long before looking for the banks partition"),
+    Option("init", "str", "/sbin/init", help="the image's init"),
+    Option("bankboot.roottimeout", "seconds", 30.0, 0.1, 3600, help="how long to wait for the banks partition"),
+    Option("bankboot.select", "str", None, help="boot this image once: previous, current, next or an image id"),
+    Option("bankboot.timeout", "seconds", 2.0, 0, 600, help="how long the console prompt waits for ESC (0: no prompt)"),
+    Option("bankboot.menu_timeout", "seconds", 30.0, 1, 3600,
+           help="the boot menu boots as planned after this long without a key"),
+    Option("bankboot.watchdog", "int", 0, 0, 3600, help="arm the hardware watchdog for trials (seconds; 0: off)"),
+    Option("bankboot.selftest_timeout", "seconds", 60.0, 1, 3600, help="time limit of each selftest.d check"),
+    Option("bankboot.userdata", "str", None, help="the userdata partition (device spec), or `banks`"),
+    Option("bankboot.userdatafstype", "str", "ext4", help="filesystem of the userdata partition"),
+    Option("bankboot.rescue", "choice", None, choices=RESCUE_MODES,
+           help="when nothing boots: a shell on the console, or a reboot to try again (board default)"),
+    Option("bankboot.unconfirmed_boots", "int", None, 1, 100,
+           help="boots without `bankctl boot-ok` before falling back (board default, 3)"),
+    Option("bankboot.debug", "flag", False, help="timings of every step on the console"),
+    Option("bankboot.step", "flag", False, help="wait for Enter before each step"),
+)
+BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def _parse(opt: Option, raw: str | None) -> object:
+    if opt.kind == "flag":
+        return True
+    if raw is None or raw == "":
+        raise ValueError("needs a value")
+    if opt.kind == "str":
+        return raw
+    if opt.kind == "choice":
+        if raw not in opt.choices:
+            raise ValueError(f"must be one of {', '.join(opt.choices)}")
+        return raw
+    value = float(raw) if opt.kind == "seconds" else int(raw, 10)
+    if not math.isfinite(value) or not opt.low <= value <= opt.high:
+        raise ValueError(f"must be a number from {opt.low:g} to {opt.high:g}")
+    return value
+
+
+class Options:
+    """`opts.get("bankboot.timeout")` -> the typed value; `opts.warnings` for the console."""
+
+    def __init__(self, cmdline: Cmdline, defaults: dict[str, object] | None = None) -> None:
+        self.values: dict[str, object] = {o.key: o.default for o in OPTIONS}
+        self.values.update(defaults or {})
+        self.given: set[str] = set()
+        self.warnings: list[str] = []
+        for key, raw in cmdline.params:
+            opt = BY_KEY.get(key)
+            if opt is None:
+                if key.startswith("bankboot."):
+                    self.warnings.append(f"unknown option {key} on the kernel command line (ignored)"
+                                         f"{_nearest(key)}")
+                continue
+            try:
+                self.values[key] = _parse(opt, raw)
+                self.given.add(key)
+            except ValueError as e:
+                self.values[key] = self.values[key]  # the default (or the board's) stays
+                self.warnings.append(f"{key}={raw!r} on the kernel command line: {e}; using the default "
+                                     f"{self.values[key]!r}")
+
+    def get(self, key: str):
+        return self.values[BY_KEY[key].key]
+
+    def has(self, key: str) -> bool:
+        return key in self.given
+
+
+def _nearest(key: str) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, [o.key for o in OPTIONS if o.key.startswith("bankboot.")], 1, 0.6)
+    return f"; did you mean {match[0]}?" if match else ""

@@ -1,0 +1,215 @@
+"""The boot policy: from a snapshot of the banks partition (pointers, per-image state, manifests) to the
+ordered list of images to try this boot, each with its reason, and the state changes that choice makes.
+
+It is a pure function so that the init, `bankctl status` and the console menu cannot disagree about what
+boots, and so that the hypothesis model can run it on any state, damaged ones included. The order is:
+
+1. a one-boot selection (bankboot.select= or the console menu);
+2. the trial (`next` with tries left: one try is spent, written before the image is touched);
+3. `current`;
+4. `previous`;
+5. other good images, newest first;
+6. as a last resort, every other image on the partition (marked bad, or whose state was lost): a device
+   that boots a doubtful image can still be updated; one that stops at a shell needs a truck roll.
+
+The init walks that list; any failure preparing a candidate (mount, verity, signature, preflight,
+self-test, a write) moves to the next one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GOOD, TRIAL, BAD = "good", "trial", "bad"
+DEFAULT_UNCONFIRMED_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    state: str | None = None  # good, trial, bad, or None when unknown
+    tries: int = 0
+    reason: str | None = None
+    version: str | None = None
+    committed: int = 0  # when it was marked good (0: never, or not known)
+    confirm: bool = False  # its signed manifest asks for `bankctl boot-ok` after each boot
+    unconfirmed: int = 0  # boots since the last boot-ok
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    current: str | None
+    next: str | None
+    previous: str | None
+    images: dict[str, ImageInfo]
+    damaged: tuple[str, ...] = ()  # pointers that exist but could not be followed
+
+
+@dataclass(frozen=True)
+class Candidate:
+    image: str
+    why: str
+    trial: bool = False
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A state change the plan makes before anything is mounted, in this order."""
+    kind: str  # spend_try, mark_bad, clear_next, roll_forward, demote, repoint_current, drop_pointer
+    image: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    candidates: list[Candidate] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the console, the boot log and status
+
+
+def version_key(version: str | None) -> tuple:
+    """Sort key for "newest first": semantic versions compare as numbers, anything else sorts lowest."""
+    if not version:
+        return (0,)
+    core = version.split("+", 1)[0]
+    main, _, pre = core.partition("-")
+    nums = []
+    for part in main.split("."):
+        if not part.isdigit():
+            return (0,)
+        nums.append(int(part))
+    return (1, *nums, 0 if pre else 1, pre)
+
+
+def _state(snap: Snapshot, image: str | None) -> str | None:
+    if image is None or image not in snap.images:
+        return None
+    return snap.images[image].state
+
+
+def plan_boot(snap: Snapshot, select: str | None = None,
+              unconfirmed_limit: int = DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
+    plan = Plan()
+    cur, nxt, prev = snap.current, snap.next, snap.previous
+    for name in snap.damaged:
+        plan.effects.append(Effect("drop_pointer", reason=name))
+    for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
+        if image is not None and image not in snap.images:
+            plan.notes.append(f"{name} points at {image}, which is not on the banks partition")
+            plan.effects.append(Effect("drop_pointer", reason=name))
+    cur = cur if cur in snap.images else None
+    nxt = nxt if nxt in snap.images else None
+    prev = prev if prev in snap.images else None
+    if nxt is not None and nxt == cur:
+        plan.effects.append(Effect("clear_next"))
+        nxt = None
+
+    # `next` first: a committed one (or a rollback) rolls forward, a spent trial is given up.
+    trial: Candidate | None = None
+    if nxt is not None:
+        st = _state(snap, nxt)
+        if st == GOOD:
+            plan.effects.append(Effect("roll_forward", nxt))
+            if cur is not None and cur != nxt:
+                prev = cur
+            cur, nxt = nxt, None
+        elif st == TRIAL and snap.images[nxt].tries > 0:
+            left = snap.images[nxt].tries - 1
+            trial = Candidate(nxt, f"trial of next ({left} tries left after this one)", True)
+        elif st == TRIAL:
+            plan.effects.append(Effect("mark_bad", nxt, "trial never marked good: no tries left"))
+            plan.notes.append(f"next {nxt} used up its tries without being marked good; it is marked bad")
+            nxt = None
+        else:
+            plan.effects.append(Effect("clear_next"))
+            plan.notes.append(f"next {nxt} is {st or 'of unknown state'}; it is not booted")
+            nxt = None
+
+    # `current` must be good; one that is bad, or that never confirmed its boots, gives way to previous.
+    if cur is not None:
+        info = snap.images[cur]
+        prev_ok = prev is not None and prev != cur and _state(snap, prev) != BAD
+        if info.state == BAD and prev_ok:
+            plan.effects.append(Effect("demote", cur, info.reason or "marked bad"))
+            plan.notes.append(f"current {cur} is marked bad ({info.reason}); previous {prev} becomes current")
+            cur, prev = prev, cur
+        elif info.confirm and info.unconfirmed >= unconfirmed_limit and prev_ok:
+            reason = (f"{info.unconfirmed} boots in a row without `bankctl boot-ok` "
+                      f"(the image asks for it; the limit is {unconfirmed_limit})")
+            plan.effects.append(Effect("demote", cur, reason))
+            plan.notes.append(f"current {cur}: {reason}; falling back to previous {prev}, which becomes current")
+            cur, prev = prev, cur
+    if cur is None:
+        best = _newest_good(snap, exclude={nxt})
+        if best is not None:
+            plan.effects.append(Effect("repoint_current", best))
+            plan.notes.append(f"no usable current pointer: {best}, the newest good image, becomes current")
+            cur = best
+            if prev == best:
+                prev = None
+
+    order: list[Candidate] = []
+    if select:
+        chosen = _selected(snap, select, cur, nxt, prev, trial, plan)
+        if chosen is not None:
+            order.append(chosen)
+            # A person's choice replaces the trial for this boot: no try is spent on an image not asked for.
+            trial = None
+    if trial is not None:
+        order.append(trial)
+    if any(c.trial for c in order):
+        plan.effects.append(Effect("spend_try", next(c.image for c in order if c.trial)))
+    if cur is not None:
+        order.append(Candidate(cur, "current"))
+    if prev is not None and _state(snap, prev) != BAD:
+        order.append(Candidate(prev, "previous"))
+    seen = {c.image for c in order}
+    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state == GOOD} - seen - {nxt}):
+        order.append(Candidate(image, "another good image"))
+    seen = {c.image for c in order}
+    # Never a trial: its boots are bounded by its tries.
+    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state != TRIAL} - seen):
+        info = snap.images[image]
+        what = f"marked bad: {info.reason}" if info.state == BAD else f"state {info.state or 'unknown'}"
+        order.append(Candidate(image, f"last resort ({what})"))
+    # Each image once, in the first place it was put.
+    done: set[str] = set()
+    for c in order:
+        if c.image not in done:
+            plan.candidates.append(c)
+            done.add(c.image)
+    return plan
+
+
+def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, prev: str | None,
+              trial: Candidate | None, plan: Plan) -> Candidate | None:
+    if select in ("current", "next", "previous"):
+        image = {"current": cur, "next": nxt, "previous": prev}[select]
+        if image is None:
+            plan.notes.append(f"selected {select}, but there is no {select} image: booting as usual")
+            return None
+    elif select in snap.images:
+        image = select
+    else:
+        plan.notes.append(f"selected image {select!r} is not on the banks partition (images: "
+                          f"{', '.join(sorted(snap.images)) or 'none'}): booting as usual")
+        return None
+    if trial is not None and image == trial.image:
+        return Candidate(image, f"selected ({select}), trial", True)
+    if image == snap.next and _state(snap, image) == TRIAL:
+        plan.notes.append(f"selected image {image} is a trial with no tries left: booting as usual")
+        return None
+    info = snap.images[image]
+    if info.state == BAD:
+        plan.notes.append(f"selected image {image} is marked bad ({info.reason}); booting it as asked")
+    return Candidate(image, f"selected ({select})")
+
+
+def _by_newest(snap: Snapshot, ids: set) -> list[str]:
+    ids = {i for i in ids if i is not None}
+    return sorted(ids, key=lambda i: (snap.images[i].committed, version_key(snap.images[i].version), i), reverse=True)
+
+
+def _newest_good(snap: Snapshot, exclude: set) -> str | None:
+    good = {i for i, v in snap.images.items() if v.state == GOOD} - exclude
+    ranked = _by_newest(snap, good)
+    return ranked[0] if ranked else None
