@@ -39,6 +39,14 @@ if grep -q '"trial": true' /run/bankboot/booted 2>/dev/null; then
     echo "sample-rootfs: trial boot; mark-good FAILED"
   fi
 fi
+# Tell bankboot this boot came up (the image is built with --confirm-boots: boots without it count).
+if [ -e /etc/sample-no-boot-ok ]; then
+  echo "sample-rootfs: this image never confirms its boots"
+elif [ -x /run/bankboot/bin/bankctl ] && /run/bankboot/bin/bankctl boot-ok >/dev/null; then
+  echo "sample-rootfs: boot confirmed"
+else
+  echo "sample-rootfs: boot-ok FAILED"
+fi
 echo "sample-rootfs: ready"
 """
 
@@ -49,9 +57,10 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/run/bankboot/bin
 
 
 def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_good: bool = True,
-                        failing_selftest: bool = False) -> Path:
+                        failing_selftest: bool = False, boot_ok: bool = True) -> Path:
     """mark_good=False: a trial of this image never commits itself. failing_selftest: the image ships a
-    /etc/bankboot/selftest.d check that fails (the init must fall back before switching to it)."""
+    /etc/bankboot/selftest.d check that fails (the init must fall back before switching to it).
+    boot_ok=False: it never runs `bankctl boot-ok` (an image that comes up broken)."""
     if dest.exists():
         shutil.rmtree(dest)
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp",
@@ -80,4 +89,6 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
         bad.chmod(0o755)
     if not mark_good:
         (dest / "etc/sample-no-mark-good").write_text("")
+    if not boot_ok:
+        (dest / "etc/sample-no-boot-ok").write_text("")
     return dest

@@ -105,6 +105,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
 
     # `next` first: a committed one (or a rollback) rolls forward, a spent trial is given up.
     trial: Candidate | None = None
+    bad_now: set[str] = set()  # marked bad by this plan: a last resort like any bad image
     if nxt is not None:
         st = _state(snap, nxt)
         if st == GOOD:
@@ -118,6 +119,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         elif st == TRIAL:
             plan.effects.append(Effect("mark_bad", nxt, "trial never marked good: no tries left"))
             plan.notes.append(f"next {nxt} used up its tries without being marked good; it is marked bad")
+            bad_now.add(nxt)
             nxt = None
         else:
             plan.effects.append(Effect("clear_next"))
@@ -167,9 +169,12 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         order.append(Candidate(image, "another good image"))
     seen = {c.image for c in order}
     # Never a trial: its boots are bounded by its tries.
-    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state != TRIAL} - seen):
+    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state != TRIAL} - seen | bad_now - seen):
         info = snap.images[image]
-        what = f"marked bad: {info.reason}" if info.state == BAD else f"state {info.state or 'unknown'}"
+        if image in bad_now:
+            what = "marked bad: trial never marked good: no tries left"
+        else:
+            what = f"marked bad: {info.reason}" if info.state == BAD else f"state {info.state or 'unknown'}"
         order.append(Candidate(image, f"last resort ({what})"))
     # Each image once, in the first place it was put.
     done: set[str] = set()

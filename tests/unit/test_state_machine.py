@@ -1,7 +1,10 @@
 """The bank state machine under hypothesis, with a power cut before any durable write.
 
-The model is a device: it stages images, reboots (the init's choose_boot), the running image calls
-mark-good / mark-bad / rollback / reset / gc, and at any durable write the power may go. After every
+The model is a device: it stages images, reboots (the init walking the boot policy's candidates, some of
+which may be damaged), the running image calls mark-good / mark-bad / boot-ok / rollback / reset / gc and
+writes to /userdata, the init applies resets and appends to the boot log, and at any durable write the
+power may go. A power cut is what a real one is: the partition is put back as it was at the cut point,
+so nothing written after it survives, the failing operation's own clean-up included. After every
 (re)boot the invariants must hold."""
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from overlay_layout import durable
+from overlay_layout import bootlog, durable
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.stage import StageError, stage
-from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError
+from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
 from overlay_layout.trust import Policy
 
 # The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
@@ -47,6 +50,18 @@ def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64") -> 
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return image_id
+
+
+def is_complete(root: Path, image: str) -> bool:
+    """All of the image is on disk and matches its manifest (what stage verifies before the rename)."""
+    lay = Layout(str(root))
+    if image == "1.0.0-base":
+        return os.path.isfile(lay.squashfs(image))
+    try:
+        manifest = json.loads(Path(lay.manifest_path(image)).read_text())
+        return hashlib.sha256(Path(lay.squashfs(image)).read_bytes()).hexdigest() == manifest["sha256"]
+    except (OSError, ValueError):
+        return False
 
 
 def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
@@ -72,8 +87,13 @@ class Device(RuleBasedStateMachine):
         self.max_tries_staged: dict[str, int] = {}
         self.complete: set[str] = {"1.0.0-base"}  # images fully staged (all bytes verified)
         self.known_bad: set[str] = set()
-        self.booted = self.banks.choose_boot().image
+        self.userdata_expected = "keep me"
+        self.damaged: set[str] = set()  # images whose preparation fails at boot (unreadable blocks)
         self.countdown: int | None = None
+        self.cut_copy: Path | None = None
+        self.trial_boots: dict[str, int] = {}
+        self.boot_log_len = 0
+        self.booted = self.banks.choose_boot().image
         durable.before_write = self._tick
 
     def teardown(self) -> None:
@@ -84,8 +104,20 @@ class Device(RuleBasedStateMachine):
         if self.countdown is not None:
             if self.countdown == 0:
                 self.countdown = None
+                self.cuts = getattr(self, "cuts", 0) + 1
+                # The disk as it is now is what survives: copy it, and put it back once the exception
+                # (and whatever clean-up code it runs, which a real cut would not) has passed.
+                self.cut_copy = self.dir / "at-cut"
+                shutil.rmtree(self.cut_copy, ignore_errors=True)
+                shutil.copytree(self.root, self.cut_copy, symlinks=True)
                 raise PowerCut(what)
             self.countdown -= 1
+
+    def _restore_cut(self) -> None:
+        assert self.cut_copy is not None
+        shutil.rmtree(self.root)
+        os.rename(self.cut_copy, self.root)
+        self.cut_copy = None
 
     def _run(self, cut_at: int | None, fn, *args):
         """Run one operation with the power going at durable write number cut_at; a cut means reboot."""
@@ -93,6 +125,8 @@ class Device(RuleBasedStateMachine):
         try:
             return fn(*args)
         except PowerCut:
+            self.countdown = None
+            self._restore_cut()
             self.reboot()
             return None
         except (StateError, StageError):
@@ -128,25 +162,53 @@ class Device(RuleBasedStateMachine):
             self.reboot()
         except PowerCut:
             self.countdown = None
+            self._restore_cut()
             self.reboot()
         finally:
             self.countdown = None
 
     def reboot(self) -> None:
-        self.trial_boots = getattr(self, "trial_boots", {})
-        choice = self.banks.choose_boot()
-        state = self.banks.load()
-        entry = self.banks.image_state(state, choice.image)
-        assert choice.image in self.complete, f"booting {choice.image}, which was never completely staged"
-        if choice.trial:
-            assert entry["state"] == TRIAL
-            assert entry["tries"] >= 0
-            # Each trial boot spends one try, written before the boot: never more boots than tries staged.
-            self.trial_boots[choice.image] = self.trial_boots.get(choice.image, 0) + 1
-            assert self.trial_boots[choice.image] + entry["tries"] == self.max_tries_staged[choice.image]
-        else:
-            assert entry.get("state") == GOOD, (choice, entry)
-        self.booted = choice.image
+        """What the init does: the policy's plan (its writes made first), then the candidates in order
+        until one prepares; a trial that fails is marked bad; the boot is counted and logged."""
+        banks = Banks(str(self.root))  # a new boot reads everything again
+        plan = banks.begin_boot()
+        assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
+        assert plan.candidates, "nothing to boot"
+        booted = None
+        for cand in plan.candidates:
+            state = banks.load()
+            entry = banks.image_state(state, cand.image)
+            assert is_complete(self.root, cand.image), f"trying {cand.image}, which was never completely staged"
+            if cand.trial:
+                assert entry["state"] == TRIAL and entry["tries"] >= 0
+                # Each trial boot spends one try, written before the boot: never more boots than tries staged.
+                self.trial_boots[cand.image] = self.trial_boots.get(cand.image, 0) + 1
+                assert self.trial_boots[cand.image] + entry["tries"] == self.max_tries_staged[cand.image]
+            if cand.image in self.damaged:
+                if cand.trial:
+                    banks.trial_failed(cand.image, "damaged")
+                    self.known_bad.add(cand.image)
+                continue
+            if not cand.trial and not cand.why.startswith("last resort"):
+                assert entry.get("state") == GOOD, (cand, entry)
+            booted = cand
+            break
+        if booted is None:  # only when every image that may boot is damaged
+            snap = banks.snapshot()
+            left = [i for i, info in snap.images.items()
+                    if i not in self.damaged and not (info.state == TRIAL and i != snap.next)]
+            assert not left, f"nothing booted, though {left} could have"
+        if booted is None:
+            return
+        if not booted.trial and not booted.why.startswith("last resort"):
+            # The newest committed image that is not damaged boots (its previous when it is damaged).
+            good = [c.image for c in plan.candidates if not c.trial and c.image not in self.damaged]
+            assert booted.image == good[0]
+        banks.apply_reset(booted.image)
+        banks.record_boot(booted.image)
+        bootlog.append_record(str(self.root), {"image": booted.image, "trial": booted.trial})
+        self.booted = booted.image
+        self.banks = banks
 
     @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
     def mark_good(self, cut: int | None) -> None:
@@ -168,8 +230,29 @@ class Device(RuleBasedStateMachine):
 
     @rule(cut=st.one_of(st.none(), st.integers(0, 8)), keep=st.booleans())
     def reset(self, cut: int | None, keep: bool) -> None:
-        self._run(cut, self.banks.request_reset, self.booted, keep)
-        self._run(None, self.banks.apply_reset, self.booted)
+        """Request a reset, then reboot with the power going anywhere in the init's apply (then again)."""
+        self._run(None, self.banks.request_reset, self.booted, keep)
+        self._run(cut, self.reboot)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 2)))
+    def boot_ok(self, cut: int | None) -> None:
+        self._run(cut, self.banks.boot_ok, self.booted)
+
+    @rule(cut=st.one_of(st.none(), st.integers(0, 1)), data=st.binary(min_size=1, max_size=64))
+    def write_userdata(self, cut: int | None, data: bytes) -> None:
+        """The running image writes a file to /userdata and fsyncs it; a cut before that leaves the old."""
+        self.cuts = getattr(self, "cuts", 0)
+        before = self.cuts
+        self._run(cut, durable.write_file, str(self.root / "userdata/precious"), data)
+        if self.cuts == before:
+            self.userdata_expected = data.decode("latin-1")
+
+    @rule(image=st.sampled_from(["current", "previous"]))
+    def damage(self, image: str) -> None:
+        """A committed image's blocks go bad (the init's preflight would fail on it)."""
+        target = self.banks.layout.pointer(image)
+        if target is not None:
+            self.damaged.add(target)
 
     # -- what must always hold -------------------------------------------------------------------------------
     @invariant()
@@ -178,7 +261,7 @@ class Device(RuleBasedStateMachine):
             return
         cur = self.banks.layout.pointer("current")
         assert cur is not None, "no current image"
-        assert cur in self.complete, f"current {cur} was never completely staged"
+        assert is_complete(self.root, cur), f"current {cur} was never completely staged"
         st_ = self.banks.load()
         assert self.banks.image_state(st_, cur).get("state") == GOOD, f"current {cur} is not good"
         assert cur not in self.known_bad
@@ -204,14 +287,29 @@ class Device(RuleBasedStateMachine):
                 assert self.banks.image_state(st_, image).get("state") != BAD, (p, image)
 
     @invariant()
-    def userdata_untouched(self) -> None:
+    def userdata_is_what_was_last_fsynced(self) -> None:
         if hasattr(self, "root"):
-            assert (self.root / "userdata/precious").read_text() == "keep me"
+            assert (self.root / "userdata/precious").read_bytes().decode("latin-1") == self.userdata_expected
 
     @invariant()
-    def state_file_is_valid_json(self) -> None:
-        if hasattr(self, "root") and (self.root / "state.json").exists():
-            json.loads((self.root / "state.json").read_text())
+    def state_and_log_read_back_undamaged(self) -> None:
+        if not hasattr(self, "root"):
+            return
+        banks = Banks(str(self.root))
+        banks.load()
+        warnings: list[str] = []
+        bootlog.read_log(str(self.root), warnings)
+        assert not banks.warnings and not warnings, (banks.warnings, warnings)
+        if (self.root / "state.json").exists():
+            check_state(json.loads((self.root / "state.json").read_text()))
+
+    @invariant()
+    def no_half_written_files(self) -> None:
+        if hasattr(self, "root"):
+            leftovers = [p for p in self.root.rglob(".*.tmp-*")]
+            # A cut can leave a temp file (never renamed into place); it must never be read as state.
+            for p in leftovers:
+                assert not p.name.startswith(".state.json") or Banks(str(self.root)).load() is not None
 
 
 TestDevice = Device.TestCase

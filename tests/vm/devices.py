@@ -28,7 +28,7 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
                               ("no-mark-good", "1.3.0", {"mark_good": False})]:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
         banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
-                                                         sign_key=signing_key[0]))
+                                                         sign_key=signing_key[0], confirm_boots=True))
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
     return board, out, disk, banks

@@ -46,7 +46,9 @@ def test_failing_selftest_falls_back_in_the_same_boot(device) -> None:
         bad = state_of(st, "1.2.0")
         assert bad["state"] == "bad" and "50-fails" in bad["reason"] and st["pointers"]["next"] is None
         rc, out = sh(vm, "bankctl log --json")
-        assert "self-test failed" in json.loads(out)[0]["selftest"]
+        record = json.loads(out)[0]
+        assert "self-test failed" in record["fallback_from"]["reason"]
+        assert [t["image"] for t in record["tried"]] == [bad["id"]]
 
 
 def test_update_that_never_marks_good_falls_back_after_its_tries(device) -> None:
