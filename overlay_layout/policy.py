@@ -133,12 +133,14 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         if info.state == BAD and prev_ok:
             plan.effects.append(Effect("demote", cur, info.reason or "marked bad"))
             plan.notes.append(f"current {cur} is marked bad ({info.reason}); previous {prev} becomes current")
+            bad_now.add(cur)
             cur, prev = prev, cur
         elif info.confirm and info.unconfirmed >= unconfirmed_limit and prev_ok:
             reason = (f"{info.unconfirmed} boots in a row without `bankctl boot-ok` "
                       f"(the image asks for it; the limit is {unconfirmed_limit})")
             plan.effects.append(Effect("demote", cur, reason))
             plan.notes.append(f"current {cur}: {reason}; falling back to previous {prev}, which becomes current")
+            bad_now.add(cur)
             cur, prev = prev, cur
     if cur is None:
         best = _newest_good(snap, exclude={nxt})
@@ -162,17 +164,17 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         plan.effects.append(Effect("spend_try", next(c.image for c in order if c.trial)))
     if cur is not None:
         order.append(Candidate(cur, "current"))
-    if prev is not None and _state(snap, prev) != BAD:
+    if prev is not None and _state(snap, prev) != BAD and prev not in bad_now:
         order.append(Candidate(prev, "previous"))
     seen = {c.image for c in order}
-    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state == GOOD} - seen - {nxt}):
+    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state == GOOD} - seen - {nxt} - bad_now):
         order.append(Candidate(image, "another good image"))
     seen = {c.image for c in order}
     # Never a trial: its boots are bounded by its tries.
     for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state != TRIAL} - seen | bad_now - seen):
         info = snap.images[image]
         if image in bad_now:
-            what = "marked bad: trial never marked good: no tries left"
+            what = "marked bad in this boot"
         else:
             what = f"marked bad: {info.reason}" if info.state == BAD else f"state {info.state or 'unknown'}"
         order.append(Candidate(image, f"last resort ({what})"))
