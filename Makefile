@@ -8,7 +8,7 @@ DEV_KEY := build/keys/dev
 TRUST ?= $(DEV_KEY).pub
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench clean distclean
+.PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench faults clean distclean
 
 all: initramfs
 
@@ -51,6 +51,12 @@ lint: deps
 
 bench: deps
 	$(VENV)/bankboot bench --board $(BOARD)
+
+# The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 40 min.
+# SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
+SEED ?=
+faults: deps
+	$(VENV)/bankboot faults --board $(BOARD) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf build/qemu-* build/tests

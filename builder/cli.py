@@ -108,6 +108,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(load_board(args.board), runs=args.runs)
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    import random
+
+    from builder.faults import DISK_CLASSES, run_campaign
+    from builder.paths import build_dir
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    out = Path(args.output) if args.output else build_dir() / "faults"
+    report = run_campaign(load_board(args.board), out, seed, args.cuts, () if args.no_disk_faults else DISK_CLASSES)
+    print(f"report: {out / 'report.json'}")
+    return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankboot", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--board", default=DEFAULT_BOARD)
     b.add_argument("--runs", type=int, default=3)
     b.set_defaults(func=cmd_bench)
+    f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
+    f.add_argument("--board", default=DEFAULT_BOARD)
+    f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
+    f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
+    f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")
+    f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
+    f.set_defaults(func=cmd_faults)
     return p
 
 

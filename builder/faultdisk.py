@@ -1,0 +1,133 @@
+"""Disk faults written offline into a disk image made by `bankboot disk`, without root or a mount: the
+banks partition is copied out, changed with debugfs (e2fsprogs) or raw writes, and copied back, as a
+damaged SD card would present it. Used by the fault campaign (faults.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from builder.disk import partitions
+
+SECTOR = 512
+
+
+class FaultError(RuntimeError):
+    pass
+
+
+def _debugfs() -> str:
+    tool = shutil.which("debugfs") or "/sbin/debugfs"
+    if not Path(tool).exists():
+        raise FaultError("debugfs is not installed (e2fsprogs; make deps installs it)")
+    return tool
+
+
+def partition_range(disk: Path, number: int) -> tuple[int, int]:
+    """(byte offset, byte size) of partition `number` (1-based)."""
+    p = partitions(disk)[number - 1]
+    return p["start"] * SECTOR, p["size"] * SECTOR
+
+
+@contextmanager
+def banks_partition(disk: Path):
+    """The banks partition (p2) as a file to change; written back into the disk on exit."""
+    offset, size = partition_range(disk, 2)
+    with tempfile.TemporaryDirectory(prefix="bankboot-fault-") as tmp:
+        part = Path(tmp) / "banks.ext4"
+        with open(disk, "rb") as src, open(part, "wb") as dst:
+            src.seek(offset)
+            left = size
+            while left:
+                chunk = src.read(min(left, 4 << 20))
+                dst.write(chunk)
+                left -= len(chunk)
+        yield part
+        with open(part, "rb") as src, open(disk, "r+b") as dst:
+            dst.seek(offset)
+            shutil.copyfileobj(src, dst, 4 << 20)
+
+
+def debugfs(part: Path, *commands: str) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".cmds") as f:
+        f.write("\n".join(commands) + "\n")
+        f.flush()
+        proc = subprocess.run([_debugfs(), "-w", "-f", f.name, str(part)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FaultError(f"debugfs on {part} failed: {proc.stderr.strip()}")
+    return proc.stdout + proc.stderr
+
+
+def read_file(part: Path, path: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        debugfs(part, f"dump {path} {tmp}/out")
+        out = Path(tmp) / "out"
+        return out.read_bytes() if out.exists() else b""
+
+
+def replace_file(part: Path, path: str, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        debugfs(part, f"rm {path}", f"write {f.name} {path}")
+
+
+def pointer(part: Path, name: str) -> str:
+    out = debugfs(part, f"stat overlay/{name}")
+    for line in out.splitlines():
+        if "Fast link dest:" in line:
+            return line.split("Fast link dest:", 1)[1].strip().strip('"')
+    raise FaultError(f"overlay/{name} is not a symlink: {out[:200]}")
+
+
+def set_symlink(part: Path, name: str, target: str) -> None:
+    debugfs(part, f"rm overlay/{name}", f"symlink overlay/{name} {target}")
+
+
+def fill(part: Path) -> int:
+    """Allocate every free block to a file: the partition full to the last block. Returns the blocks."""
+    out = debugfs(part, "stats")
+    free = int(next(ln for ln in out.splitlines() if ln.startswith("Free blocks:")).split(":")[1])
+    debugfs(part, "write /dev/null filler", f"fallocate filler 0 {free}")
+    return free
+
+
+def overwrite_middle(part: Path, path: str, length: int, rng: random.Random) -> int:
+    """Random bytes over `length` bytes in the middle of a file, where its blocks lie. Returns the offset
+    (in the file) that was hit."""
+    out = debugfs(part, f"stat {path}")
+    size = int(next(ln for ln in out.splitlines() if "Size:" in ln).split("Size:")[1].split()[0])
+    block = 4096
+    first = (size // 2) // block
+    for i in range(length // block):
+        phys = debugfs(part, f"bmap {path} {first + i}").strip().splitlines()[-1].strip()
+        with open(part, "r+b") as f:
+            f.seek(int(phys) * block)
+            f.write(rng.randbytes(block))
+    return first * block
+
+
+def wipe_partition(disk: Path, number: int, length: int = 8 << 20) -> None:
+    offset, size = partition_range(disk, number)
+    with open(disk, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * min(length, size))
+
+
+def state_of(part: Path) -> dict:
+    try:
+        return json.loads(read_file(part, "state.json") or b"{}")
+    except ValueError:
+        return {}
+
+
+def copy_disk(src: Path, dst: Path) -> None:
+    """A sparse copy (the disks are mostly empty)."""
+    if dst.exists():
+        dst.unlink()
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)

@@ -1,0 +1,360 @@
+"""`make faults` / `bankboot faults`: the never-brick campaign on a QEMU board. Seeded, printing its seed.
+
+Power cuts are real: QEMU is killed (SIGKILL) at a random instant during an operation, so every write the
+guest had not made durable is lost and nothing of ours runs in the guest afterwards. Disk faults are
+written offline into the disk image (faultdisk.py). After each fault the device is booted until its image
+reports that it is up (at most MAX_BOOTS boots), and the guest itself is asked: which image runs (its own
+/etc/sample-version), whether the init verified its signature, the state of its banks (`bankctl status`),
+and the sha256 of /userdata files written and fsynced before the fault."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from builder import faultdisk
+from builder.board import Board
+from qemu.console import ConsoleTimeout
+from qemu.vm import VM
+
+MAX_BOOTS = 4
+BOOT_TIMEOUT = 90.0
+UP = rb"sample-rootfs: ready"
+PROMPT = r"\(sample\) / # "
+STUCK = rb"rescue\) / # "
+POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
+DISK_CLASSES = ("full", "state-garbage", "state-empty", "state-shape", "state-huge", "bootlog-garbage",
+                "current-loop", "current-absolute", "current-dangling", "squashfs-middle", "manifest-deleted",
+                "userdata-wiped", "serial-noise")
+TRIES = 3
+
+
+@dataclass
+class Outcome:
+    fault: str
+    detail: str
+    recovered: bool
+    boots: int
+    version: str | None = None
+    bytes_lost: int = 0
+    trial_boots: int = 0
+    error: str = ""
+
+
+@dataclass
+class Rig:
+    """Everything one campaign boots: images, prepared disks, the initramfs trusting the campaign's key."""
+    board: Board
+    out: Path
+    rng: random.Random
+    disks: dict[str, Path] = field(default_factory=dict)
+    banks: dict[str, Path] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+    userdata: dict[str, tuple[str, int]] = field(default_factory=dict)  # guest path -> (sha256, size), fsynced
+    stage_seconds: float = 8.0
+    n: int = 0
+
+
+def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
+    from builder.disk import build_disk
+    from builder.image import build_image
+    from builder.initramfs import TrustPolicy, build_initramfs
+    from builder.keys import keygen
+    from builder.samplerootfs import build_sample_rootfs
+
+    out.mkdir(parents=True, exist_ok=True)
+    rig = Rig(board, out, rng)
+    key = out / "keys" / "campaign"
+    if not key.with_suffix(".key").exists():
+        key.parent.mkdir(exist_ok=True)
+        keygen(key, "bankboot fault campaign")
+    say("faults: building the initramfs and images")
+    initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
+    for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}), ("big", "1.2.0", {}),
+                              ("no-mark-good", "1.3.0", {"mark_good": False})]:
+        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
+        if name == "big":  # 64 MB that does not compress: the stage takes a while, cuts land inside it
+            (rootfs / "var/payload").write_bytes(random.Random(1).randbytes(64 << 20))
+        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=key.with_suffix(".key"), confirm_boots=True)
+        rig.banks[name], rig.ids[name] = out / f"{name}.bank", m["id"]
+    fresh = out / "fresh.img"
+    build_disk(board, rig.banks["base"], fresh, 384 << 20, initrd)
+    # committed: 1.1.0 current, 1.0.0 previous, a /userdata file fsynced.
+    committed = out / "committed.img"
+    faultdisk.copy_disk(fresh, committed)
+    say("faults: preparing a device with 1.1.0 committed over 1.0.0")
+    with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
+        _expect_up(vm)
+        _sh(vm, "bankctl stage /dev/vdb")
+        vm.console.sendline("reboot")
+        vm.console.expect(r"Booting Linux", BOOT_TIMEOUT)
+        if _expect_up(vm) != "1.1.0":
+            raise AssertionError("the update did not commit while preparing the campaign")
+        rig.userdata["/userdata/base"] = _write_userdata(vm, "/userdata/base", 65536)
+        _power_off(vm)
+    rig.disks["committed"] = committed
+    # trial: 1.3.0 (never marks itself good) staged over the committed device; gc: 1.2.0 staged, marked bad.
+    for name, update, then in (("trial", "no-mark-good", ""), ("gc", "big", "bankctl mark-bad >/dev/null;")):
+        disk = out / f"{name}.img"
+        faultdisk.copy_disk(committed, disk)
+        with _vm(rig, disk, f"prep-{name}", update=update, reboot=True) as vm:
+            _expect_up(vm)
+            start = time.monotonic()
+            _sh(vm, f"bankctl stage /dev/vdb >/dev/null; {then} sync")
+            if name == "gc":
+                rig.stage_seconds = time.monotonic() - start
+            _power_off(vm)
+        rig.disks[name] = disk
+    say(f"faults: a 64 MB stage takes {rig.stage_seconds:.1f} s in the guest")
+    return rig
+
+
+def _power_off(vm: VM) -> None:
+    _sh(vm, "sync")
+    vm.console.sendline("poweroff -f")
+    vm.wait_exit(60)
+
+
+def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str = "bankboot.timeout=0",
+        reboot: bool = False) -> VM:
+    """Without `reboot`, a guest reboot makes QEMU exit (-no-reboot): each boot is counted by the caller."""
+    log_dir = rig.out / "runs" / name
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    vm = VM.from_disk(rig.board, disk, log_dir, append=append, reboot=reboot)
+    if update:
+        vm.disks.append(rig.banks[update])
+    return vm
+
+
+def _sh(vm: VM, cmd: str, timeout: float = 120.0) -> str:
+    rc, out = vm.console.run(cmd, timeout=timeout)
+    if rc != 0:
+        raise AssertionError(f"`{cmd}` exited {rc} in the guest: {out.strip()[-500:]}")
+    return out
+
+
+def _expect_up(vm: VM) -> str:
+    vm.console.expect(UP, BOOT_TIMEOUT)
+    vm.console.expect(PROMPT, 30)
+    out = _sh(vm, "cat /etc/sample-version")
+    return out.strip().splitlines()[-1]
+
+
+def _write_userdata(vm: VM, path: str, size: int) -> tuple[str, int]:
+    out = _sh(vm, f"head -c {size} /dev/urandom > {path} && sync; sha256sum {path}")
+    return out.split()[0], size
+
+
+def recover(rig: Rig, disk: Path, name: str, noise: bool = False) -> tuple[VM | None, int, list[str]]:
+    """Boot until the image says it is up (a reboot makes QEMU exit: -no-reboot). Returns the running VM
+    (the caller stops it), the boots it took and each boot's console text."""
+    logs = []
+    for boot in range(1, MAX_BOOTS + 1):
+        vm = _vm(rig, disk, f"{name}-recover{boot}", append="" if noise else "bankboot.timeout=0").start()
+        try:
+            if noise:
+                vm.console.expect(rb"Press ESC for the boot menu", BOOT_TIMEOUT)
+                for _ in range(20):
+                    vm.console.send(rig.rng.randbytes(rig.rng.randint(1, 16)))
+                    time.sleep(rig.rng.uniform(0, 0.1))
+            m = vm.console.expect(rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)", BOOT_TIMEOUT)
+            if m.group(1) != b"sample-rootfs: ready":
+                logs.append(vm.console.text())
+                vm.stop()
+                return None, boot, logs
+            vm.console.expect(PROMPT, 30)
+            logs.append(vm.console.text())
+            return vm, boot, logs
+        except ConsoleTimeout:
+            logs.append(vm.console.text())
+            vm.stop()  # rebooted (QEMU exited) or hung: the next boot
+    return None, MAX_BOOTS, logs
+
+
+def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, detail: str, expect: set[str],
+          userdata: dict[str, tuple[str, int]], trial: str | None = None) -> Outcome:
+    """Ask the guest what runs and whether its data survived."""
+    trial_boots = sum(len(re.findall(rf"booting image {re.escape(trial)} \((selected.*)?trial", t)) for t in logs) \
+        if trial else 0
+    if vm is None:
+        return Outcome(fault, detail, False, boots, error="no image came up: " + logs[-1][-1500:] if logs else "")
+    try:
+        version = _sh(vm, "cat /etc/sample-version").strip().splitlines()[-1]
+        booted = json.loads(_sh(vm, "cat /run/bankboot/booted").strip().splitlines()[-1])
+        status = json.loads(_sh(vm, "bankctl status --json"))
+        lost = 0
+        for path, (digest, size) in userdata.items():
+            out = vm.console.run(f"sha256sum {path} 2>/dev/null", 60)[1].split()
+            if not out or out[0] != digest:
+                lost += size
+        problems = []
+        if version not in expect:
+            problems.append(f"version {version} is up, expected {' or '.join(sorted(expect))}")
+        if not booted.get("signed_by"):
+            problems.append(f"the image up was not verified as signed: {booted}")
+        if trial_boots > TRIES:
+            problems.append(f"the trial booted {trial_boots} times, more than its {TRIES} tries")
+        if lost:
+            problems.append(f"{lost} bytes of fsynced /userdata files lost")
+        if status.get("pointers", {}).get("current") is None:
+            problems.append("no current pointer after recovery")
+        return Outcome(fault, detail, not problems, boots, version, lost, trial_boots, "; ".join(problems))
+    finally:
+        vm.stop()
+
+
+# -- power cuts ---------------------------------------------------------------------------------------------
+def cut_during(rig: Rig, fault: str) -> Outcome:
+    rig.n += 1
+    name = f"{rig.n:03d}-{fault}"
+    disk = rig.out / "work.img"
+    source = {"stage": "committed", "mark-good": "trial", "boot": rig.rng.choice(["committed", "trial"]),
+              "reset": "committed", "gc": "gc"}[fault]
+    faultdisk.copy_disk(rig.disks[source], disk)
+    userdata = dict(rig.userdata)
+    trial = rig.ids["no-mark-good"] if source == "trial" else rig.ids["big"] if fault == "stage" else None
+    expect = {"stage": {"1.1.0", "1.2.0"}, "mark-good": {"1.3.0", "1.1.0"}, "reset": {"1.1.0"},
+              "gc": {"1.1.0"}, "boot": {"1.3.0", "1.1.0"} if source == "trial" else {"1.1.0"}}[fault]
+    pre_logs = []
+    if fault == "boot":
+        delay = rig.rng.uniform(0, 5.0)
+        vm = _vm(rig, disk, name).start()
+        vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
+        time.sleep(delay)
+        pre_logs.append(vm.console.text())
+        vm.power_cut()
+        vm.stop()
+        detail = f"{delay:.2f} s after Run /init"
+    else:
+        command = {"stage": "bankctl stage /dev/vdb", "mark-good": "bankctl mark-good", "gc": "bankctl gc",
+                   "reset": "bankctl reset"}[fault]
+        span = {"stage": rig.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": 5.0}[fault]
+        delay = rig.rng.uniform(0, span)
+        vm = _vm(rig, disk, name, update="big" if fault == "stage" else None).start()
+        try:
+            _expect_up(vm)
+            userdata[f"/userdata/f{rig.n}"] = _write_userdata(vm, f"/userdata/f{rig.n}", rig.rng.randint(1, 200000))
+            if fault == "reset":  # the reset is applied by the init at the next boot: cut that boot
+                _sh(vm, "echo changed > /etc/changed; sync; bankctl reset >/dev/null")
+                vm.console.sendline("reboot -f")
+                vm.wait_exit(60)
+            else:
+                vm.console.sendline(f"{command} >/dev/null 2>&1 &")
+                time.sleep(delay)
+                vm.power_cut()
+        finally:
+            pre_logs.append(vm.console.text())
+            vm.stop()
+        detail = f"{delay:.2f} s into `{command}`"
+        if fault == "reset":
+            vm = _vm(rig, disk, name + "-b").start()
+            try:
+                vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
+                time.sleep(delay)
+                vm.power_cut()
+            finally:
+                pre_logs.append(vm.console.text())
+                vm.stop()
+            detail = f"in the boot applying the reset, {delay:.2f} s after Run /init"
+    vm, boots, logs = recover(rig, disk, name)
+    return check(rig, vm, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial)
+
+
+# -- disk faults ----------------------------------------------------------------------------------------------
+def disk_fault(rig: Rig, fault: str) -> Outcome:
+    rig.n += 1
+    name = f"{rig.n:03d}-{fault}"
+    disk = rig.out / "work.img"
+    faultdisk.copy_disk(rig.disks["committed"], disk)
+    userdata = dict(rig.userdata)
+    expect = {"1.1.0"}
+    detail = ""
+    if fault == "userdata-wiped":
+        faultdisk.wipe_partition(disk, 3)
+        userdata = {}
+        detail = "first 8 MB of the userdata partition zeroed"
+    elif fault != "serial-noise":
+        with faultdisk.banks_partition(disk) as part:
+            current = faultdisk.pointer(part, "current")
+            if fault == "full":
+                detail = f"{faultdisk.fill(part)} free blocks allocated"
+            elif fault.startswith("state-"):
+                data = {"state-garbage": rig.rng.randbytes(300), "state-empty": b"",
+                        "state-shape": b'{"format": 1, "images": {"x": [1]}, "reset": 7, "floor": 1}',
+                        "state-huge": b'{"format": 1, "images": {}, "pad": "' + b"x" * (3 << 20) + b'"}'}[fault]
+                faultdisk.replace_file(part, "state.json", data)
+                detail = f"state.json replaced by {len(data)} bytes"
+            elif fault == "bootlog-garbage":
+                faultdisk.replace_file(part, "boot-log.json", b'[{"image": [' * 2000 + rig.rng.randbytes(100))
+                detail = "boot-log.json replaced by deep garbage"
+            elif fault.startswith("current-"):
+                target = {"current-loop": "current", "current-absolute": f"/overlay/{current}",
+                          "current-dangling": "1.9.9-nosuchimage"}[fault]
+                faultdisk.set_symlink(part, "current", target)
+                detail = f"current -> {target}"
+            elif fault == "squashfs-middle":
+                at = faultdisk.overwrite_middle(part, f"overlay/{current}/rootfs.squashfs", 256 << 10, rig.rng)
+                detail = f"256 KiB of random bytes at offset {at} of current's squashfs"
+                expect = {"1.0.0"}
+            elif fault == "manifest-deleted":
+                faultdisk.debugfs(part, f"rm overlay/{current}/manifest.json")
+                detail = "current's manifest.json deleted"
+                expect = {"1.0.0"}
+    else:
+        detail = "random bytes on the serial line during the ESC window"
+    vm, boots, logs = recover(rig, disk, name, noise=fault == "serial-noise")
+    return check(rig, vm, boots, logs, "disk: " + fault if fault != "serial-noise" else "console: noise", detail,
+                 expect, userdata)
+
+
+# -- the campaign -------------------------------------------------------------------------------------------------
+def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tuple[str, ...] = DISK_CLASSES,
+                 say=print) -> dict:
+    say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
+    rng = random.Random(seed)
+    rig = prepare(board, out, rng, say)
+    outcomes: list[Outcome] = []
+    plan = [("cut", POWER_CLASSES[i % len(POWER_CLASSES)]) for i in range(cuts)] + [("disk", d) for d in disk_classes]
+    for i, (kind, fault) in enumerate(plan, 1):
+        try:
+            o = cut_during(rig, fault) if kind == "cut" else disk_fault(rig, fault)
+        except Exception as e:  # the harness itself: reported as a failure of that injection
+            o = Outcome(fault, "", False, 0, error=f"{type(e).__name__}: {str(e)[-800:]}")
+        outcomes.append(o)
+        mark = "ok" if o.recovered else "FAILED"
+        say(f"faults: [{i}/{len(plan)}] {o.fault}: {o.detail}: {mark}, {o.boots} boot(s), up {o.version}"
+            + (f": {o.error}" if o.error else ""))
+    report = summarize(outcomes, seed)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    say(format_table(report))
+    return report
+
+
+def summarize(outcomes: list[Outcome], seed: int) -> dict:
+    rows: dict[str, dict] = {}
+    for o in outcomes:
+        r = rows.setdefault(o.fault, {"fault": o.fault, "injections": 0, "recovered": 0, "max_boots": 0,
+                                      "bytes_lost": 0})
+        r["injections"] += 1
+        r["recovered"] += o.recovered
+        r["max_boots"] = max(r["max_boots"], o.boots)
+        r["bytes_lost"] += o.bytes_lost
+    return {"seed": seed, "injections": len(outcomes), "recovered": sum(o.recovered for o in outcomes),
+            "bytes_lost": sum(o.bytes_lost for o in outcomes), "classes": list(rows.values()),
+            "outcomes": [asdict(o) for o in outcomes]}
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'fault class':<30} {'injections':>10} {'recovered':>9} {'boots (max)':>11} {'bytes lost':>10}"]
+    for r in report["classes"]:
+        lines.append(f"{r['fault']:<30} {r['injections']:>10} {r['recovered']:>9} {r['max_boots']:>11} "
+                     f"{r['bytes_lost']:>10}")
+    lines.append(f"{'total':<30} {report['injections']:>10} {report['recovered']:>9} {'':>11} "
+                 f"{report['bytes_lost']:>10}   (seed {report['seed']})")
+    return "\n".join(lines)
