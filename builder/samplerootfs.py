@@ -85,7 +85,9 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
     ok.chmod(0o755)
     if failing_selftest:
         bad = checks / "50-fails"
-        bad.write_text("#!/bin/sh\necho 'sample self-test: deliberately failing' >&2\nexit 7\n")
+        # It also leaves a process behind, inside the image: the init must still release the image's mounts.
+        bad.write_text("#!/bin/sh\nsleep 600 </dev/null >/dev/null 2>&1 &\n"
+                       "echo 'sample self-test: deliberately failing' >&2\nexit 7\n")
         bad.chmod(0o755)
     if not mark_good:
         (dest / "etc/sample-no-mark-good").write_text("")

@@ -25,7 +25,8 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
     banks = {}
     for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}),
                               ("selftest-fails", "1.2.0", {"failing_selftest": True}),
-                              ("no-mark-good", "1.3.0", {"mark_good": False})]:
+                              ("no-mark-good", "1.3.0", {"mark_good": False}),
+                              ("no-boot-ok", "1.4.0", {"boot_ok": False})]:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
         banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
                                                          sign_key=signing_key[0], confirm_boots=True))

@@ -141,3 +141,28 @@ def test_watchdog_resets_a_trial_that_hangs_and_it_falls_back(device) -> None:
         assert up(vm) == "1.0.0"
         st = status(vm)
         assert state_of(st, "1.3.0")["state"] == "bad"
+
+
+def test_a_committed_image_that_never_confirms_its_boots_gives_way_to_previous(device) -> None:
+    """1.4.0 commits itself but never runs `bankctl boot-ok` (it asks for it in its signed manifest): after
+    the board's 3 unconfirmed boots, the 4th boots previous, which becomes current."""
+    d = Device(device, "unconfirmed", "no-boot-ok")
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb")
+        assert rc == 0, out
+        reboot(vm)
+        assert up(vm) == "1.4.0"  # the trial, marked good by the image
+        for n in (1, 2, 3):
+            reboot(vm)
+            assert up(vm) == "1.4.0"
+            assert state_of(status(vm), "1.4.0")["unconfirmed_boots"] == n
+        reboot(vm)
+        assert up(vm) == "1.0.0"
+        st = status(vm)
+        assert st["pointers"]["current"] == state_of(st, "1.0.0")["id"]
+        assert state_of(st, "1.4.0")["state"] == "bad"
+        assert "without `bankctl boot-ok`" in state_of(st, "1.4.0")["reason"]
+        rc, out = sh(vm, "bankctl log --json")
+        assert "boots in a row without" in json.loads(out)[0]["notes"]
+        assert state_of(st, "1.0.0")["unconfirmed_boots"] == 0  # 1.0.0 confirms its boots

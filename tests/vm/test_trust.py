@@ -83,12 +83,31 @@ def test_squashfs_changed_on_the_banks_partition_fails_verification_and_falls_ba
 
 
 def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
-    """The committed image is read through dm-verity: a block changed on disk reads as an I/O error."""
-    d = Device(device, "trust-verity", None)
+    """The committed image is read through dm-verity: blocks changed on disk behind every check (after
+    stage's hash, past the superblock) read as I/O errors, which the next boot's preflight meets before the
+    hand-over, so `previous` boots instead of a dead init."""
+    d = Device(device, "trust-verity", "good")
     with d.vm(append="bankboot.timeout=0") as vm:
         assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "bankctl stage /dev/vdb")
+        assert rc == 0, out
+        reboot(vm)
+        assert up(vm) == "1.1.0"  # committed by the image itself; 1.0.0 is previous
         rc, out = sh(vm, "cat /proc/mounts | grep ' /run/bankboot/lower '")
         assert rc == 0 and out.split()[0].startswith("/dev/dm-"), out
         rc, out = sh(vm, "cat /sys/block/$(basename $(awk '$2==\"/run/bankboot/lower\"{print $1}' /proc/mounts))"
                          "/dm/name")
         assert out.strip().startswith("bankboot-")
+        cur = status(vm)["pointers"]["current"]
+        sq = f"/run/bankboot/banks/overlay/{cur}/rootfs.squashfs"
+        # 256 KiB of the middle of the squashfs (inside busybox, the image's init), written on the file.
+        rc, out = sh(vm, f"size=$(stat -c %s {sq}); dd if=/dev/urandom of={sq} bs=4096 count=64 "
+                         f"seek=$((size / 2 / 4096)) conv=notrunc 2>/dev/null && sync")
+        assert rc == 0, out
+        reboot(vm)
+        vm.console.expect(r"image .*cannot boot it: .*Input/output error", T)
+        assert up(vm) == "1.0.0"
+        rc, log = sh(vm, "bankctl log --json")
+        record = json.loads(log)[0]
+        assert record["fallback_from"]["image"] == cur and "Input/output error" in record["fallback_from"]["reason"]
+        assert status(vm)["pointers"]["current"] == cur  # damage is not a verdict: current stays, and is tried first
