@@ -105,9 +105,12 @@ def overwrite_middle(part: Path, path: str, length: int, rng: random.Random) -> 
     block = 4096
     first = (size // 2) // block
     for i in range(length // block):
-        phys = debugfs(part, f"bmap {path} {first + i}").strip().splitlines()[-1].strip()
+        out = debugfs(part, f"bmap {path} {first + i}")
+        phys = [ln.strip() for ln in out.splitlines() if ln.strip().isdigit()]
+        if not phys:
+            raise FaultError(f"debugfs bmap {path} {first + i}: no block number in {out!r}")
         with open(part, "r+b") as f:
-            f.seek(int(phys) * block)
+            f.seek(int(phys[-1]) * block)
             f.write(rng.randbytes(block))
     return first * block
 

@@ -139,10 +139,11 @@ def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
 
 def cmd_boot_ok(banks: Banks, args: argparse.Namespace) -> int:
     image = banks.boot_ok(booted_info().get("image"))
-    from initfs.watchdog import disarm
-
-    disarm()
     if not booted_info().get("trial"):
+        # A trial's watchdog is for mark-good to disarm: an image that comes up but never commits is reset.
+        from initfs.watchdog import disarm
+
+        disarm()
         bootlog.set_outcome(banks.root, "up (boot-ok)")
     print(f"{image}: boot confirmed")
     return EXIT_OK
