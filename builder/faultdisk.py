@@ -35,8 +35,8 @@ def partition_range(disk: Path, number: int) -> tuple[int, int]:
 
 
 @contextmanager
-def banks_partition(disk: Path):
-    """The banks partition (p2) as a file to change; written back into the disk on exit."""
+def banks_partition(disk: Path, write: bool = True):
+    """The banks partition (p2) as a file to change; written back into the disk on exit (`write`)."""
     offset, size = partition_range(disk, 2)
     with tempfile.TemporaryDirectory(prefix="bankboot-fault-") as tmp:
         part = Path(tmp) / "banks.ext4"
@@ -48,6 +48,8 @@ def banks_partition(disk: Path):
                 dst.write(chunk)
                 left -= len(chunk)
         yield part
+        if not write:
+            return
         with open(part, "rb") as src, open(disk, "r+b") as dst:
             dst.seek(offset)
             shutil.copyfileobj(src, dst, 4 << 20)
@@ -83,6 +85,13 @@ def pointer(part: Path, name: str) -> str:
         if "Fast link dest:" in line:
             return line.split("Fast link dest:", 1)[1].strip().strip('"')
     raise FaultError(f"overlay/{name} is not a symlink: {out[:200]}")
+
+
+def pointer_or_none(part: Path, name: str) -> str | None:
+    out = debugfs(part, f"stat overlay/{name}")
+    if "Fast link dest:" not in out:
+        return None
+    return pointer(part, name)
 
 
 def set_symlink(part: Path, name: str, target: str) -> None:

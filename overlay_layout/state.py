@@ -78,6 +78,7 @@ class Banks:
         self.layout = Layout(root)
         self.state_path = os.path.join(root, STATE_FILE)
         self.warnings: list[str] = []
+        self.rebuilt = False  # load() found the state file damaged and rebuilt it from the layout
 
     def _warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -126,6 +127,7 @@ class Banks:
             except OSError:
                 pass
         self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
+        self.rebuilt = True
         return st
 
     def save(self, st: dict) -> None:
@@ -202,6 +204,11 @@ class Banks:
                 if effect.kind == "spend_try":
                     plan.candidates = [c for c in plan.candidates if not c.trial]
                     self._warn(f"trial of {effect.image} skipped: its try could not be recorded")
+        if self.rebuilt:
+            try:  # the repair, so the next boot (and bankctl) read a sound file again
+                self.save(st)
+            except OSError as e:
+                self._warn(f"cannot write the rebuilt {self.state_path} ({e.strerror})")
         return plan
 
     def _apply(self, st: dict, e: Effect) -> None:

@@ -45,6 +45,8 @@ def test_a_damaged_state_file_is_kept_aside_and_rebuilt_never_lowering_the_floor
     assert "damaged" in banks.warnings[0] and (tmp_path / "state.json.damaged").exists()
     plan = banks.begin_boot()
     assert [c.image for c in plan.candidates] == ["2.0.0-b", "1.0.0-a"]
+    again = Banks(str(tmp_path))  # the boot wrote the repaired state back
+    assert again.load()["floor"] == "2.0.0" and not again.warnings
 
 
 @pytest.mark.parametrize("content", [b"garbage", b"{}", b"[1, \"x\", [2], {\"image\": {\"deep\": {}}}]",

@@ -90,6 +90,22 @@ def test_esc_menu_boots_previous_and_select_works(device) -> None:
         assert up(vm) == "1.1.0"  # a selection is for one boot only
 
 
+def test_esc_esc_on_a_fresh_device_without_previous_boots_current(device) -> None:
+    """A disk fresh from `bankboot disk` has no previous: ESC ESC (one fast double press, one read) opens the
+    menu and asks for previous, which is a warning, and current boots: never a shell."""
+    d = Device(device, "esc-fresh", None)
+    with d.vm() as vm:
+        vm.console.expect(r"Press ESC for the boot menu", T)
+        vm.console.send(b"\x1b\x1b")
+        vm.console.expect(r"bankboot boot menu", 30)
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /run/bankboot/booted; echo; readlink /proc/1/exe")
+        assert rc == 0, out
+        booted = json.loads(out.splitlines()[0])
+        assert booted["why"] == "current" and out.splitlines()[1].endswith("busybox")
+        assert any("no previous image" in w for w in booted["warnings"])
+
+
 def test_corrupt_or_truncated_update_is_refused_and_never_booted(device) -> None:
     d = Device(device, "corrupt", None)
     good = d.banks["good"][0].read_bytes()
