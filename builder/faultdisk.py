@@ -47,12 +47,22 @@ def banks_partition(disk: Path, write: bool = True):
                 chunk = src.read(min(left, 4 << 20))
                 dst.write(chunk)
                 left -= len(chunk)
+        replay_journal(part)
         yield part
         if not write:
             return
         with open(part, "rb") as src, open(disk, "r+b") as dst:
             dst.seek(offset)
             shutil.copyfileobj(src, dst, 4 << 20)
+
+
+def replay_journal(part: Path) -> None:
+    """A disk cut or powered off with committed journal transactions not yet written home: the kernel
+    replays them at mount, which would undo (or worse, mix with) a change made offline. Replay first."""
+    tool = shutil.which("e2fsck") or "/sbin/e2fsck"
+    proc = subprocess.run([tool, "-fy", str(part)], capture_output=True, text=True)
+    if proc.returncode not in (0, 1, 2):
+        raise FaultError(f"e2fsck -fy {part} failed ({proc.returncode}): {proc.stdout[-500:]}{proc.stderr[-500:]}")
 
 
 def debugfs(part: Path, *commands: str) -> str:
@@ -77,6 +87,8 @@ def replace_file(part: Path, path: str, data: bytes) -> None:
         f.write(data)
         f.flush()
         debugfs(part, f"rm {path}", f"write {f.name} {path}")
+    if read_file(part, path) != data:
+        raise FaultError(f"{path} on {part} did not take the new content")
 
 
 def pointer(part: Path, name: str) -> str:
@@ -96,6 +108,13 @@ def pointer_or_none(part: Path, name: str) -> str | None:
 
 def set_symlink(part: Path, name: str, target: str) -> None:
     debugfs(part, f"rm overlay/{name}", f"symlink overlay/{name} {target}")
+    if pointer(part, name) != target:
+        raise FaultError(f"overlay/{name} on {part} did not become a symlink to {target}")
+
+
+def block_size(part: Path) -> int:
+    out = debugfs(part, "stats")
+    return int(next(ln for ln in out.splitlines() if ln.startswith("Block size:")).split(":")[1])
 
 
 def fill(part: Path) -> int:
@@ -103,6 +122,9 @@ def fill(part: Path) -> int:
     out = debugfs(part, "stats")
     free = int(next(ln for ln in out.splitlines() if ln.startswith("Free blocks:")).split(":")[1])
     debugfs(part, "write /dev/null filler", f"fallocate filler 0 {free}")
+    left = int(next(ln for ln in debugfs(part, "stats").splitlines() if ln.startswith("Free blocks:")).split(":")[1])
+    if left > 16:
+        raise FaultError(f"{part}: {left} blocks still free after filling it")
     return free
 
 
@@ -111,7 +133,7 @@ def overwrite_middle(part: Path, path: str, length: int, rng: random.Random) -> 
     (in the file) that was hit."""
     out = debugfs(part, f"stat {path}")
     size = int(next(ln for ln in out.splitlines() if "Size:" in ln).split("Size:")[1].split()[0])
-    block = 4096
+    block = block_size(part)
     first = (size // 2) // block
     for i in range(length // block):
         out = debugfs(part, f"bmap {path} {first + i}")

@@ -312,6 +312,8 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
                 expect = {"1.0.0"}
             elif fault == "manifest-deleted":
                 faultdisk.debugfs(part, f"rm overlay/{current}/manifest.json")
+                if "File not found" not in faultdisk.debugfs(part, f"stat overlay/{current}/manifest.json"):
+                    raise faultdisk.FaultError("the manifest is still there")
                 detail = "current's manifest.json deleted"
                 expect = {"1.0.0"}
     else:
