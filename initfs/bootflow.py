@@ -340,6 +340,9 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
                    "tried": tried, "warnings": banks.warnings}, f)
     with log.step("install bankctl"):
         _quietly("installing bankctl", install_kit, layout, image, config)
-    _quietly("writing the boot log", bootlog.append_record, BANKS, record, banks.warnings)
+    log_warnings: list[str] = []
+    _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)
+    for w in log_warnings:
+        log.error(w)
     mount_userdata(opts, layout)
     switch_root(NEWROOT, init, argv)
