@@ -261,13 +261,18 @@ def _quietly(what: str, fn, *args):
         return None
 
 
+def _config_int(config: dict[str, str], key: str, default: int) -> int:
+    value = config.get(key, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
+
 def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     """Walk the policy's candidates until one prepares. Returns (candidate, prepared, tried, banks)."""
     from overlay_layout.state import Banks
 
     banks = Banks(BANKS)
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
-    limit = opts.get("bankboot.unconfirmed_boots") or int(config.get("unconfirmed_boots", "3"))
+    limit = opts.get("bankboot.unconfirmed_boots") or _config_int(config, "unconfirmed_boots", 3)
     select, how = menu_selection(opts, banks, limit)
     plan = banks.begin_boot(select, limit)
     for w in banks.warnings:

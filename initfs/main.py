@@ -79,7 +79,7 @@ def boot() -> NoReturn:
     from initfs.rescue import give_up  # imported now: after the hand-over starts, nothing more can be
 
     if opts.get("root") is None:
-        give_up("no root= on the kernel command line: nothing to boot", [], "shell")
+        give_up("no root= on the kernel command line: nothing to boot", [], opts.get("bankboot.rescue"))
     from initfs.bootflow import boot_image
 
     boot_image(opts, sys.argv[1:], config)

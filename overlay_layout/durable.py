@@ -29,6 +29,11 @@ def _tmp_name(path: str) -> str:
     return os.path.join(d, f".{name}.tmp-{os.getpid()}")
 
 
+def is_temp_name(name: str) -> bool:
+    """A temp file of write_file or set_symlink (left behind only by a power cut)."""
+    return name.startswith(".") and ".tmp-" in name
+
+
 def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
     _about_to(f"write {path}")
     tmp = _tmp_name(path)

@@ -427,15 +427,18 @@ class Banks:
         return removed
 
     def remove_staging_leftovers(self) -> list[str]:
-        """`.staging-*` directories: what a stage cut by a power loss left behind (never in use: stage holds
-        the banks lock while it writes one, and the init runs before any stage)."""
+        """What writes cut by a power loss left behind: `.staging-*` directories and durable.write_file's
+        temp files (never in use: bankctl holds the banks lock while it writes, and the init runs before
+        any bankctl)."""
         removed = []
-        for name in os.listdir(self.layout.overlay) if os.path.isdir(self.layout.overlay) else []:
-            if name.startswith(".staging-"):
-                durable.remove_tree(os.path.join(self.layout.overlay, name))
-                removed.append(name)
-        if removed:
-            durable.fsync_dir(self.layout.overlay)
+        for d in (self.layout.overlay, self.root):
+            names = os.listdir(d) if os.path.isdir(d) else []
+            gone = [n for n in names if n.startswith(".staging-") or durable.is_temp_name(n)]
+            for name in gone:
+                durable.remove_tree(os.path.join(d, name))
+            if gone:
+                durable.fsync_dir(d)
+            removed += gone
         return removed
 
     def status(self, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> dict:

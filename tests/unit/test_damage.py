@@ -81,9 +81,12 @@ def test_a_stage_cut_midway_leaves_nothing_that_blocks_a_retry(tmp_path: Path) -
     # What a cut leaves: a staging directory, and a complete image never made next.
     os.makedirs(tmp_path / "overlay" / f".staging-{image}" / "upper")
     (tmp_path / "overlay" / f".staging-{image}" / "rootfs.squashfs").write_bytes(b"hsqs" + b"\0" * 100)
+    (tmp_path / ".state.json.tmp-4242").write_text("{half")  # a state write cut before its rename
+    os.symlink("x", tmp_path / "overlay" / ".next.tmp-4243")
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64", reserve=0)
     assert banks.layout.pointer("next") == image
-    assert not [n for n in os.listdir(tmp_path / "overlay") if n.startswith(".staging")]
+    assert not [n for n in os.listdir(tmp_path / "overlay") if n.startswith(".")]
+    assert not (tmp_path / ".state.json.tmp-4242").exists()
     # Cut after the rename, before `next` was written: the unpointed copy is replaced by a retry.
     banks.layout.set_pointer("next", None)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64", reserve=0)
