@@ -151,18 +151,27 @@ def _write_userdata(vm: VM, path: str, size: int) -> tuple[str, int]:
     return out.split()[0], size
 
 
+def line_noise(rng: random.Random) -> bytes:
+    """Random bytes as a noisy serial line makes them: XON/XOFF, control characters, escape sequences and
+    stray ESCs included. Not digits or Enter, which could spell a real menu choice."""
+    keys = set(b"123456789\r\n")
+    noise = bytes(b for b in rng.randbytes(rng.randint(1, 24)) if b not in keys)
+    return noise + (b"\x13" if rng.random() < 0.3 else b"")  # XOFF: would stop the console's output
+
+
 def recover(rig: Rig, disk: Path, name: str, noise: bool = False) -> tuple[VM | None, int, list[str]]:
     """Boot until the image says it is up (a reboot makes QEMU exit: -no-reboot). Returns the running VM
     (the caller stops it), the boots it took and each boot's console text."""
     logs = []
     for boot in range(1, MAX_BOOTS + 1):
-        vm = _vm(rig, disk, f"{name}-recover{boot}", append="" if noise else "bankboot.timeout=0").start()
+        append = "bankboot.timeout=2 bankboot.menu_timeout=5" if noise else "bankboot.timeout=0"
+        vm = _vm(rig, disk, f"{name}-recover{boot}", append=append).start()
         try:
             if noise:
                 vm.console.expect(rb"Press ESC for the boot menu", BOOT_TIMEOUT)
                 for _ in range(20):
-                    vm.console.send(rig.rng.randbytes(rig.rng.randint(1, 16)))
-                    time.sleep(rig.rng.uniform(0, 0.1))
+                    vm.console.send(line_noise(rig.rng))
+                    time.sleep(rig.rng.uniform(0, 0.08))
             m = vm.console.expect(rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)", BOOT_TIMEOUT)
             if m.group(1) != b"sample-rootfs: ready":
                 logs.append(vm.console.text())

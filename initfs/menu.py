@@ -90,6 +90,9 @@ class RawConsoles:
             try:
                 saved = termios.tcgetattr(fd)
                 raw = termios.tcgetattr(fd)
+                # No flow control either: line noise holding an XOFF (0x13) would stop the console's output,
+                # and whatever writes to it next (we, or the image's init) would block for ever.
+                raw[0] &= ~(termios.IXON | termios.IXOFF)
                 raw[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
                 raw[6][termios.VMIN] = 1
                 raw[6][termios.VTIME] = 0
@@ -122,11 +125,13 @@ class RawConsoles:
         import termios
 
         for fd, saved in self.fds.items():
-            if saved is not None:
-                try:
+            try:
+                termios.tcflush(fd, termios.TCIFLUSH)  # nothing typed (or noise) reaches the image's shell
+                termios.tcflow(fd, termios.TCOON)  # output restarted, should anything have stopped it
+                if saved is not None:
                     termios.tcsetattr(fd, termios.TCSANOW, saved)
-                except termios.error:
-                    pass
+            except termios.error:
+                pass
             os.close(fd)
         self.fds = {}
 
