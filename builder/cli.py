@@ -110,7 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_faults(args: argparse.Namespace) -> int:
     import random
+    import signal
+    import sys
 
+    # Stopped from outside: unwind, so every QEMU of the campaign is stopped with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from builder.faults import DISK_CLASSES, run_campaign
     from builder.paths import build_dir
 

@@ -16,6 +16,11 @@ def _about_to(what: str) -> None:
         before_write(what)
 
 
+def checkpoint(what: str) -> None:
+    """For writers of their own (a file copied and fsynced): the same fault-injection seam as ours."""
+    _about_to(what)
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
