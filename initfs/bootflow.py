@@ -273,7 +273,11 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     banks = Banks(BANKS)
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
     limit = opts.get("bankboot.unconfirmed_boots") or _config_int(config, "unconfirmed_boots", 3)
-    select, how = menu_selection(opts, banks, limit)
+    try:
+        select, how = menu_selection(opts, banks, limit)
+    except Exception as e:  # the prompt is a convenience: it must never stop a boot
+        log.error(f"console prompt failed ({e}); booting as planned")
+        select, how = None, ""
     plan = banks.begin_boot(select, limit)
     for w in banks.warnings:
         log.error(w)
@@ -319,6 +323,9 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
         give_up(str(e), [], rescue)
     cand, why, prepared, tried, banks, plan = _choose(opts, config, layout, init)
     if cand is None:
+        _quietly("writing the boot log", bootlog.append_record, BANKS,
+                 {"time": int(time.time()), "kernel": os.uname().release, "image": None,
+                  "why": "no image could be booted", "outcome": "nothing booted", "tried": tried})
         give_up(f"no image on {BANKS} could be booted ({len(tried)} tried)", tried, rescue)
     image, trial = cand.image, cand.trial
     record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
