@@ -219,6 +219,20 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
 
 
 # -- power cuts ---------------------------------------------------------------------------------------------
+def _cut_boot(rig: Rig, disk: Path, name: str, delay: float) -> str:
+    """Boot the disk and pull the plug `delay` seconds after the kernel starts our /init. Returns the
+    console text up to the cut."""
+    vm = _vm(rig, disk, name).start()
+    try:
+        vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
+        time.sleep(delay)
+        vm.power_cut()
+    finally:
+        text = vm.console.text()
+        vm.stop()
+    return text
+
+
 def cut_during(rig: Rig, fault: str) -> Outcome:
     rig.n += 1
     name = f"{rig.n:03d}-{fault}"
@@ -235,12 +249,7 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
     pre_logs = []
     if fault == "boot":
         delay = rig.rng.uniform(0, 5.0)
-        vm = _vm(rig, disk, name).start()
-        vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
-        time.sleep(delay)
-        pre_logs.append(vm.console.text())
-        vm.power_cut()
-        vm.stop()
+        pre_logs.append(_cut_boot(rig, disk, name, delay))
         detail = f"{delay:.2f} s after Run /init"
     else:
         command = {"stage": "bankctl stage /dev/vdb", "mark-good": "bankctl mark-good", "gc": "bankctl gc",
@@ -264,14 +273,7 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
             vm.stop()
         detail = f"{delay:.2f} s into `{command}`"
         if fault == "reset":
-            vm = _vm(rig, disk, name + "-b").start()
-            try:
-                vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
-                time.sleep(delay)
-                vm.power_cut()
-            finally:
-                pre_logs.append(vm.console.text())
-                vm.stop()
+            pre_logs.append(_cut_boot(rig, disk, name + "-b", delay))
             detail = f"in the boot applying the reset, {delay:.2f} s after Run /init"
     if fault == "stage":
         # Staged completely before the cut (`next` written): the trial boots and commits itself.

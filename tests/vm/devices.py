@@ -84,3 +84,12 @@ def reboot(vm: VM) -> None:
     vm.console.expect(r"Booting Linux", T)
 
 
+
+
+def update_to(vm: VM, version: str) -> None:
+    """From the base image: stage the update disk, reboot, and see the update come up (it commits itself)."""
+    assert up(vm) == "1.0.0"
+    rc, out = sh(vm, "bankctl stage /dev/vdb")
+    assert rc == 0, out
+    reboot(vm)
+    assert up(vm) == version
