@@ -209,6 +209,10 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
             problems.append(f"the image up was not verified as signed: {booted}")
         if trial_boots > TRIES:
             problems.append(f"the trial booted {trial_boots} times, more than its {TRIES} tries")
+        entry = next((i for i in status.get("images", []) if i["id"] == trial), None)
+        if entry and entry["state"] == "trial" and trial_boots > TRIES - (entry["tries"] or 0):
+            problems.append(f"the trial booted {trial_boots} times but only {TRIES - entry['tries']} tries "
+                            f"are spent on the device")
         if lost:
             problems.append(f"{lost} bytes of fsynced /userdata files lost")
         if status.get("pointers", {}).get("current") is None:
