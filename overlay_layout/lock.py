@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOCK_FILE = ".lock"
+LOCK_WAIT = 10.0  # seconds a command waits for another one to finish before it gives up
 
 
 class LockError(RuntimeError):
@@ -19,7 +20,7 @@ class LockError(RuntimeError):
 
 
 @contextmanager
-def lock_banks(root: str, exclusive: bool = True, wait: float = 10.0) -> Iterator[None]:
+def lock_banks(root: str, exclusive: bool = True, wait: float | None = None) -> Iterator[None]:
     path = os.path.join(root, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -30,7 +31,7 @@ def lock_banks(root: str, exclusive: bool = True, wait: float = 10.0) -> Iterato
             yield
             return
     try:
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
         while True:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
