@@ -187,7 +187,8 @@ def recover(rig: Rig, disk: Path, name: str, noise: bool = False) -> tuple[VM | 
 
 
 def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, detail: str, expect: set[str],
-          userdata: dict[str, tuple[str, int]], trial: str | None = None) -> Outcome:
+          userdata: dict[str, tuple[str, int]], trial: str | None = None, gone: tuple[str, ...] = ()) -> Outcome:
+    """`gone`: files the image must not show any more (a reset that was requested must be done)."""
     """Ask the guest what runs and whether its data survived."""
     trial_boots = sum(len(re.findall(rf"booting image {re.escape(trial)} \((selected.*)?trial", t)) for t in logs) \
         if trial else 0
@@ -215,6 +216,9 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
                             f"are spent on the device")
         if lost:
             problems.append(f"{lost} bytes of fsynced /userdata files lost")
+        for path in gone:
+            if vm.console.run(f"test -e {path}", 60)[0] == 0:
+                problems.append(f"{path} is still there: the requested reset was not done")
         if status.get("pointers", {}).get("current") is None:
             problems.append("no current pointer after recovery")
         return Outcome(fault, detail, not problems, boots, version, lost, trial_boots, "; ".join(problems))
@@ -286,7 +290,8 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
                 expect = {"1.2.0"}
                 detail += " (the stage had finished)"
     vm, boots, logs = recover(rig, disk, name)
-    return check(rig, vm, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial)
+    return check(rig, vm, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
+                 gone=("/etc/changed",) if fault == "reset" else ())
 
 
 # -- disk faults ----------------------------------------------------------------------------------------------
