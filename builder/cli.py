@@ -120,7 +120,15 @@ def cmd_faults(args: argparse.Namespace) -> int:
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     out = Path(args.output) if args.output else build_dir() / "faults"
-    report = run_campaign(load_board(args.board), out, seed, args.cuts, () if args.no_disk_faults else DISK_CLASSES)
+    classes = () if args.no_disk_faults else DISK_CLASSES
+    if args.only:
+        classes = tuple(c for c in args.only.split(",") if c)
+        unknown = sorted(set(classes) - set(DISK_CLASSES))
+        if unknown:
+            print(f"bankboot faults: unknown disk-fault class {', '.join(unknown)}; known: {', '.join(DISK_CLASSES)}",
+                  file=sys.stderr)
+            return 2
+    report = run_campaign(load_board(args.board), out, seed, args.cuts, classes)
     print(f"report: {out / 'report.json'}")
     return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
 
@@ -199,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
     f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
     f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")
+    f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)
     return p

@@ -26,10 +26,9 @@ MAX_BOOTS = 4
 BOOT_TIMEOUT = 90.0
 UP = rb"sample-rootfs: ready"
 PROMPT = r"\(sample\) / # "
-STUCK = rb"rescue\) / # "
 POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
-DISK_CLASSES = ("full", "state-garbage", "state-empty", "state-shape", "state-huge", "bootlog-garbage",
-                "current-loop", "current-absolute", "current-dangling", "squashfs-middle", "manifest-deleted",
+DISK_CLASSES = ("full", "full-kit-missing", "state-garbage", "state-empty", "state-shape", "state-huge",
+                "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle", "manifest-deleted",
                 "userdata-wiped", "serial-noise")
 TRIES = 3
 
@@ -187,8 +186,10 @@ def recover(rig: Rig, disk: Path, name: str, noise: bool = False) -> tuple[VM | 
 
 
 def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, detail: str, expect: set[str],
-          userdata: dict[str, tuple[str, int]], trial: str | None = None, gone: tuple[str, ...] = ()) -> Outcome:
-    """`gone`: files the image must not show any more (a reset that was requested must be done)."""
+          userdata: dict[str, tuple[str, int]], trial: str | None = None, gone: tuple[str, ...] = (),
+          must: tuple[tuple[str, str], ...] = ()) -> Outcome:
+    """`gone`: files the image must not show any more (a reset that was requested must be done). `must`:
+    (command, text its output must hold) asked of the guest."""
     """Ask the guest what runs and whether its data survived."""
     trial_boots = sum(len(re.findall(rf"booting image {re.escape(trial)} \((selected.*)?trial", t)) for t in logs) \
         if trial else 0
@@ -216,6 +217,10 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
                             f"are spent on the device")
         if lost:
             problems.append(f"{lost} bytes of fsynced /userdata files lost")
+        for command, text in must:
+            out = vm.console.run(command, 60)[1]
+            if text not in out:
+                problems.append(f"`{command}` says {out.strip()!r}, expected {text!r}")
         for path in gone:
             if vm.console.run(f"test -e {path}", 60)[0] == 0:
                 problems.append(f"{path} is still there: the requested reset was not done")
@@ -303,6 +308,7 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
     userdata = dict(rig.userdata)
     expect = {"1.1.0"}
     detail = ""
+    must: tuple[tuple[str, str], ...] = ()
     if fault == "userdata-wiped":
         faultdisk.wipe_partition(disk, 3)
         userdata = {}
@@ -312,6 +318,14 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
             current = faultdisk.pointer(part, "current")
             if fault == "full":
                 detail = f"{faultdisk.fill(part)} free blocks allocated"
+            elif fault == "full-kit-missing":
+                # As after a new initramfs: the boot must install bankctl, and there is no room for it.
+                utils = f"overlay/{current}/utils"
+                kits = [n for n in faultdisk.debugfs(part, f"ls {utils}").split() if n.startswith("bankboot-")]
+                for kit in kits:
+                    faultdisk.debugfs(part, f"unlink {utils}/{kit}")
+                detail = f"bankctl kit unlinked, then {faultdisk.fill(part)} free blocks allocated"
+                must = (("readlink /run/bankboot/kit", "/run/bankboot/volatile-kit/"),)
             elif fault.startswith("state-"):
                 data = {"state-garbage": rig.rng.randbytes(300), "state-empty": b"",
                         "state-shape": b'{"format": 1, "images": {"x": [1]}, "reset": 7, "floor": 1}',
@@ -340,7 +354,7 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
         detail = "random bytes on the serial line during the ESC window"
     vm, boots, logs = recover(rig, disk, name, noise=fault == "serial-noise")
     return check(rig, vm, boots, logs, "disk: " + fault if fault != "serial-noise" else "console: noise", detail,
-                 expect, userdata)
+                 expect, userdata, must=must)
 
 
 # -- the campaign -------------------------------------------------------------------------------------------------
