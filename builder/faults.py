@@ -28,8 +28,8 @@ UP = rb"sample-rootfs: ready"
 PROMPT = r"\(sample\) / # "
 POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
 DISK_CLASSES = ("full", "full-kit-missing", "state-garbage", "state-empty", "state-shape", "state-huge",
-                "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle", "manifest-deleted",
-                "userdata-wiped", "serial-noise")
+                "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle",
+                "manifest-deleted", "userdata-wiped", "serial-noise")
 TRIES = 3
 
 
