@@ -187,10 +187,21 @@ def cmd_log(banks: Banks, args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=1, sort_keys=True))
         return EXIT_OK
     for r in records:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("time", 0)))
-        print(f"{when}  {r.get('image')}  {r.get('why')}  self-test: {r.get('selftest')}  "
+        print(f"{_when(r.get('time'))}  {r.get('image')}  {r.get('why')}  self-test: {r.get('selftest')}  "
               f"outcome: {r.get('outcome')}  previous boot: {r.get('previous_boot', '-')}")
+        for t in r.get("tried", []):
+            print(f"    not booted: {t.get('image')} ({t.get('why')}): {t.get('error')}")
+        if r.get("notes"):
+            print(f"    {r['notes']}")
     return EXIT_OK
+
+
+def _when(stamp: object) -> str:
+    """A record's time, whatever a damaged log holds there."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(stamp)))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "(no time)          "
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,3 +67,14 @@ def test_a_second_bankctl_is_told_the_partition_is_busy(banks_root: Path, capsys
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_log_reads_records_of_any_content(banks_root: Path, capsys) -> None:
+    (banks_root / "boot-log.json").write_text(json.dumps([
+        {"time": "yesterday", "image": "x"}, {"time": 1e300, "image": "y"}, 7, {"image": "z", "time": 5,
+         "tried": [{"image": "a", "why": "current", "error": "cannot boot it: EIO"}], "notes": "a note"}]))
+    assert bankctl.main(["log"]) == 0
+    out = capsys.readouterr().out
+    assert "(no time)" in out and "not booted: a (current): cannot boot it: EIO" in out and "a note" in out
+    assert bankctl.main(["log", "--json"]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == ["z", "y", "x"]
