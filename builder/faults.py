@@ -56,6 +56,7 @@ class Rig:
     ids: dict[str, str] = field(default_factory=dict)
     userdata: dict[str, tuple[str, int]] = field(default_factory=dict)  # guest path -> (sha256, size), fsynced
     stage_seconds: float = 8.0
+    init_seconds: float = 2.5  # from "Run /init" to the hand-over, measured in prepare()
     n: int = 0
 
 
@@ -88,6 +89,10 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
     faultdisk.copy_disk(fresh, committed)
     say("faults: preparing a device with 1.1.0 committed over 1.0.0")
     with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
+        vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
+        start = time.monotonic()
+        vm.console.expect(rb"exec /sbin/init", BOOT_TIMEOUT)
+        rig.init_seconds = time.monotonic() - start
         _expect_up(vm)
         _sh(vm, "bankctl stage /dev/vdb")
         vm.console.sendline("reboot")
@@ -109,7 +114,8 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
                 rig.stage_seconds = time.monotonic() - start
             _power_off(vm)
         rig.disks[name] = disk
-    say(f"faults: a 64 MB stage takes {rig.stage_seconds:.1f} s in the guest")
+    say(f"faults: our init runs {rig.init_seconds:.1f} s from Run /init to the hand-over; a 64 MB stage takes "
+        f"{rig.stage_seconds:.1f} s in the guest")
     return rig
 
 
@@ -260,14 +266,14 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
     expect = {"stage": {"1.1.0"}, "mark-good": {"1.3.0"}, "reset": {"1.1.0"}, "gc": {"1.1.0"},
               "boot": {"1.3.0"} if source == "trial" else {"1.1.0"}}[fault]
     pre_logs = []
-    if fault == "boot":
-        delay = rig.rng.uniform(0, 5.0)
+    if fault == "boot":  # anywhere in our init, from the kernel's "Run /init" to the hand-over
+        delay = rig.rng.uniform(0, rig.init_seconds)
         pre_logs.append(_cut_boot(rig, disk, name, delay))
         detail = f"{delay:.2f} s after Run /init"
     else:
         command = {"stage": "bankctl stage /dev/vdb", "mark-good": "bankctl mark-good", "gc": "bankctl gc",
                    "reset": "bankctl reset"}[fault]
-        span = {"stage": rig.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": 5.0}[fault]
+        span = {"stage": rig.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": rig.init_seconds}[fault]
         delay = rig.rng.uniform(0, span)
         vm = _vm(rig, disk, name, update="big" if fault == "stage" else None).start()
         try:
