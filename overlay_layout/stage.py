@@ -191,6 +191,7 @@ def _copy_checked(src, dest: str, size: int, sha256: str, bank_file: str,
                 raise StageError(f"{bank_file} is truncated or damaged after {done} squashfs bytes: {e}") from None
             if not chunk:
                 break
+            durable.checkpoint(f"copy into {dest}")
             h.update(chunk)
             view = memoryview(chunk)
             while view:

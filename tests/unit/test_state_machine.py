@@ -148,7 +148,7 @@ class Device(RuleBasedStateMachine):
             self.countdown = None
 
     # -- what a device does --------------------------------------------------------------------------------
-    @rule(tries=st.integers(1, 3), cut=st.one_of(st.none(), st.integers(0, 12)), corrupt=st.booleans())
+    @rule(tries=st.integers(1, 3), cut=st.one_of(st.none(), st.integers(0, 14)), corrupt=st.booleans())
     def stage_update(self, tries: int, cut: int | None, corrupt: bool) -> None:
         self.versions += 1
         payload = b"hsqs" + f"image {self.versions}".encode() * 50
@@ -158,6 +158,7 @@ class Device(RuleBasedStateMachine):
             data = bytearray(bank.read_bytes())
             data[1536 + 5] ^= 0xFF  # inside the squashfs payload (after two 512-byte headers and the manifest)
             bank.write_bytes(bytes(data))
+        self.last_bank = (bank, image, corrupt)
         result = self._run(cut, stage, self.banks, str(bank), DEV, "9.9.9", tries, "copy", "x86_64")
         if result is not None:
             assert not corrupt, "a corrupted bank was staged"
@@ -167,6 +168,29 @@ class Device(RuleBasedStateMachine):
             self.complete.add(image)
             self.max_tries[image] = tries
             self.max_tries_staged[image] = tries
+
+    @rule()
+    def retry_stage(self) -> None:
+        """The same bank again, after whatever happened to the last stage (a cut anywhere in it): it is
+        staged, unless the image is in use or a rollback is pending."""
+        if not getattr(self, "last_bank", None) or self.last_bank[2]:
+            return
+        bank, image, _ = self.last_bank
+        lay = self.banks.layout
+        in_use = {lay.pointer(p) for p in ("current", "next", "previous")} | {self.booted}
+        nxt = lay.pointer("next")
+        pending = nxt is not None and self.banks.image_state(self.banks.load(), nxt).get("state") == GOOD
+        try:
+            stage(self.banks, str(bank), DEV, "9.9.9", 2, "copy", "x86_64", booted=self.booted)
+        except StageError as e:
+            assert image in in_use, f"retry of {image} refused: {e}"
+            return
+        except StateError as e:
+            assert pending or image == lay.pointer("current"), f"retry of {image} refused: {e}"
+            return
+        assert lay.pointer("next") == image
+        self.max_tries[image] = self.max_tries_staged[image] = 2
+        self.trial_boots[image] = 0
 
     @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
     def reboot_rule(self, cut: int | None) -> None:
