@@ -189,6 +189,7 @@ class Device(RuleBasedStateMachine):
             assert pending or image == lay.pointer("current"), f"retry of {image} refused: {e}"
             return
         assert lay.pointer("next") == image
+        self.known_bad.discard(image)  # staged again on purpose: a new trial, which may commit
         self.max_tries[image] = self.max_tries_staged[image] = 2
         self.trial_boots[image] = 0
 
