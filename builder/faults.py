@@ -164,13 +164,14 @@ def line_noise(rng: random.Random) -> bytes:
     return noise + (b"\x13" if rng.random() < 0.3 else b"")  # XOFF: would stop the console's output
 
 
-def recover(rig: Rig, disk: Path, name: str, noise: bool = False) -> tuple[VM | None, int, list[str]]:
+def recover(rig: Rig, disk: Path, name: str, noise: bool = False,
+            update: str | None = None) -> tuple[VM | None, int, list[str]]:
     """Boot until the image says it is up (a reboot makes QEMU exit: -no-reboot). Returns the running VM
     (the caller stops it), the boots it took and each boot's console text."""
     logs = []
     for boot in range(1, MAX_BOOTS + 1):
         append = "bankboot.timeout=2 bankboot.menu_timeout=5" if noise else "bankboot.timeout=0"
-        vm = _vm(rig, disk, f"{name}-recover{boot}", append=append).start()
+        vm = _vm(rig, disk, f"{name}-recover{boot}", update=update, append=append).start()
         try:
             if noise:
                 vm.console.expect(rb"Press ESC for the boot menu", BOOT_TIMEOUT)
@@ -224,7 +225,7 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
         if lost:
             problems.append(f"{lost} bytes of fsynced /userdata files lost")
         for command, text in must:
-            out = vm.console.run(command, 60)[1]
+            out = vm.console.run(command, 180)[1]
             if text not in out:
                 problems.append(f"`{command}` says {out.strip()!r}, expected {text!r}")
         for path in gone:
@@ -294,15 +295,18 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
         if fault == "reset":
             pre_logs.append(_cut_boot(rig, disk, name + "-b", delay))
             detail = f"in the boot applying the reset, {delay:.2f} s after Run /init"
+    must: tuple[tuple[str, str], ...] = ()
     if fault == "stage":
         # Staged completely before the cut (`next` written): the trial boots and commits itself.
         with faultdisk.banks_partition(disk, write=False) as part:
             if faultdisk.pointer_or_none(part, "next") == rig.ids["big"]:
                 expect = {"1.2.0"}
                 detail += " (the stage had finished)"
-    vm, boots, logs = recover(rig, disk, name)
+            else:  # whatever the cut left, the same bank stages now
+                must = (("bankctl stage /dev/vdb 2>&1 | tail -1", f"staged {rig.ids['big']}"),)
+    vm, boots, logs = recover(rig, disk, name, update="big" if fault == "stage" else None)
     return check(rig, vm, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
-                 gone=("/etc/changed",) if fault == "reset" else ())
+                 gone=("/etc/changed",) if fault == "reset" else (), must=must)
 
 
 # -- disk faults ----------------------------------------------------------------------------------------------
