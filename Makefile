@@ -52,7 +52,7 @@ lint: deps
 bench: deps
 	$(VENV)/bankboot bench --board $(BOARD)
 
-# The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 40 min.
+# The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
 SEED ?=
 faults: deps
