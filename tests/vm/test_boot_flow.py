@@ -88,7 +88,7 @@ def test_files_survive_a_reboot_in_root_and_userdata(disk, test_dir: Path) -> No
         assert rc == 0 and out.split() == ["in-root", "in-userdata"]
 
 
-def test_a_corrupt_squashfs_gives_the_rescue_shell_naming_the_file(disk, test_dir: Path) -> None:
+def test_a_corrupt_squashfs_and_nothing_else_gives_the_rescue_shell_naming_the_file(disk, test_dir: Path) -> None:
     board, path, manifest = disk
     broken = test_dir / "bootflow" / "corrupt.img"
     shutil.copyfile(path, broken)
@@ -107,3 +107,23 @@ def test_a_corrupt_squashfs_gives_the_rescue_shell_naming_the_file(disk, test_di
         rc, out = vm.console.run("readlink /proc/1/exe")
         assert out.strip() == "/init"
     assert not re.search("Kernel panic", vm.console.text())
+
+
+def test_nothing_bootable_on_a_field_board_reboots_instead_of_a_shell(disk, test_dir: Path) -> None:
+    """bankboot.rescue=reboot (what field boards default to): every candidate and its failure is printed,
+    then the board reboots to try again; with -no-reboot QEMU exits, so no shell was ever started."""
+    board, path, manifest = disk
+    broken = test_dir / "bootflow" / "nothing.img"
+    shutil.copyfile(path, broken)
+    with boot(board, broken, test_dir / "bootflow" / "nothing", reboot=True) as vm:
+        vm.console.expect(READY, BOOT_TIMEOUT)
+        vm.console.expect(PROMPT, 30)
+        sq = f"/run/bankboot/banks/overlay/{manifest['id']}/rootfs.squashfs"
+        rc, _ = vm.console.run(f"printf 'XXXX' | dd of={sq} bs=1 count=4 conv=notrunc && sync")
+        assert rc == 0
+    with boot(board, broken, test_dir / "bootflow" / "nothing-b", append="bankboot.rescue=reboot") as vm:
+        tried = rf"tried {re.escape(manifest['id'])} \(current\): cannot boot it: .*not a squashfs"
+        vm.console.expect(tried, BOOT_TIMEOUT)
+        vm.console.expect(r"rebooting in 10 s to try again", 30)
+        assert vm.wait_exit(60) == 0  # the guest rebooted: QEMU (-no-reboot) exited
+        assert "rescue) / #" not in vm.console.text()
