@@ -93,3 +93,12 @@ def update_to(vm: VM, version: str) -> None:
     assert rc == 0, out
     reboot(vm)
     assert up(vm) == version
+
+
+def damage_squashfs(vm: VM, image: str, blocks: int) -> None:
+    """Random bytes over `blocks` 4 KiB blocks in the middle of an image's squashfs, written on the file
+    behind every check, as a bad write or a failing card would (synced to disk)."""
+    sq = f"/run/bankboot/banks/overlay/{image}/rootfs.squashfs"
+    rc, out = sh(vm, f"size=$(stat -c %s {sq}); dd if=/dev/urandom of={sq} bs=4096 count={blocks} "
+                     f"seek=$((size / 2 / 4096)) conv=notrunc 2>/dev/null && sync")
+    assert rc == 0, out

@@ -12,7 +12,7 @@ import pytest
 from builder.image import build_image
 from builder.keys import keygen
 from builder.samplerootfs import build_sample_rootfs
-from tests.vm.devices import Device, T, reboot, sh, status, up, update_to
+from tests.vm.devices import Device, T, damage_squashfs, reboot, sh, status, up, update_to
 
 pytestmark = pytest.mark.vm
 
@@ -67,11 +67,7 @@ def test_squashfs_changed_on_the_banks_partition_fails_verification_and_falls_ba
         rc, msg = sh(vm, "bankctl stage /dev/vdb")
         assert rc == 0, msg
         nxt = status(vm)["pointers"]["next"]
-        # Bypass stage: change one byte in the middle of next's squashfs where it lies.
-        sq = f"/run/bankboot/banks/overlay/{nxt}/rootfs.squashfs"
-        rc, msg = sh(vm, f"size=$(stat -c %s {sq}); printf 'Z' | dd of={sq} bs=1 seek=$((size / 2)) conv=notrunc "
-                         f"2>/dev/null && sync")
-        assert rc == 0, msg
+        damage_squashfs(vm, nxt, 1)  # bypass stage: change next's squashfs where it lies
         reboot(vm)
         vm.console.expect(r"verification failed: .*rootfs\.squashfs has sha256", T)
         assert up(vm) == "1.0.0"  # same boot, current
@@ -95,11 +91,7 @@ def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
                          "/dm/name")
         assert out.strip().startswith("bankboot-")
         cur = status(vm)["pointers"]["current"]
-        sq = f"/run/bankboot/banks/overlay/{cur}/rootfs.squashfs"
-        # 256 KiB of the middle of the squashfs (inside busybox, the image's init), written on the file.
-        rc, out = sh(vm, f"size=$(stat -c %s {sq}); dd if=/dev/urandom of={sq} bs=4096 count=64 "
-                         f"seek=$((size / 2 / 4096)) conv=notrunc 2>/dev/null && sync")
-        assert rc == 0, out
+        damage_squashfs(vm, cur, 64)  # 256 KiB in the middle: inside busybox, the image's init
         reboot(vm)
         vm.console.expect(r"image .*cannot boot it: .*Input/output error", T)
         assert up(vm) == "1.0.0"
