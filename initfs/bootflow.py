@@ -294,7 +294,7 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
             from initfs.selftest import SelfTestError
 
             kind = "self-test failed" if isinstance(e, SelfTestError) else "cannot boot it"
-            reason = f"{kind}: {e}"
+            reason = f"{kind}: {str(e).removeprefix(f'image {cand.image}: ')}"
             log.error(f"image {cand.image}: {reason}")
             release_image(cand.image)
             tried.append({"image": cand.image, "why": why, "error": reason})
