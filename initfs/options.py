@@ -86,8 +86,7 @@ class Options:
             try:
                 self.values[key] = _parse(opt, raw)
                 self.given.add(key)
-            except ValueError as e:
-                self.values[key] = self.values[key]  # the default (or the board's) stays
+            except ValueError as e:  # the default (or the board's) stays
                 self.warnings.append(f"{key}={raw!r} on the kernel command line: {e}; using the default "
                                      f"{self.values[key]!r}")
 

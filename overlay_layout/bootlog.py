@@ -9,6 +9,7 @@ import json
 import os
 
 from overlay_layout import durable
+from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 
 LOG_FILE = "boot-log.json"
 KEEP = 100
@@ -38,36 +39,16 @@ def _flat(value: object) -> bool:
 def read_log(root: str, warnings: list[str] | None = None) -> list[dict]:
     path = log_path(root)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
+        got = read_json(path, MAX_BYTES)
+        if got is not None and not isinstance(got[0], list):
+            raise Damaged("not a list of records", got[1])
+    except Damaged as e:
         if warnings is not None:
-            warnings.append(f"cannot read {path}: {e.strerror}")
-        return []
-    try:
-        if len(raw) > MAX_BYTES:
-            raise ValueError(f"larger than {MAX_BYTES} bytes")
-        records = json.loads(raw)
-        if not isinstance(records, list):
-            raise ValueError("not a list of records")
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        if warnings is not None:
-            kept = _keep_damaged(path, raw)
+            copy = keep_aside(path, e.raw, MAX_BYTES)
+            kept = f" (a copy is kept in {copy})" if copy else ""
             warnings.append(f"{path} is damaged ({str(e)[:120]}); starting a new log{kept}")
         return []
-    return [r for r in (_clean(x) for x in records) if r is not None]
-
-
-def _keep_damaged(path: str, raw: bytes) -> str:
-    copy = f"{path}.damaged"
-    try:
-        if not os.path.exists(copy):
-            durable.write_file(copy, raw[:MAX_BYTES])
-        return f" (a copy is kept in {copy})"
-    except OSError:
-        return ""
+    return [] if got is None else [r for r in (_clean(x) for x in got[0]) if r is not None]
 
 
 def append_record(root: str, record: dict, warnings: list[str] | None = None) -> None:

@@ -67,17 +67,13 @@ class Plan:
 
 
 def version_key(version: str | None) -> tuple:
-    """Sort key for "newest first": semantic versions compare as numbers, anything else sorts lowest."""
-    if not version:
+    """Sort key for "newest first": trust.py's semantic-version order; anything else sorts lowest."""
+    from overlay_layout.trust import TrustError, parse_version
+
+    try:
+        return (1, *parse_version(version or ""))
+    except TrustError:
         return (0,)
-    core = version.split("+", 1)[0]
-    main, _, pre = core.partition("-")
-    nums = []
-    for part in main.split("."):
-        if not part.isdigit():
-            return (0,)
-        nums.append(int(part))
-    return (1, *nums, 0 if pre else 1, pre)
 
 
 def _state(snap: Snapshot, image: str | None) -> str | None:

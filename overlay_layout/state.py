@@ -22,6 +22,7 @@ import os
 import time
 
 from overlay_layout import durable, policy
+from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 
@@ -89,18 +90,15 @@ class Banks:
         """The state file. A missing one is empty; a damaged one (unreadable, not JSON, wrong shape, huge)
         is kept aside for inspection and the state rebuilt from the layout."""
         try:
-            with open(self.state_path, "rb") as f:
-                raw = f.read(MAX_STATE_BYTES + 1)
-        except FileNotFoundError:
+            got = read_json(self.state_path, MAX_STATE_BYTES)
+        except Damaged as e:
+            return self._rebuild(str(e), e.raw)
+        if got is None:
             return _empty()
-        except OSError as e:
-            return self._rebuild(f"cannot be read: {e.strerror}", None)
         try:
-            if len(raw) > MAX_STATE_BYTES:
-                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
-            return check_state(json.loads(raw))
-        except (ValueError, RecursionError, UnicodeDecodeError) as e:
-            return self._rebuild(str(e)[:200], raw)
+            return check_state(got[0])
+        except ValueError as e:  # valid JSON of the wrong shape
+            return self._rebuild(str(e)[:200], got[1])
 
     def _rebuild(self, why: str, raw: bytes | None) -> dict:
         """State from the layout alone: current and previous are good (they were committed); a pending
@@ -117,15 +115,8 @@ class Banks:
                 floor = version
         if floor:
             st["floor"] = floor
-        kept = ""
-        if raw is not None:
-            copy = f"{self.state_path}.damaged"
-            try:
-                if not os.path.exists(copy):
-                    durable.write_file(copy, raw[:MAX_STATE_BYTES])
-                kept = f"; a copy is kept in {copy}"
-            except OSError:
-                pass
+        copy = keep_aside(self.state_path, raw, MAX_STATE_BYTES)
+        kept = f"; a copy is kept in {copy}" if copy else ""
         self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
         self.rebuilt = True
         return st
