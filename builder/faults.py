@@ -157,9 +157,10 @@ def _write_userdata(vm: VM, path: str, size: int) -> tuple[str, int]:
 
 
 def line_noise(rng: random.Random) -> bytes:
-    """Random bytes as a noisy serial line makes them: XON/XOFF, control characters, escape sequences and
-    stray ESCs included. Not digits or Enter, which could spell a real menu choice."""
-    keys = set(b"123456789\r\n")
+    """Random bytes as a noisy serial line makes them: XON/XOFF, control characters and escape-sequence
+    debris. Never digits, Enter or ESC: those could spell a real choice (two ESCs are ESC ESC, "boot
+    previous", exactly as a held ESC key); recover() adds at most one stray ESC to a run of noise."""
+    keys = set(b"123456789\r\n\x1b")
     noise = bytes(b for b in rng.randbytes(rng.randint(1, 24)) if b not in keys)
     return noise + (b"\x13" if rng.random() < 0.3 else b"")  # XOFF: would stop the console's output
 
@@ -175,15 +176,19 @@ def recover(rig: Rig, disk: Path, name: str, noise: bool = False,
         try:
             if noise:
                 vm.console.expect(rb"Press ESC for the boot menu", BOOT_TIMEOUT)
-                for _ in range(20):
-                    vm.console.send(line_noise(rig.rng))
-                    time.sleep(rig.rng.uniform(0, 0.08))
+                esc_at = rig.rng.randrange(24)  # 12 bursts: half the runs get one stray ESC
+                for i in range(12):  # well inside the 2 s window
+                    vm.console.send(line_noise(rig.rng) + (b"\x1b" if i == esc_at else b""))
+                    time.sleep(rig.rng.uniform(0, 0.05))
             m = vm.console.expect(rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)", BOOT_TIMEOUT)
             if m.group(1) != b"sample-rootfs: ready":
                 logs.append(vm.console.text())
                 vm.stop()
                 return None, boot, logs
             vm.console.expect(PROMPT, 30)
+            if noise:  # whatever noise reached the image's shell: run it away as one (failing) command line
+                vm.console.send(b"\x15\n")
+                vm.console.expect(PROMPT, 30)
             logs.append(vm.console.text())
             return vm, boot, logs
         except ConsoleTimeout:
