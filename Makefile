@@ -31,7 +31,8 @@ DEMO := build/demo/$(BOARD)
 # the kernel, our initramfs and cmdline.txt; QEMU then boots that disk the way firmware would.
 demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot sample-rootfs --board $(BOARD) -o $(DEMO)/rootfs
-	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 --confirm-boots --sign $(SIGN) -o $(DEMO)/app-1.0.0.bank
+	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 --confirm-boots --persist /etc --persist /var \
+		--persist /root --sign $(SIGN) -o $(DEMO)/app-1.0.0.bank
 	$(VENV)/bankboot disk --board $(BOARD) --image $(DEMO)/app-1.0.0.bank --initramfs $(INITRAMFS) \
 		--size 512M -o $(DEMO)/disk.img
 	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img

@@ -64,12 +64,12 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
 
     from builder.disk import build_disk
     from builder.image import build_image
-    from builder.samplerootfs import build_sample_rootfs
+    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
     from qemu.vm import VM
 
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-big", version="1.1.0")
     (rootfs / "payload").write_bytes(os.urandom(32 << 20))  # incompressible: squashfs stays 32 MB
-    build_image(rootfs, "1.1.0", out / "big.bank", sign_key=key)
+    build_image(rootfs, "1.1.0", out / "big.bank", sign_key=key, persist=SAMPLE_PERSIST)
     disk = out / "disk-verify.img"
     # The update travels on the userdata partition: SD-card boards have no second disk.
     build_disk(board, out / "sample.bank", disk, 256 << 20, initrd, userdata_size=96 << 20,
@@ -100,13 +100,13 @@ def run_bench(board: Board, runs: int = 3) -> int:
     from builder.image import build_image
     from builder.initramfs import TrustPolicy
     from builder.keys import keygen
-    from builder.samplerootfs import build_sample_rootfs
+    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
     key = out / "bench"
     if not key.with_suffix(".key").exists():
         keygen(key, "bankboot bench")
     rootfs = build_sample_rootfs(board.arch, out / "rootfs")
-    build_image(rootfs, "1.0.0", out / "sample.bank", sign_key=key.with_suffix(".key"))
+    build_image(rootfs, "1.0.0", out / "sample.bank", sign_key=key.with_suffix(".key"), persist=SAMPLE_PERSIST)
     policy = TrustPolicy(keys=(key.with_suffix(".pub"),))
     rows = []
     for kind in ("frozen", "busybox-sh"):

@@ -48,6 +48,7 @@ class Board:
     serial_index: int = 0  # which QEMU -serial is the console (raspi: 1, the mini-UART)
     rescue: str = "reboot"  # when no image boots: reboot and try again (field devices), or a shell
     unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
+    sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
     extra: dict = field(default_factory=dict, compare=False)
 
     def disk_args(self, path: Path, index: int) -> list[str]:
@@ -137,6 +138,9 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
     unconfirmed = _get(data, path, "boot.unconfirmed_boots", int, 3)
     if not 1 <= unconfirmed <= 100:
         raise BoardError(f"{path}: boot.unconfirmed_boots must be from 1 to 100, not {unconfirmed}")
+    sealed = _get(data, path, "boot.sealed", bool, False)
+    if sealed and "rescue" in data.get("boot", {}) and rescue != "reboot":
+        raise BoardError(f"{path}: boot.sealed = true has no rescue shell; boot.rescue must be reboot (or unset)")
     return Board(
         name=name,
         path=path,
@@ -158,5 +162,6 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         serial_index=_get(data, path, "qemu.serial_index", int, 0),
         rescue=rescue,
         unconfirmed_boots=unconfirmed,
+        sealed=sealed,
         extra=data,
     )

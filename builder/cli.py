@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else default_initramfs_path(board.name)
     keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
     policy = TrustPolicy(keys, args.insecure_allow_unsigned, args.allow_downgrade)
+    if args.sealed:
+        board = dataclasses.replace(board, sealed=True)
     if args.insecure_allow_unsigned:
         print("WARNING: this initramfs accepts UNSIGNED images (--insecure-allow-unsigned): development only",
               file=sys.stderr)
@@ -65,10 +68,13 @@ def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
-                    sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots)
+                    sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
+                    persist=args.persist or None)
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
+    sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
+        "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
     print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}), squashfs {_human(m['size'])} "
-          f"sha256 {m['sha256']}, {signed}")
+          f"sha256 {m['sha256']}, {signed}, {sealed}")
     return 0
 
 
@@ -154,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also accept unsigned images (development only; bankctl status says so loudly)")
     i.add_argument("--allow-downgrade", action="store_true",
                    help="let `bankctl stage --allow-downgrade` install versions below the anti-rollback floor")
+    i.add_argument("--sealed", action="store_true",
+                   help="a field build: no rescue shell, init= and unknown bankboot.* options ignored, the "
+                        "console menu offers only signed images above the floor (board key boot.sealed)")
     i.set_defaults(func=cmd_initramfs)
 
     q = sub.add_parser("qemu", help="boot a board in QEMU on this terminal (Ctrl-A x quits)")
@@ -172,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
     im.add_argument("--confirm-boots", action="store_true",
                     help="the image runs `bankctl boot-ok` once up; boots without it count towards a fallback")
+    im.add_argument("--persist", action="append", default=[], metavar="DIR",
+                    help="a directory whose changes are kept (repeatable); with any, the image is sealed: "
+                         "everything else is the verified squashfs under a tmpfs, reset at every boot")
     im.add_argument("-o", "--output", required=True)
     im.set_defaults(func=cmd_image)
 

@@ -24,6 +24,7 @@ from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
+from overlay_layout.state import Banks
 
 MiB = 1 << 20
 BOOT_SIZE = 64 * MiB
@@ -132,7 +133,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         extract_image(bank, Path(lay.image_dir(image_id)))
         Path(lay.manifest_path(image_id)).write_bytes(dump_manifest(manifest))
         lay.prepare_image_dirs(image_id)
-        lay.set_pointer("current", image_id)
+        Banks(str(stage)).install_first(image_id)  # current, and the anti-rollback floors from the start
         banks = tmp / "banks.ext4"
         _mkfs_ext4(banks, layout.parts[1][1], BANKS_LABEL, stage)
         # p3: userdata

@@ -91,6 +91,19 @@ def replace_file(part: Path, path: str, data: bytes) -> None:
         raise FaultError(f"{path} on {part} did not take the new content")
 
 
+def plant_file(part: Path, path: str, data: bytes, mode: int = 0o755) -> None:
+    """Write a new file, with its missing parent directories, as someone holding the card would."""
+    parts = path.strip("/").split("/")
+    dirs = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        debugfs(part, *[f"mkdir {d}" for d in dirs], f"rm {path}", f"write {f.name} {path}",
+                f"sif {path} mode 0{0o100000 | mode:o}")
+    if read_file(part, path) != data:
+        raise FaultError(f"{path} on {part} was not planted")
+
+
 def pointer(part: Path, name: str) -> str:
     out = debugfs(part, f"stat overlay/{name}")
     for line in out.splitlines():

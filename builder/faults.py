@@ -27,7 +27,7 @@ BOOT_TIMEOUT = 90.0
 UP = rb"sample-rootfs: ready"
 PROMPT = r"\(sample\) / # "
 POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
-DISK_CLASSES = ("full", "full-kit-missing", "state-garbage", "state-empty", "state-shape", "state-huge",
+DISK_CLASSES = ("full", "kit-planted", "state-garbage", "state-empty", "state-shape", "state-huge",
                 "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle",
                 "manifest-deleted", "userdata-wiped", "serial-noise")
 TRIES = 3
@@ -65,7 +65,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
     from builder.keys import keygen
-    from builder.samplerootfs import build_sample_rootfs
+    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
     out.mkdir(parents=True, exist_ok=True)
     rig = Rig(board, out, rng)
@@ -80,7 +80,8 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
         if name == "big":  # 64 MB that does not compress: the stage takes a while, cuts land inside it
             (rootfs / "var/payload").write_bytes(random.Random(1).randbytes(64 << 20))
-        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=key.with_suffix(".key"), confirm_boots=True)
+        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=key.with_suffix(".key"), confirm_boots=True,
+                        persist=SAMPLE_PERSIST)
         rig.banks[name], rig.ids[name] = out / f"{name}.bank", m["id"]
     fresh = out / "fresh.img"
     build_disk(board, rig.banks["base"], fresh, 384 << 20, initrd)
@@ -333,14 +334,13 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
             current = faultdisk.pointer(part, "current")
             if fault == "full":
                 detail = f"{faultdisk.fill(part)} free blocks allocated"
-            elif fault == "full-kit-missing":
-                # As after a new initramfs: the boot must install bankctl, and there is no room for it.
-                utils = f"overlay/{current}/utils"
-                kits = [n for n in faultdisk.debugfs(part, f"ls {utils}").split() if n.startswith("bankboot-")]
-                for kit in kits:
-                    faultdisk.debugfs(part, f"unlink {utils}/{kit}")
-                detail = f"bankctl kit unlinked, then {faultdisk.fill(part)} free blocks allocated"
-                must = (("readlink /run/bankboot/kit", "/run/bankboot/volatile-kit/"),)
+            elif fault == "kit-planted":
+                # Where older builds kept bankctl's kit: a planted one must be removed, never run.
+                kit = f"overlay/{current}/utils/bankboot-planted"
+                faultdisk.plant_file(part, f"{kit}/init", b"#!/bin/sh\necho PLANTED-KIT-RAN > /dev/console\n")
+                detail = f"{kit}/init planted"
+                must = (("grep -c ' /run/bankboot/kit [^ ]* ro,' /proc/mounts", "1"),
+                        ("ls /run/bankboot/banks/overlay/*/utils/ | grep -c planted", "0"))
             elif fault.startswith("state-"):
                 data = {"state-garbage": rig.rng.randbytes(300), "state-empty": b"",
                         "state-shape": b'{"format": 1, "images": {"x": [1]}, "reset": 7, "floor": 1}',

@@ -21,8 +21,8 @@ from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.initramfs import write_atomic
 from initfs.version import VERSION
-from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, check_id
-from overlay_layout.manifest import FORMAT, dump_manifest, parse_manifest
+from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
+from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
 _ARCH_BY_MACHINE = {(a.elf_machine, a.elf_class): a.debian for a in ARCHES.values()}
@@ -48,6 +48,25 @@ def rootfs_arch(rootfs: Path) -> str:
     except KeyError:
         raise ImageError(f"{rootfs}/sbin/init is {info.machine} ({info.elfclass}-bit), not an architecture "
                          f"bankboot knows") from None
+
+
+def check_persist_paths(rootfs: Path, persist: list[str]) -> list[str]:
+    """The persistence policy against the rootfs: each path a real directory of the image (its lower layer),
+    none holding the image's init."""
+    try:
+        paths = check_persist(list(persist), "--persist")
+    except LayoutError as e:
+        raise ImageError(str(e)) from None
+    init = resolve_in_root(rootfs, "/sbin/init")
+    for p in paths:
+        d = rootfs / p.lstrip("/")
+        if d.is_symlink() or not d.is_dir():
+            raise ImageError(f"--persist {p}: {d} is not a directory in the rootfs (a persistent path is mounted "
+                             f"over the image's own directory; create it, even empty)")
+        if init == p or init.startswith(p + "/"):
+            raise ImageError(f"--persist {p}: the image's init {init} is inside it; it must come from the "
+                             f"signed image")
+    return paths
 
 
 def make_squashfs(rootfs: Path, output: Path) -> None:
@@ -92,9 +111,13 @@ def sha256_file(path: Path) -> str:
 
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
-                sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False) -> dict:
+                sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
+                persist: list[str] | None = None) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
-    that many times in a row without one (the board's limit) falls back to the previous image."""
+    that many times in a row without one (the board's limit) falls back to the previous image.
+    persist: the image's persistence policy (a sealed image): only these directories keep changes on the
+    banks partition; the rest of the root is the verified squashfs under a tmpfs. None: the whole root
+    keeps changes (unsealed)."""
     if not rootfs.is_dir():
         raise ImageError(f"rootfs {rootfs} is not a directory")
     try:
@@ -104,6 +127,7 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
     except TrustError as e:
         raise ImageError(str(e)) from None
     arch = rootfs_arch(rootfs)
+    paths = check_persist_paths(rootfs, persist) if persist else None
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS
         make_squashfs(rootfs, sq)
@@ -123,6 +147,8 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
         }
         if confirm_boots:
             manifest["confirm_boots"] = True
+        if paths:
+            manifest["persist"] = paths
         if seed is not None:
             manifest = sign_manifest(manifest, seed)
         data = dump_manifest(manifest)

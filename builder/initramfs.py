@@ -74,10 +74,12 @@ def runner_for(sysroot_or_arch) -> list[str]:
     return [] if is_native(arch) else [shutil.which(arch.qemu_user) or arch.qemu_user]
 
 
-def add_busybox(tree: FsTree, board: Board) -> None:
+def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
+    """links=False (sealed builds): busybox without its applet links, so no `rdinit=/bin/sh` on a changed
+    kernel command line finds a shell in the initramfs."""
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for rel, target in busybox_links(busybox, runner_for(board.arch)):
+    for rel, target in busybox_links(busybox, runner_for(board.arch)) if links else ():
         tree.add_symlink(rel, target)
 
 
@@ -173,7 +175,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # Python reads random bytes for hash randomisation before the init mounts devtmpfs; where the kernel's
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
-    add_busybox(tree, board)
+    add_busybox(tree, board, links=not (board.sealed and init == "frozen"))
     add_modules(tree, kernel, board.modules)
     extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}
     if init == "frozen":
@@ -182,7 +184,8 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
                 "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
-                "rescue": board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots), **extra}
+                "rescue": "reboot" if board.sealed else board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots),
+                "sealed": "yes" if board.sealed else "no", **extra}
     conf = "".join(f"{k}={v}\n" for k, v in settings.items())
     tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
     return tree, kernel

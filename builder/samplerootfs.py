@@ -50,6 +50,10 @@ fi
 echo "sample-rootfs: ready"
 """
 
+# The sample image's persistence policy (bankboot image --persist): its configuration, state and root's
+# home keep changes; everything else is the signed squashfs, reset at every boot.
+SAMPLE_PERSIST = ["/etc", "/var", "/root"]
+
 PROFILE = """\
 export PS1='(sample) \\w # '
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/run/bankboot/bin

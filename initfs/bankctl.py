@@ -18,7 +18,7 @@ from overlay_layout import bootlog
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
 from overlay_layout.policy import DEFAULT_UNCONFIRMED_LIMIT
-from overlay_layout.stage import DEFAULT_RESERVE, StageError, stage
+from overlay_layout.stage import StageError, stage
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
@@ -29,9 +29,17 @@ def banks_root() -> str:
     return os.environ.get("BANKBOOT_BANKS", "/run/bankboot/banks")
 
 
+def kit_root() -> str:
+    """The root of the kit this bankctl runs from: the initramfs, read-only on /run/bankboot/kit. Taken from
+    where the frozen program itself lives (PyInstaller's bundle directory), never from the environment or a
+    writable file, so the trust policy below is the one the device booted with."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    return os.path.dirname(bundle) if bundle else "/"
+
+
 def policy() -> Policy:
-    """The trust settings of the initramfs this bankctl came from (its kit carries /etc/bankboot)."""
-    return Policy.load(os.path.join(os.environ.get("BANKBOOT_KIT", "/"), "etc/bankboot"))
+    """The trust settings of the initramfs this bankctl came from (its /etc/bankboot)."""
+    return Policy.load(os.path.join(kit_root(), "etc/bankboot"))
 
 
 def booted_info() -> dict:
@@ -45,7 +53,7 @@ def booted_info() -> dict:
 
 def unconfirmed_limit() -> int:
     """The board's limit, from the initramfs.conf in the kit this bankctl came from."""
-    path = os.path.join(os.environ.get("BANKBOOT_KIT", "/"), "etc/bankboot/initramfs.conf")
+    path = os.path.join(kit_root(), "etc/bankboot/initramfs.conf")
     try:
         with open(path) as f:
             for line in f:
@@ -64,7 +72,16 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
     pol = policy()
     status["trust"] = {"keys": sorted(pol.keys), "unsigned_allowed": pol.allow_unsigned,
-                       "downgrade_allowed": pol.allow_downgrade, "floor": status["floor"]}
+                       "downgrade_allowed": pol.allow_downgrade, "floor": status["floor"],
+                       "boot_floor": status["boot_floor"], "sealed_build": pol.sealed}
+    running = status["booted"].get("image")
+    for img in status["images"]:
+        if img["id"] == running and not img["sealed"]:
+            status["warnings"].append(f"the running image {running} is UNSEALED: its whole root keeps changes on "
+                                      f"the banks partition, programs included (bankboot image --persist seals it)")
+    if not pol.sealed:
+        status["warnings"].append("development build of bankboot (unsealed): init= is obeyed and a failed boot can "
+                                  "give a root shell (bankboot initramfs --sealed for devices you ship)")
     for w in status["booted"].get("warnings", []):
         if w not in status["warnings"]:
             status["warnings"].append(f"at boot: {w}")
@@ -79,18 +96,21 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
         print(f"booted: {b.get('image')} ({b.get('why')})")
         for t in b.get("tried", []):
             print(f"  not booted this time: {t['image']} ({t['why']}): {t['error']}")
-    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<7} {'TRIES':>5}  POINTERS")
+    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<7} {'TRIES':>5}  {'SEALED':<8} POINTERS")
     for img in status["images"]:
         tries = "" if img["tries"] is None or img["state"] != TRIAL else str(img["tries"])
         extra = f"  ({img['reason']})" if img.get("reason") else ""
         extra += "  (reset at next boot)" if img.get("reset_pending") else ""
         extra += f"  ({img['unconfirmed_boots']} unconfirmed boots)" if img.get("unconfirmed_boots") else ""
-        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  "
+        sealed = "yes" if img["sealed"] else "NO"
+        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} "
               f"{','.join(img['pointers'])}{extra}")
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")
     t = status["trust"]
-    print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'}")
+    print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'} "
+          f"(boots nothing below {t['boot_floor'] or 'none'}); "
+          f"{'sealed' if t['sealed_build'] else 'development'} build")
     for w in status["warnings"]:
         print(f"WARNING: {w}" if "UNSIGNED" in w else f"warning: {w}")
     return EXIT_OK
@@ -115,12 +135,8 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
-    from overlay_layout.stage import tree_size
-
-    kit = os.environ.get("BANKBOOT_KIT")
-    reserve = tree_size(kit) + (1 << 20) if kit and os.path.isdir(kit) else DEFAULT_RESERVE
     m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
-              allow_downgrade=args.allow_downgrade, reserve=reserve, booted=booted_info().get("image"))
+              allow_downgrade=args.allow_downgrade, booted=booted_info().get("image"))
     print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "
           f"tries; reboot to try it")
     return EXIT_OK

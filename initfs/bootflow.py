@@ -3,7 +3,7 @@ them: mount one's squashfs read-only (verified) under an overlay with its upper/
 self-test a trial; any failure moves to the next candidate. Then /userdata, and the hand-over.
 
 Writes to the banks partition never stop a boot: a full, read-only or failing partition is a warning,
-and the boot goes on with the state in memory (an upper on tmpfs if need be, the kit on /run)."""
+and the boot goes on with the state in memory (an upper on tmpfs if need be)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from initfs import log
 from initfs.blockdev import wait_for_device
 from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
+from overlay_layout import durable
 from overlay_layout.layout import Layout
 
 RUN = "/run/bankboot"
@@ -61,7 +62,19 @@ def mount_banks(opts: Options) -> Layout:
     return Layout(BANKS)
 
 
-def menu_selection(opts: Options, banks, limit: int) -> tuple[str | None, str]:
+def menu_entries(banks, limit: int, config: dict[str, str]) -> list[dict]:
+    """What the console menu offers: images signed by a key this initramfs trusts (unless it accepts unsigned
+    ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
+    try:
+        trusted = {n.removesuffix(".pub") for n in os.listdir("/etc/bankboot/trust") if n.endswith(".pub")}
+    except OSError:
+        trusted = set()
+    unsigned_ok = config.get("unsigned") == "allowed"
+    return [e for e in banks.status(limit)["images"] if not e["below_floor"]
+            and (unsigned_ok or banks.manifest(e["id"]).get("key") in trusted)]
+
+
+def menu_selection(opts: Options, banks, limit: int, config: dict[str, str]) -> tuple[str | None, str]:
     """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
     select = opts.get("bankboot.select")
     if select:
@@ -75,7 +88,7 @@ def menu_selection(opts: Options, banks, limit: int) -> tuple[str | None, str]:
     last: dict[str, str] = {}
     for r in bootlog.read_log(banks.root):
         last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
-    entries = banks.status(limit)["images"]
+    entries = menu_entries(banks, limit, config)
     for e in entries:
         e["last_boot"] = last.get(e["id"])
     with log.step("console prompt"):
@@ -133,7 +146,23 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _volatile(image: str) -> tuple[str, str]:
+    """An upper and work directory for `image` on a tmpfs (VOLATILE), fresh for this candidate."""
+    os.makedirs(VOLATILE, exist_ok=True)
+    if not os.path.ismount(VOLATILE):
+        mount("tmpfs", VOLATILE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    base = f"{VOLATILE}/{image}"
+    durable.remove_tree_quietly(base)
+    for d in ("upper", "work"):
+        os.makedirs(f"{base}/{d}", exist_ok=True)
+    return f"{base}/upper", f"{base}/work"
+
+
 def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
+    """The image's verified squashfs under an overlay on NEWROOT. A sealed image (its signed manifest has a
+    persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
+    its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
+    upper from the banks partition."""
     from initfs.loop import attach_readonly
 
     layout.check_image(image)
@@ -145,7 +174,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
             from initfs.dmverity import VerityError, open_verity
 
             try:
-                dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest["verity"]), None
+                dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
             except VerityError as e:
                 raise BootError(f"dm-verity: {e}") from None
         elif "signature" in manifest:
@@ -162,6 +191,10 @@ def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
                 os.close(fd)
     os.makedirs(NEWROOT, exist_ok=True)
     with log.step("mount overlay"):
+        if "persist" in manifest:
+            upper, work = _volatile(image)
+            mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
+            return manifest
         try:
             layout.prepare_image_dirs(image)
             upper, work = layout.sub(image, "upper"), layout.sub(image, "work")
@@ -170,14 +203,30 @@ def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
             # The banks partition cannot hold the upper (read-only, full, damaged): changes go to memory.
             log.error(f"image {image}: its overlay upper on the banks partition cannot be used ({e.strerror}); "
                       f"changes made in this boot will not persist")
-            os.makedirs(VOLATILE, exist_ok=True)
-            if not os.path.ismount(VOLATILE):
-                mount("tmpfs", VOLATILE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-            for d in ("upper", "work"):
-                os.makedirs(f"{VOLATILE}/{d}", exist_ok=True)
-            mount("overlay", NEWROOT, "overlay", 0,
-                  f"lowerdir={LOWER},upperdir={VOLATILE}/upper,workdir={VOLATILE}/work")
+            upper, work = _volatile(image)
+            mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
     return manifest
+
+
+def mount_persistent(layout: Layout, image: str, persist: list[str]) -> None:
+    """A sealed image's persistent paths, each an overlay of the image's own directory with an upper of its
+    own under overlay/<id>/upper/<path>. Nothing else on the banks partition is ever seen by the image."""
+    for path in persist:
+        rel = path.lstrip("/")
+        target = f"{NEWROOT}/{rel}"
+        if os.path.islink(f"{LOWER}/{rel}") or not os.path.isdir(f"{LOWER}/{rel}") or os.path.islink(target):
+            raise BootError(f"persistent path {path} is not a directory in the image")
+        lower = f"{LOWER}/{rel}"
+        try:
+            upper, work = f"{layout.sub(image, 'upper')}/{rel}", f"{layout.sub(image, 'work')}/{rel}"
+            durable.make_dirs(upper)
+            durable.make_dirs(work)
+            mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+        except OSError as e:
+            log.error(f"image {image}: the upper of its persistent path {path} on the banks partition cannot be "
+                      f"used ({e.strerror}); changes made there in this boot will not persist")
+            upper, work = _volatile(f"{image}.{rel.replace('/', '.')}")
+            mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
 
 
 def mount_userdata(opts: Options, layout: Layout) -> str:
@@ -218,7 +267,7 @@ def release_image(image: str) -> None:
     from initfs.dmverity import close_verity
     from initfs.syscalls import MNT_DETACH, umount
 
-    for target in (NEWROOT, LOWER):
+    for target in [*_mounts_under(NEWROOT), LOWER]:
         if os.path.ismount(target):
             try:
                 umount(target)
@@ -232,23 +281,48 @@ def release_image(image: str) -> None:
         close_verity(f"bankboot-{image}")
     except Exception as e:
         log.error(f"cannot remove the dm-verity mapping of {image}: {e}")
+    durable.remove_tree_quietly(f"{VOLATILE}/{image}")
 
 
-def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: dict[str, str]) -> dict:
+def _mounts_under(top: str) -> list[str]:
+    """Mount points at or under `top`, deepest first."""
+    try:
+        with open("/proc/self/mounts") as f:
+            targets = [line.split()[1] for line in f if len(line.split()) > 1]
+    except OSError:
+        targets = []
+    under = {t for t in targets if t == top or t.startswith(top + "/")} | {top}
+    return sorted(under, key=lambda t: t.count("/"), reverse=True)
+
+
+def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: dict[str, str],
+            boot_floor: str | None = None) -> dict:
     """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
     from initfs.preflight import preflight
     from initfs.selftest import self_test
+    from overlay_layout.policy import below_floor
 
     manifest = mount_image(layout, image, full_check=trial)
+    if below_floor(manifest["version"], boot_floor):  # the signed version, checked again after the plan
+        raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
+    persist = manifest.get("persist")
     with log.step("preflight"):
         n = preflight(NEWROOT, init)
     log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
-    result = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True}
+    result = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True,
+              "sealed": persist is not None, "persist": persist}
     if trial:
         with log.step("self-test"):
             result["selftest"] = self_test(NEWROOT, config.get("image_modules") == "yes",
                                            opts.get("bankboot.selftest_timeout"))
         log.log(f"self-test of {image}: {result['selftest']}")
+    if persist is not None:
+        with log.step("mount persistent paths"):
+            mount_persistent(layout, image, persist)
+        log.log(f"image {image} is sealed: only {' '.join(persist)} keep changes")
+    else:
+        log.log(f"image {image} is UNSEALED: its whole root keeps changes on the banks partition, including "
+                f"programs (bankboot image --persist DIR seals it)")
     return result
 
 
@@ -274,7 +348,7 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
     limit = opts.get("bankboot.unconfirmed_boots") or _config_int(config, "unconfirmed_boots", 3)
     try:
-        select, how = menu_selection(opts, banks, limit)
+        select, how = menu_selection(opts, banks, limit, config)
     except Exception as e:  # the prompt is a convenience: it must never stop a boot
         log.error(f"console prompt failed ({e}); booting as planned")
         select, how = None, ""
@@ -289,7 +363,7 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
         if done:
             log.log(f"{cand.image}: {done}")
         try:
-            prepared = prepare(layout, cand.image, init, cand.trial, opts, config)
+            prepared = prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor)
         except Exception as e:
             from initfs.selftest import SelfTestError
 
@@ -310,7 +384,7 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     import json
     import time
 
-    from initfs.kit import install_kit
+    from initfs.kit import expose_kit, read_kit_list, remove_old_kits
     from initfs.rescue import give_up
     from initfs.switchroot import switch_root
     from overlay_layout import bootlog
@@ -330,12 +404,15 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     image, trial = cand.image, cand.trial
     record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
                     "trial": trial, "selftest": prepared.get("selftest", "not run (not a trial)"),
-                    "outcome": "trial not confirmed" if trial else "booted"}
+                    "outcome": "trial not confirmed" if trial else "booted", "sealed": prepared.get("sealed"),
+                    "build": "sealed" if config.get("sealed") == "yes" else "development (unsealed)"}
     if tried:
         record["fallback_from"] = {"image": tried[0]["image"], "reason": tried[0]["error"]}
         record["tried"] = tried
-    if plan.notes:
-        record["notes"] = "; ".join(plan.notes)
+    removed = _quietly("removing kits from the banks partition", remove_old_kits, layout, layout.images()) or []
+    notes = plan.notes + [f"removed {p} (a bankctl kit on the banks partition is never run)" for p in removed]
+    if notes:
+        record["notes"] = "; ".join(notes)
     unconfirmed = None
     if not trial and prepared.get("confirm_boots"):
         unconfirmed = _quietly("counting this boot", banks.record_boot, image)
@@ -349,12 +426,15 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     with open(f"{RUN}/booted", "w") as f:
         json.dump({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
                    "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
-                   "tried": tried, "warnings": banks.warnings}, f)
-    with log.step("install bankctl"):
-        _quietly("installing bankctl", install_kit, layout, image, config)
+                   "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
+                   "build": record["build"], "tried": tried, "warnings": banks.warnings}, f)
+    keep: list[str] = []
+    with log.step("bankctl from the initramfs"):
+        if _quietly("mounting the bankctl kit", expose_kit, config):
+            keep = _quietly("reading the kit list", read_kit_list) or []
     log_warnings: list[str] = []
     _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)
     for w in log_warnings:
         log.error(w)
     mount_userdata(opts, layout)
-    switch_root(NEWROOT, init, argv)
+    switch_root(NEWROOT, init, argv, keep)

@@ -45,14 +45,20 @@ def _devno(path: str) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def open_verity(name: str, data: str, hashes: str, verity: dict) -> str:
+def open_verity(name: str, data: str, hashes: str, manifest: dict) -> str:
     """Map `data` (the squashfs file) through dm-verity with the hash tree in `hashes`; returns the
-    /dev/dm-N path to mount read-only."""
-    block = int(verity.get("data_block_size", 4096))
-    hash_block = int(verity.get("hash_block_size", 4096))
-    size = os.stat(data).st_size
+    /dev/dm-N path to mount read-only. Every number comes from the signed manifest (parse_manifest bounds
+    them) and is checked against the files first: the mapping covers exactly the signed size, so bytes
+    appended to the file are never read, and a short file is refused here rather than failing later."""
+    verity = manifest["verity"]
+    block, hash_block, size = verity["data_block_size"], verity["hash_block_size"], manifest["size"]
     if size % block:
-        raise VerityError(f"{data}: {size} bytes is not a whole number of {block}-byte verity blocks")
+        raise VerityError(f"the signed size {size} is not a whole number of {block}-byte verity blocks")
+    for path, want in ((data, size), (hashes, verity["size"])):
+        have = os.stat(path).st_size
+        if have < want:
+            raise VerityError(f"{path} is {have} bytes, shorter than the {want} the signed manifest says: "
+                              f"truncated")
     blocks = size // block
     data_dev, data_fd = attach_readonly(data)
     try:
@@ -62,7 +68,7 @@ def open_verity(name: str, data: str, hashes: str, verity: dict) -> str:
         raise
     try:
         params = (f"1 {_devno(data_dev)} {_devno(hash_dev)} {block} {hash_block} {blocks} 0 "
-                  f"{verity.get('hash_algorithm', 'sha256')} {verity['root_hash']} {verity['salt'] or '-'}")
+                  f"{verity['hash_algorithm']} {verity['root_hash']} {verity['salt'] or '-'}")
         out = _ioctl(DM_DEV_CREATE, _header(name), "create")
         dev = _DM.unpack(out)[9]
         p = params.encode() + b"\0"

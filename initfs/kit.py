@@ -1,101 +1,83 @@
-"""bankctl in the booted system. The frozen program (this one) is copied once per build from the
-initramfs into the booted image's utils/ on the banks partition, with the libraries and ld.so it needs and
-a static busybox, so it runs in any image, even one without a libc or with another one:
+"""bankctl in the booted system runs from the initramfs itself, never from a copy on the banks partition.
 
-    /run/bankboot/kit          -> banks/overlay/<image>/utils/bankboot-<build>
+Before the hand-over the init bind-mounts the initramfs read-only on /run/bankboot/kit, and switch_root
+keeps the kit's files (the list the builder wrote in /etc/bankboot/kit: the frozen program, its libraries,
+ld.so, busybox, /etc/bankboot with the trusted keys and initramfs.conf) when it frees the rest. So the kit
+is exactly what the bootloader loaded, in RAM: nothing on the banks partition can swap it or the trust
+policy bankctl obeys, and there is nothing to copy or check on any boot.
+
+    /run/bankboot/kit          the initramfs, read-only (kit files only)
     /run/bankboot/bin/busybox  -> ../kit/bin/busybox
     /run/bankboot/bin/bankctl     a busybox sh script that runs the kit's init through the kit's ld.so
-"""
+
+Kits that older bankboot builds copied into overlay/<image>/utils/bankboot-* are removed at boot (each
+removal logged): bankctl never runs them."""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 from initfs import log
+from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
 from overlay_layout import durable
 from overlay_layout.layout import Layout
 
 KIT_LIST = "/etc/bankboot/kit"
 RUN = "/run/bankboot"
+OLD_KIT_PREFIX = "bankboot-"
 
 
-def _copy(src: str, dst: str, sync: bool = True) -> None:
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-    elif os.path.isdir(src):
-        os.mkdir(dst)
-        for name in sorted(os.listdir(src)):
-            _copy(f"{src}/{name}", f"{dst}/{name}", sync)
-    else:
-        if sync:
-            durable.checkpoint(f"copy {dst}")
-        with open(src, "rb") as fi, open(dst, "wb") as fo:
-            shutil.copyfileobj(fi, fo, 1 << 20)
-            fo.flush()
-            if sync:
-                os.fsync(fo.fileno())
-        os.chmod(dst, os.stat(src).st_mode & 0o7777)
-
-
-def install_kit(layout: Layout, image: str, config: dict[str, str], source: str = "/", run: str = RUN) -> str:
-    """The kit in the image's utils/ (once per build). When the banks partition cannot take it (full,
-    read-only, I/O error), a copy on /run (tmpfs) serves this boot, so bankctl still works: a trial can
-    still commit itself, and `bankctl gc` can make room."""
-    build = config.get("build", "unknown")
-    utils = layout.sub(image, "utils")
-    dest = f"{utils}/bankboot-{build}"
-    if not os.path.isdir(dest):
-        try:
-            _install(source, utils, dest)
-        except OSError as e:
-            durable.remove_tree_quietly(f"{dest}.tmp")
-            log.error(f"cannot install bankctl in {utils} ({e.strerror}); using a copy in memory for this boot")
-            dest = f"{run}/volatile-kit/bankboot-{build}"
-            _install(source, os.path.dirname(dest), dest, durable_copy=False)
-        for old in os.listdir(utils) if dest.startswith(utils) else []:
-            if old.startswith("bankboot-") and f"{utils}/{old}" != dest:
-                durable.remove_tree_quietly(f"{utils}/{old}")
-        log.log(f"installed bankctl for build {build} in {dest}")
-    _link(dest, config, run)
-    return dest
-
-
-def _install(source: str, parent: str, dest: str, durable_copy: bool = True) -> None:
-    """Copy the kit (the files KIT_LIST names, from the initramfs at `source`) to `dest`, via a temp
-    directory renamed into place: a kit under its final name is always complete."""
+def read_kit_list(source: str = "/") -> list[str]:
+    """The kit's paths, relative to the initramfs root."""
     with open(os.path.join(source, KIT_LIST.lstrip("/"))) as f:
-        paths = [line.strip() for line in f if line.strip()]
-    if durable_copy:
-        durable.make_dirs(parent)
-    else:
-        os.makedirs(parent, exist_ok=True)
-    tmp = f"{dest}.tmp"
-    durable.remove_tree(tmp)
-    os.mkdir(tmp)
-    for rel in paths:
-        os.makedirs(os.path.dirname(f"{tmp}/{rel}"), exist_ok=True)
-        _copy(os.path.join(source, rel), f"{tmp}/{rel}", durable_copy)
-    if durable_copy:
-        for dirpath, _, _ in os.walk(tmp):
-            durable.fsync_dir(dirpath)
-        durable.rename(tmp, dest)
-    else:
-        os.rename(tmp, dest)
+        return [line.strip().strip("/") for line in f if line.strip()]
 
 
-def _link(dest: str, config: dict[str, str], run: str = RUN) -> None:
+def expose_kit(config: dict[str, str], run: str = RUN) -> str:
+    """Bind the initramfs read-only on <run>/kit and write the bankctl launcher. Returns the kit path."""
+    kit = f"{run}/kit"
+    os.makedirs(kit, exist_ok=True)
+    mount("/", kit, None, MS_BIND)
+    mount("none", kit, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    write_launcher(config, run)
+    return kit
+
+
+def remove_old_kits(layout: Layout, images: list[str]) -> list[str]:
+    """Kits on the banks partition (from older builds, or planted there): removed, never run. Returns the
+    paths removed, for the console and the boot log."""
+    removed = []
+    for image in images:
+        utils = layout.sub(image, "utils")
+        try:
+            names = os.listdir(utils)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(OLD_KIT_PREFIX):
+                durable.remove_tree(f"{utils}/{name}")
+                removed.append(f"{utils}/{name}")
+        if removed:
+            durable.fsync_dir(utils)
+    for path in removed:
+        log.log(f"removed {path}: a bankctl kit on the banks partition is never run (bankctl runs from the "
+                f"initramfs)")
+    return removed
+
+
+def write_launcher(config: dict[str, str], run: str = RUN) -> None:
     os.makedirs(f"{run}/bin", exist_ok=True)
-    for path, target in ((f"{run}/kit", dest), (f"{run}/bin/busybox", "../kit/bin/busybox")):
-        if os.path.lexists(path):
-            os.unlink(path)
-        os.symlink(target, path)
+    busybox = f"{run}/bin/busybox"
+    if os.path.lexists(busybox):
+        os.unlink(busybox)
+    os.symlink("../kit/bin/busybox", busybox)
     interp = config.get("interp", "/lib/ld-linux-aarch64.so.1")
     libdirs = ":".join(f"$k{d}" for d in config.get("libdirs", "/lib").split(":"))
     # LD_LIBRARY_PATH, not ld.so --library-path: PyInstaller's bootloader re-execs itself and the
-    # environment is what survives that.
-    script = (f"#!{RUN}/bin/busybox sh\n# bankctl: bankboot's frozen program from the kit, through the kit's ld.so.\n"
-              f"k={RUN}/kit\nexport BANKBOOT_ENTRY=bankctl BANKBOOT_KIT=$k LD_LIBRARY_PATH=\"{libdirs}\"\n"
+    # environment is what survives that. The trust policy is not taken from the environment: bankctl
+    # reads it from the kit it runs from (bankctl.kit_root).
+    script = (f"#!{RUN}/bin/busybox sh\n# bankctl: bankboot's frozen program from the initramfs, through its ld.so.\n"
+              f"k={RUN}/kit\nexport BANKBOOT_ENTRY=bankctl LD_LIBRARY_PATH=\"{libdirs}\"\n"
               f'exec "$k{interp}" "$k/init" "$@"\n')
     with open(f"{run}/bin/bankctl", "w") as f:
         f.write(script)

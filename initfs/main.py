@@ -52,10 +52,16 @@ def mount_early() -> None:
                 raise
 
 
+def sealed(config: dict[str, str]) -> bool:
+    return config.get("sealed") == "yes"
+
+
 def banner(config: dict[str, str]) -> None:
     u = os.uname()
     board = config.get("board", "unknown board")
-    log.log(f"bankboot {VERSION} init on Linux {u.release} ({u.machine}, board {board})")
+    kind = "sealed build" if sealed(config) else \
+        "DEVELOPMENT build (unsealed: init= is obeyed and a failed boot can give a root shell)"
+    log.log(f"bankboot {VERSION} init on Linux {u.release} ({u.machine}, board {board}), {kind}")
 
 
 def boot() -> NoReturn:
@@ -66,7 +72,7 @@ def boot() -> NoReturn:
     log.open_kmsg()
     from initfs.options import Options
 
-    opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")})
+    opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config))
     log.debug = opts.get("bankboot.debug")
     log.stepping = opts.get("bankboot.step")
     for w in opts.warnings:
@@ -105,7 +111,8 @@ def _rescue_mode() -> str:
     try:
         from initfs.options import Options
 
-        return Options(Cmdline.from_proc(), {"bankboot.rescue": read_config().get("rescue", "reboot")}) \
+        config = read_config()
+        return Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config)) \
             .get("bankboot.rescue")
     except BaseException:
         return "reboot"

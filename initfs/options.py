@@ -49,6 +49,9 @@ OPTIONS = (
     Option("bankboot.step", "flag", False, help="wait for Enter before each step"),
 )
 BY_KEY = {o.key: o for o in OPTIONS}
+# What a sealed build does not take from the command line (which sits on the boot partition, writable by
+# anyone holding the card): the program that runs as PID 1, a pause for a keypress, the rescue shell.
+SEALED_IGNORED = ("init", "bankboot.step")
 
 
 def _parse(opt: Option, raw: str | None) -> object:
@@ -71,7 +74,7 @@ def _parse(opt: Option, raw: str | None) -> object:
 class Options:
     """`opts.get("bankboot.timeout")` -> the typed value; `opts.warnings` for the console."""
 
-    def __init__(self, cmdline: Cmdline, defaults: dict[str, object] | None = None) -> None:
+    def __init__(self, cmdline: Cmdline, defaults: dict[str, object] | None = None, sealed: bool = False) -> None:
         self.values: dict[str, object] = {o.key: o.default for o in OPTIONS}
         self.values.update(defaults or {})
         self.given: set[str] = set()
@@ -82,6 +85,9 @@ class Options:
                 if key.startswith("bankboot."):
                     self.warnings.append(f"unknown option {key} on the kernel command line (ignored)"
                                          f"{_nearest(key)}")
+                continue
+            if sealed and (key in SEALED_IGNORED or (key == "bankboot.rescue" and raw != "reboot")):
+                self.warnings.append(f"{key}={raw} on the kernel command line ignored: this is a sealed build")
                 continue
             try:
                 self.values[key] = _parse(opt, raw)

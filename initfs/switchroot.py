@@ -14,11 +14,15 @@ from initfs.syscalls import MS_MOVE, mount
 HANDED_OVER = ("/dev", "/proc", "/sys", "/run")
 
 
-def _free_initramfs(root_dev: int, path: str = "/") -> int:
-    """Delete everything on the initramfs (rootfs) itself, never crossing into another filesystem.
+def _free_initramfs(root_dev: int, path: str = "/", keep: frozenset[str] = frozenset()) -> int:
+    """Delete everything on the initramfs (rootfs) itself, never crossing into another filesystem, except
+    the paths in `keep` (relative: the bankctl kit, which stays mounted read-only on /run/bankboot/kit).
     Returns bytes freed."""
     freed = 0
     for entry in os.scandir(path):
+        rel = entry.path.lstrip("/")
+        if rel in keep:
+            continue
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -26,7 +30,7 @@ def _free_initramfs(root_dev: int, path: str = "/") -> int:
         if st.st_dev != root_dev:
             continue  # a mount point (the new root): not ours to touch
         if stat.S_ISDIR(st.st_mode):
-            freed += _free_initramfs(root_dev, entry.path)
+            freed += _free_initramfs(root_dev, entry.path, keep)
             try:
                 os.rmdir(entry.path)
             except OSError:
@@ -52,13 +56,14 @@ def resolve_in(newroot: str, path: str) -> str | None:
     return None
 
 
-def switch_root(newroot: str, init: str, argv: list[str]) -> NoReturn:
+def switch_root(newroot: str, init: str, argv: list[str], keep: list[str] | None = None) -> NoReturn:
+    """keep: initramfs paths (relative) not freed, for the kit."""
     for m in HANDED_OVER:
         os.makedirs(newroot + m, exist_ok=True)
         mount(m, newroot + m, None, MS_MOVE)
     root_dev = os.lstat("/").st_dev
-    freed = _free_initramfs(root_dev)
-    log.log(f"freed {freed / 1e6:.1f} MB of initramfs; exec {init}")
+    freed = _free_initramfs(root_dev, "/", frozenset(keep or ()))
+    log.log(f"freed {freed / 1e6:.1f} MB of initramfs (kept {len(keep or ())} kit paths); exec {init}")
     os.chdir(newroot)
     mount(".", "/", None, MS_MOVE)
     os.chroot(".")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 from overlay_layout.layout import LayoutError, check_id
 
@@ -10,6 +12,35 @@ FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "c
 FORMAT = 1
 VERITY_FIELDS = {"root_hash": str, "salt": str, "hash_algorithm": str, "data_block_size": int,
                  "hash_block_size": int, "size": int, "sha256": str}
+VERITY_BLOCK_SIZES = (512, 1024, 2048, 4096)  # what dm-verity takes on every board's page size
+MAX_PERSIST = 32
+_PERSIST_RE = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
+# Paths that hold the image's init, its libraries or bankboot's own files (persisting them would let a
+# file on the banks partition shadow signed code), and the mounts the init hands over.
+NEVER_PERSIST = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/etc/bankboot", "/boot", "/proc", "/sys",
+                 "/dev", "/run")
+
+
+def check_persist(paths: object, where: str) -> list[str]:
+    """A persistence policy: absolute, normalised directory paths, none inside another, none holding signed
+    code the init relies on. Returns them sorted; LayoutError names the first one at fault."""
+    if not isinstance(paths, list) or not paths or len(paths) > MAX_PERSIST:
+        raise LayoutError(f"{where}: 'persist' must be a list of 1 to {MAX_PERSIST} absolute paths")
+    out: list[str] = []
+    for p in paths:
+        if not isinstance(p, str) or not _PERSIST_RE.match(p) or any(part in (".", "..") for part in p.split("/")):
+            raise LayoutError(f"{where}: persistent path {p!r} must be an absolute, normalised path of letters, "
+                              f"digits and . _ + @ - (not / itself)")
+        for bad in NEVER_PERSIST:
+            if p == bad or p.startswith(bad + "/") or (bad.startswith(p + "/") and bad != "/etc/bankboot"):
+                raise LayoutError(f"{where}: persistent path {p} would let files on the banks partition shadow "
+                                  f"signed code ({bad}); persist data directories such as /etc, /var or /root")
+        out.append(p)
+    out.sort()
+    for a, b in itertools.pairwise(out):
+        if a == b or b.startswith(a + "/"):
+            raise LayoutError(f"{where}: persistent paths {a} and {b} overlap; keep the outer one")
+    return out
 
 
 def parse_manifest(data: bytes, where: str) -> dict:
@@ -39,6 +70,22 @@ def parse_manifest(data: bytes, where: str) -> dict:
         for key in ("root_hash", "salt", "sha256"):
             if any(c not in "0123456789abcdef" for c in v[key]):
                 raise LayoutError(f"{where}: 'verity.{key}' must be lowercase hex")
+        # The numbers the init hands to the kernel, bounded here so a signed manifest cannot describe a
+        # mapping the files do not back (each is also checked against the files before use).
+        if v["hash_algorithm"] != "sha256" or len(v["root_hash"]) != 64 or len(v["sha256"]) != 64:
+            raise LayoutError(f"{where}: 'verity' must use sha256 with a 64-digit root hash")
+        if len(v["salt"]) % 2 or len(v["salt"]) > 512:
+            raise LayoutError(f"{where}: 'verity.salt' must be an even number of hex digits, at most 512")
+        for key in ("data_block_size", "hash_block_size"):
+            if v[key] not in VERITY_BLOCK_SIZES:
+                raise LayoutError(f"{where}: 'verity.{key}' must be one of {VERITY_BLOCK_SIZES}, not {v[key]}")
+        if m["size"] % v["data_block_size"]:
+            raise LayoutError(f"{where}: 'size' {m['size']} is not a whole number of "
+                              f"{v['data_block_size']}-byte verity blocks")
+        if v["size"] <= 0:
+            raise LayoutError(f"{where}: 'verity.size' must be positive")
+    if "persist" in m:
+        m["persist"] = check_persist(m["persist"], where)
     if "confirm_boots" in m and not isinstance(m["confirm_boots"], bool):
         raise LayoutError(f"{where}: 'confirm_boots' must be true or false")
     for key in ("min_bankboot", "key", "signature"):

@@ -12,6 +12,11 @@ boots, and so that the hypothesis model can run it on any state, damaged ones in
 6. as a last resort, every other image on the partition (marked bad, or whose state was lost): a device
    that boots a doubtful image can still be updated; one that stops at a shell needs a truck roll.
 
+No image whose version is below the boot floor is ever a candidate (anti-rollback, docs/trust.md): the
+boot floor is the version of the image that was current when the newest one was committed, so `previous`
+stays reachable (bankctl rollback, ESC) and nothing older is. A `current` pointer that names an image
+below it (re-pointed by someone with the card) is replaced by the newest good image.
+
 The init walks that list; any failure preparing a candidate (mount, verity, signature, preflight,
 self-test, a write) moves to the next one."""
 
@@ -33,6 +38,7 @@ class ImageInfo:
     committed: int = 0  # when it was marked good (0: never, or not known)
     confirm: bool = False  # its signed manifest asks for `bankctl boot-ok` after each boot
     unconfirmed: int = 0  # boots since the last boot-ok
+    persist: tuple[str, ...] | None = None  # its persistence policy (sealed); None: unsealed
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Snapshot:
     previous: str | None
     images: dict[str, ImageInfo]
     damaged: tuple[str, ...] = ()  # pointers that exist but could not be followed
+    boot_floor: str | None = None  # no image below this version boots (anti-rollback)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Plan:
     candidates: list[Candidate] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings for the console, the boot log and status
+    boot_floor: str | None = None  # what the candidates were checked against (the init checks again)
 
 
 def version_key(version: str | None) -> tuple:
@@ -76,6 +84,11 @@ def version_key(version: str | None) -> tuple:
         return (0,)
 
 
+def below_floor(version: str | None, boot_floor: str | None) -> bool:
+    """An image of this version may not boot: below the floor, or a version that cannot be compared."""
+    return boot_floor is not None and version_key(version) < version_key(boot_floor)
+
+
 def _state(snap: Snapshot, image: str | None) -> str | None:
     if image is None or image not in snap.images:
         return None
@@ -84,8 +97,9 @@ def _state(snap: Snapshot, image: str | None) -> str | None:
 
 def plan_boot(snap: Snapshot, select: str | None = None,
               unconfirmed_limit: int = DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
-    plan = Plan()
+    plan = Plan(boot_floor=snap.boot_floor)
     cur, nxt, prev = snap.current, snap.next, snap.previous
+    low = {i for i, v in snap.images.items() if below_floor(v.version, snap.boot_floor)}
     for name in snap.damaged:
         plan.effects.append(Effect("drop_pointer", reason=name))
     for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
@@ -98,6 +112,20 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     if nxt is not None and nxt == cur:
         plan.effects.append(Effect("clear_next"))
         nxt = None
+    for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
+        if image in low:
+            plan.notes.append(f"{name} points at {image} (version {snap.images[image].version or 'unknown'}), below "
+                              f"the anti-rollback floor {snap.boot_floor}: it is not booted")
+    if nxt in low:
+        if _state(snap, nxt) == TRIAL:
+            plan.effects.append(Effect("mark_bad", nxt, f"below the anti-rollback floor {snap.boot_floor}"))
+        else:
+            plan.effects.append(Effect("clear_next"))
+        nxt = None
+    if cur in low:
+        cur = None
+    if prev in low:
+        prev = None
 
     # `next` first: a committed one (or a rollback) rolls forward, a spent trial is given up.
     trial: Candidate | None = None
@@ -139,7 +167,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
             bad_now.add(cur)
             cur, prev = prev, cur
     if cur is None:
-        best = _newest_good(snap, exclude={nxt})
+        best = _newest_good(snap, exclude={nxt} | low)
         if best is not None:
             plan.effects.append(Effect("repoint_current", best))
             plan.notes.append(f"no usable current pointer: {best}, the newest good image, becomes current")
@@ -149,7 +177,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
 
     order: list[Candidate] = []
     if select:
-        chosen = _selected(snap, select, cur, nxt, prev, trial, plan)
+        chosen = _selected(snap, select, cur, nxt, prev, trial, plan, low)
         if chosen is not None:
             order.append(chosen)
             # A person's choice replaces the trial for this boot: no try is spent on an image not asked for.
@@ -163,11 +191,12 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     if prev is not None and _state(snap, prev) != BAD and prev not in bad_now:
         order.append(Candidate(prev, "previous"))
     seen = {c.image for c in order}
-    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state == GOOD} - seen - {nxt} - bad_now):
+    good = {i for i, v in snap.images.items() if v.state == GOOD}
+    for image in _by_newest(snap, good - seen - {nxt} - bad_now - low):
         order.append(Candidate(image, "another good image"))
     seen = {c.image for c in order}
     # Never a trial: its boots are bounded by its tries.
-    for image in _by_newest(snap, {i for i, v in snap.images.items() if v.state != TRIAL} - seen | bad_now - seen):
+    for image in _by_newest(snap, ({i for i, v in snap.images.items() if v.state != TRIAL} | bad_now) - seen - low):
         info = snap.images[image]
         if image in bad_now:
             what = "marked bad in this boot"
@@ -184,7 +213,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
 
 
 def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, prev: str | None,
-              trial: Candidate | None, plan: Plan) -> Candidate | None:
+              trial: Candidate | None, plan: Plan, low: set[str]) -> Candidate | None:
     if select in ("current", "next", "previous"):
         image = {"current": cur, "next": nxt, "previous": prev}[select]
         if image is None:
@@ -195,6 +224,10 @@ def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, pre
     else:
         plan.notes.append(f"selected image {select!r} is not on the banks partition (images: "
                           f"{', '.join(sorted(snap.images)) or 'none'}): booting as usual")
+        return None
+    if image in low:
+        plan.notes.append(f"selected image {image} is below the anti-rollback floor {snap.boot_floor}: "
+                          f"booting as usual")
         return None
     if trial is not None and image == trial.image:
         return Candidate(image, f"selected ({select}), trial", True)

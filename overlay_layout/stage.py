@@ -18,7 +18,7 @@ from overlay_layout.trust import Policy, TrustError, version_lt
 
 CHUNK = 1 << 20
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
-DEFAULT_RESERVE = 32 << 20  # room kept for the next boot's bankctl kit when its size is not known
+DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv8l": "armhf"}
 
 
@@ -105,8 +105,9 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         image = manifest["id"]
         try:
             who = policy.check(manifest, running_version)
-            floor = banks.load().get("floor")
-            if floor and version_lt(manifest["version"], floor):
+            floor = banks.floors(banks.load())[0]
+            downgrade = bool(floor and version_lt(manifest["version"], floor))
+            if downgrade:
                 if not allow_downgrade:
                     raise TrustError(f"version {manifest['version']} is below this device's floor {floor} "
                                      f"(anti-rollback); --allow-downgrade to override where the initramfs allows it")
@@ -128,10 +129,10 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             durable.remove_tree(layout.image_dir(image))
             durable.fsync_dir(layout.overlay)
         cur = layout.pointer("current")
-        upper_src = layout.sub(cur, "upper") if cur and upper == "copy" else None
+        copies = _upper_copies(layout.sub(cur, "upper"), manifest.get("persist")) if cur and upper == "copy" else []
         verity = manifest.get("verity")
         need = manifest["size"] + (verity["size"] if verity else 0) + MARGIN + reserve
-        need += tree_size(upper_src) if upper_src else 0
+        need += sum(tree_size(src) for src, _ in copies)
         fs = os.statvfs(layout.root)
         free = fs.f_bavail * fs.f_frsize
         if free < need:
@@ -160,10 +161,11 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
                                dump_manifest({k: v for k, v in manifest.items() if not k.startswith("_")}))
             for name in ("work", "backups", "utils"):
                 os.mkdir(os.path.join(tmp, name))
-            if upper_src and os.path.isdir(upper_src):
-                copy_upper(upper_src, os.path.join(tmp, "upper"))
-            else:
-                os.mkdir(os.path.join(tmp, "upper"))
+            os.mkdir(os.path.join(tmp, "upper"))
+            for src, rel in copies:
+                dst = os.path.join(tmp, "upper", rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                copy_upper(src, dst)
             for dirpath, _, _ in os.walk(tmp):
                 durable.fsync_dir(dirpath)
             durable.rename(tmp, layout.image_dir(image))
@@ -171,11 +173,25 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             durable.remove_tree(tmp)
             raise
     try:
+        if downgrade:  # allowed by the initramfs and asked for: the trial must be able to boot
+            banks.lower_boot_floor(banks.load(), manifest["version"])
         banks.add_trial(image, tries)
     except StateError:
         durable.remove_tree(layout.image_dir(image))
         raise
     return manifest
+
+
+def _upper_copies(upper: str, persist: list[str] | None) -> list[tuple[str, str]]:
+    """What `--upper copy` takes from current's upper: all of it for an unsealed image, only the persistent
+    paths for a sealed one (the same relative paths whichever kind current is): (source, path in upper)."""
+    if not os.path.isdir(upper):
+        return []
+    if persist is None:
+        return [(upper, "")]
+    rels = [p.lstrip("/") for p in persist]
+    return [(os.path.join(upper, r), r) for r in rels if os.path.isdir(os.path.join(upper, r))
+            and not os.path.islink(os.path.join(upper, r))]
 
 
 def _copy_checked(src, dest: str, size: int, sha256: str, bank_file: str,

@@ -27,6 +27,7 @@ from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 
 STATE_FILE = "state.json"
+FLOOR_FILE = "floor.json"  # the anti-rollback floors again, so losing state.json does not lose them
 STATE_FORMAT = 1
 DEFAULT_TRIES = 3
 MAX_STATE_BYTES = 1 << 20  # far more than any real state file; a bigger one is damage
@@ -67,8 +68,9 @@ def check_state(st: object) -> dict:
     for image, req in reset.items():
         if not isinstance(req, dict):
             raise ValueError(f"the reset request of {image!r} is not an object")
-    if "floor" in st and not isinstance(st["floor"], str):
-        raise ValueError("\"floor\" must be a string")
+    for key in ("floor", "boot_floor"):
+        if key in st and not isinstance(st[key], str):
+            raise ValueError(f"\"{key}\" must be a string")
     st.setdefault("reset", {})
     return st
 
@@ -104,22 +106,72 @@ class Banks:
         """State from the layout alone: current and previous are good (they were committed); a pending
         trial is dropped (stage it again); the floor is at least the highest committed version."""
         st = _empty()
-        floor = None
         for name in ("current", "previous"):
             image = self._pointer(name)
-            if image is None:
-                continue
-            st["images"][image] = {"state": GOOD}
-            version = self.manifest(image).get("version")
-            if isinstance(version, str) and (floor is None or policy.version_key(version) > policy.version_key(floor)):
-                floor = version
-        if floor:
-            st["floor"] = floor
+            if image is not None:
+                st["images"][image] = {"state": GOOD}
+        for key, value in zip(("floor", "boot_floor"), self.floors(st), strict=True):
+            if value is not None:
+                st[key] = value
         copy = keep_aside(self.state_path, raw, MAX_STATE_BYTES)
         kept = f"; a copy is kept in {copy}" if copy else ""
         self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
         self.rebuilt = True
         return st
+
+    # -- the anti-rollback floors ------------------------------------------------------------------------
+    def floors(self, st: dict) -> tuple[str | None, str | None]:
+        """(floor, boot_floor): nothing below `floor` is staged, nothing below `boot_floor` boots. Each is the
+        highest of what state.json and floor.json record and, for the stage floor, the signed version of
+        `current` (committed by definition); a lost or damaged file never lowers them. With no record at
+        all (a disk from an older bankboot), the boot floor is the oldest of current and previous."""
+        kept, _ = self._read_floor_file()
+        floor = _highest(st.get("floor"), kept.get("floor"), self._version(self._pointer("current")))
+        boot = _highest(st.get("boot_floor"), kept.get("boot_floor"))
+        if boot is None:
+            versions = [v for v in (self._version(self._pointer(p)) for p in ("current", "previous")) if v]
+            boot = min(versions, key=policy.version_key) if versions else None
+        if boot is not None and floor is not None and policy.version_key(boot) > policy.version_key(floor):
+            boot = floor
+        return floor, boot
+
+    def _read_floor_file(self) -> tuple[dict, bool]:
+        path = os.path.join(self.root, FLOOR_FILE)
+        try:
+            got = read_json(path, 4096)
+        except Damaged as e:
+            self._warn(f"{path} is damaged ({e}); the floors in {STATE_FILE} are used")
+            return {}, True
+        if got is None:
+            return {}, False
+        value = got[0]
+        if not isinstance(value, dict):
+            self._warn(f"{path} is damaged (not an object); the floors in {STATE_FILE} are used")
+            return {}, True
+        return {k: v for k, v in value.items() if k in ("floor", "boot_floor") and _is_version(v)}, False
+
+    def set_floors(self, st: dict, floor: str | None, boot_floor: str | None) -> None:
+        """Record the floors in floor.json, then in `st` (saved by the caller): a cut between the two leaves
+        floor.json ahead, which floors() takes."""
+        st["floor"], st["boot_floor"] = floor, boot_floor
+        for key in ("floor", "boot_floor"):
+            if st[key] is None:
+                del st[key]
+        data = json.dumps({"format": 1, "floor": floor, "boot_floor": boot_floor}, sort_keys=True).encode() + b"\n"
+        durable.write_file(os.path.join(self.root, FLOOR_FILE), data)
+
+    def install_first(self, image: str) -> None:
+        """`bankboot disk`: the first image is current and good, and the floors start at its version."""
+        st = _empty()
+        st["images"][check_id(image)] = {"state": GOOD}
+        version = self._version(image)
+        self.set_floors(st, version, version)
+        self.save(st)
+        self.layout.set_pointer("current", image)
+
+    def _version(self, image: str | None) -> str | None:
+        v = self.manifest(image).get("version") if image else None
+        return v if _is_version(v) else None
 
     def save(self, st: dict) -> None:
         data = json.dumps(st, sort_keys=True, indent=1).encode() + b"\n"
@@ -167,10 +219,13 @@ class Banks:
             entry = self.image_state(st, image)
             m = self.manifest(image)
             version = m.get("version") if isinstance(m.get("version"), str) else None
+            persist = m.get("persist")
             images[image] = ImageInfo(image, entry.get("state"), entry.get("tries", 0), entry.get("reason"),
                                       version, entry.get("committed", 0), m.get("confirm_boots") is True,
-                                      entry.get("unconfirmed", 0))
-        return Snapshot(pointers["current"], pointers["next"], pointers["previous"], images, tuple(damaged))
+                                      entry.get("unconfirmed", 0),
+                                      tuple(map(str, persist)) if isinstance(persist, list) else None)
+        return Snapshot(pointers["current"], pointers["next"], pointers["previous"], images, tuple(damaged),
+                        self.floors(st)[1])
 
     def plan(self, select: str | None = None, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
         """What the next boot would try, without writing anything (bankctl status, the console menu)."""
@@ -318,15 +373,22 @@ class Banks:
         return nxt
 
     def _raise_floor(self, st: dict, image: str) -> None:
-        """Anti-rollback: committing an image raises the version floor to its version (never lowers it)."""
-        from overlay_layout.trust import TrustError, version_lt
+        """Anti-rollback: committing an image raises the stage floor to its version and the boot floor to the
+        older of it and the outgoing current (which stays bootable as `previous`); neither is lowered."""
+        floor, boot = self.floors(st)
+        new, outgoing = self._version(image), self._version(self._pointer("current"))
+        if outgoing is None and self._pointer("current") not in (None, image):
+            oldest = None  # the outgoing image's version cannot be read: do not make it unbootable
+        else:
+            oldest = min((v for v in (new, outgoing) if v), key=policy.version_key, default=None)
+        self.set_floors(st, _highest(floor, new), _highest(boot, oldest))
 
-        version = self.manifest(image).get("version")
-        try:
-            if isinstance(version, str) and (not st.get("floor") or version_lt(st["floor"], version)):
-                st["floor"] = version
-        except TrustError:
-            pass
+    def lower_boot_floor(self, st: dict, version: str) -> None:
+        """A downgrade the initramfs allows (stage --allow-downgrade): that version may boot."""
+        floor, boot = self.floors(st)
+        if boot is not None and policy.version_key(version) < policy.version_key(boot):
+            self.set_floors(st, floor, version)
+            self.save(st)
 
     def _mark_bad(self, st: dict, image: str, reason: str) -> None:
         st["images"][image] = {**st["images"].get(image, {}), "state": BAD, "tries": 0, "reason": reason}
@@ -443,10 +505,22 @@ class Banks:
                            "tries": info.tries if info.state == TRIAL else None, "reason": info.reason,
                            "pointers": [p for p, v in pointers.items() if v == image],
                            "reset_pending": image in st["reset"], "confirm_boots": info.confirm,
-                           "unconfirmed_boots": info.unconfirmed})
-        return {"pointers": pointers, "images": images, "floor": st.get("floor"),
+                           "unconfirmed_boots": info.unconfirmed, "sealed": info.persist is not None,
+                           "persist": list(info.persist) if info.persist is not None else None,
+                           "below_floor": policy.below_floor(info.version, snap.boot_floor)})
+        floor, boot_floor = self.floors(st)
+        return {"pointers": pointers, "images": images, "floor": floor, "boot_floor": boot_floor,
                 "plan": [{"image": c.image, "why": c.why, "trial": c.trial} for c in plan.candidates],
                 "warnings": self.warnings + [n for n in plan.notes if n not in self.warnings]}
+
+
+def _is_version(v: object) -> bool:
+    return isinstance(v, str) and policy.version_key(v)[0] == 1
+
+
+def _highest(*versions: object) -> str | None:
+    good = [v for v in versions if _is_version(v)]
+    return max(good, key=policy.version_key) if good else None  # type: ignore[arg-type]
 
 
 def _unused_name(base: str) -> str:

@@ -145,10 +145,12 @@ class Policy:
     """The device's trust settings, as the initramfs was built: trusted keys, and whether unsigned images
     or downgrades below the floor may be accepted. Read from <etc>/trust/*.pub and <etc>/initramfs.conf."""
 
-    def __init__(self, keys: dict[str, bytes], allow_unsigned: bool, allow_downgrade: bool) -> None:
+    def __init__(self, keys: dict[str, bytes], allow_unsigned: bool, allow_downgrade: bool,
+                 sealed: bool = False) -> None:
         self.keys = keys
         self.allow_unsigned = allow_unsigned
         self.allow_downgrade = allow_downgrade
+        self.sealed = sealed
 
     @classmethod
     def load(cls, etc: str) -> Policy:
@@ -162,7 +164,7 @@ class Policy:
         except OSError:
             pass
         return cls(load_trusted(os.path.join(etc, "trust")), conf.get("unsigned") == "allowed",
-                   conf.get("downgrade") == "allowed")
+                   conf.get("downgrade") == "allowed", conf.get("sealed") == "yes")
 
     def check(self, manifest: dict, running_version: str) -> str:
         """Signature and the image's minimum bankboot version; returns who signed it."""

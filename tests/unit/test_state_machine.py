@@ -23,7 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from initfs.kit import install_kit
+from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
@@ -65,19 +65,12 @@ def is_complete(root: Path, image: str) -> bool:
         return False
 
 
-def make_initramfs_kit(root: Path, build: int) -> None:
-    """A stand-in initramfs holding a kit: the list the builder writes and the files it names."""
-    (root / "etc/bankboot").mkdir(parents=True, exist_ok=True)
-    (root / "bin").mkdir(exist_ok=True)
-    (root / "etc/bankboot/kit").write_text("bin/tool\nbin/other\n")
-    (root / "bin/tool").write_text(f"tool of build {build}\n" * 200)
-    (root / "bin/other").write_text("other\n")
-
-
 def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
     lay = Layout(str(root))
     os.makedirs(lay.image_dir(image))
     Path(lay.squashfs(image)).write_bytes(b"hsqs" + b"\0" * 100)
+    # What the state machine reads of a manifest (its version, for the anti-rollback floors).
+    Path(lay.manifest_path(image)).write_text(json.dumps({"id": image, "version": image.split("-")[0]}))
     lay.prepare_image_dirs(image)
     lay.set_pointer("current", image)
 
@@ -102,10 +95,6 @@ class Device(RuleBasedStateMachine):
         self.countdown: int | None = None
         self.cut_copy: Path | None = None
         self.trial_boots: dict[str, int] = {}
-        self.build = 1  # the initramfs build: a new one installs a new bankctl kit at the next boot
-        self.initramfs = self.dir / "initramfs"
-        self.run_dir = self.dir / "run"
-        make_initramfs_kit(self.initramfs, self.build)
         self.booted = self.banks.choose_boot().image
         durable.before_write = self._tick
 
@@ -244,7 +233,8 @@ class Device(RuleBasedStateMachine):
             assert booted.image == good[0]
         banks.apply_reset(booted.image)
         banks.record_boot(booted.image)
-        install_kit(banks.layout, booted.image, {"build": f"b{self.build}"}, str(self.initramfs), str(self.run_dir))
+        remove_old_kits(banks.layout, banks.layout.images())
+        assert not list(self.root.glob("overlay/*/utils/bankboot-*")), "a kit on the banks partition survived a boot"
         bootlog.append_record(str(self.root), {"image": booted.image, "trial": booted.trial})
         self.booted = booted.image
         self.banks = banks
@@ -287,21 +277,13 @@ class Device(RuleBasedStateMachine):
             self.userdata_expected = data.decode("latin-1")
 
     @rule()
-    def new_initramfs(self) -> None:
-        """A new initramfs build: the next boot replaces the image's bankctl kit."""
-        self.build += 1
-        make_initramfs_kit(self.initramfs, self.build)
-
-    @invariant()
-    def kits_are_whole(self) -> None:
-        """A kit under its final name is always complete (a cut install leaves only its temp dir)."""
-        if not hasattr(self, "root"):
-            return
-        for kit in self.root.glob("overlay/*/utils/bankboot-*"):
-            if kit.name.endswith(".tmp"):
-                continue
-            build = int(kit.name.removeprefix("bankboot-b"))
-            assert (kit / "bin/tool").read_text() == f"tool of build {build}\n" * 200, kit
+    def plant_kit(self) -> None:
+        """Someone with the card puts a bankctl kit where older builds kept one: the next boot removes it."""
+        current = self.banks.layout.pointer("current") if hasattr(self, "banks") else None
+        if current is not None:
+            kit = Path(self.banks.layout.sub(current, "utils")) / "bankboot-planted"
+            kit.mkdir(parents=True, exist_ok=True)
+            (kit / "init").write_text("#!/bin/sh\necho planted\n")
 
     @rule(image=st.sampled_from(["current", "previous"]))
     def damage(self, image: str) -> None:

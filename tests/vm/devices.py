@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from qemu.vm import VM
 
 T = 120
@@ -29,7 +29,8 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
                               ("no-boot-ok", "1.4.0", {"boot_ok": False})]:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
         banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
-                                                         sign_key=signing_key[0], confirm_boots=True))
+                                                         sign_key=signing_key[0], confirm_boots=True,
+                                                         persist=SAMPLE_PERSIST))
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
     return board, out, disk, banks

@@ -13,7 +13,7 @@ from builder.board import load_board
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
-from builder.samplerootfs import build_sample_rootfs
+from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from qemu.vm import VM
 from tests.conftest import board_parts
 from tests.vm.devices import up
@@ -32,7 +32,8 @@ def test_board_boots_stages_commits_and_falls_back_with_esc(name: str, test_dir:
     initrd = build_initramfs(board, out / "initramfs.img", policy=trust_policy).path
     for version in ("1.0.0", "1.1.0"):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
-        build_image(rootfs, version, out / f"app-{version}.bank", sign_key=signing_key[0])
+        build_image(rootfs, version, out / f"app-{version}.bank", sign_key=signing_key[0],
+                    persist=SAMPLE_PERSIST)
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 256 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"])
     with VM.from_disk(board, disk, out, reboot=True) as vm:
