@@ -6,6 +6,8 @@ PYTEST_ARGS ?=
 # Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
 DEV_KEY := build/keys/dev
 TRUST ?= $(DEV_KEY).pub
+# SEALED=1: a field build (no rescue shell, init= ignored; docs/trust.md).
+SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
 .PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench faults clean distclean
@@ -20,7 +22,7 @@ $(DEV_KEY).key $(DEV_KEY).pub &:
 	$(VENV)/bankboot keygen -o $(DEV_KEY) --comment "bankboot development key (not for devices you ship)"
 
 initramfs: deps $(if $(filter $(DEV_KEY).pub,$(TRUST)),$(DEV_KEY).pub)
-	$(VENV)/bankboot initramfs --board $(BOARD) -o $(INITRAMFS) --trust "$(TRUST)"
+	$(VENV)/bankboot initramfs --board $(BOARD) -o $(INITRAMFS) --trust "$(TRUST)" $(if $(SEALED),--sealed)
 
 qemu: initramfs
 	$(VENV)/bankboot qemu --board $(BOARD) --initramfs $(INITRAMFS)

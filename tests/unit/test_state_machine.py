@@ -39,12 +39,13 @@ class PowerCut(Exception):
     pass
 
 
-def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64") -> str:
+def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None) -> str:
     payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
     digest = hashlib.sha256(payload).hexdigest()
     image_id = f"{version}-{digest[:8]}"
-    manifest = dump_manifest({"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
-                              "sha256": digest, "created": "1970-01-01T00:00:00Z"})
+    fields = {"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
+              "sha256": digest, "created": "1970-01-01T00:00:00Z"}
+    manifest = dump_manifest({**fields, "persist": persist} if persist else fields)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in (("manifest.json", manifest), ("rootfs.squashfs", payload)):
             info = tarfile.TarInfo(name)
