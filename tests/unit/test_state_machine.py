@@ -27,6 +27,7 @@ from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
+from overlay_layout.policy import below_floor
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
 from overlay_layout.trust import Policy
@@ -57,7 +58,7 @@ def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", per
 def is_complete(root: Path, image: str) -> bool:
     """All of the image is on disk and matches its manifest (what stage verifies before the rename)."""
     lay = Layout(str(root))
-    if image == "1.0.0-base":
+    if image in ("1.0.0-base", "0.1.0-planted"):  # made by install_first_image
         return os.path.isfile(lay.squashfs(image))
     try:
         manifest = json.loads(Path(lay.manifest_path(image)).read_text())
@@ -86,6 +87,7 @@ class Device(RuleBasedStateMachine):
         (self.root / "userdata").mkdir()
         (self.root / "userdata/precious").write_text("keep me")
         self.banks = Banks(str(self.root))
+        self.banks.install_first("1.0.0-base")  # as `bankboot disk` does: the floors start at its version
         self.versions = 0
         self.max_tries: dict[str, int] = {}
         self.max_tries_staged: dict[str, int] = {}
@@ -221,10 +223,14 @@ class Device(RuleBasedStateMachine):
                 assert entry.get("state") == GOOD, (cand, entry)
             booted = cand
             break
+        if booted is not None:  # anti-rollback: never an image below the boot floor, whatever the pointers say
+            version = banks.snapshot().images[booted.image].version
+            assert not below_floor(version, plan.boot_floor), (booted, version, plan.boot_floor)
         if booted is None:  # only when every image that may boot is damaged
             snap = banks.snapshot()
             left = [i for i, info in snap.images.items()
-                    if i not in self.damaged and not (info.state == TRIAL and i != snap.next)]
+                    if i not in self.damaged and not (info.state == TRIAL and i != snap.next)
+                    and not below_floor(info.version, snap.boot_floor)]
             assert not left, f"nothing booted, though {left} could have"
         if booted is None:
             return
@@ -276,6 +282,18 @@ class Device(RuleBasedStateMachine):
         self._run(cut, durable.write_file, str(self.root / "userdata/precious"), data)
         if self.cuts == before:
             self.userdata_expected = data.decode("latin-1")
+
+    @rule()
+    def repoint_current_below_the_floor(self) -> None:
+        """Someone with the card points `current` at an image below the boot floor: the next boot skips it
+        and makes the newest good image current again."""
+        old = "0.1.0-planted"
+        if not os.path.isdir(self.banks.layout.image_dir(old)):
+            install_first_image(self.root, old)  # a signed old image copied onto the card (it verifies)
+        self.complete.add(old)
+        self.banks.layout.set_pointer("current", old)
+        self.reboot()
+        assert self.banks.layout.pointer("current") != old
 
     @rule()
     def plant_kit(self) -> None:
