@@ -99,3 +99,23 @@ def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
         record = json.loads(log)[0]
         assert record["fallback_from"]["image"] == cur and "Input/output error" in record["fallback_from"]["reason"]
         assert status(vm)["pointers"]["current"] == cur  # damage is not a verdict: current stays, and is tried first
+
+
+def test_verity_maps_the_signed_size_appended_bytes_are_ignored_and_a_short_file_refused(device) -> None:
+    """dm-verity covers exactly the manifest's signed size: bytes appended to the squashfs on the banks
+    partition change nothing; a squashfs shorter than signed is refused before anything is mapped, and
+    `previous` boots."""
+    d = Device(device, "trust-size", "good")
+    with d.vm(append="bankboot.timeout=0") as vm:
+        update_to(vm, "1.1.0")
+        cur = status(vm)["pointers"]["current"]
+        sq = f"/run/bankboot/banks/overlay/{cur}/rootfs.squashfs"
+        rc, out = sh(vm, f"dd if=/dev/urandom bs=4096 count=16 2>/dev/null >> {sq} && sync")
+        assert rc == 0, out
+        reboot(vm)
+        assert up(vm) == "1.1.0"
+        rc, out = sh(vm, f"truncate -s $(( $(stat -c %s {sq}) - 16 * 4096 - 4096 )) {sq} && sync")
+        assert rc == 0, out
+        reboot(vm)
+        vm.console.expect(r"rootfs\.squashfs is \d+ bytes, shorter than the \d+ the signed manifest says", T)
+        assert up(vm) == "1.0.0"
