@@ -108,6 +108,16 @@ def cmd_sample_rootfs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Draw one or more boot timelines (timeline.json from a device) as an SVG bar chart."""
+    from builder.timeline import read_timeline, render_svg
+
+    groups = [(Path(f).name, read_timeline(Path(f))) for f in args.file]
+    Path(args.output).write_text(render_svg(groups, args.title))
+    print(f"{args.output}: {sum(len(s) for _, s in groups)} steps from {len(groups)} timeline(s)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from builder.bench import run_bench
 
@@ -209,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--failing-selftest", action="store_true", help="ship a selftest.d check that fails")
     sr.add_argument("-o", "--output", required=True)
     sr.set_defaults(func=cmd_sample_rootfs)
+
+    t = sub.add_parser("timeline", help="draw boot timelines (bankctl timeline --json, or the device's "
+                                        "/run/bankboot/timeline.json) as an SVG bar chart")
+    t.add_argument("file", nargs="+", help="timeline JSON file(s); each is drawn on its own clock")
+    t.add_argument("-o", "--output", required=True, help="the SVG file to write")
+    t.add_argument("--title", default="bankboot boot timeline", help="the chart's title")
+    t.set_defaults(func=cmd_timeline)
 
     b = sub.add_parser("bench", help="initramfs size and boot time against a busybox-sh baseline")
     b.add_argument("--board", default=DEFAULT_BOARD)

@@ -27,11 +27,18 @@ EXCLUDES = [
     "ssl", "_ssl", "_hashlib", "lib2to3", "distutils", "setuptools", "pkg_resources", "asyncio",
     "multiprocessing", "concurrent", "curses", "readline", "pdb", "bz2", "lzma", "_bz2", "_lzma",
     "decimal", "_decimal", "ftplib", "smtplib", "mailbox",
+    # Signatures go to libsodium through ctypes (overlay_layout/ed25519.py): no PyNaCl or cffi at boot.
+    "nacl", "cffi", "_cffi_backend",
+    # East Asian codecs (1.1 MB of extension modules) and expat: no text the init reads needs them.
+    "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw", "_codecs_hk", "_codecs_iso2022", "_multibytecodec",
+    "pyexpat",
 ]
-
-
-# Imports PyInstaller cannot see: PyNaCl's compiled _sodium module loads cffi's backend from C.
-HIDDEN_IMPORTS = ["_cffi_backend"]
+# PyInstaller zlib-compresses each module in its archive; stored (level 0), the initramfs's own zstd
+# compresses them far better, and start-up does not inflate them.
+FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "0"}
+HIDDEN_IMPORTS: list[str] = []
+# Shared libraries loaded with ctypes, which PyInstaller cannot see: (path in the sysroot, bundle dir).
+BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
 
 
 def freeze_inputs() -> list[Path]:
@@ -42,7 +49,7 @@ def freeze_inputs() -> list[Path]:
 def input_hash(sysroot: PySysroot) -> str:
     h = hashlib.sha256()
     h.update(sysroot.stamp.encode())
-    h.update(repr((EXCLUDES, HIDDEN_IMPORTS)).encode())
+    h.update(repr((EXCLUDES, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
     for f in freeze_inputs():
         h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -74,9 +81,11 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         "--contents-directory", CONTENTS_DIR, "--strip", "--log-level", "WARN",
         "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
         "--paths", str(PROJECT), *[f"--exclude-module={m}" for m in EXCLUDES],
-        *[f"--hidden-import={m}" for m in HIDDEN_IMPORTS], str(ENTRY),
+        *[f"--hidden-import={m}" for m in HIDDEN_IMPORTS],
+        *[f"--add-binary={sysroot.root / src.format(triplet=sysroot.arch.triplet)}:{dest}" for src, dest in BINARIES],
+        str(ENTRY),
     ]
-    proc = subprocess.run(args, env=sysroot.env(), capture_output=True, text=True, cwd=work)
+    proc = subprocess.run(args, env={**sysroot.env(), **FREEZE_ENV}, capture_output=True, text=True, cwd=work)
     if log is not None:
         log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not (work / "dist" / NAME / NAME).is_file():

@@ -1,4 +1,4 @@
-"""`bankboot keygen`: an ed25519 key pair for signing images (PyNaCl)."""
+"""`bankboot keygen`: an ed25519 key pair for signing images (libsodium, as the device checks them)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from overlay_layout.trust import PRIVATE_TAG, PUBLIC_TAG, key_id
 
 
 def keygen(prefix: Path, comment: str = "") -> tuple[Path, Path, str]:
-    from nacl.signing import SigningKey
+    from overlay_layout import ed25519
 
     private, public = prefix.with_name(prefix.name + ".key"), prefix.with_name(prefix.name + ".pub")
     for p in (private, public):
         if p.exists():
             raise FileExistsError(f"{p} exists already; not overwriting a key")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    sk = SigningKey.generate()
-    pub = bytes(sk.verify_key)
+    seed = os.urandom(ed25519.SEED_BYTES)
+    pub, _ = ed25519.keypair(seed)
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(f"{PRIVATE_TAG} {base64.b64encode(bytes(sk)).decode()}\n")
+        f.write(f"{PRIVATE_TAG} {base64.b64encode(seed).decode()}\n")
     public.write_text(f"{PUBLIC_TAG} {base64.b64encode(pub).decode()} {comment or prefix.name}\n")
     return private, public, key_id(pub)

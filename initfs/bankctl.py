@@ -194,6 +194,25 @@ def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_timeline(banks: Banks, args: argparse.Namespace) -> int:
+    """The init's steps in this boot (/run/bankboot/timeline.json), in seconds since the kernel started."""
+    path = os.path.join(os.environ.get("BANKBOOT_RUN", "/run/bankboot"), "timeline.json")
+    try:
+        with open(path) as f:
+            steps = json.load(f)["steps"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"bankctl timeline: cannot read {path}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(steps, indent=1))
+        return EXIT_OK
+    print(f"{'START':>9} {'END':>9} {'TOOK':>9}  STEP (seconds since the kernel started)")
+    for s in steps:
+        took = float(s["end"]) - float(s["start"])
+        print(f"{float(s['start']):9.3f} {float(s['end']):9.3f} {took * 1000:7.1f}ms  {s['step']}")
+    return EXIT_OK
+
+
 def cmd_log(banks: Banks, args: argparse.Namespace) -> int:
     warnings: list[str] = []
     records = list(reversed(bootlog.read_log(banks.root, warnings)))
@@ -249,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reset)
     s = sub.add_parser("gc", help="remove images that are neither previous, current nor next")
     s.set_defaults(func=cmd_gc)
+    s = sub.add_parser("timeline", help="how long each step of this boot's init took")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_timeline)
     s = sub.add_parser("log", help="the boot records, newest first")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_log)
@@ -266,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     banks = Banks(root)
     try:
-        with lock_banks(root, exclusive=args.command not in ("status", "log")):
+        with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
             return args.func(banks, args)
     except StageError as e:
         print(f"bankctl {args.command}: refused: {e}", file=sys.stderr)

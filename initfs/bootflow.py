@@ -76,13 +76,15 @@ def menu_entries(banks, limit: int, config: dict[str, str]) -> list[dict]:
 
 def menu_selection(opts: Options, banks, limit: int, config: dict[str, str]) -> tuple[str | None, str]:
     """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
+    from initfs.menu import prompt, stop_listening
+
     select = opts.get("bankboot.select")
     if select:
+        stop_listening()
         return select, "bankboot.select"
     timeout = opts.get("bankboot.timeout")
     if timeout <= 0:
         return None, ""
-    from initfs.menu import prompt
     from overlay_layout import bootlog
 
     last: dict[str, str] = {}
@@ -380,6 +382,15 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     return None, "", {}, tried, banks, plan
 
 
+def write_timeline(path: str = f"{RUN}/timeline.json") -> None:
+    """The boot's steps (log.timeline), for `bankctl timeline` and `bankboot timeline`."""
+    import json
+
+    log.mark("hand-over")
+    with open(path, "w") as f:
+        json.dump({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}, f)
+
+
 def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoReturn:
     import json
     import time
@@ -436,5 +447,10 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)
     for w in log_warnings:
         log.error(w)
-    mount_userdata(opts, layout)
+    with log.step("mount /userdata"):
+        mount_userdata(opts, layout)
+    _quietly("writing the timeline", write_timeline)
+    from initfs.menu import stop_listening
+
+    stop_listening()  # normally closed by the prompt already
     switch_root(NEWROOT, init, argv, keep)

@@ -17,6 +17,20 @@ def uptime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+started = uptime()  # our first Python code runs (the PyInstaller bootloader and Python's start-up are before)
+# Every step's start and end, in seconds since the kernel started (CLOCK_BOOTTIME): written to
+# /run/bankboot/timeline.json before the hand-over, shown by `bankctl timeline` and drawn by
+# `bankboot timeline` and `make bench`.
+timeline: list[dict[str, object]] = [{"step": "python start-up done", "start": round(started, 4),
+                                      "end": round(started, 4)}]
+
+
+def mark(name: str) -> None:
+    """An instant on the timeline."""
+    t = round(uptime(), 4)
+    timeline.append({"step": name, "start": t, "end": t})
+
+
 def open_kmsg() -> None:
     """After /dev is mounted. Level 7 (debug) keeps the kernel from echoing our lines to the console a
     second time at the default console loglevel."""
@@ -60,11 +74,13 @@ class step:
                 sys.stdin.readline()
             except OSError:
                 pass
-        self.start = time.monotonic()
+        self.start = uptime()
         if debug:
             log(f"{self.name} ...")
         return self
 
     def __exit__(self, *exc: object) -> None:
+        end = uptime()
+        timeline.append({"step": self.name, "start": round(self.start, 4), "end": round(end, 4)})
         if debug:
-            log(f"{self.name}: {1000 * (time.monotonic() - self.start):.1f} ms")
+            log(f"{self.name}: {1000 * (end - self.start):.1f} ms")

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
-from typing import NoReturn
 
 from initfs import log
-from initfs.cmdline import Cmdline
-from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from initfs.version import VERSION
 
-CONFIG_FILE = "/etc/bankboot/initramfs.conf"
+# Only what the banner needs is imported before it (typing, ctypes and the rest come after): the time
+# from the kernel starting /init to the banner is Python's start-up, and people judge the init by it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
-# What we mount before anything else, as (source, target, type, flags, data).
-EARLY_MOUNTS = [
-    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
-    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
-]
+CONFIG_FILE = "/etc/bankboot/initramfs.conf"
 
 
 def read_config(path: str = CONFIG_FILE) -> dict[str, str]:
@@ -39,11 +33,16 @@ def read_config(path: str = CONFIG_FILE) -> dict[str, str]:
 
 
 def mount_early() -> None:
+    """/proc /sys /dev /run, before anything else."""
     import errno
 
-    from initfs.syscalls import mount
+    from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, mount
 
-    for source, target, fstype, flags, data in EARLY_MOUNTS:
+    early = [("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+             ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+             ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+             ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")]
+    for source, target, fstype, flags, data in early:
         os.makedirs(target, exist_ok=True)
         try:
             mount(source, target, fstype, flags, data)
@@ -62,6 +61,7 @@ def banner(config: dict[str, str]) -> None:
     kind = "sealed build" if sealed(config) else \
         "DEVELOPMENT build (unsealed: init= is obeyed and a failed boot can give a root shell)"
     log.log(f"bankboot {VERSION} init on Linux {u.release} ({u.machine}, board {board}), {kind}")
+    log.mark("banner")
 
 
 def boot() -> NoReturn:
@@ -70,6 +70,7 @@ def boot() -> NoReturn:
     with log.step("mount /proc /sys /dev /run"):
         mount_early()
     log.open_kmsg()
+    from initfs.cmdline import Cmdline
     from initfs.options import Options
 
     opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config))
@@ -77,6 +78,11 @@ def boot() -> NoReturn:
     log.stepping = opts.get("bankboot.step")
     for w in opts.warnings:
         log.error(w)
+    if not opts.get("bankboot.select") and opts.get("root") is not None:
+        from initfs.menu import listen
+
+        with log.step("open the ESC window"):
+            _quietly_listen(listen, opts.get("bankboot.timeout"))
     with log.step("load modules"):
         from initfs.modules import load_modules, read_order
 
@@ -91,6 +97,13 @@ def boot() -> NoReturn:
     boot_image(opts, sys.argv[1:], config)
 
 
+def _quietly_listen(listen, timeout: float) -> None:
+    try:
+        listen(timeout)
+    except Exception as e:  # the prompt is a convenience: it must never stop a boot
+        log.error(f"console prompt failed ({e}); booting as planned")
+
+
 def main() -> NoReturn:
     if os.getpid() != 1:
         sys.stderr.write("bankboot init: must run as PID 1 (from an initramfs)\n")
@@ -98,6 +111,8 @@ def main() -> NoReturn:
     try:
         boot()
     except BaseException as e:  # PID 1 must never die: everything ends in the board's rescue policy
+        import traceback
+
         detail = "".join(traceback.format_exception(e)).rstrip()
         log.error(f"unexpected failure: {type(e).__name__}: {e}")
         log.log(detail)
@@ -109,6 +124,7 @@ def main() -> NoReturn:
 def _rescue_mode() -> str:
     """bankboot.rescue= if it can still be read, else the board's default: this runs after a failure."""
     try:
+        from initfs.cmdline import Cmdline
         from initfs.options import Options
 
         config = read_config()

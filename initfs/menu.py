@@ -165,17 +165,46 @@ class Keys:
             self.queue += [(fd, k) for k in self.parsers.setdefault(fd, KeyParser()).feed(data)]
 
 
+# The window opened as the init starts (listen): its consoles and when it ends.
+_early: tuple[RawConsoles, float] | None = None
+
+
+def listen(timeout: float) -> None:
+    """Open the window as the init starts: the consoles go raw and the prompt is shown at once, so a key
+    pressed while modules load and the banks partition mounts waits in the tty, and prompt() later waits
+    only for what is left of `timeout`. A boot costs no fixed wait."""
+    global _early
+    if timeout > 0 and _early is None:
+        cons = RawConsoles()
+        cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
+        _early = (cons, time.monotonic() + timeout)
+
+
+def stop_listening() -> None:
+    """Close the window's consoles (input flushed, modes restored): before a rescue shell or a select=."""
+    global _early
+    if _early is not None:
+        _early[0].close()
+        _early = None
+
+
 def prompt(entries: list[dict], timeout: float, menu_timeout: float = 30.0, cons=None) -> str | None:
-    """Wait up to `timeout` for ESC. Returns None (boot as planned), "previous", or an image id."""
+    """Wait for ESC until the window closes (`timeout` from listen(), or from now when it was not opened
+    early). Returns None (boot as planned), "previous", or an image id."""
+    global _early
     if timeout <= 0:
         return None
     own = cons is None
-    cons = RawConsoles() if own else cons
-    try:
+    if own and _early is not None:
+        cons, deadline = _early
+        _early = None
+    else:
+        cons = RawConsoles() if own else cons
         cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
+        deadline = time.monotonic() + timeout
+    try:
         keys = Keys(cons.read)
         got = None
-        deadline = time.monotonic() + timeout
         while (got := keys.next(deadline)) is not None and got[1] != "esc":
             pass
         if got is None:

@@ -8,15 +8,14 @@ for ever by accident."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from initfs.cmdline import Cmdline
 
 RESCUE_MODES = ("shell", "reboot")
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     key: str
     kind: str  # seconds, int, str, flag, choice
     default: object
@@ -34,7 +33,8 @@ OPTIONS = (
     Option("init", "str", "/sbin/init", help="the image's init"),
     Option("bankboot.roottimeout", "seconds", 30.0, 0.1, 3600, help="how long to wait for the banks partition"),
     Option("bankboot.select", "str", None, help="boot this image once: previous, current, next or an image id"),
-    Option("bankboot.timeout", "seconds", 2.0, 0, 600, help="how long the console prompt waits for ESC (0: no prompt)"),
+    Option("bankboot.timeout", "seconds", 1.0, 0, 600,
+           help="the ESC window, counted from the init's start (it overlaps module loading; 0: no prompt)"),
     Option("bankboot.menu_timeout", "seconds", 30.0, 1, 3600,
            help="the boot menu boots as planned after this long without a key"),
     Option("bankboot.watchdog", "int", 0, 0, 3600, help="arm the hardware watchdog for trials (seconds; 0: off)"),

@@ -19,6 +19,9 @@ REBOOT_DELAY = 10.0
 def give_up(reason: str, tried: list[dict], mode: str) -> NoReturn:
     """The end of every path on which no image boots: every candidate tried and why, then the board's
     (or bankboot.rescue=) choice."""
+    from initfs.menu import stop_listening
+
+    stop_listening()
     log.error(reason)
     for t in tried:
         log.error(f"  tried {t['image']} ({t['why']}): {t['error']}")
@@ -56,6 +59,9 @@ def _sealed() -> bool:
 
 
 def rescue_shell(reason: str) -> NoReturn:
+    from initfs.menu import stop_listening
+
+    stop_listening()
     log.error(reason)
     if _sealed():  # never a shell on a sealed build: keep trying to reboot (a watchdog resets us too)
         while True:

@@ -22,14 +22,15 @@ self-test, a write) moves to the next one."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 GOOD, TRIAL, BAD = "good", "trial", "bad"
 DEFAULT_UNCONFIRMED_LIMIT = 3
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+# Records are NamedTuples, not dataclasses: dataclasses imports inspect (and PyInstaller then runs its
+# inspect hook at every start), a cost the init pays on slow boards before it prints a line.
+class ImageInfo(NamedTuple):
     id: str
     state: str | None = None  # good, trial, bad, or None when unknown
     tries: int = 0
@@ -41,8 +42,7 @@ class ImageInfo:
     persist: tuple[str, ...] | None = None  # its persistence policy (sealed); None: unsealed
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     current: str | None
     next: str | None
     previous: str | None
@@ -51,27 +51,28 @@ class Snapshot:
     boot_floor: str | None = None  # no image below this version boots (anti-rollback)
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     image: str
     why: str
     trial: bool = False
 
 
-@dataclass(frozen=True)
-class Effect:
+class Effect(NamedTuple):
     """A state change the plan makes before anything is mounted, in this order."""
     kind: str  # spend_try, mark_bad, clear_next, roll_forward, demote, repoint_current, drop_pointer
     image: str | None = None
     reason: str = ""
 
 
-@dataclass
 class Plan:
-    candidates: list[Candidate] = field(default_factory=list)
-    effects: list[Effect] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # warnings for the console, the boot log and status
-    boot_floor: str | None = None  # what the candidates were checked against (the init checks again)
+    """The boot's candidates in order, the state changes to make first, and notes (warnings for the
+    console, the boot log and status); boot_floor is what the candidates were checked against."""
+
+    def __init__(self, boot_floor: str | None = None) -> None:
+        self.candidates: list[Candidate] = []
+        self.effects: list[Effect] = []
+        self.notes: list[str] = []
+        self.boot_floor = boot_floor
 
 
 def version_key(version: str | None) -> tuple:

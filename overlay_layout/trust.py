@@ -1,4 +1,4 @@
-"""Who may be booted: ed25519 signatures over the manifest (PyNaCl; no hand-written crypto), trusted
+"""Who may be booted: ed25519 signatures over the manifest (libsodium through ed25519.py), trusted
 public keys with ids (several at once, for rotation), semantic versions for the anti-rollback floor.
 
 Key files are one line each:
@@ -96,13 +96,12 @@ def signed_bytes(manifest: dict) -> bytes:
 
 
 def sign_manifest(manifest: dict, seed: bytes) -> dict:
-    from nacl.signing import SigningKey
+    from overlay_layout import ed25519
 
-    sk = SigningKey(seed)
-    public = bytes(sk.verify_key)
+    public, _ = ed25519.keypair(seed)
     body = {k: v for k, v in manifest.items() if k != "signature"}
     body["key"] = key_id(public)
-    sig = sk.sign(signed_bytes(body)).signature
+    sig = ed25519.sign(seed, signed_bytes(body))
     return {**body, "signature": sig.hex()}
 
 
@@ -120,15 +119,17 @@ def verify_manifest(manifest: dict, trusted: dict[str, bytes], allow_unsigned: b
     if kid not in trusted:
         raise TrustError(f"image {manifest.get('id')} is signed by key {kid}, which this device does not trust "
                          f"(trusted: {', '.join(sorted(trusted)) or 'none'})")
-    from nacl.exceptions import BadSignatureError
-    from nacl.signing import VerifyKey
+    from overlay_layout import ed25519
 
     try:
-        raw = bytes.fromhex(sig)
-        VerifyKey(trusted[kid]).verify(signed_bytes(manifest), raw)
-    except (ValueError, BadSignatureError):
+        good = ed25519.verify(trusted[kid], signed_bytes(manifest), bytes.fromhex(sig))
+    except ValueError:
+        good = False
+    except ed25519.SodiumError as e:
+        raise TrustError(f"image {manifest.get('id')}: cannot check its signature: {e}") from None
+    if not good:
         raise TrustError(f"image {manifest.get('id')}: the signature by key {kid} does not match the manifest "
-                         f"(tampered or corrupted)") from None
+                         f"(tampered or corrupted)")
     return f"key {kid}"
 
 

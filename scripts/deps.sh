@@ -10,7 +10,7 @@ APT_PACKAGES=(
   qemu-system-arm qemu-system-x86 qemu-user-static ipxe-qemu
   busybox-static squashfs-tools e2fsprogs dosfstools mtools fdisk kmod cpio
   zstd lz4 xz-utils binutils binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf cryptsetup-bin
-  gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross
+  gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}

@@ -172,3 +172,25 @@ def test_signing_key_seed_round_trip(tmp_path: Path) -> None:
     seed = read_private_key(str(priv))
     assert key_id(bytes(SigningKey(seed).verify_key)) == kid == key_id(read_public_key(str(pub)))
     assert oct(priv.stat().st_mode & 0o777) == "0o600"
+
+
+def test_libsodium_through_ctypes_agrees_with_pynacl() -> None:
+    """The device checks signatures with libsodium through ctypes; PyNaCl (tests only) is the oracle."""
+    from nacl.signing import SigningKey, VerifyKey
+
+    from overlay_layout import ed25519
+
+    for i in range(20):
+        seed = hashlib.sha256(b"seed %d" % i).digest()
+        message = b"manifest %d " % i * (i + 1)
+        public, _ = ed25519.keypair(seed)
+        assert public == bytes(SigningKey(seed).verify_key)
+        ours = ed25519.sign(seed, message)
+        assert ours == SigningKey(seed).sign(message).signature
+        VerifyKey(public).verify(message, ours)
+        assert ed25519.verify(public, message, ours)
+        bad = bytearray(ours)
+        bad[i % 64] ^= 1 << (i % 8)
+        assert not ed25519.verify(public, message, bytes(bad))
+        assert not ed25519.verify(public, message + b"!", ours)
+        assert not ed25519.verify(public[:31], message, ours) and not ed25519.verify(public, message, ours[:63])

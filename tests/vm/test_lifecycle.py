@@ -5,6 +5,7 @@ what the booted system and bankctl say."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -104,6 +105,21 @@ def test_esc_esc_on_a_fresh_device_without_previous_boots_current(device) -> Non
         booted = json.loads(out.splitlines()[0])
         assert booted["why"] == "current" and out.splitlines()[1].endswith("busybox")
         assert any("no previous image" in w for w in booted["warnings"])
+
+
+def test_esc_pressed_while_modules_still_load_opens_the_menu(device) -> None:
+    """The ESC window opens as the init starts (the prompt is shown before modules load) and keys typed
+    then wait in the console: the menu opens once the banks partition is read, then boots as chosen."""
+    d = Device(device, "esc-early", None)
+    with d.vm() as vm:
+        vm.console.expect(r"Press ESC for the boot menu", T)
+        before = vm.console.text()
+        vm.console.send(b"\x1b\x1b")
+        assert not re.search(r"loaded \d+ kernel modules", before), "modules were loaded before the key was sent"
+        vm.console.expect(r"bankboot boot menu", 30)
+        text = vm.console.text()
+        assert re.search(r"loaded \d+ kernel modules", text[:text.index("bankboot boot menu")])
+        assert up(vm) == "1.0.0"
 
 
 def test_corrupt_or_truncated_update_is_refused_and_never_booted(device) -> None:
