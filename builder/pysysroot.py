@@ -26,8 +26,8 @@ PYTHON_PACKAGES = [
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libpython3.11",
     "libc6", "libssl3", "libexpat1", "zlib1g", "libbz2-1.0", "libcrypt1", "libffi8", "liblzma5",
     "libncursesw6", "libreadline8", "libtinfo6", "libuuid1", "libsqlite3-0", "libgcc-s1",
-    # ed25519 signatures for the init and bankctl: Debian's PyNaCl on the system libsodium (about 0.6 MB in
-    # the initramfs; the alternative, cryptography, brings OpenSSL's libcrypto at several MB).
+    # ed25519 signatures for the init and bankctl: libsodium, called with ctypes (overlay_layout/ed25519.py;
+    # 0.26 MB in the initramfs). PyNaCl and cffi stay in the sysroot but are kept out of the freeze.
     "python3-nacl", "python3-cffi-backend", "libsodium23",
 ]
 PYINSTALLER_PIN = "pyinstaller==6.22.3"

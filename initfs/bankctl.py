@@ -18,7 +18,7 @@ from overlay_layout import bootlog
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
 from overlay_layout.policy import DEFAULT_UNCONFIRMED_LIMIT
-from overlay_layout.stage import StageError, stage
+from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
@@ -135,6 +135,8 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    from overlay_layout.stage import stage  # tarfile and friends: only `stage` pays for them
+
     m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
               allow_downgrade=args.allow_downgrade, booted=booted_info().get("image"))
     print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "

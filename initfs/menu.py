@@ -144,6 +144,17 @@ class Keys:
         self.parsers: dict[int, KeyParser] = {}
         self.queue: list[tuple[int, str]] = []
 
+    def drain(self) -> None:
+        """Take in what is already waiting in the consoles, without waiting: keys typed earlier in the
+        window still count when the window has closed by the time the init asks."""
+        while (got := self.read(0)) is not None:
+            fd, data = got
+            if not data:
+                break
+            self.queue += [(fd, k) for k in self.parsers.setdefault(fd, KeyParser()).feed(data)]
+        for fd, p in self.parsers.items():
+            self.queue += [(fd, k) for k in p.feed(b"", final=True)]
+
     def next(self, deadline: float, only: int | None = None) -> tuple[int, str] | None:
         while True:
             for i, (fd, key) in enumerate(self.queue):
@@ -204,6 +215,7 @@ def prompt(entries: list[dict], timeout: float, menu_timeout: float = 30.0, cons
         deadline = time.monotonic() + timeout
     try:
         keys = Keys(cons.read)
+        keys.drain()
         got = None
         while (got := keys.next(deadline)) is not None and got[1] != "esc":
             pass

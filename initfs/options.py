@@ -8,21 +8,19 @@ for ever by accident."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections import namedtuple
 
 from initfs.cmdline import Cmdline
 
 RESCUE_MODES = ("shell", "reboot")
 
 
-class Option(NamedTuple):
-    key: str
-    kind: str  # seconds, int, str, flag, choice
-    default: object
-    low: float = 0.0
-    high: float = math.inf
-    choices: tuple[str, ...] = ()
-    help: str = ""
+class Option(namedtuple("Option", "key kind default low high choices help",
+                        defaults=(0.0, math.inf, (), ""))):
+    """key; kind: seconds, int, str, flag or choice; default; low/high bounds; choices; help. A namedtuple,
+    not a dataclass or typing.NamedTuple: both cost the init a long import on slow boards."""
+
+    __slots__ = ()
 
 
 OPTIONS = (
@@ -33,7 +31,7 @@ OPTIONS = (
     Option("init", "str", "/sbin/init", help="the image's init"),
     Option("bankboot.roottimeout", "seconds", 30.0, 0.1, 3600, help="how long to wait for the banks partition"),
     Option("bankboot.select", "str", None, help="boot this image once: previous, current, next or an image id"),
-    Option("bankboot.timeout", "seconds", 1.0, 0, 600,
+    Option("bankboot.timeout", "seconds", 0.5, 0, 600,
            help="the ESC window, counted from the init's start (it overlaps module loading; 0: no prompt)"),
     Option("bankboot.menu_timeout", "seconds", 30.0, 1, 3600,
            help="the boot menu boots as planned after this long without a key"),

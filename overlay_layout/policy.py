@@ -22,46 +22,42 @@ self-test, a write) moves to the next one."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 GOOD, TRIAL, BAD = "good", "trial", "bad"
 DEFAULT_UNCONFIRMED_LIMIT = 3
 
 
-# Records are NamedTuples, not dataclasses: dataclasses imports inspect (and PyInstaller then runs its
-# inspect hook at every start), a cost the init pays on slow boards before it prints a line.
-class ImageInfo(NamedTuple):
-    id: str
-    state: str | None = None  # good, trial, bad, or None when unknown
-    tries: int = 0
-    reason: str | None = None
-    version: str | None = None
-    committed: int = 0  # when it was marked good (0: never, or not known)
-    confirm: bool = False  # its signed manifest asks for `bankctl boot-ok` after each boot
-    unconfirmed: int = 0  # boots since the last boot-ok
-    persist: tuple[str, ...] | None = None  # its persistence policy (sealed); None: unsealed
+# Records are namedtuples (no dataclasses, no typing.NamedTuple): dataclasses brings inspect and typing
+# costs a quarter of a second to import on qemu-aarch64 under TCG, paid by the init before it boots.
+class ImageInfo(namedtuple("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
+                           defaults=(None, 0, None, None, 0, False, 0, None))):
+    """id; state: good, trial, bad, or None when unknown; tries; reason (of bad); version; committed: when it
+    was marked good (0: never, or not known); confirm: its signed manifest asks for `bankctl boot-ok` after
+    each boot; unconfirmed: boots since the last boot-ok; persist: its persistence policy (a tuple: sealed)
+    or None (unsealed)."""
+
+    __slots__ = ()
 
 
-class Snapshot(NamedTuple):
-    current: str | None
-    next: str | None
-    previous: str | None
-    images: dict[str, ImageInfo]
-    damaged: tuple[str, ...] = ()  # pointers that exist but could not be followed
-    boot_floor: str | None = None  # no image below this version boots (anti-rollback)
+class Snapshot(namedtuple("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))):
+    """The pointers (image ids or None), images: {id: ImageInfo}, damaged: pointers that exist but could not
+    be followed, boot_floor: no image below this version boots (anti-rollback)."""
+
+    __slots__ = ()
 
 
-class Candidate(NamedTuple):
-    image: str
-    why: str
-    trial: bool = False
+class Candidate(namedtuple("Candidate", "image why trial", defaults=(False,))):
+    """An image one boot may try, why, and whether it is a trial."""
+
+    __slots__ = ()
 
 
-class Effect(NamedTuple):
-    """A state change the plan makes before anything is mounted, in this order."""
-    kind: str  # spend_try, mark_bad, clear_next, roll_forward, demote, repoint_current, drop_pointer
-    image: str | None = None
-    reason: str = ""
+class Effect(namedtuple("Effect", "kind image reason", defaults=(None, ""))):
+    """A state change the plan makes before anything is mounted, in this order. kind: spend_try, mark_bad,
+    clear_next, roll_forward, demote, repoint_current, drop_pointer."""
+
+    __slots__ = ()
 
 
 class Plan:

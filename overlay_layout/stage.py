@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tarfile
 from collections.abc import Callable
 
 from overlay_layout import durable
@@ -82,6 +81,8 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
     """`reserve`: bytes staging must leave free beyond MARGIN, so the trial's first boot has room for
     its bankctl kit (the caller passes the running kit's size). `booted`: the running image, never
     replaced. The caller holds the banks lock (lock.py)."""
+    import tarfile  # here, not at the top: bankctl's other commands (run at every boot) do not need it
+
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:

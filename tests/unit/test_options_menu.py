@@ -13,8 +13,8 @@ from initfs.options import Options
 
 @pytest.mark.parametrize("text, key, value", [
     ("rootdelay=-1", "rootdelay", 0.0),
-    ("bankboot.timeout=inf", "bankboot.timeout", 1.0),
-    ("bankboot.timeout=nan", "bankboot.timeout", 1.0),
+    ("bankboot.timeout=inf", "bankboot.timeout", 0.5),
+    ("bankboot.timeout=nan", "bankboot.timeout", 0.5),
     ("bankboot.watchdog=inf", "bankboot.watchdog", 0),
     ("bankboot.watchdog=1e9", "bankboot.watchdog", 0),
     ("bankboot.selftest_timeout=-5", "bankboot.selftest_timeout", 60.0),
@@ -65,6 +65,9 @@ class FakeConsole:
     def write(self, text: str, fd: int | None = None) -> None:
         self.out += text
 
+    def close(self) -> None:
+        self.closed = True
+
     def read(self, timeout: float):
         if self.script:
             at, data = self.script[0]
@@ -100,3 +103,21 @@ def test_the_menu_times_out_and_boots_as_planned() -> None:
 
 def test_digits_and_enter_pick_an_image() -> None:
     assert prompt(ENTRIES, 1.0, 5.0, FakeConsole([(0.02, b"\x1b"), (0.2, b"2"), (0.3, b"\r")])) == "b"
+
+
+def test_keys_typed_while_modules_load_count_though_the_window_has_closed(monkeypatch) -> None:
+    """listen() opens the window as the init starts; prompt() comes after modules load, maybe after the
+    window's end: what was typed meanwhile (waiting in the console) still opens the menu."""
+    from initfs import menu
+
+    cons = FakeConsole([(0.0, b"\x1b\x1b")])  # typed at once, while "modules load"
+    monkeypatch.setattr(menu, "RawConsoles", lambda: cons)
+    menu.listen(0.1)
+    assert "Press ESC for the boot menu" in cons.out
+    time.sleep(0.2)  # the window is over before the init gets to the prompt
+    assert menu.prompt(ENTRIES, 0.1, 5.0) == "previous"
+    menu.listen(0.1)  # nothing typed: no wait left, boots as planned
+    cons.script = []
+    time.sleep(0.15)
+    started = time.monotonic()
+    assert menu.prompt(ENTRIES, 0.1, 5.0) is None and time.monotonic() - started < 0.05
