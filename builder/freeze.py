@@ -36,6 +36,10 @@ EXCLUDES = [
     # every start (inspect, ast, dis, tokenize, zipfile, pathlib, urllib: 0.45 s of a 1.15 s start-up on
     # qemu-aarch64 under TCG, measured with -X importtime).
     "inspect", "zipfile", "pathlib", "urllib", "ipaddress", "importlib.metadata", "logging",
+    # Collected through modules the init never runs (PyInstaller follows every import statement).
+    "ast", "dataclasses", "datetime", "calendar", "_strptime", "pickle", "_compat_pickle", "subprocess",
+    "selectors", "threading", "_threading_local", "gzip", "pprint", "tracemalloc", "stringprep", "quopri",
+    "getopt", "_py_abc", "resource",
 ]
 # PyInstaller zlib-compresses each module in its archive; stored (level 0), the initramfs's own zstd
 # compresses them far better, and start-up does not inflate them.

@@ -88,14 +88,19 @@ def menu_selection(opts: Options, banks, limit: int, config: dict[str, str]) -> 
     timeout = opts.get("bankboot.timeout")
     if timeout <= 0:
         return None, ""
-    from overlay_layout import bootlog
 
-    last: dict[str, str] = {}
-    for r in bootlog.read_log(banks.root):
-        last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
-    entries = menu_entries(banks, limit, config)
-    for e in entries:
-        e["last_boot"] = last.get(e["id"])
+    def entries() -> list[dict]:
+        """Read only when ESC was pressed: the status and the boot log cost every boot time otherwise."""
+        from overlay_layout import bootlog
+
+        last: dict[str, str] = {}
+        for r in bootlog.read_log(banks.root):
+            last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
+        found = menu_entries(banks, limit, config)
+        for e in found:
+            e["last_boot"] = last.get(e["id"])
+        return found
+
     with log.step("console prompt"):
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
 

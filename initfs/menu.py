@@ -199,7 +199,8 @@ def stop_listening() -> None:
         _early = None
 
 
-def prompt(entries: list[dict], timeout: float, menu_timeout: float = 30.0, cons=None) -> str | None:
+def prompt(entries: list[dict] | Callable[[], list[dict]], timeout: float, menu_timeout: float = 30.0,
+           cons=None) -> str | None:
     """Wait for ESC until the window closes (`timeout` from listen(), or from now when it was not opened
     early). Returns None (boot as planned), "previous", or an image id."""
     global _early
@@ -221,7 +222,7 @@ def prompt(entries: list[dict], timeout: float, menu_timeout: float = 30.0, cons
             pass
         if got is None:
             return None
-        return _menu(cons, keys, got[0], entries, menu_timeout)
+        return _menu(cons, keys, got[0], entries() if callable(entries) else entries, menu_timeout)
     finally:
         if own:
             cons.close()
