@@ -132,27 +132,34 @@ def verify_image(layout: Layout, image: str, full: bool) -> dict:
     log.log(f"image {image}: manifest signed by {who}")
     if full:
         with log.step(f"hash {image}"):
-            files = [(layout.squashfs(image), manifest["sha256"])]
+            files = [(layout.squashfs(image), manifest["sha256"], manifest["size"])]
             if "verity" in manifest:
-                files.append((layout.verity(image), manifest["verity"]["sha256"]))
-            for file, want in files:
-                got = _sha256(file)
+                files.append((layout.verity(image), manifest["verity"]["sha256"], manifest["verity"]["size"]))
+            for file, want, size in files:
+                got = _sha256(file, size)
                 if got != want:
                     raise BootError(f"verification failed: {file} has sha256 {got}, the signed manifest says "
                                     f"{want}: the image was changed after it was signed")
     return manifest
 
 
-def _sha256(path: str) -> str:
+def _sha256(path: str, size: int) -> str:
+    """The sha256 of the first `size` bytes (the signed size: what dm-verity maps; bytes after it are never
+    read); a shorter file is a failure."""
     import hashlib
 
     h = hashlib.sha256()
+    left = size
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
+            while left and (chunk := f.read(min(left, 4 << 20))):
                 h.update(chunk)
+                left -= len(chunk)
     except OSError as e:
         raise BootError(f"verification failed: cannot read {path}: {e.strerror}") from None
+    if left:
+        raise BootError(f"verification failed: {path} is {size - left} bytes, shorter than the {size} the signed "
+                        f"manifest says: truncated")
     return h.hexdigest()
 
 

@@ -416,6 +416,10 @@ class Banks:
         st = self.load()
         if self.image_state(st, prev).get("state") == BAD:
             raise StateError(f"previous image {prev} is marked bad")
+        boot_floor = self.floors(st)[1]
+        if policy.below_floor(self._version(prev), boot_floor):
+            raise StateError(f"previous image {prev} (version {self._version(prev) or 'unknown'}) is below the "
+                             f"anti-rollback floor {boot_floor}: it would not boot")
         nxt = self._pointer("next")
         if nxt is not None and self.image_state(st, nxt).get("state") == TRIAL:
             self._mark_bad(st, nxt, "superseded by a rollback")

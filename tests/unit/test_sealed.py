@@ -18,7 +18,7 @@ from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import check_persist, dump_manifest, parse_manifest
 from overlay_layout.policy import GOOD, ImageInfo, Snapshot, plan_boot
 from overlay_layout.stage import StageError, stage
-from overlay_layout.state import FLOOR_FILE, STATE_FILE, Banks
+from overlay_layout.state import FLOOR_FILE, STATE_FILE, Banks, StateError
 from overlay_layout.trust import Policy
 from tests.unit.test_state_machine import install_first_image, make_bank
 
@@ -191,3 +191,29 @@ def test_switch_root_frees_the_initramfs_but_the_kit(tmp_path: Path) -> None:
                                                                         for k in keep))
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["bankboot/lib.so", "etc/bankboot/kit", "init", "lib/ld.so"]
+
+
+def test_rollback_to_a_previous_below_the_boot_floor_is_refused(tmp_path: Path) -> None:
+    """Two commits: 1.0.0 -> 2.0.0 -> 3.0.0 leaves 2.0.0 previous and the boot floor at 2.0.0; re-pointing
+    previous at 1.0.0 (or any older image) makes rollback refuse instead of planning a boot that cannot be."""
+    banks, old, _ = committed(tmp_path)
+    newer = make_bank(tmp_path / "v.bank", "3.0.0", b"v" * 5000)
+    stage(banks, str(tmp_path / "v.bank"), DEV, "9.9.9", machine="x86_64")
+    banks.mark_good(banks.choose_boot().image)
+    assert banks.floors(banks.load()) == ("3.0.0", "2.0.0") and banks.layout.pointer("current") == newer
+    banks.layout.set_pointer("previous", old)
+    with pytest.raises(StateError, match="below the anti-rollback floor 2.0.0"):
+        banks.rollback()
+
+
+def test_a_trials_full_check_hashes_exactly_the_signed_size(tmp_path: Path) -> None:
+    """The first boot of a trial hashes what dm-verity will map: the signed size, no more, no less."""
+    import hashlib
+
+    from initfs.bootflow import BootError, _sha256
+
+    data = os.urandom(10000)
+    (tmp_path / "sq").write_bytes(data + b"appended later")
+    assert _sha256(str(tmp_path / "sq"), len(data)) == hashlib.sha256(data).hexdigest()
+    with pytest.raises(BootError, match="shorter than the 20000 the signed manifest says"):
+        _sha256(str(tmp_path / "sq"), 20000)
