@@ -101,7 +101,32 @@ def _str_list(data: dict, path: Path, key: str, default=None) -> tuple[str, ...]
     return tuple(value)
 
 
+# Every key a board file may have, as table.key: anything else is a typo, reported with the nearest key.
+KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel.image", "kernel.modules_dir",
+              "initramfs.compression", "initramfs.modules", "boot.console", "boot.cmdline", "boot.rescue",
+              "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
+              "boot.config_txt", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index")
+
+
+def check_keys(data: dict, path: Path) -> None:
+    """Refuse keys the builder does not read: a misspelt one would otherwise be silently ignored."""
+    import difflib
+
+    found = []
+    for key, value in data.items():
+        if isinstance(value, dict) and any(k.startswith(f"{key}.") for k in KNOWN_KEYS):
+            found += [f"{key}.{sub}" for sub in value]
+        else:
+            found.append(key)
+    for key in found:
+        if key not in KNOWN_KEYS:
+            near = difflib.get_close_matches(key, KNOWN_KEYS, 1, 0.6)
+            hint = f"; did you mean {near[0]}?" if near else f" (known keys: {', '.join(KNOWN_KEYS)})"
+            raise BoardError(f"{path}: unknown key {key!r}{hint}")
+
+
 def parse_board(name: str, path: Path, data: dict) -> Board:
+    check_keys(data, path)
     try:
         arch = get_arch(_get(data, path, "arch", str))
     except ValueError as e:

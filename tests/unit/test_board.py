@@ -44,3 +44,20 @@ def test_own_kernel_board(tmp_path: Path) -> None:
     b = load_board(str(f))
     assert b.kernel.image == tmp_path / "Image"
     assert b.kernel.modules_dir == tmp_path / "modules/6.6.51-v8+"
+
+
+def test_a_misspelt_key_is_refused_with_the_nearest_known_one(tmp_path) -> None:
+    import pytest
+
+    from builder.board import BoardError, load_board
+
+    text = (Path(__file__).parents[2] / "builder/boards/qemu-aarch64.toml").read_text()
+    for typo, message in [("[boot]\n", "[boot]\nrescure = \"reboot\"\n"), ("[qemu]\n", "[qemu]\nserial_idx = 1\n")]:
+        bad = tmp_path / "typo.toml"
+        bad.write_text(text.replace(typo, message, 1))
+        with pytest.raises(BoardError, match=r"unknown key 'boot.rescure'; did you mean boot.rescue\?|"
+                                             r"unknown key 'qemu.serial_idx'; did you mean qemu.serial_index\?"):
+            load_board(str(bad))
+    bad.write_text("wibble = 1\n" + text)
+    with pytest.raises(BoardError, match="unknown key 'wibble' \\(known keys: description, arch"):
+        load_board(str(bad))
