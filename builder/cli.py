@@ -69,7 +69,7 @@ def cmd_image(args: argparse.Namespace) -> int:
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
                     sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
-                    persist=args.persist or None)
+                    persist=args.persist or None, arch=args.arch)
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--persist", action="append", default=[], metavar="DIR",
                     help="a directory whose changes are kept (repeatable); with any, the image is sealed: "
                          "everything else is the verified squashfs under a tmpfs, reset at every boot")
+    im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
+                                   "/sbin/init (an ELF program, or a script's interpreter)")
     im.add_argument("-o", "--output", required=True)
     im.set_defaults(func=cmd_image)
 

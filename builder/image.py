@@ -32,17 +32,31 @@ class ImageError(RuntimeError):
     pass
 
 
-def rootfs_arch(rootfs: Path) -> str:
-    """The Debian architecture of the rootfs's /sbin/init (symlinks followed inside the rootfs)."""
-    real = resolve_in_root(rootfs, "/sbin/init")
-    path = rootfs / real.lstrip("/")
-    if not path.is_file():
-        raise ImageError(f"{rootfs} has no /sbin/init (looked at {real}): an image must have an init to boot")
+def rootfs_arch(rootfs: Path, init: str = "/sbin/init") -> str:
+    """The Debian architecture of the rootfs's init (symlinks followed inside the rootfs; a script's `#!`
+    interpreter followed too, up to four levels, as the kernel would)."""
+    chain = []
+    for _ in range(5):
+        real = resolve_in_root(rootfs, init)
+        path = rootfs / real.lstrip("/")
+        if not path.is_file():
+            what = f"{init} (looked at {real})" + (f", the interpreter of {' -> '.join(chain)}" if chain else "")
+            raise ImageError(f"{rootfs} has no {what}: an image must have an init to boot")
+        head = path.read_bytes()[:256]
+        if not head.startswith(b"#!"):
+            break
+        words = head[2:].split(b"\n", 1)[0].split()
+        if not words:
+            raise ImageError(f"{rootfs}{real}: a script whose #! line names no interpreter")
+        chain.append(real)
+        init = words[0].decode(errors="replace")
+    else:
+        raise ImageError(f"{rootfs}: the init's #! interpreters nest too deep ({' -> '.join(chain)})")
     try:
         info = read_elf(path)
     except ElfError:
-        raise ImageError(f"{rootfs}/sbin/init ({real}) is not an ELF program; cannot tell the image's "
-                         f"architecture") from None
+        raise ImageError(f"{rootfs}{real} is not an ELF program; cannot tell the image's architecture "
+                         f"(give --arch)") from None
     try:
         return _ARCH_BY_MACHINE[(info.machine, info.elfclass)]
     except KeyError:
@@ -112,7 +126,7 @@ def sha256_file(path: Path) -> str:
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
                 sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
-                persist: list[str] | None = None) -> dict:
+                persist: list[str] | None = None, arch: str | None = None) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
     persist: the image's persistence policy (a sealed image): only these directories keep changes on the
@@ -126,7 +140,10 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
         seed = read_private_key(str(sign_key)) if sign_key else None
     except TrustError as e:
         raise ImageError(str(e)) from None
-    arch = rootfs_arch(rootfs)
+    if arch is None:
+        arch = rootfs_arch(rootfs)
+    elif arch not in {a.debian for a in ARCHES.values()}:
+        raise ImageError(f"--arch {arch!r} is not one of {', '.join(sorted({a.debian for a in ARCHES.values()}))}")
     paths = check_persist_paths(rootfs, persist) if persist else None
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS

@@ -59,9 +59,34 @@ def test_image_without_init_or_of_unknown_arch_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ImageError, match="has no /sbin/init"):
         build_image(tmp_path / "r", "1.0.0", tmp_path / "x.bank")
     (tmp_path / "r/sbin/init").write_text("#!/bin/sh\n")
-    with pytest.raises(ImageError, match="not an ELF"):
+    with pytest.raises(ImageError, match="has no /bin/sh .*the interpreter of /sbin/init"):
         build_image(tmp_path / "r", "1.0.0", tmp_path / "x.bank")
+    (tmp_path / "r/bin").mkdir()
+    (tmp_path / "r/bin/sh").write_text("not a program\n")
+    with pytest.raises(ImageError, match="/bin/sh is not an ELF program.*give --arch"):
+        build_image(tmp_path / "r", "1.0.0", tmp_path / "x.bank")
+    with pytest.raises(ImageError, match="--arch 'sparc' is not one of amd64, arm64, armhf"):
+        build_image(tmp_path / "r", "1.0.0", tmp_path / "x.bank", arch="sparc")
     assert not (tmp_path / "x.bank").exists()
+
+
+def test_a_script_init_is_followed_to_its_interpreter_inside_the_rootfs(rootfs: Path, tmp_path: Path) -> None:
+    """An init that is a shell script (#!/bin/sh, the busybox in the rootfs): its architecture is the
+    interpreter's, found inside the rootfs as the kernel would; --arch overrides."""
+    import shutil
+
+    from builder.image import rootfs_arch
+
+    rootfs = shutil.copytree(rootfs, tmp_path / "rootfs", symlinks=True)  # the fixture is shared
+    (rootfs / "sbin/init").unlink()
+    (rootfs / "sbin/init").write_text("#!/bin/sh -e\nexec /bin/busybox init\n")
+    (rootfs / "sbin/init").chmod(0o755)
+    arch = rootfs_arch(rootfs)
+    assert arch == build_image(rootfs, "1.0.0", tmp_path / "s.bank", arch=arch)["arch"]
+    (rootfs / "sbin/loop").write_text("#!/sbin/loop\n")
+    (rootfs / "sbin/init").write_text("#!/sbin/loop\n")
+    with pytest.raises(ImageError, match="nest too deep"):
+        rootfs_arch(rootfs)
 
 
 def test_tampered_bank_is_refused(bank, tmp_path: Path) -> None:
