@@ -98,6 +98,30 @@ def cmd_disk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """A bank file's manifest, who signed it, and whether it verifies (like `rauc info`). Exit 0 when it
+    verifies against the given keys (or, with no keys, when it is well formed), 1 when it does not."""
+    import json
+
+    from builder.image import inspect_bank
+
+    keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
+    report = inspect_bank(Path(args.file), keys, Path(args.initramfs) if args.initramfs else None)
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        m = report["manifest"]
+        print(f"{args.file}: image {m['id']}, version {m['version']}, {m['arch']}")
+        print(f"  squashfs {_human(m['size'])} sha256 {m['sha256']}")
+        if "verity" in m:
+            print(f"  dm-verity root hash {m['verity']['root_hash']} (hash tree {_human(m['verity']['size'])})")
+        print(f"  needs bankboot {m.get('min_bankboot', 'any')}; confirm_boots: {m.get('confirm_boots', False)}")
+        print(f"  {'sealed, persistent: ' + ' '.join(m['persist']) if 'persist' in m else 'UNSEALED'}")
+        print(f"  signed: {report['signed']}; files match the manifest: {report['files_ok']}")
+        print(f"  verifies: {report['verdict']}")
+    return 0 if report["ok"] else 1
+
+
 def cmd_sample_rootfs(args: argparse.Namespace) -> int:
     from builder.samplerootfs import build_sample_rootfs
 
@@ -213,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
     dk.add_argument("-o", "--output", required=True)
     dk.set_defaults(func=cmd_disk)
+
+    ins = sub.add_parser("inspect", help="a bank file's manifest and signer, and whether it verifies (rauc info)")
+    ins.add_argument("file", help="a bank file")
+    ins.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
+                     help="check the signature against these public keys (repeatable, or comma-separated)")
+    ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.set_defaults(func=cmd_inspect)
 
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
     sr.add_argument("--board", default=DEFAULT_BOARD)

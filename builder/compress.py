@@ -37,6 +37,18 @@ def compress(data: bytes, method: str) -> bytes:
     return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
 
 
+MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x02\x21\x4c\x18": "lz4",
+         b"070701": "none"}
+
+
+def detect(data: bytes) -> str:
+    """The compression of an initramfs, from its first bytes."""
+    for magic, method in MAGIC.items():
+        if data.startswith(magic):
+            return method
+    raise ValueError("not an initramfs this builder writes (unknown compression or not a cpio archive)")
+
+
 def decompress(data: bytes, method: str) -> bytes:
     """For tests and `bankboot inspect`: the inverse of compress()."""
     if method == "none":

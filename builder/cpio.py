@@ -43,6 +43,27 @@ def write_entry(out: BinaryIO, ino: int, name: str, mode: int, nlink: int, mtime
     return len(chunk)
 
 
+def read_cpio(data: bytes) -> dict[str, bytes]:
+    """The regular files of a newc archive, by path (what `bankboot disk` and `inspect` read of an
+    initramfs: its trusted keys and initramfs.conf)."""
+    files: dict[str, bytes] = {}
+    pos = 0
+    while pos + 110 <= len(data):
+        if data[pos:pos + 6] not in (b"070701", b"070702"):
+            raise ValueError(f"not a newc cpio archive (bad magic at byte {pos})")
+        fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        name_end = pos + 110 + namesize
+        name = data[pos + 110:name_end - 1].decode(errors="replace")
+        start = name_end + (4 - name_end % 4) % 4
+        if name == TRAILER:
+            break
+        if stat.S_ISREG(mode):
+            files[name.removeprefix("./")] = data[start:start + size]
+        pos = start + size + (4 - size % 4) % 4
+    return files
+
+
 def write_cpio(tree: FsTree, out: BinaryIO, mtime: int | None = None) -> None:
     """Write the whole tree. Sorting by path puts every directory before its contents (the kernel needs
     a directory to exist before it creates files in it)."""

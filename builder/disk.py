@@ -92,6 +92,28 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     _run([*cmd, str(path)])
 
 
+def check_bootable(bank: Path, manifest: dict, initramfs: Path) -> None:
+    """Refuse a disk whose image its initramfs would refuse at boot (unsigned, signed by a key it does not
+    trust, needing a newer bankboot, another architecture): that disk's first boot would end in the rescue
+    policy. The baseline busybox-sh initramfs checks nothing, so nothing is checked for it."""
+    from builder.initramfs import read_settings
+    from overlay_layout.trust import Policy, TrustError
+
+    try:
+        conf, keys = read_settings(initramfs)
+    except (ValueError, TrustError) as e:
+        raise DiskError(str(e)) from None
+    if conf.get("init") != "frozen":
+        return
+    if conf.get("arch") and conf["arch"] != manifest["arch"]:
+        raise DiskError(f"{initramfs} is for {conf['arch']}; {bank} is an {manifest['arch']} image")
+    policy = Policy(keys, conf.get("unsigned") == "allowed", conf.get("downgrade") == "allowed")
+    try:
+        policy.check(manifest, conf.get("bankboot", "0.0.0"))
+    except TrustError as e:
+        raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
+
+
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
                userdata_files: list[Path] | None = None) -> tuple[DiskLayout, dict]:
@@ -105,6 +127,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         raise DiskError(f"{bank} is an {manifest['arch']} image; board {board.name} is {board.arch.debian}")
     if not initramfs.is_file():
         raise DiskError(f"initramfs {initramfs} does not exist (make initramfs BOARD={board.name})")
+    check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
     layout = plan(size, userdata_size, disk_id)

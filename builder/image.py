@@ -205,6 +205,47 @@ def read_bank(path: Path) -> tuple[dict, tarfile.TarFile, tarfile.TarInfo]:
         raise
 
 
+def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None = None) -> dict:
+    """What `bankboot inspect` reports: the manifest, its signer, whether the squashfs and hash tree match
+    it, and the verdict against `keys` or against what `initramfs` would accept at boot."""
+    from overlay_layout.trust import Policy, TrustError, key_id, read_public_key
+
+    manifest, tar, _ = read_bank(path)
+    with tar:
+        expected = {SQUASHFS: manifest["sha256"], **({VERITY: manifest["verity"]["sha256"]} if "verity" in manifest
+                                                     else {})}
+        files_ok = True
+        for member in tar.getmembers()[1:]:
+            want = expected.pop(member.name, None)
+            h = hashlib.sha256()
+            src = tar.extractfile(member)
+            while src is not None and (chunk := src.read(1 << 22)):
+                h.update(chunk)
+            files_ok &= want == h.hexdigest()
+        files_ok &= not expected
+    signed = f"key {manifest['key']}" if "signature" in manifest else "no (unsigned)"
+    if initramfs is not None:
+        from builder.disk import DiskError, check_bootable
+
+        try:
+            check_bootable(path, manifest, initramfs)
+            verdict, ok = f"yes: {initramfs} would boot it", files_ok
+        except DiskError as e:
+            verdict, ok = f"NO: {e}", False
+    elif keys:
+        try:
+            trusted = {key_id(k): k for k in (read_public_key(str(p)) for p in keys)}
+            who = Policy(trusted, allow_unsigned=False, allow_downgrade=False).check(manifest, VERSION)
+            verdict, ok = f"yes: signed by {who}", files_ok
+        except TrustError as e:
+            verdict, ok = f"NO: {e}", False
+    else:
+        verdict, ok = "not checked (give --trust KEY.pub or --initramfs IMG)", files_ok
+    if not files_ok:
+        verdict += "; the bank file's squashfs or hash tree does NOT match its manifest"
+    return {"manifest": manifest, "signed": signed, "files_ok": files_ok, "verdict": verdict, "ok": ok}
+
+
 def extract_image(path: Path, dest_dir: Path) -> dict:
     """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
     manifest, tar, _ = read_bank(path)

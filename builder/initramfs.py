@@ -191,6 +191,30 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     return tree, kernel
 
 
+def read_settings(initramfs: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+    """What an initramfs was built with: its initramfs.conf settings and its trusted public keys (by key
+    id), read from the archive itself (`bankboot disk` and `bankboot inspect` check images against them)."""
+    from builder.cpio import read_cpio
+    from overlay_layout.trust import key_id, parse_public_key
+
+    raw = initramfs.read_bytes()
+    try:
+        files = read_cpio(compression.decompress(raw, compression.detect(raw)))
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ValueError(f"{initramfs} is not a bankboot initramfs: {e}") from None
+    conf = {}
+    for line in files.get("etc/bankboot/initramfs.conf", b"").decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            conf[key.strip()] = value.strip()
+    keys = {}
+    for name, data in files.items():
+        if name.startswith("etc/bankboot/trust/") and name.endswith(".pub"):
+            public = parse_public_key(data.decode(errors="replace"), f"{initramfs}:{name}")
+            keys[key_id(public)] = public
+    return conf, keys
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -61,12 +61,22 @@ def _b64(text: str, what: str) -> bytes:
 def _read_key(path: str, tag: str, kind: str, comment_ok: bool) -> bytes:
     try:
         with open(path) as f:
-            parts = f.read().split()
+            text = f.read()
     except OSError as e:
         raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from None
+    return _parse_key(text, path, tag, kind, comment_ok)
+
+
+def _parse_key(text: str, where: str, tag: str, kind: str, comment_ok: bool) -> bytes:
+    parts = text.split()
     if len(parts) < 2 or parts[0] != tag or (len(parts) > 2 and not comment_ok):
-        raise TrustError(f"{path} is not a bankboot {kind} key (expected '{tag} <base64>')")
-    return _b64(parts[1], path)
+        raise TrustError(f"{where} is not a bankboot {kind} key (expected '{tag} <base64>')")
+    return _b64(parts[1], where)
+
+
+def parse_public_key(text: str, where: str) -> bytes:
+    """A public key file's content (`where` names it in errors)."""
+    return _parse_key(text, where, PUBLIC_TAG, "public", comment_ok=True)
 
 
 def read_public_key(path: str) -> bytes:

@@ -104,3 +104,21 @@ def test_compression_uses_the_formats_the_kernel_accepts() -> None:
     xz = compress.compress(data, "xz")
     assert xz[:6] == b"\xfd7zXZ\x00" and xz[7] == 0x01  # stream flags: CRC32 check
     assert compress.compress(data, "gzip")[4:8] == b"\0\0\0\0"  # no timestamp
+
+
+def test_the_reader_gets_back_every_regular_file() -> None:
+    """`bankboot disk` and `inspect` read an initramfs's keys and settings back with read_cpio."""
+    import io
+
+    from builder.cpio import read_cpio, write_cpio
+    from builder.fstree import FsTree
+
+    tree = FsTree()
+    tree.add_dir("etc")
+    tree.add_file("etc/a.conf", data=b"x=1\n")
+    tree.add_file("etc/odd", data=b"12345")  # sizes that need padding
+    tree.add_symlink("etc/link", "a.conf")
+    tree.add_device("dev/null", "char", 1, 3, 0o666)
+    out = io.BytesIO()
+    write_cpio(tree, out)
+    assert read_cpio(out.getvalue()) == {"etc/a.conf": b"x=1\n", "etc/odd": b"12345"}

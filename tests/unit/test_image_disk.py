@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.disk import build_disk, partitions, read_boot_files
+from builder.disk import DiskError, build_disk, partitions, read_boot_files
 from builder.image import ImageError, build_image, read_bank
 from builder.samplerootfs import build_sample_rootfs
 
@@ -22,19 +22,20 @@ def rootfs(aarch64, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bank(rootfs: Path) -> tuple[Path, dict]:
+def bank(rootfs: Path, signing_key) -> tuple[Path, dict]:
+    """Signed by the test suite's key, which the test initramfs trusts."""
     out = rootfs.parent / "app.bank"
-    return out, build_image(rootfs, "2.0.0", out)
+    return out, build_image(rootfs, "2.0.0", out, sign_key=signing_key[0])
 
 
-def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank) -> None:
+def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank, signing_key) -> None:
     path, m = bank
     assert m["arch"] == "arm64" and m["version"] == "2.0.0" and m["id"].startswith("2.0.0-")
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["manifest.json", "rootfs.squashfs", "rootfs.verity"]
     assert m["verity"]["size"] > 0 and len(m["verity"]["root_hash"]) == 64
-    again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank")
-    assert again == m
+    again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank", sign_key=signing_key[0])
+    assert again == m  # ed25519 signatures are deterministic too
     assert (rootfs.parent / "again.bank").read_bytes() == path.read_bytes()
     _manifest, tar, member = read_bank(path)
     tar.close()
@@ -137,3 +138,40 @@ def test_disk_refuses_an_image_of_another_arch(x86_64, bank, tmp_path: Path) -> 
     with pytest.raises(Exception, match="arm64 image; board qemu-x86_64 is amd64"):
         build_disk(board, path, tmp_path / "d.img", 256 << 20, path)
     assert not (tmp_path / "d.img").exists()
+
+
+def test_disk_refuses_an_image_its_initramfs_would_refuse_at_boot(aarch64, rootfs: Path, built_initramfs,
+                                                                 tmp_path: Path) -> None:
+    """Unsigned, or signed by a key the initramfs does not trust: such a disk's first boot could only end in
+    the rescue policy, so it is not written."""
+    from builder.keys import keygen
+
+    board, _, _ = aarch64
+    keygen(tmp_path / "other", "not trusted")
+    build_image(rootfs, "2.0.0", tmp_path / "u.bank")
+    build_image(rootfs, "2.0.0", tmp_path / "o.bank", sign_key=tmp_path / "other.key")
+    for name, message in [("u.bank", "is not signed"), ("o.bank", "which this device does not trust")]:
+        with pytest.raises(DiskError, match=f"would refuse .*{name} at boot: .*{message}"):
+            build_disk(board, tmp_path / name, tmp_path / "d.img", 256 << 20, built_initramfs(board))
+        assert not (tmp_path / "d.img").exists()
+
+
+def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_initramfs, aarch64, signing_key,
+                                                                tmp_path: Path) -> None:
+    from builder.image import inspect_bank
+    from builder.keys import keygen
+
+    board, _, _ = aarch64
+    path, m = bank
+    good = inspect_bank(path, (signing_key[1],))
+    assert good["ok"] and good["files_ok"] and good["signed"] == f"key {m['key']}"
+    assert "yes: signed by" in good["verdict"]
+    assert inspect_bank(path, (), built_initramfs(board))["ok"]
+    keygen(tmp_path / "other", "not trusted")
+    wrong = inspect_bank(path, (tmp_path / "other.pub",))
+    assert not wrong["ok"] and "does not trust" in wrong["verdict"]
+    data = bytearray(path.read_bytes())
+    data[-4096 * 3] ^= 1  # inside the hash tree, behind the manifest
+    (tmp_path / "changed.bank").write_bytes(bytes(data))
+    changed = inspect_bank(tmp_path / "changed.bank", (signing_key[1],))
+    assert not changed["ok"] and not changed["files_ok"] and "does NOT match" in changed["verdict"]
