@@ -53,12 +53,12 @@ def remove_old_kits(layout: Layout, images: list[str]) -> list[str]:
             names = os.listdir(utils)
         except OSError:
             continue
-        for name in names:
-            if name.startswith(OLD_KIT_PREFIX):
-                durable.remove_tree(f"{utils}/{name}")
-                removed.append(f"{utils}/{name}")
-        if removed:
+        kits = [f"{utils}/{name}" for name in names if name.startswith(OLD_KIT_PREFIX)]
+        for path in kits:
+            durable.remove_tree(path)
+        if kits:
             durable.fsync_dir(utils)
+        removed += kits
     for path in removed:
         log.log(f"removed {path}: a bankctl kit on the banks partition is never run (bankctl runs from the "
                 f"initramfs)")

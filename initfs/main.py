@@ -82,7 +82,10 @@ def boot() -> NoReturn:
         from initfs.menu import listen
 
         with log.step("open the ESC window"):
-            _quietly_listen(listen, opts.get("bankboot.timeout"))
+            try:
+                listen(opts.get("bankboot.timeout"))
+            except Exception as e:  # the prompt is a convenience: it must never stop a boot
+                log.error(f"console prompt failed ({e}); booting as planned")
     with log.step("load modules"):
         from initfs.modules import load_modules, read_order
 
@@ -95,13 +98,6 @@ def boot() -> NoReturn:
     from initfs.bootflow import boot_image
 
     boot_image(opts, sys.argv[1:], config)
-
-
-def _quietly_listen(listen, timeout: float) -> None:
-    try:
-        listen(timeout)
-    except Exception as e:  # the prompt is a convenience: it must never stop a boot
-        log.error(f"console prompt failed ({e}); booting as planned")
 
 
 def main() -> NoReturn:

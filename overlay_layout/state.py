@@ -125,7 +125,7 @@ class Banks:
         highest of what state.json and floor.json record and, for the stage floor, the signed version of
         `current` (committed by definition); a lost or damaged file never lowers them. With no record at
         all (a disk from an older bankboot), the boot floor is the oldest of current and previous."""
-        kept, _ = self._read_floor_file()
+        kept = self._read_floor_file()
         floor = _highest(st.get("floor"), kept.get("floor"), self._version(self._pointer("current")))
         boot = _highest(st.get("boot_floor"), kept.get("boot_floor"))
         if boot is None:
@@ -135,20 +135,19 @@ class Banks:
             boot = floor
         return floor, boot
 
-    def _read_floor_file(self) -> tuple[dict, bool]:
+    def _read_floor_file(self) -> dict:
+        """floor.json's floors; a damaged file is a warning and counts for nothing (state.json still does)."""
         path = os.path.join(self.root, FLOOR_FILE)
         try:
             got = read_json(path, 4096)
         except Damaged as e:
             self._warn(f"{path} is damaged ({e}); the floors in {STATE_FILE} are used")
-            return {}, True
-        if got is None:
-            return {}, False
-        value = got[0]
-        if not isinstance(value, dict):
+            return {}
+        if got is not None and not isinstance(got[0], dict):
             self._warn(f"{path} is damaged (not an object); the floors in {STATE_FILE} are used")
-            return {}, True
-        return {k: v for k, v in value.items() if k in ("floor", "boot_floor") and _is_version(v)}, False
+            return {}
+        value = got[0] if got is not None else {}
+        return {k: v for k, v in value.items() if k in ("floor", "boot_floor") and _is_version(v)}
 
     def set_floors(self, st: dict, floor: str | None, boot_floor: str | None) -> None:
         """Record the floors in floor.json, then in `st` (saved by the caller): a cut between the two leaves
