@@ -41,12 +41,24 @@ EXCLUDES = [
     "selectors", "threading", "_threading_local", "gzip", "pprint", "tracemalloc", "stringprep", "quopri",
     "getopt", "_py_abc", "resource",
 ]
+# Codecs anything here uses (Python's own UTF-8 mode, ASCII, Latin-1 and the escapes); the other ~110
+# modules of `encodings` are 0.6 MB of base_library.zip that nothing in the init or bankctl reads.
+KEEP_ENCODINGS = ("__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "unicode_escape",
+                  "raw_unicode_escape")
 # PyInstaller zlib-compresses each module in its archive; stored (level 0), the initramfs's own zstd
 # compresses them far better, and start-up does not inflate them.
 FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "0"}
+# -OO: no docstrings or asserts in the bundle's bytecode (nothing here reads a docstring at run time).
+OPTIONS = ["--optimize", "2"]
 HIDDEN_IMPORTS: list[str] = []
 # Shared libraries loaded with ctypes, which PyInstaller cannot see: (path in the sysroot, bundle dir).
 BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
+
+
+def excluded_encodings(sysroot: PySysroot) -> list[str]:
+    """`encodings.X` for every codec module of the target's stdlib not in KEEP_ENCODINGS."""
+    found = (sysroot.root / "usr/lib").glob("python3.*/encodings/*.py")
+    return sorted(f"encodings.{f.stem}" for f in found if f.stem not in KEEP_ENCODINGS)
 
 
 def freeze_inputs() -> list[Path]:
@@ -57,7 +69,7 @@ def freeze_inputs() -> list[Path]:
 def input_hash(sysroot: PySysroot) -> str:
     h = hashlib.sha256()
     h.update(sysroot.stamp.encode())
-    h.update(repr((EXCLUDES, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
+    h.update(repr((EXCLUDES, KEEP_ENCODINGS, OPTIONS, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
     for f in freeze_inputs():
         h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -88,7 +100,8 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         str(sysroot.python), str(launcher), "--noconfirm", "--onedir", "--name", NAME,
         "--contents-directory", CONTENTS_DIR, "--strip", "--log-level", "WARN",
         "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
-        "--paths", str(PROJECT), *[f"--exclude-module={m}" for m in EXCLUDES],
+        "--paths", str(PROJECT), *OPTIONS,
+        *[f"--exclude-module={m}" for m in [*EXCLUDES, *excluded_encodings(sysroot)]],
         *[f"--hidden-import={m}" for m in HIDDEN_IMPORTS],
         *[f"--add-binary={sysroot.root / src.format(triplet=sysroot.arch.triplet)}:{dest}" for src, dest in BINARIES],
         str(ENTRY),

@@ -82,6 +82,13 @@ class FsTree:
     def add_symlink(self, path: str, target: str) -> None:
         self._put(path, Entry("symlink", 0o777, target=target))
 
+    def replace_with_symlink(self, path: str, target: str) -> None:
+        """Turn a file already in the tree into a symlink: a second copy of a library becomes a link."""
+        old = self.get(path)
+        if old is None or old.kind != "file":
+            raise ValueError(f"{norm(path)!r} is not a file in the tree")
+        self.entries[norm(path)] = Entry("symlink", 0o777, target=target)
+
     def add_device(self, path: str, kind: str, major: int, minor: int, mode: int = 0o600) -> None:
         if kind not in ("char", "block"):
             raise ValueError(f"device kind must be char or block, not {kind!r}")

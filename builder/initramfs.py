@@ -125,6 +125,13 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
     for f in sorted(resolver.closure.files):
         if f.lstrip("/") not in tree:
             tree.add_file(f, src=sysroot.root / f.lstrip("/"))
+    # A library both in the bundle and in a system directory (libz: the bootloader needs it before
+    # LD_LIBRARY_PATH is set) is stored once: the bundle's copy becomes a relative link, which also
+    # resolves inside bankctl's kit at /run/bankboot/kit.
+    system = {PurePosixPath(p).name: p for p in [*resolver.closure.files, *resolver.closure.links]}
+    for lib in sorted(contents.iterdir()):
+        if lib.name in system and lib.is_file() and not lib.is_symlink():
+            tree.replace_with_symlink(f"{CONTENTS_DIR}/{lib.name}", "../" + system[lib.name].lstrip("/"))
     # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
     kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
