@@ -17,7 +17,7 @@ def _human(n: int) -> str:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Fetch what building for the boards needs: kernels, busybox, the target Python sysroots."""
-    from builder.parts import fetch_busybox, fetch_kernel
+    from builder.parts import SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package
     from builder.pysysroot import fetch_sysroot
 
     names = board_names() if args.board == "all" else [args.board]
@@ -30,6 +30,9 @@ def cmd_deps(args: argparse.Namespace) -> int:
     for arch in arches.values():
         print(f"busybox {arch.debian:16} {fetch_busybox(arch)}")
         print(f"python  {arch.debian:16} {fetch_sysroot(arch).root}")
+        if arch.debian in SECOND_KERNELS:  # what kexec tests put in images
+            second = fetch_kernel_package(arch, SECOND_KERNELS[arch.debian])
+            print(f"kernel  {arch.debian + ' (2nd)':16} {second.version}")
     return 0
 
 
@@ -69,12 +72,16 @@ def cmd_image(args: argparse.Namespace) -> int:
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
                     sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
-                    persist=args.persist or None, arch=args.arch)
+                    persist=args.persist or None, arch=args.arch,
+                    kernel=Path(args.kernel) if args.kernel else None,
+                    kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
+                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust))
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
-    print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}), squashfs {_human(m['size'])} "
-          f"sha256 {m['sha256']}, {signed}, {sealed}")
+    own = f", kernel {m['kernel']['release']}" if "kernel" in m else ""
+    print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}{own}), squashfs "
+          f"{_human(m['size'])} sha256 {m['sha256']}, {signed}, {sealed}")
     return 0
 
 
@@ -220,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "everything else is the verified squashfs under a tmpfs, reset at every boot")
     im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
                                    "/sbin/init (an ELF program, or a script's interpreter)")
+    im.add_argument("--kernel", metavar="FILE",
+                    help="the image carries this kernel (arm64 Image/vmlinuz or x86_64 bzImage; its modules in the "
+                         "rootfs's /lib/modules): the init on the boot partition kexecs it (docs/lifecycle.md)")
+    im.add_argument("--initramfs", metavar="FILE", help="with --kernel: the bankboot initramfs that kernel boots")
+    im.add_argument("--board", help="with --kernel: build that initramfs for this board's settings, with the "
+                                    "kernel's modules from the rootfs, trusting the signing key and --trust")
+    im.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
+                    help="with --board: another key the built initramfs trusts (repeatable)")
+    im.add_argument("--kernel-append", default="", metavar="PARAMS",
+                    help="with --kernel: kernel parameters added to the command line when it is kexec'd")
     im.add_argument("-o", "--output", required=True)
     im.set_defaults(func=cmd_image)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from builder.arch import ARCHES
 from builder.cpio import source_date_epoch
@@ -22,7 +23,7 @@ from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.initramfs import write_atomic
 from initfs.version import VERSION
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
-from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest
+from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
 _ARCH_BY_MACHINE = {(a.elf_machine, a.elf_class): a.debian for a in ARCHES.values()}
@@ -83,13 +84,19 @@ def check_persist_paths(rootfs: Path, persist: list[str]) -> list[str]:
     return paths
 
 
-def make_squashfs(rootfs: Path, output: Path) -> None:
+def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = None) -> None:
+    """extra: files added at these absolute paths (parents made), without touching the rootfs."""
     mksquashfs = shutil.which("mksquashfs")
     if mksquashfs is None:
         raise ImageError("mksquashfs is not installed (Debian squashfs-tools; make deps installs it)")
     epoch = str(source_date_epoch())
     cmd = [mksquashfs, str(rootfs), str(output), "-comp", "zstd", "-all-root", "-noappend", "-no-progress",
            "-quiet", "-mkfs-time", epoch, "-all-time", epoch, "-processors", "1"]
+    dirs = sorted({str(p) for path in (extra or {}) for p in PurePosixPath(path).parents if str(p) != "/"})
+    for d in dirs:
+        cmd += ["-p", f"{d} d 755 0 0"]
+    for path, src in sorted((extra or {}).items()):
+        cmd += ["-p", f"{path} f 644 0 0 cat {shlex.quote(str(src))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ImageError(f"mksquashfs failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -116,6 +123,72 @@ def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
             "hash_block_size": 4096, "size": output.stat().st_size, "sha256": sha256_file(output)}
 
 
+def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None, board: str | None,
+                   sign_key: Path | None, trust: tuple[Path, ...], append: str, tmp: Path) -> tuple[dict, dict]:
+    """The image's own kernel: (manifest `kernel` object, {path in the squashfs: file}). `board`: build the
+    bankboot initramfs for this kernel (that board's settings, modules from the rootfs's own
+    /lib/modules/<release>), trusting the signing key and `trust`."""
+    from builder.kernelfile import KEXEC_FILE_ARCHES, KernelFileError, read_kernel
+
+    if (rootfs / KERNEL_FILES["image"].lstrip("/")).parent.exists():
+        raise ImageError(f"{rootfs}/boot/bankboot exists: that directory is where bankboot puts the image's "
+                         f"kernel (give the kernel with --kernel instead)")
+    try:
+        k = read_kernel(kernel)
+    except KernelFileError as e:
+        raise ImageError(str(e)) from None
+    if k.arch != arch:
+        raise ImageError(f"--kernel {kernel} is an {k.arch} kernel; the image is {arch}")
+    if arch not in KEXEC_FILE_ARCHES:
+        raise ImageError(f"--kernel: bankboot kexecs kernels on {', '.join(KEXEC_FILE_ARCHES)} only, not {arch}")
+    if (initramfs is None) == (board is None):
+        raise ImageError("--kernel needs exactly one of --initramfs FILE (a bankboot initramfs for that kernel) "
+                         "and --board BOARD (build one)")
+    modules = rootfs / "lib/modules" / k.release
+    if not (modules / "modules.dep").is_file():
+        raise ImageError(f"--kernel {kernel} is release {k.release}, but {modules}/modules.dep does not exist: "
+                         f"an image with its own kernel carries that kernel's modules (and runs depmod)")
+    files = {"image": tmp / "kernel"}
+    files["image"].write_bytes(k.data)
+    if board is not None:
+        files["initramfs"] = build_kernel_initramfs(board, kernel, k.release, modules, arch, sign_key, trust,
+                                                    tmp / "initramfs.img")
+    else:
+        files["initramfs"] = initramfs
+    obj: dict = {"release": k.release, "version": k.version}
+    for name, src in files.items():
+        obj[name] = {"path": KERNEL_FILES[name], "size": src.stat().st_size, "sha256": sha256_file(src)}
+    if append:
+        obj["append"] = append
+    return obj, {KERNEL_FILES[name]: src for name, src in files.items()}
+
+
+def build_kernel_initramfs(board_name: str, kernel: Path, release: str, modules: Path, arch: str,
+                           sign_key: Path | None, trust: tuple[Path, ...], out: Path) -> Path:
+    import dataclasses
+
+    from builder.board import BoardError, Kernel, load_board
+    from builder.initramfs import TrustPolicy, build_initramfs
+    from builder.keys import public_key_text
+
+    try:
+        board = load_board(board_name)
+    except BoardError as e:
+        raise ImageError(str(e)) from None
+    if board.arch.debian != arch:
+        raise ImageError(f"--board {board_name} is {board.arch.debian}; the image is {arch}")
+    keys = list(trust)
+    if sign_key is not None:  # the second stage must accept the image it was shipped in
+        pub = out.parent / "signer.pub"
+        pub.write_text(public_key_text(read_private_key(str(sign_key)), "image signer"))
+        keys.append(pub)
+    if not keys:
+        raise ImageError("--board builds an initramfs that checks signatures: sign the image (--sign) or --trust KEY")
+    board = dataclasses.replace(board, kernel=Kernel(image=kernel, modules_dir=modules, version=release))
+    build_initramfs(board, out, policy=TrustPolicy(tuple(keys)))
+    return out
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -126,12 +199,16 @@ def sha256_file(path: Path) -> str:
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
                 sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
-                persist: list[str] | None = None, arch: str | None = None) -> dict:
+                persist: list[str] | None = None, arch: str | None = None, kernel: Path | None = None,
+                kernel_initramfs: Path | None = None, kernel_board: str | None = None, kernel_append: str = "",
+                trust: tuple[Path, ...] = ()) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
     persist: the image's persistence policy (a sealed image): only these directories keep changes on the
     banks partition; the rest of the root is the verified squashfs under a tmpfs. None: the whole root
-    keeps changes (unsealed)."""
+    keeps changes (unsealed).
+    kernel: the image carries its own kernel (and a bankboot initramfs for it: kernel_initramfs, or built for
+    kernel_board), which the init on the boot partition kexecs when it differs from the running one."""
     if not rootfs.is_dir():
         raise ImageError(f"rootfs {rootfs} is not a directory")
     try:
@@ -145,9 +222,13 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
     elif arch not in {a.debian for a in ARCHES.values()}:
         raise ImageError(f"--arch {arch!r} is not one of {', '.join(sorted({a.debian for a in ARCHES.values()}))}")
     paths = check_persist_paths(rootfs, persist) if persist else None
+    if kernel is None and (kernel_initramfs or kernel_board or kernel_append):
+        raise ImageError("--initramfs, --board and --kernel-append describe the image's own kernel: give --kernel")
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS
-        make_squashfs(rootfs, sq)
+        kobj, extra = (prepare_kernel(rootfs, arch, kernel, kernel_initramfs, kernel_board, sign_key, trust,
+                                      kernel_append, Path(tmp)) if kernel else (None, {}))
+        make_squashfs(rootfs, sq, extra)
         digest = sha256_file(sq)
         salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible
         verity = make_verity(sq, Path(tmp) / VERITY, salt=salt)
@@ -166,6 +247,8 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             manifest["confirm_boots"] = True
         if paths:
             manifest["persist"] = paths
+        if kobj:
+            manifest["kernel"] = kobj
         if seed is not None:
             manifest = sign_manifest(manifest, seed)
         data = dump_manifest(manifest)

@@ -18,9 +18,17 @@ def keygen(prefix: Path, comment: str = "") -> tuple[Path, Path, str]:
             raise FileExistsError(f"{p} exists already; not overwriting a key")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     seed = os.urandom(ed25519.SEED_BYTES)
-    pub, _ = ed25519.keypair(seed)
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"{PRIVATE_TAG} {base64.b64encode(seed).decode()}\n")
-    public.write_text(f"{PUBLIC_TAG} {base64.b64encode(pub).decode()} {comment or prefix.name}\n")
-    return private, public, key_id(pub)
+    text = public_key_text(seed, comment or prefix.name)
+    public.write_text(text)
+    return private, public, key_id(ed25519.keypair(seed)[0])
+
+
+def public_key_text(seed: bytes, comment: str) -> str:
+    """The .pub file's line for the key pair of this private seed."""
+    from overlay_layout import ed25519
+
+    pub, _ = ed25519.keypair(seed)
+    return f"{PUBLIC_TAG} {base64.b64encode(pub).decode()} {comment}\n"

@@ -32,12 +32,22 @@ def _record(arch: Arch, package: str) -> Path:
     return cache_dir() / "kernel" / arch.debian / f"{package}.json"
 
 
+# Another flavour of each architecture's Debian kernel: a kernel an image can carry that differs from the
+# boards' own, for the kexec tests and bench (`bankboot deps` fetches it with the board's kernel).
+SECOND_KERNELS = {"arm64": "linux-image-cloud-arm64", "amd64": "linux-image-cloud-amd64"}
+
+
 def fetch_kernel(board: Board) -> KernelParts:
     """Download and unpack the board's Debian kernel package (metapackages resolved) and run depmod."""
     if board.kernel.package is None:
         return locate_kernel(board)
-    arch = board.arch
-    versioned = debian.resolve_package(board.kernel.package, arch.debian)
+    fetch_kernel_package(board.arch, board.kernel.package)
+    return locate_kernel(board)
+
+
+def fetch_kernel_package(arch: Arch, package: str) -> KernelParts:
+    """One Debian kernel package, unpacked under the cache with its modules.dep (cached by version)."""
+    versioned = debian.resolve_package(package, arch.debian)
     deb_version = debian.package_version(versioned, arch.debian)
     root = cache_dir() / "kernel" / arch.debian / versioned
     stamp = f"{versioned} {deb_version}\n"
@@ -47,9 +57,9 @@ def fetch_kernel(board: Board) -> KernelParts:
     release = _release_of(root)
     if not (root / "lib/modules" / release / "modules.dep").is_file():
         run_depmod(root, release, root / "boot" / f"System.map-{release}")
-    rec = _record(arch, board.kernel.package)
+    rec = _record(arch, package)
     rec.write_text(json.dumps({"package": versioned, "deb_version": deb_version, "root": str(root)}))
-    return locate_kernel(board)
+    return locate_kernel_package(arch, package)
 
 
 def _release_of(root: Path) -> str:
@@ -68,10 +78,16 @@ def locate_kernel(board: Board) -> KernelParts:
         if not (k.modules_dir / "modules.dep").is_file():
             raise PartsError(f"{board.path}: {k.modules_dir}/modules.dep does not exist (run depmod for it)")
         return KernelParts(k.version or k.modules_dir.name, k.image, k.modules_dir, None)
-    rec = _record(board.arch, k.package)
-    if not rec.is_file():
+    if not _record(board.arch, k.package).is_file():
         raise PartsError(f"the kernel for board {board.name} ({k.package}:{board.arch.debian}) is not "
                          f"fetched yet: run `make deps`")
+    return locate_kernel_package(board.arch, k.package)
+
+
+def locate_kernel_package(arch: Arch, package: str) -> KernelParts:
+    rec = _record(arch, package)
+    if not rec.is_file():
+        raise PartsError(f"kernel package {package}:{arch.debian} is not fetched yet: run `make deps`")
     root = Path(json.loads(rec.read_text())["root"])
     release = _release_of(root)
     image = root / "boot" / f"vmlinuz-{release}"

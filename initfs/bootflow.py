@@ -321,6 +321,11 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
     manifest = mount_image(layout, image, full_check=trial)
     if below_floor(manifest["version"], boot_floor):  # the signed version, checked again after the plan
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
+    pinned = opts.get("bankboot.kexec")
+    if manifest.get("kernel") or pinned:
+        kexec = own_kernel(image, manifest, pinned)
+        if kexec:
+            return {"signed_by": manifest["_signed_by"], "kexec": kexec}
     persist = manifest.get("persist")
     with log.step("preflight"):
         n = preflight(NEWROOT, init)
@@ -342,6 +347,30 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         log.log(f"image {image} is UNSEALED: its whole root keeps changes on the banks partition, including "
                 f"programs (bankboot image --persist DIR seals it)")
     return result
+
+
+def own_kernel(image: str, manifest: dict, pinned: str | None) -> str | None:
+    """The loader stages the image's own kernel when it differs from the running one (returns its release);
+    the second stage checks it runs on that kernel and never kexecs again."""
+    from initfs.kexec import KexecError, needs_kexec, prepare_kexec
+
+    k = manifest.get("kernel")
+    if pinned:
+        if k is None:
+            raise BootError("this is a kexec'd kernel (bankboot.kexec=), but the image carries no kernel: "
+                            "only the loader boots it")
+        if needs_kexec(manifest):
+            u = os.uname()
+            raise BootError(f"needs its kernel {k['release']} ({k['version']}); the kexec'd kernel is {u.release} "
+                            f"({u.version})")
+        return None
+    if not needs_kexec(manifest):
+        return None
+    try:
+        log.log(prepare_kexec(LOWER, image, manifest))
+    except KexecError as e:
+        raise BootError(f"its kernel {k['release']}: {e}") from None
+    return k["release"]
 
 
 def _quietly(what: str, fn, *args):
@@ -370,7 +399,7 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     except Exception as e:  # the prompt is a convenience: it must never stop a boot
         log.error(f"console prompt failed ({e}); booting as planned")
         select, how = None, ""
-    plan = banks.begin_boot(select, limit)
+    plan = banks.begin_boot(select, limit, opts.get("bankboot.kexec"))
     for w in banks.warnings:
         log.error(w)
     tried: list[dict] = []
@@ -393,9 +422,44 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
             if cand.trial:
                 _quietly(f"marking {cand.image} bad", banks.trial_failed, cand.image,
                          f"trial boot failed: {reason}")
+            if opts.get("bankboot.kexec"):  # the second stage boots one image; the loader picks the next
+                break
             continue
         return cand, why, prepared, tried, banks, plan
     return None, "", {}, tried, banks, plan
+
+
+def kexec_into(opts: Options, layout: Layout, banks, image: str, trial: bool, prepared: dict,
+               record: dict) -> NoReturn:
+    """The loader's hand-over to an image's own kernel (staged by prepare): the boot record, the watchdog
+    for a trial, everything unmounted, then the kexec. A kexec that does not start is a failed try."""
+    from initfs.kexec import KexecError, execute
+    from initfs.menu import stop_listening
+    from initfs.rescue import reboot_now
+    from initfs.syscalls import MNT_DETACH, umount
+    from overlay_layout import bootlog
+
+    record.update(outcome=f"kexec into {prepared['kexec']}", selftest="in the second stage")
+    _quietly("writing the boot log", bootlog.append_record, BANKS, record)
+    watchdog = opts.get("bankboot.watchdog")
+    if watchdog and trial:
+        from initfs.watchdog import arm
+
+        log.log(_quietly("arming the watchdog", arm, watchdog) or "watchdog not armed")
+    stop_listening()
+    release_image(image)
+    for target in (BANKS, VOLATILE):
+        if os.path.ismount(target):
+            try:
+                umount(target)
+            except OSError:
+                umount(target, MNT_DETACH)
+    _quietly("writing the timeline", write_timeline)
+    log.log(f"kexec: starting kernel {prepared['kexec']} for image {image}")
+    try:
+        execute()
+    except KexecError as e:
+        reboot_now(f"{e}; rebooting (the trial's try is spent)", 2.0)
 
 
 def write_timeline(path: str = f"{RUN}/timeline.json") -> None:
@@ -427,6 +491,12 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
         _quietly("writing the boot log", bootlog.append_record, BANKS,
                  {"time": int(time.time()), "kernel": os.uname().release, "image": None,
                   "why": "no image could be booted", "outcome": "nothing booted", "tried": tried})
+        if opts.get("bankboot.kexec"):
+            from initfs.rescue import reboot_now
+
+            why = tried[-1]["error"] if tried else "nothing to boot"
+            reboot_now(f"the second stage could not boot the image ({why}); rebooting to the loader, which falls "
+                       f"back", 2.0)
         give_up(f"no image on {BANKS} could be booted ({len(tried)} tried)", tried, rescue)
     image, trial = cand.image, cand.trial
     record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
@@ -436,6 +506,8 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     if tried:
         record["fallback_from"] = {"image": tried[0]["image"], "reason": tried[0]["error"]}
         record["tried"] = tried
+    if prepared.get("kexec"):
+        kexec_into(opts, layout, banks, image, trial, prepared, record)
     removed = _quietly("removing kits from the banks partition", remove_old_kits, layout, layout.images()) or []
     notes = plan.notes + [f"removed {p} (a bankctl kit on the banks partition is never run)" for p in removed]
     if notes:

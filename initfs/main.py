@@ -78,7 +78,8 @@ def boot() -> NoReturn:
     log.stepping = opts.get("bankboot.step")
     for w in opts.warnings:
         log.error(w)
-    if not opts.get("bankboot.select") and opts.get("root") is not None:
+    # No prompt in a kexec's second stage: the person had their window in the loader.
+    if not opts.get("bankboot.select") and not opts.get("bankboot.kexec") and opts.get("root") is not None:
         from initfs.menu import listen
 
         with log.step("open the ESC window"):

@@ -43,6 +43,8 @@ OPTIONS = (
            help="when nothing boots: a shell on the console, or a reboot to try again (board default)"),
     Option("bankboot.unconfirmed_boots", "int", None, 1, 100,
            help="boots without `bankctl boot-ok` before falling back (board default, 3)"),
+    Option("bankboot.kexec", "str", None,
+           help="set by bankboot's loader on the command line of an image's own kernel (never by hand)"),
     Option("bankboot.debug", "flag", False, help="timings of every step on the console"),
     Option("bankboot.step", "flag", False, help="wait for Enter before each step"),
 )

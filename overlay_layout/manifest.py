@@ -43,6 +43,43 @@ def check_persist(paths: object, where: str) -> list[str]:
     return out
 
 
+# An image's own kernel (kexec'd by the init on the boot partition, docs/lifecycle.md): its files live at
+# these paths inside the image's squashfs, so the signature and verity cover them.
+KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img"}
+_RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+
+
+def check_kernel(k: object, where: str) -> dict:
+    """The `kernel` object: release and build strings (`uname -r`, `uname -v`), the files with their size and
+    sha256, extra command-line words. LayoutError names the field at fault."""
+    if not isinstance(k, dict):
+        raise LayoutError(f"{where}: 'kernel' must be an object")
+    if not isinstance(k.get("release"), str) or not _RELEASE_RE.match(k["release"]):
+        raise LayoutError(f"{where}: 'kernel.release' must be a kernel release such as 6.1.0-50-arm64")
+    if not isinstance(k.get("version"), str) or not 0 < len(k["version"]) <= 200 or "\n" in k["version"]:
+        raise LayoutError(f"{where}: 'kernel.version' must be the kernel's `uname -v` (one line)")
+    for name, path in KERNEL_FILES.items():
+        f = k.get(name)
+        if f is None and name != "image":
+            continue
+        if not isinstance(f, dict) or f.get("path") != path:
+            raise LayoutError(f"{where}: 'kernel.{name}' must be an object with path {path}")
+        if not isinstance(f.get("size"), int) or isinstance(f.get("size"), bool) or f["size"] <= 0:
+            raise LayoutError(f"{where}: 'kernel.{name}.size' must be a positive integer")
+        digest = f.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise LayoutError(f"{where}: 'kernel.{name}.sha256' must be 64 lowercase hex digits")
+    append = k.get("append", "")
+    if not isinstance(append, str) or len(append) > 1024 or any(c in append for c in "\n\0") \
+            or "bankboot.kexec" in append:
+        raise LayoutError(f"{where}: 'kernel.append' must be one line of kernel parameters (at most 1024 "
+                          f"characters, no bankboot.kexec)")
+    unknown = set(k) - {"release", "version", "append", *KERNEL_FILES}
+    if unknown:
+        raise LayoutError(f"{where}: unknown field(s) in 'kernel': {', '.join(sorted(unknown))}")
+    return k
+
+
 def parse_manifest(data: bytes, where: str) -> dict:
     try:
         m = json.loads(data)
@@ -86,6 +123,8 @@ def parse_manifest(data: bytes, where: str) -> dict:
             raise LayoutError(f"{where}: 'verity.size' must be positive")
     if "persist" in m:
         m["persist"] = check_persist(m["persist"], where)
+    if "kernel" in m:
+        check_kernel(m["kernel"], where)
     if "confirm_boots" in m and not isinstance(m["confirm_boots"], bool):
         raise LayoutError(f"{where}: 'confirm_boots' must be true or false")
     for key in ("min_bankboot", "key", "signature"):

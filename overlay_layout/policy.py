@@ -93,7 +93,9 @@ def _state(snap: Snapshot, image: str | None) -> str | None:
 
 
 def plan_boot(snap: Snapshot, select: str | None = None,
-              unconfirmed_limit: int = DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
+              unconfirmed_limit: int = DEFAULT_UNCONFIRMED_LIMIT, pinned: str | None = None) -> Plan:
+    """`pinned`: the second stage of a kexec (bankboot.kexec=): the loader already planned this boot and
+    spent the trial's try, so that image comes first and nothing is spent again."""
     plan = Plan(boot_floor=snap.boot_floor)
     cur, nxt, prev = snap.current, snap.next, snap.previous
     low = {i for i, v in snap.images.items() if below_floor(v.version, snap.boot_floor)}
@@ -124,6 +126,13 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     if prev in low:
         prev = None
 
+    if pinned is not None:
+        if pinned not in snap.images or pinned in low or _state(snap, pinned) == BAD:
+            plan.notes.append(f"bankboot.kexec={pinned} ignored: not a bootable image on the banks partition")
+            pinned = None
+        else:
+            select = None  # the person's choice was made in the loader's menu
+
     # `next` first: a committed one (or a rollback) rolls forward, a spent trial is given up.
     trial: Candidate | None = None
     bad_now: set[str] = set()  # marked bad by this plan: a last resort like any bad image
@@ -134,6 +143,9 @@ def plan_boot(snap: Snapshot, select: str | None = None,
             if cur is not None and cur != nxt:
                 prev = cur
             cur, nxt = nxt, None
+        elif st == TRIAL and nxt == pinned:
+            trial = Candidate(nxt, f"trial of next, on its own kernel ({snap.images[nxt].tries} tries left after "
+                                   f"this one)", True)
         elif st == TRIAL and snap.images[nxt].tries > 0:
             left = snap.images[nxt].tries - 1
             trial = Candidate(nxt, f"trial of next ({left} tries left after this one)", True)
@@ -179,10 +191,13 @@ def plan_boot(snap: Snapshot, select: str | None = None,
             order.append(chosen)
             # A person's choice replaces the trial for this boot: no try is spent on an image not asked for.
             trial = None
+    if pinned is not None and (trial is None or trial.image != pinned):
+        order.append(Candidate(pinned, "on its own kernel"))
+        trial = None
     if trial is not None:
         order.append(trial)
-    if any(c.trial for c in order):
-        plan.effects.append(Effect("spend_try", next(c.image for c in order if c.trial)))
+    if any(c.trial and c.image != pinned for c in order):
+        plan.effects.append(Effect("spend_try", next(c.image for c in order if c.trial and c.image != pinned)))
     if cur is not None:
         order.append(Candidate(cur, "current"))
     if prev is not None and _state(snap, prev) != BAD and prev not in bad_now:

@@ -231,12 +231,12 @@ class Banks:
         return policy.plan_boot(self.snapshot(), select, unconfirmed_limit)
 
     def begin_boot(self, select: str | None = None,
-                   unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
+                   unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT, pinned: str | None = None) -> Plan:
         """The boot's plan, with its writes made (in order) before anything is mounted. A write that fails
         (full, read-only, I/O error) does not stop the boot: it is a warning, and a trial whose try cannot
         be recorded is not booted (it could otherwise boot for ever)."""
         st = self.load()
-        plan = policy.plan_boot(self.snapshot(st), select, unconfirmed_limit)
+        plan = policy.plan_boot(self.snapshot(st), select, unconfirmed_limit, pinned)
         for note in plan.notes:
             self._warn(note)
         for effect in plan.effects:

@@ -1,0 +1,114 @@
+"""Two-stage boot: the kernel and initramfs on the boot partition are the loader; an image that carries its
+own kernel (manifest `kernel`, files inside its verified squashfs) is booted by kexec'ing that kernel with
+the image's bankboot initramfs and `bankboot.kexec=<image>` on its command line.
+
+The second stage boots exactly that image without spending another try, and never kexecs again: a
+failure there reboots to the loader, whose policy then counts the trial as it would any other. Same
+kernel (release and build equal to the running one): no kexec at all."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+
+from initfs import log
+
+PIN = "bankboot.kexec"
+# kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
+_KEXEC_FILE_LOAD = {"aarch64": 294, "x86_64": 320}
+LINUX_REBOOT_CMD_KEXEC = 0x45584543
+
+
+class KexecError(RuntimeError):
+    pass
+
+
+def needs_kexec(manifest: dict) -> bool:
+    """The image names a kernel other than the running one (release or build differ)."""
+    k = manifest.get("kernel")
+    if not k:
+        return False
+    u = os.uname()
+    return (k["release"], k["version"]) != (u.release, u.version)
+
+
+def second_stage_command_line(image: str, append: str, proc_cmdline: str | None = None) -> str:
+    """The loader's command line, with the image's extra parameters and the pin for this one boot."""
+    if proc_cmdline is None:
+        with open("/proc/cmdline") as f:
+            proc_cmdline = f.read()
+    base = re.sub(r"(^|\s)bankboot\.kexec=\S*", " ", proc_cmdline).split()
+    return " ".join([*base, *append.split(), f"{PIN}={image}"])
+
+
+def check_file(path: str, want: dict, verified: bool) -> None:
+    """The file is what the signed manifest says: its size always; its sha256 too unless the squashfs is
+    read through dm-verity (then every byte read is checked already)."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise KexecError(f"cannot read {path}: {e.strerror}") from None
+    if size != want["size"]:
+        raise KexecError(f"{path} is {size} bytes; the signed manifest says {want['size']}")
+    if not verified:
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(4 << 20):
+                h.update(chunk)
+        if h.hexdigest() != want["sha256"]:
+            raise KexecError(f"{path} does not match the sha256 in the signed manifest")
+
+
+def load(kernel: str, initramfs: str, cmdline: str) -> None:
+    """kexec_file_load: the kernel checks the image (architecture, format, signature where it enforces one)
+    and stages it; nothing runs until execute()."""
+    nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
+    if nr is None:
+        raise KexecError(f"this kernel ({os.uname().machine}) has no kexec_file_load")
+    libc = ctypes.CDLL(None, use_errno=True)
+    kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ifd = os.open(initramfs, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = cmdline.encode() + b"\0"
+            ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(kfd), ctypes.c_int(ifd), ctypes.c_ulong(len(text)),
+                               ctypes.c_char_p(text), ctypes.c_ulong(0))
+        finally:
+            os.close(ifd)
+    finally:
+        os.close(kfd)
+    if ret != 0:
+        err = ctypes.get_errno()
+        hint = {8: " (not a kernel this machine can run: wrong architecture or damaged)",
+                1: " (the running kernel refuses kexec: lockdown or kexec_load_disabled)",
+                38: " (the running kernel was built without kexec_file_load)"}.get(err, "")
+        raise KexecError(f"kexec_file_load of {kernel}: {os.strerror(err)}{hint}")
+
+
+def execute() -> None:
+    """Start the loaded kernel; returns only on failure."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.sync()
+    libc.reboot(ctypes.c_int(LINUX_REBOOT_CMD_KEXEC))
+    err = ctypes.get_errno()
+    raise KexecError(f"reboot(LINUX_REBOOT_CMD_KEXEC): {os.strerror(err)}")
+
+
+def prepare_kexec(lower: str, image: str, manifest: dict) -> str:
+    """Check and stage the image's kernel and initramfs (read from its mounted squashfs `lower`). Returns a
+    line for the console."""
+    k = manifest["kernel"]
+    if "initramfs" not in k:
+        raise KexecError(f"image {image} carries kernel {k['release']} but no initramfs for it")
+    verified = "verity" in manifest
+    paths = {}
+    for name in ("image", "initramfs"):
+        paths[name] = lower + k[name]["path"]
+        check_file(paths[name], k[name], verified)
+    cmdline = second_stage_command_line(image, k.get("append", ""))
+    with log.step("kexec_file_load"):
+        load(paths["image"], paths["initramfs"], cmdline)
+    return f"image {image} runs on its own kernel {k['release']} (this is {os.uname().release}): kexec"

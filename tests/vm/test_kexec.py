@@ -1,0 +1,130 @@
+"""Images with their own kernel, booted by kexec from the loader on the boot partition (qemu-x86_64, whose
+Debian kernel has kexec_file_load): a kernel refused by kexec and a kernel that panics fall back within
+their tries; an image on Debian's cloud kernel comes up on that kernel (its `uname -r`, its own bankboot
+initramfs) and keeps booting it after it commits."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import builder.kernelfile
+from builder.board import load_board
+from builder.disk import build_disk
+from builder.image import build_image
+from builder.initramfs import build_initramfs
+from builder.kernelfile import read_kernel
+from builder.kmod import module_closure, run_depmod
+from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
+from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from qemu.vm import VM
+from tests.vm.devices import PROMPT
+
+pytestmark = pytest.mark.vm
+T = 240
+
+
+def _with_modules(rootfs: Path, modules_dir: Path, release: str, names: tuple[str, ...]) -> None:
+    """The kernel's modules an image needs (the board's list and what they depend on), with modules.dep."""
+    dest = rootfs / "lib/modules" / release
+    for rel in module_closure(modules_dir, names):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(modules_dir / rel, dest / rel)
+    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        shutil.copyfile(modules_dir / meta, dest / meta)
+    run_depmod(rootfs, release)
+
+
+def _up(vm: VM) -> tuple[str, str]:
+    """(the image's version, the kernel it runs on), both asked of the guest."""
+    vm.console.expect(r"sample-rootfs: ready", T)
+    vm.console.expect(PROMPT, T)
+    rc, out = vm.console.run("cat /etc/sample-version; uname -r", timeout=T)
+    assert rc == 0, out
+    version = re.search(r"\b(\d+\.\d+\.\d+)\b", out).group(1)
+    release = re.search(r"^(\d+\.\d+\.\d+-\S+)\s*$", out, re.M).group(1)
+    return version, release
+
+
+def _status(vm: VM) -> dict:
+    rc, out = vm.console.run("bankctl status --json", timeout=T)
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def _image(st: dict, version: str) -> dict:
+    return next(i for i in st["images"] if i["version"] == version)
+
+
+def test_image_kernel_kexec_commits_and_failures_fall_back(x86_64, test_dir: Path, signing_key, trust_policy,
+                                                          monkeypatch) -> None:
+    board, loader_kernel, _ = x86_64
+    second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
+    assert second.version != loader_kernel.version
+    out = test_dir / "kexec-x86_64"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    # The cloud flavour has no i6300esb: the image's board settings are the loader's minus that module.
+    cloud_board = out / "qemu-x86_64-cloud.toml"
+    cloud_board.write_text(board.path.read_text().replace(', "i6300esb"]', "]"))
+    modules = tuple(m for m in board.modules if m != "i6300esb")
+    key = signing_key[0]
+
+    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
+    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
+    banks = {}
+    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/no-such-init"), ("1.3.0", "")):
+        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
+        _with_modules(rootfs, second.modules_dir, second.version, modules)
+        banks[version] = out / f"app-{version}.bank"
+        if version == "1.3.0":  # an arm64 kernel in an amd64 image: only kexec itself can refuse it
+            wrong = builder.kernelfile.KernelFile("amd64", second.version, "#1 wrong architecture",
+                                                  read_kernel(locate_kernel(load_board("qemu-aarch64")).image).data)
+            monkeypatch.setattr(builder.kernelfile, "read_kernel", lambda p, k=wrong: k)
+        build_image(rootfs, version, banks[version], sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
+                    kernel_board=str(cloud_board), kernel_append=append)
+        monkeypatch.undo()
+    disk = out / "disk.img"
+    initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
+    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd,
+               userdata_size=256 << 20, userdata_files=list(banks.values()))
+
+    with VM.from_disk(board, disk, out, reboot=True) as vm:
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+
+        # Refused by kexec_file_load: the trial fails in the loader's boot, which goes on with 1.0.0.
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.3.0.bank", timeout=T)
+        assert rc == 0, msg
+        vm.console.sendline("reboot")
+        vm.console.expect(r"kexec_file_load of \S+: Exec format error", T)
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        assert _image(_status(vm), "1.3.0")["state"] == "bad"
+
+        # A kernel that panics (panic=-1 reboots): each boot spends a try; then the previous image.
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.2.0.bank --tries 2", timeout=T)
+        assert rc == 0, msg
+        vm.console.sendline("reboot")
+        for _ in range(2):
+            vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
+            vm.console.expect(r"Kernel panic", T)
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        assert "no tries left" in _image(_status(vm), "1.2.0")["reason"]
+
+        # A good image on its own kernel: kexec'd, its own initramfs, commits, and keeps booting that way.
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank", timeout=T)
+        assert rc == 0, msg
+        for _ in range(2):
+            vm.console.sendline("reboot")
+            vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
+            vm.console.expect(r"bankboot \S+ init on Linux " + re.escape(second.version), T)
+            assert _up(vm) == ("1.1.0", second.version)
+        st = _status(vm)
+        assert _image(st, "1.1.0")["pointers"] == ["current"] and _image(st, "1.1.0")["state"] == "good"
+        rc, log = vm.console.run("bankctl log --json", timeout=T)
+        records = json.loads(log)
+        assert records[0]["kernel"] == second.version and records[0]["trial"] is False
+        assert records[1]["kernel"] == loader_kernel.version and records[1]["outcome"].startswith("kexec into")
