@@ -17,7 +17,7 @@ def _human(n: int) -> str:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Fetch what building for the boards needs: kernels, busybox, the target Python sysroots."""
-    from builder.parts import SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package
+    from builder.parts import SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package, fetch_kexec_tools
     from builder.pysysroot import fetch_sysroot
 
     names = board_names() if args.board == "all" else [args.board]
@@ -29,6 +29,7 @@ def cmd_deps(args: argparse.Namespace) -> int:
         arches[board.arch.debian] = board.arch
     for arch in arches.values():
         print(f"busybox {arch.debian:16} {fetch_busybox(arch)}")
+        print(f"kexec   {arch.debian:16} {fetch_kexec_tools(arch)}")
         print(f"python  {arch.debian:16} {fetch_sysroot(arch).root}")
         if arch.debian in SECOND_KERNELS:  # what kexec tests put in images
             second = fetch_kernel_package(arch, SECOND_KERNELS[arch.debian])

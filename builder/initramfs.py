@@ -19,7 +19,7 @@ from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import module_closure, run_depmod
-from builder.parts import KernelParts, busybox_links, locate_busybox, locate_kernel
+from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
 
@@ -105,6 +105,30 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> li
     return order
 
 
+def add_closure(tree: FsTree, resolver: LibraryResolver, root: Path) -> None:
+    """The libraries (and their symlinks) the resolver found under `root`, where not in the tree yet."""
+    for link, target in sorted(resolver.closure.links.items()):
+        if link.lstrip("/") not in tree:
+            tree.add_symlink(link, target)
+    for f in sorted(resolver.closure.files):
+        if f.lstrip("/") not in tree:
+            tree.add_file(f, src=root / f.lstrip("/"))
+
+
+def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> dict[str, str]:
+    """How the init kexecs an image's own kernel on this board (docs/boards.md): the kexec_file_load
+    syscall, or Debian's kexec-tools (with its libraries) where the kernel has only kexec_load."""
+    method = kexec_method(kernel, board.arch)
+    if method == "tools":
+        kexec = locate_kexec_tools(board.arch)
+        root = kexec.parent.parent  # the packages unpacked together (parts.KEXEC_TOOLS_PACKAGES)
+        tree.add_file("sbin/kexec", src=kexec, mode=0o755)
+        resolver = LibraryResolver(root, board.arch)
+        resolver.add_program(kexec, "/sbin/kexec")
+        add_closure(tree, resolver, root)
+    return {"kexec": method}
+
+
 def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
     """The onedir bundle at / (/init and /bankboot/...), plus every library its ELF files need from the
     sysroot at the path ld.so will look for it: the bootloader runs before anything sets
@@ -119,12 +143,7 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
         if path.is_file() and not path.is_symlink() and is_elf(path):
             target = "/" + str(path.relative_to(bundle))
             resolver.add_program(path, target, provided=[contents, path.parent])
-    for link, target in sorted(resolver.closure.links.items()):
-        if link.lstrip("/") not in tree:
-            tree.add_symlink(link, target)
-    for f in sorted(resolver.closure.files):
-        if f.lstrip("/") not in tree:
-            tree.add_file(f, src=sysroot.root / f.lstrip("/"))
+    add_closure(tree, resolver, sysroot.root)
     # A library both in the bundle and in a system directory (libz: the bootloader needs it before
     # LD_LIBRARY_PATH is set) is stored once: the bundle's copy becomes a relative link, which also
     # resolves inside bankctl's kit at /run/bankboot/kit.
@@ -186,7 +205,9 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     add_modules(tree, kernel, board.modules)
     extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}
     if init == "frozen":
-        extra.update(add_frozen_init(tree, locate_sysroot(board.arch)))
+        sysroot = locate_sysroot(board.arch)
+        extra.update(add_frozen_init(tree, sysroot))
+        extra.update(add_kexec(tree, board, kernel))
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,

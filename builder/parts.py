@@ -95,16 +95,53 @@ def locate_kernel_package(arch: Arch, package: str) -> KernelParts:
     return KernelParts(release, image, root / "lib/modules" / release, dtbs if dtbs.is_dir() else None)
 
 
+# Debian's kexec-tools is built with Xen support: /sbin/kexec needs libxenctrl (in libxenmisc4.17) and the
+# libraries that needs. Unpacked together with libc and zlib, so its library closure resolves in one root.
+KEXEC_TOOLS_PACKAGES = ["kexec-tools", "libxenmisc4.17", "libxencall1", "libxendevicemodel1", "libxenevtchn1",
+                        "libxenforeignmemory1", "libxengnttab1", "libxentoolcore1", "libxentoollog1", "libc6",
+                        "zlib1g"]
+
+
+def _fetch_packages(packages: list[str], arch: Arch, subdir: str) -> None:
+    """Debian packages unpacked together under the cache (again only when a version changed)."""
+    versions = debian.package_versions(packages, arch.debian)
+    root = cache_dir() / subdir / arch.debian
+    stamp = "".join(f"{p} {versions[p]}\n" for p in packages)
+    if not ((root / ".bankboot-unpacked").exists() and (root / ".bankboot-unpacked").read_text() == stamp):
+        debs = debian.download(packages, arch.debian, cache_dir() / "debs" / arch.debian)
+        debian.unpack(debs, root, stamp)
+
+
 def fetch_busybox(arch: Arch) -> Path:
     """The static busybox for `arch` from Debian's busybox-static."""
-    version = debian.package_version("busybox-static", arch.debian)
-    root = cache_dir() / "busybox" / arch.debian
-    debs = []
-    stamp = f"busybox-static {version}\n"
-    if not ((root / ".bankboot-unpacked").exists() and (root / ".bankboot-unpacked").read_text() == stamp):
-        debs = debian.download(["busybox-static"], arch.debian, cache_dir() / "debs" / arch.debian)
-        debian.unpack(debs, root, stamp)
+    _fetch_packages(["busybox-static"], arch, "busybox")
     return locate_busybox(arch)
+
+
+def fetch_kexec_tools(arch: Arch) -> Path:
+    """Debian's kexec-tools: the loader's way to kexec on kernels without kexec_file_load (Debian's arm64
+    and armhf kernels); its libraries come from the target sysroot like the init's."""
+    _fetch_packages(KEXEC_TOOLS_PACKAGES, arch, "kexec-tools")
+    return locate_kexec_tools(arch)
+
+
+def locate_kexec_tools(arch: Arch) -> Path:
+    path = cache_dir() / "kexec-tools" / arch.debian / "sbin" / "kexec"
+    if not path.is_file():
+        raise PartsError(f"kexec-tools for {arch.debian} is not fetched yet: run `make deps`")
+    return path
+
+
+def kexec_method(kernel: KernelParts, arch: Arch) -> str:
+    """How this kernel kexecs: `file` (the kexec_file_load syscall), `tools` (kexec_load, through
+    kexec-tools) or `none`, from the kernel's config when its package ships one."""
+    config = kernel.image.parent / f"config-{kernel.version}"
+    if config.is_file():
+        text = config.read_text(errors="replace")
+        if "CONFIG_KEXEC_FILE=y" in text:
+            return "file"
+        return "tools" if "CONFIG_KEXEC=y" in text else "none"
+    return "file" if arch.debian == "amd64" else "tools"
 
 
 def locate_busybox(arch: Arch) -> Path:

@@ -323,7 +323,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
     pinned = opts.get("bankboot.kexec")
     if manifest.get("kernel") or pinned:
-        kexec = own_kernel(image, manifest, pinned)
+        kexec = own_kernel(image, manifest, pinned, config.get("kexec", "file"))
         if kexec:
             return {"signed_by": manifest["_signed_by"], "kexec": kexec}
     persist = manifest.get("persist")
@@ -349,7 +349,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
     return result
 
 
-def own_kernel(image: str, manifest: dict, pinned: str | None) -> str | None:
+def own_kernel(image: str, manifest: dict, pinned: str | None, method: str) -> str | None:
     """The loader stages the image's own kernel when it differs from the running one (returns its release);
     the second stage checks it runs on that kernel and never kexecs again."""
     from initfs.kexec import KexecError, needs_kexec, prepare_kexec
@@ -367,7 +367,7 @@ def own_kernel(image: str, manifest: dict, pinned: str | None) -> str | None:
     if not needs_kexec(manifest):
         return None
     try:
-        log.log(prepare_kexec(LOWER, image, manifest))
+        log.log(prepare_kexec(LOWER, image, manifest, method))
     except KexecError as e:
         raise BootError(f"its kernel {k['release']}: {e}") from None
     return k["release"]

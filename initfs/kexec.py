@@ -62,9 +62,21 @@ def check_file(path: str, want: dict, verified: bool) -> None:
             raise KexecError(f"{path} does not match the sha256 in the signed manifest")
 
 
-def load(kernel: str, initramfs: str, cmdline: str) -> None:
-    """kexec_file_load: the kernel checks the image (architecture, format, signature where it enforces one)
-    and stages it; nothing runs until execute()."""
+KEXEC_TOOL = "/sbin/kexec"
+
+
+def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> None:
+    """Stage the kernel; nothing runs until execute(). `file`: kexec_file_load (the kernel checks the image:
+    architecture, format, a signature where it enforces one); `tools`: Debian's kexec-tools through
+    kexec_load, for kernels without kexec_file_load (its checks, and the running device tree)."""
+    if method == "tools":
+        code, out = _run([KEXEC_TOOL, "-l", kernel, f"--initrd={initramfs}", f"--command-line={cmdline}"])
+        if code != 0:
+            raise KexecError(f"kexec -l {kernel} (kexec-tools) failed with status {code}: "
+                             f"{' '.join(out.split())[-400:] or 'no message'}")
+        return
+    if method != "file":
+        raise KexecError("this initramfs's kernel cannot kexec (built without CONFIG_KEXEC)")
     nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
     if nr is None:
         raise KexecError(f"this kernel ({os.uname().machine}) has no kexec_file_load")
@@ -88,6 +100,27 @@ def load(kernel: str, initramfs: str, cmdline: str) -> None:
         raise KexecError(f"kexec_file_load of {kernel}: {os.strerror(err)}{hint}")
 
 
+def _run(argv: list[str]) -> tuple[int, str]:
+    """Run a program with the kernel's environment (not the bundle's); (exit code, its output)."""
+    from initfs.environ import clean_environ
+
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, clean_environ(),
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)])
+    except OSError as e:
+        os.close(r)
+        raise KexecError(f"cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
 def execute() -> None:
     """Start the loaded kernel; returns only on failure."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -97,7 +130,7 @@ def execute() -> None:
     raise KexecError(f"reboot(LINUX_REBOOT_CMD_KEXEC): {os.strerror(err)}")
 
 
-def prepare_kexec(lower: str, image: str, manifest: dict) -> str:
+def prepare_kexec(lower: str, image: str, manifest: dict, method: str = "file") -> str:
     """Check and stage the image's kernel and initramfs (read from its mounted squashfs `lower`). Returns a
     line for the console."""
     k = manifest["kernel"]
@@ -109,6 +142,6 @@ def prepare_kexec(lower: str, image: str, manifest: dict) -> str:
         paths[name] = lower + k[name]["path"]
         check_file(paths[name], k[name], verified)
     cmdline = second_stage_command_line(image, k.get("append", ""))
-    with log.step("kexec_file_load"):
-        load(paths["image"], paths["initramfs"], cmdline)
+    with log.step(f"kexec load ({method})"):
+        load(paths["image"], paths["initramfs"], cmdline, method)
     return f"image {image} runs on its own kernel {k['release']} (this is {os.uname().release}): kexec"

@@ -1,7 +1,7 @@
-"""Images with their own kernel, booted by kexec from the loader on the boot partition (qemu-x86_64, whose
-Debian kernel has kexec_file_load): a kernel refused by kexec and a kernel that panics fall back within
-their tries; an image on Debian's cloud kernel comes up on that kernel (its `uname -r`, its own bankboot
-initramfs) and keeps booting it after it commits."""
+"""Images with their own kernel, booted by kexec from the loader on the boot partition: qemu-x86_64 (Debian's
+kernel has kexec_file_load) and qemu-aarch64 (kexec_load through Debian's kexec-tools). A kernel refused by
+kexec and a kernel that panics fall back within their tries; an image on Debian's cloud kernel comes up on
+that kernel (its `uname -r`, its own bankboot initramfs) and keeps booting it after it commits."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from builder.kmod import module_closure, run_depmod
 from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from qemu.vm import VM
+from tests.conftest import board_parts
 from tests.vm.devices import PROMPT
 
 pytestmark = pytest.mark.vm
@@ -60,16 +61,23 @@ def _image(st: dict, version: str) -> dict:
     return next(i for i in st["images"] if i["version"] == version)
 
 
-def test_image_kernel_kexec_commits_and_failures_fall_back(x86_64, test_dir: Path, signing_key, trust_policy,
+# (loader board, the board whose kernel is the wrong architecture, what the loader says when kexec refuses it)
+CASES = {"qemu-x86_64": ("qemu-aarch64", r"kexec_file_load of \S+: Exec format error"),
+         "qemu-aarch64": ("qemu-x86_64", r"kexec -l \S+ \(kexec-tools\) failed")}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: Path, signing_key, trust_policy,
                                                           monkeypatch) -> None:
-    board, loader_kernel, _ = x86_64
+    board, loader_kernel, _ = board_parts(name)
+    other_board, refused = CASES[name]
     second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
     assert second.version != loader_kernel.version
-    out = test_dir / "kexec-x86_64"
+    out = test_dir / f"kexec-{name}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     # The cloud flavour has no i6300esb: the image's board settings are the loader's minus that module.
-    cloud_board = out / "qemu-x86_64-cloud.toml"
+    cloud_board = out / f"{name}-cloud.toml"
     cloud_board.write_text(board.path.read_text().replace(', "i6300esb"]', "]"))
     modules = tuple(m for m in board.modules if m != "i6300esb")
     key = signing_key[0]
@@ -77,13 +85,13 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(x86_64, test_dir: Pat
     base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
     build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
     banks = {}
-    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/no-such-init"), ("1.3.0", "")):
+    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", "")):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
         _with_modules(rootfs, second.modules_dir, second.version, modules)
         banks[version] = out / f"app-{version}.bank"
-        if version == "1.3.0":  # an arm64 kernel in an amd64 image: only kexec itself can refuse it
-            wrong = builder.kernelfile.KernelFile("amd64", second.version, "#1 wrong architecture",
-                                                  read_kernel(locate_kernel(load_board("qemu-aarch64")).image).data)
+        if version == "1.3.0":  # a kernel for another architecture: only kexec itself can refuse it
+            wrong = builder.kernelfile.KernelFile(board.arch.debian, second.version, "#1 wrong architecture",
+                                                  read_kernel(locate_kernel(load_board(other_board)).image).data)
             monkeypatch.setattr(builder.kernelfile, "read_kernel", lambda p, k=wrong: k)
         build_image(rootfs, version, banks[version], sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
                     kernel_board=str(cloud_board), kernel_append=append)
@@ -100,11 +108,11 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(x86_64, test_dir: Pat
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.3.0.bank", timeout=T)
         assert rc == 0, msg
         vm.console.sendline("reboot")
-        vm.console.expect(r"kexec_file_load of \S+: Exec format error", T)
+        vm.console.expect(refused, T)
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         assert _image(_status(vm), "1.3.0")["state"] == "bad"
 
-        # A kernel that panics (panic=-1 reboots): each boot spends a try; then the previous image.
+        # A kernel that panics (its init exits; panic=-1 reboots): each boot spends a try; then the previous image.
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.2.0.bank --tries 2", timeout=T)
         assert rc == 0, msg
         vm.console.sendline("reboot")
