@@ -94,16 +94,22 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     b = status["booted"]
     if b:
         print(f"booted: {b.get('image')} ({b.get('why')})")
+        k = b.get("kernel") or {}
+        if k:
+            how = "the loader's" if k.get("running") == k.get("loader") else \
+                f"the image's own, kexec'd by the loader's {k.get('loader')}"
+            print(f"kernel: {k.get('running')} ({how})")
         for t in b.get("tried", []):
             print(f"  not booted this time: {t['image']} ({t['why']}): {t['error']}")
-    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<7} {'TRIES':>5}  {'SEALED':<8} POINTERS")
+    print(f"{'IMAGE':<28} {'VERSION':<12} {'STATE':<7} {'TRIES':>5}  {'SEALED':<8} {'KERNEL':<22} POINTERS")
     for img in status["images"]:
         tries = "" if img["tries"] is None or img["state"] != TRIAL else str(img["tries"])
         extra = f"  ({img['reason']})" if img.get("reason") else ""
         extra += "  (reset at next boot)" if img.get("reset_pending") else ""
         extra += f"  ({img['unconfirmed_boots']} unconfirmed boots)" if img.get("unconfirmed_boots") else ""
         sealed = "yes" if img["sealed"] else "NO"
-        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} "
+        kernel = img.get("kernel") or "(the loader's)"
+        print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} {kernel:<22} "
               f"{','.join(img['pointers'])}{extra}")
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")

@@ -15,6 +15,7 @@ import re
 from initfs import log
 
 PIN = "bankboot.kexec"
+LOADER = "bankboot.loader"  # the loader's kernel release, for `bankctl status` in the second stage
 # kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
 _KEXEC_FILE_LOAD = {"aarch64": 294, "x86_64": 320}
 LINUX_REBOOT_CMD_KEXEC = 0x45584543
@@ -38,8 +39,8 @@ def second_stage_command_line(image: str, append: str, proc_cmdline: str | None 
     if proc_cmdline is None:
         with open("/proc/cmdline") as f:
             proc_cmdline = f.read()
-    base = re.sub(r"(^|\s)bankboot\.kexec=\S*", " ", proc_cmdline).split()
-    return " ".join([*base, *append.split(), f"{PIN}={image}"])
+    base = re.sub(r"(^|\s)bankboot\.(kexec|loader)=\S*", " ", proc_cmdline).split()
+    return " ".join([*base, *append.split(), f"{LOADER}={os.uname().release}", f"{PIN}={image}"])
 
 
 def check_file(path: str, want: dict, verified: bool) -> None:

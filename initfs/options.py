@@ -45,6 +45,8 @@ OPTIONS = (
            help="boots without `bankctl boot-ok` before falling back (board default, 3)"),
     Option("bankboot.kexec", "str", None,
            help="set by bankboot's loader on the command line of an image's own kernel (never by hand)"),
+    Option("bankboot.loader", "str", None,
+           help="set with bankboot.kexec: the release of the loader's kernel, for bankctl status"),
     Option("bankboot.debug", "flag", False, help="timings of every step on the console"),
     Option("bankboot.step", "flag", False, help="wait for Enter before each step"),
 )

@@ -504,7 +504,9 @@ class Banks:
         pointers = {"current": snap.current, "next": snap.next, "previous": snap.previous}
         images = []
         for image, info in snap.images.items():
+            kernel = self.manifest(image).get("kernel")
             images.append({"id": image, "version": info.version, "state": info.state or "unknown",
+                           "kernel": kernel.get("release") if isinstance(kernel, dict) else None,
                            "tries": info.tries if info.state == TRIAL else None, "reason": info.reason,
                            "pointers": [p for p, v in pointers.items() if v == image],
                            "reset_pending": image in st["reset"], "confirm_boots": info.confirm,

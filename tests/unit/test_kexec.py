@@ -71,7 +71,10 @@ def test_needs_kexec_only_for_another_kernel(monkeypatch) -> None:
 def test_second_stage_command_line_pins_one_image() -> None:
     line = second_stage_command_line("1.1.0-abc", "quiet foo=1",
                                      "console=ttyAMA0 bankboot.kexec=old root=PARTUUID=x panic=-1\n")
-    assert line == "console=ttyAMA0 root=PARTUUID=x panic=-1 quiet foo=1 bankboot.kexec=1.1.0-abc"
+    import os
+
+    assert line == (f"console=ttyAMA0 root=PARTUUID=x panic=-1 quiet foo=1 bankboot.loader={os.uname().release} "
+                    f"bankboot.kexec=1.1.0-abc")
 
 
 def _snap(**images) -> Snapshot:
