@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from builder.arch import ARCHES
+from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.initramfs import write_atomic
@@ -123,7 +124,7 @@ def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
             "hash_block_size": 4096, "size": output.stat().st_size, "sha256": sha256_file(output)}
 
 
-def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None, board: str | None,
+def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None, board: str | Board | None,
                    sign_key: Path | None, trust: tuple[Path, ...], append: str, tmp: Path) -> tuple[dict, dict]:
     """The image's own kernel: (manifest `kernel` object, {path in the squashfs: file}). `board`: build the
     bankboot initramfs for this kernel (that board's settings, modules from the rootfs's own
@@ -163,7 +164,7 @@ def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None
     return obj, {KERNEL_FILES[name]: src for name, src in files.items()}
 
 
-def build_kernel_initramfs(board_name: str, kernel: Path, release: str, modules: Path, arch: str,
+def build_kernel_initramfs(board_or_name: str | Board, kernel: Path, release: str, modules: Path, arch: str,
                            sign_key: Path | None, trust: tuple[Path, ...], out: Path) -> Path:
     import dataclasses
 
@@ -172,11 +173,11 @@ def build_kernel_initramfs(board_name: str, kernel: Path, release: str, modules:
     from builder.keys import public_key_text
 
     try:
-        board = load_board(board_name)
+        board = load_board(board_or_name) if isinstance(board_or_name, str) else board_or_name
     except BoardError as e:
         raise ImageError(str(e)) from None
     if board.arch.debian != arch:
-        raise ImageError(f"--board {board_name} is {board.arch.debian}; the image is {arch}")
+        raise ImageError(f"--board {board.name} is {board.arch.debian}; the image is {arch}")
     keys = list(trust)
     if sign_key is not None:  # the second stage must accept the image it was shipped in
         pub = out.parent / "signer.pub"
@@ -200,7 +201,7 @@ def sha256_file(path: Path) -> str:
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
                 sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
                 persist: list[str] | None = None, arch: str | None = None, kernel: Path | None = None,
-                kernel_initramfs: Path | None = None, kernel_board: str | None = None, kernel_append: str = "",
+                kernel_initramfs: Path | None = None, kernel_board: str | Board | None = None, kernel_append: str = "",
                 trust: tuple[Path, ...] = ()) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.

@@ -18,7 +18,7 @@ from builder.cpio import write_cpio
 from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
-from builder.kmod import module_closure, run_depmod
+from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
@@ -83,13 +83,25 @@ def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
         tree.add_symlink(rel, target)
 
 
-def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> list[str]:
-    """Copy the modules' closure and give it a modules.dep of its own (so modprobe works in the shell)."""
+# Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
+ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii")}
+
+
+def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Copy the modules' closure and give it a modules.dep of its own (so modprobe works in the shell);
+    etc/bankboot/modules is the boot's load order, etc/bankboot/modules.<use> each on-demand set's.
+    Returns (the boot's order, the on-demand modules' paths in the tree: bankctl's kit keeps them)."""
     order = module_closure(kernel.modules_dir, names)
+    on_demand = {}
+    for use, mods in ON_DEMAND_MODULES.items():
+        try:
+            on_demand[use] = module_closure(kernel.modules_dir, mods)
+        except ModuleError:  # a kernel of one's own without them: that feature says so when used
+            pass
     base = f"lib/modules/{kernel.version}"
     with tempfile.TemporaryDirectory() as tmp:
         mdir = Path(tmp) / base
-        for rel in order:
+        for rel in sorted({*order, *(r for rels in on_demand.values() for r in rels)}):
             dest = mdir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules_dir / rel, dest)
@@ -102,7 +114,9 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> li
             if f.is_file():
                 tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
     tree.add_file("etc/bankboot/modules", data="".join(f"{r}\n" for r in order).encode())
-    return order
+    for use, rels in on_demand.items():
+        tree.add_file(f"etc/bankboot/modules.{use}", data="".join(f"{r}\n" for r in rels).encode())
+    return order, sorted({f"{base}/{r}" for rels in on_demand.values() for r in rels})
 
 
 def add_closure(tree: FsTree, resolver: LibraryResolver, root: Path) -> None:
@@ -129,7 +143,7 @@ def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> dict[str, str]
     return {"kexec": method}
 
 
-def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
+def add_frozen_init(tree: FsTree, sysroot: PySysroot, keep: list[str] | None = None) -> dict[str, str]:
     """The onedir bundle at / (/init and /bankboot/...), plus every library its ELF files need from the
     sysroot at the path ld.so will look for it: the bootloader runs before anything sets
     LD_LIBRARY_PATH, so a copy inside the bundle is not enough for it."""
@@ -152,7 +166,8 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot) -> dict[str, str]:
         if lib.name in system and lib.is_file() and not lib.is_symlink():
             tree.replace_with_symlink(f"{CONTENTS_DIR}/{lib.name}", "../" + system[lib.name].lstrip("/"))
     # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *sorted(x.lstrip("/") for x in resolver.closure.links),
+    kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *(keep or []),
+           *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
     tree.add_file("etc/bankboot/kit", data="".join(f"{k}\n" for k in kit).encode())
     # The launcher runs ld.so by the path of the real file: PT_INTERP may be a symlink, and an absolute one
@@ -202,18 +217,18 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
     add_busybox(tree, board, links=not (board.sealed and init == "frozen"))
-    add_modules(tree, kernel, board.modules)
+    _, on_demand = add_modules(tree, kernel, board.modules)
     extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}
     if init == "frozen":
         sysroot = locate_sysroot(board.arch)
-        extra.update(add_frozen_init(tree, sysroot))
+        extra.update(add_frozen_init(tree, sysroot, on_demand))
         extra.update(add_kexec(tree, board, kernel))
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
                 "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
                 "rescue": "reboot" if board.sealed else board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots),
-                "sealed": "yes" if board.sealed else "no", **extra}
+                "sealed": "yes" if board.sealed else "no", "kernel_name": board.kernel_name, **extra}
     conf = "".join(f"{k}={v}\n" for k, v in settings.items())
     tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
     return tree, kernel

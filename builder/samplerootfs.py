@@ -10,7 +10,8 @@ from pathlib import Path
 
 from builder.arch import Arch
 from builder.initramfs import runner_for
-from builder.parts import busybox_links, locate_busybox
+from builder.kmod import module_closure, run_depmod
+from builder.parts import KernelParts, busybox_links, locate_busybox
 
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
@@ -98,3 +99,16 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
     if not boot_ok:
         (dest / "etc/sample-no-boot-ok").write_text("")
     return dest
+
+
+def add_kernel_modules(rootfs: Path, kernel: KernelParts, names: tuple[str, ...]) -> None:
+    """A kernel's modules in the rootfs (the closure of `names`, with modules.dep), as an image that carries
+    its own kernel must have them (`bankboot image --kernel ... --board ...` builds its initramfs from them)."""
+    dest = rootfs / "lib/modules" / kernel.version
+    for rel in module_closure(kernel.modules_dir, names):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernel.modules_dir / rel, dest / rel)
+    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (kernel.modules_dir / meta).is_file():
+            shutil.copyfile(kernel.modules_dir / meta, dest / meta)
+    run_depmod(rootfs, kernel.version)

@@ -51,18 +51,23 @@ def booted_info() -> dict:
         return {}
 
 
-def unconfirmed_limit() -> int:
-    """The board's limit, from the initramfs.conf in the kit this bankctl came from."""
-    path = os.path.join(kit_root(), "etc/bankboot/initramfs.conf")
+def kit_setting(name: str) -> str | None:
+    """One setting of the initramfs.conf in the kit this bankctl came from."""
     try:
-        with open(path) as f:
+        with open(os.path.join(kit_root(), "etc/bankboot/initramfs.conf")) as f:
             for line in f:
                 key, _, value = line.strip().partition("=")
-                if key == "unconfirmed_boots" and value.isdigit():
-                    return max(1, int(value))
+                if key == name:
+                    return value
     except OSError:
         pass
-    return DEFAULT_UNCONFIRMED_LIMIT
+    return None
+
+
+def unconfirmed_limit() -> int:
+    """The board's limit, from the kit's initramfs.conf."""
+    value = kit_setting("unconfirmed_boots") or ""
+    return max(1, int(value)) if value.isdigit() else DEFAULT_UNCONFIRMED_LIMIT
 
 
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
@@ -239,6 +244,44 @@ def cmd_log(banks: Banks, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.loader import SOURCE, LoaderError, boot_partition, install_loader, mount_source
+    from initfs.modules import load_modules, read_order
+    from initfs.syscalls import umount
+    from overlay_layout.manifest import parse_manifest
+    from overlay_layout.state import GOOD
+    from overlay_layout.trust import TrustError
+
+    layout = banks.layout
+    image = layout.pointer(args.image) if args.image in ("current", "next", "previous") else args.image
+    if image is None or image not in layout.images():
+        raise LoaderError(f"no image {args.image} on the banks partition")
+    with open(layout.manifest_path(image), "rb") as f:
+        manifest = parse_manifest(f.read(65536), layout.manifest_path(image))
+    try:
+        who = policy().check(manifest, VERSION)
+    except TrustError as e:
+        raise LoaderError(f"image {image}: {e}") from None
+    if "initramfs" not in manifest.get("kernel", {}):
+        raise LoaderError(f"image {image} carries no kernel and initramfs of its own (bankboot image --kernel)")
+    if banks.image_state(banks.load(), image).get("state") != GOOD:
+        raise LoaderError(f"image {image} is not committed (good): a loader must have booted before; boot it on "
+                          f"trial and mark it good first")
+    kit = kit_root()
+    load_modules(os.uname().release, read_order(os.path.join(kit, "etc/bankboot/modules.vfat")), root=kit)
+    boot = args.boot or boot_partition(banks.root)
+    mount_source(layout.squashfs(image))
+    try:
+        lines = install_loader(SOURCE, manifest, boot, kit_setting("kernel_name") or "vmlinuz")
+    finally:
+        umount(SOURCE)
+    for line in lines:
+        print(line)
+    print(f"the loader is now kernel {manifest['kernel']['release']} with the initramfs of image {image} ({who}); "
+          f"images on that kernel boot without a kexec")
+    return EXIT_OK
+
+
 def _when(stamp: object) -> str:
     """A record's time, whatever a damaged log holds there."""
     try:
@@ -276,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reset)
     s = sub.add_parser("gc", help="remove images that are neither previous, current nor next")
     s.set_defaults(func=cmd_gc)
+    s = sub.add_parser("install-loader", help="make an image's own kernel and initramfs the loader on the boot "
+                                              "partition (the one write that is not A/B: docs/lifecycle.md)")
+    s.add_argument("image", help="a committed image with a kernel: its id, or current/previous")
+    s.add_argument("--boot", metavar="DEVICE", help="the boot partition (default: partition 1 of the banks disk)")
+    s.set_defaults(func=cmd_install_loader)
     s = sub.add_parser("timeline", help="how long each step of this boot's init took")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_timeline)
@@ -307,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except LockError as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_BUSY
-    except (LayoutError, OSError) as e:
+    except (LayoutError, OSError, RuntimeError) as e:  # RuntimeError: LoaderError, ModuleLoadError
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -24,12 +24,14 @@ def read_order(path: str = ORDER_FILE) -> list[str]:
         return []
 
 
-def load_modules(release: str, order: list[str]) -> int:
+def load_modules(release: str, order: list[str], root: str = "") -> int:
     """Load each module once; one that is already loaded (or built in) is fine. Returns how many were
-    loaded. A module that fails is an error naming it and the kernel's reason."""
-    base = f"/lib/modules/{release}"
+    loaded. A module that fails is an error naming it and the kernel's reason. `root`: another tree holding
+    lib/modules (bankctl loads on-demand modules from its kit)."""
+    base = f"{root}/lib/modules/{release}"
     if order and not os.path.isdir(base):
-        present = ", ".join(sorted(os.listdir("/lib/modules"))) if os.path.isdir("/lib/modules") else "none"
+        present = ", ".join(sorted(os.listdir(f"{root}/lib/modules"))) if os.path.isdir(f"{root}/lib/modules") \
+            else "none"
         raise ModuleLoadError(f"this initramfs has no modules for the running kernel {release} "
                               f"(it has: {present}); it was built for another kernel")
     loaded = 0

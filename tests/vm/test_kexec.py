@@ -18,26 +18,14 @@ from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
 from builder.kernelfile import read_kernel
-from builder.kmod import module_closure, run_depmod
 from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.conftest import board_parts
 from tests.vm.devices import PROMPT
 
 pytestmark = pytest.mark.vm
 T = 240
-
-
-def _with_modules(rootfs: Path, modules_dir: Path, release: str, names: tuple[str, ...]) -> None:
-    """The kernel's modules an image needs (the board's list and what they depend on), with modules.dep."""
-    dest = rootfs / "lib/modules" / release
-    for rel in module_closure(modules_dir, names):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(modules_dir / rel, dest / rel)
-    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
-        shutil.copyfile(modules_dir / meta, dest / meta)
-    run_depmod(rootfs, release)
 
 
 def _up(vm: VM) -> tuple[str, str]:
@@ -87,7 +75,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
     banks = {}
     for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", "")):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
-        _with_modules(rootfs, second.modules_dir, second.version, modules)
+        add_kernel_modules(rootfs, second, modules)
         banks[version] = out / f"app-{version}.bank"
         if version == "1.3.0":  # a kernel for another architecture: only kexec itself can refuse it
             wrong = builder.kernelfile.KernelFile(board.arch.debian, second.version, "#1 wrong architecture",
@@ -139,3 +127,15 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         records = json.loads(log)
         assert records[0]["kernel"] == second.version and records[0]["trial"] is False
         assert records[1]["kernel"] == loader_kernel.version and records[1]["outcome"].startswith("kexec into")
+
+        # Its kernel becomes the loader: the files on the boot partition are replaced (old kept as .previous).
+        rc, msg = vm.console.run("bankctl install-loader current", timeout=T)
+        assert rc == 0 and "the loader is now kernel " + second.version in msg, msg
+        rc, msg = vm.console.run("bankctl install-loader previous", timeout=T)
+        assert rc != 0 and "carries no kernel" in msg, msg
+    # Power off and on: the firmware (here: VM.from_disk) reads the boot partition again.
+    with VM.from_disk(board, disk, out / "after-install", reboot=True) as vm:
+        vm.console.expect(r"bankboot \S+ init on Linux " + re.escape(second.version) + rf".*board {name}-cloud", T)
+        assert _up(vm) == ("1.1.0", second.version)
+        assert "kexec: starting" not in vm.console.text()
+        assert _status(vm)["booted"]["kernel"] == {"running": second.version, "loader": second.version}

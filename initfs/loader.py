@@ -1,0 +1,120 @@
+"""`bankctl install-loader IMAGE`: an installed image's own kernel and bankboot initramfs become the loader
+on the boot partition, so later boots run them directly instead of kexec'ing them.
+
+This is the one write that is not A/B: the boot partition holds one kernel and one initramfs, and the
+firmware knows nothing of banks. So: only files the signed manifest vouches for (sha256 checked while
+copying), each written beside the old one and fsynced, the old one kept as `<name>.previous` (fsynced),
+then renamed into place; a person can put `.previous` back from another machine. Raspberry Pi 4/5
+firmware can try a loader once (tryboot); docs/boards.md says how, and what stands in on QEMU."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
+from overlay_layout import durable
+
+SOURCE = "/run/bankboot/loader-source"  # the image's squashfs, read-only
+BOOT = "/run/bankboot/boot"  # the boot partition
+INITRAMFS_NAME = "initramfs.img"
+
+
+class LoaderError(RuntimeError):
+    pass
+
+
+def boot_partition(banks_root: str) -> str:
+    """Partition 1 of the disk holding the banks partition (the layout `bankboot disk` makes)."""
+    st = os.stat(banks_root)
+    sysdir = os.path.realpath(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not os.path.isfile(os.path.join(sysdir, "partition")):
+        raise LoaderError(f"{banks_root} is not on a disk partition ({sysdir}): give --boot DEVICE")
+    disk = os.path.dirname(sysdir)
+    for name in sorted(os.listdir(disk)):
+        try:
+            with open(os.path.join(disk, name, "partition")) as f:
+                if f.read().strip() == "1":
+                    return f"/dev/{name}"
+        except OSError:
+            continue
+    raise LoaderError(f"the disk {os.path.basename(disk)} has no partition 1 (the boot partition): give --boot DEVICE")
+
+
+def _copy_checked(src: str, dest: str, want: dict) -> None:
+    """src into a new dest, fsynced, hashing as it goes; dest is removed when it does not match."""
+    h = hashlib.sha256()
+    size = 0
+    durable.checkpoint(f"copy {src} to {dest}")
+    with open(src, "rb") as fi, open(dest, "wb") as fo:
+        while chunk := fi.read(4 << 20):
+            h.update(chunk)
+            fo.write(chunk)
+            size += len(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    if size != want["size"] or h.hexdigest() != want["sha256"]:
+        os.unlink(dest)
+        raise LoaderError(f"{src} does not match the signed manifest (size {size}, sha256 {h.hexdigest()}); "
+                          f"the image is damaged: nothing installed")
+
+
+def _keep_previous(path: str) -> None:
+    """A copy of the file now in place as path.previous (written beside, fsynced, renamed)."""
+    if not os.path.exists(path):
+        return
+    tmp = f"{path}.previous.new"
+    durable.checkpoint(f"keep {path}")
+    with open(path, "rb") as fi, open(tmp, "wb") as fo:
+        while chunk := fi.read(4 << 20):
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+    os.replace(tmp, f"{path}.previous")
+
+
+def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) -> list[str]:
+    """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
+    boot_dev as kernel_name and initramfs.img. Returns what was done, a line each."""
+    k = manifest["kernel"]
+    files = [(lower + k["image"]["path"], kernel_name, k["image"]),
+             (lower + k["initramfs"]["path"], INITRAMFS_NAME, k["initramfs"])]
+    os.makedirs(BOOT, exist_ok=True)
+    try:
+        mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError as e:
+        raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from None
+    done = []
+    try:
+        for src, name, want in files:  # both new files complete before anything in place changes
+            _copy_checked(src, f"{BOOT}/{name}.new", want)
+        durable.fsync_dir(BOOT)
+        for _, name, _ in files:
+            _keep_previous(f"{BOOT}/{name}")
+        durable.fsync_dir(BOOT)
+        for _, name, want in files:
+            durable.checkpoint(f"install {name}")
+            os.replace(f"{BOOT}/{name}.new", f"{BOOT}/{name}")
+            done.append(f"{boot_dev}:{name} <- {want['size']} bytes (the old one kept as {name}.previous)")
+        durable.fsync_dir(BOOT)
+    finally:
+        for _, name, _ in files:
+            if os.path.exists(f"{BOOT}/{name}.new"):
+                os.unlink(f"{BOOT}/{name}.new")
+        os.sync()
+        umount(BOOT)
+    return done
+
+
+def mount_source(squashfs: str) -> None:
+    """The image's squashfs, read-only at SOURCE (its bytes are checked against the manifest on copy)."""
+    from initfs.loop import attach_readonly
+
+    os.makedirs(SOURCE, exist_ok=True)
+    dev, fd = attach_readonly(squashfs)
+    try:
+        mount(dev, SOURCE, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID)
+    except OSError as e:
+        raise LoaderError(f"cannot mount {squashfs}: {e.strerror}") from None
+    finally:
+        os.close(fd)
