@@ -100,7 +100,8 @@ def cmd_disk(args: argparse.Namespace) -> int:
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
-                           userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append)
+                           userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
+                           boot_size=parse_size(args.boot_size))
     print(f"{args.output}: {board.name} disk, {args.size}, image {m['id']} current; "
           f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}")
     return 0
@@ -251,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--image", required=True, help="the bank file that becomes `current`")
     dk.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     dk.add_argument("--size", default="512M")
-    dk.add_argument("--userdata-size", default="64M")
+    dk.add_argument("--userdata-size", default="64M", help="size of the userdata partition (default 64M)")
+    dk.add_argument("--boot-size", default="64M",
+                    help="size of the boot partition (default 64M; images with their own kernels need room for two "
+                         "loaders to install one: 160M for Debian's arm64 kernel)")
     dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
     dk.add_argument("-o", "--output", required=True)
     dk.set_defaults(func=cmd_disk)

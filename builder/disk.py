@@ -67,11 +67,13 @@ class DiskLayout:
         return f"{self.disk_id:08x}-{n:02x}"
 
 
-def plan(size: int, userdata: int, disk_id: int) -> DiskLayout:
-    banks = size - FIRST - BOOT_SIZE - userdata - MiB
+def plan(size: int, userdata: int, disk_id: int, boot: int = BOOT_SIZE) -> DiskLayout:
+    if boot < 16 * MiB:
+        raise DiskError(f"a boot partition of {boot // MiB} MiB is too small (at least 16 MiB)")
+    banks = size - FIRST - boot - userdata - MiB
     if banks < 32 * MiB:
         raise DiskError(f"disk size {size // MiB} MiB leaves {banks // MiB} MiB for banks; make it bigger")
-    p1 = (FIRST, BOOT_SIZE)
+    p1 = (FIRST, boot)
     p2 = (p1[0] + p1[1], banks)
     p3 = (p2[0] + p2[1], userdata)
     return DiskLayout(disk_id, [p1, p2, p3])
@@ -116,8 +118,9 @@ def check_bootable(bank: Path, manifest: dict, initramfs: Path) -> None:
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
-               userdata_files: list[Path] | None = None) -> tuple[DiskLayout, dict]:
-    """userdata_files are copied into the userdata partition (an update to stage, say)."""
+               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE) -> tuple[DiskLayout, dict]:
+    """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
+    two loaders when images carry their own kernels (bankctl install-loader keeps the old one)."""
     if board.power_of_two and size & (size - 1):
         raise DiskError(f"board {board.name} needs a power-of-two disk size (its SD card): 256M, 512M, 1G, ... "
                         f"not {size // MiB} MiB")
@@ -130,7 +133,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
     check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
-    layout = plan(size, userdata_size, disk_id)
+    layout = plan(size, userdata_size, disk_id, boot_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
         tmp = Path(tmpdir)

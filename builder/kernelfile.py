@@ -3,8 +3,8 @@ itself, and the bytes the init hands to kexec_file_load.
 
 Why here and not from a package name: an image carries whatever kernel its maker built, and the init
 decides "same kernel, no kexec" by comparing exactly these two strings with the running kernel's
-`os.uname()`. arm64's kexec_file_load takes only an uncompressed Image, so Debian's gzip-compressed
-vmlinuz is stored inflated (the squashfs compresses it again)."""
+`os.uname()`. The file is stored as given (Debian's arm64 vmlinuz is a gzip-compressed Image: kexec-tools,
+firmware and QEMU take it so, and the init inflates it where kexec_file_load needs the raw Image)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class KernelFile:
     arch: str  # Debian architecture: arm64, amd64, armhf
     release: str  # uname -r
     version: str  # uname -v, e.g. "#1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-01-21)"
-    data: bytes  # what kexec_file_load takes (arm64: the inflated Image)
+    data: bytes  # the file as given
 
 
 def read_kernel(path: Path) -> KernelFile:
@@ -40,21 +40,21 @@ def read_kernel(path: Path) -> KernelFile:
         raw = path.read_bytes()
     except OSError as e:
         raise KernelFileError(f"cannot read kernel {path}: {e.strerror}") from None
-    data = raw
+    data = raw  # what is inspected: the inflated Image when the file is gzip-compressed
     if raw[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise KernelFileError(f"{path}: a damaged gzip file ({e})") from None
     if len(data) >= 0x40 and data[0x38:0x3C] == b"ARM\x64":
-        return KernelFile("arm64", *_banner(data, path), data)
+        return KernelFile("arm64", *_banner(data, path), raw)
     if len(data) >= 0x210 and data[0x202:0x206] == b"HdrS":
         # The setup header points at a version string; the banner itself is inside the compressed payload.
         ptr = int.from_bytes(data[0x20E:0x210], "little") + 0x200
         m = _X86_VERSION.match(data[ptr:ptr + 512])
         if not m:
             raise KernelFileError(f"{path}: an x86 bzImage without a readable version string")
-        return KernelFile("amd64", m.group(1).decode(), m.group(2).decode().strip(), data)
+        return KernelFile("amd64", m.group(1).decode(), m.group(2).decode().strip(), raw)
     if len(data) >= 0x30 and data[0x24:0x28] == b"\x18\x28\x6f\x01":
         raise KernelFileError(f"{path}: a 32-bit ARM zImage; bankboot kexecs only arm64 and x86_64 kernels "
                               f"(32-bit ARM has no kexec_file_load)")

@@ -102,10 +102,14 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
 
 
 def add_kernel_modules(rootfs: Path, kernel: KernelParts, names: tuple[str, ...]) -> None:
-    """A kernel's modules in the rootfs (the closure of `names`, with modules.dep), as an image that carries
-    its own kernel must have them (`bankboot image --kernel ... --board ...` builds its initramfs from them)."""
+    """A kernel's modules in the rootfs (the closure of `names` and of the initramfs's on-demand sets, with
+    modules.dep), as an image that carries its own kernel must have them (`bankboot image --kernel ...
+    --board ...` builds its initramfs from them)."""
+    from builder.initramfs import ON_DEMAND_MODULES
+
     dest = rootfs / "lib/modules" / kernel.version
-    for rel in module_closure(kernel.modules_dir, names):
+    wanted = [*names, *(m for mods in ON_DEMAND_MODULES.values() for m in mods)]
+    for rel in module_closure(kernel.modules_dir, wanted):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(kernel.modules_dir / rel, dest / rel)
     for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):

@@ -268,7 +268,12 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
         raise LoaderError(f"image {image} is not committed (good): a loader must have booted before; boot it on "
                           f"trial and mark it good first")
     kit = kit_root()
-    load_modules(os.uname().release, read_order(os.path.join(kit, "etc/bankboot/modules.vfat")), root=kit)
+    fat = read_order(os.path.join(kit, "etc/bankboot/modules.vfat"))
+    with open("/proc/filesystems") as f:
+        if not fat and "vfat" not in f.read().split():
+            raise LoaderError("this initramfs carries no FAT modules (its kernel's modules in the image had none) "
+                              "and vfat is not built into the kernel: cannot write the boot partition")
+    load_modules(os.uname().release, fat, root=kit)
     boot = args.boot or boot_partition(banks.root)
     mount_source(layout.squashfs(image))
     try:

@@ -82,7 +82,7 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
     if nr is None:
         raise KexecError(f"this kernel ({os.uname().machine}) has no kexec_file_load")
     libc = ctypes.CDLL(None, use_errno=True)
-    kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
+    kfd = _raw_kernel(kernel)
     try:
         ifd = os.open(initramfs, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -99,6 +99,28 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
                 1: " (the running kernel refuses kexec: lockdown or kexec_load_disabled)",
                 38: " (the running kernel was built without kexec_file_load)"}.get(err, "")
         raise KexecError(f"kexec_file_load of {kernel}: {os.strerror(err)}{hint}")
+
+
+def _raw_kernel(kernel: str) -> int:
+    """A descriptor on the kernel as kexec_file_load takes it: a gzip-compressed one (Debian's arm64
+    vmlinuz) inflated into memory first."""
+    fd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
+    if os.pread(fd, 2, 0) != b"\x1f\x8b":
+        return fd
+    import zlib
+
+    out = os.memfd_create("bankboot-kernel", os.MFD_CLOEXEC)
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        while chunk := os.read(fd, 4 << 20):
+            os.write(out, d.decompress(chunk))
+        os.write(out, d.flush())
+    except zlib.error as e:
+        os.close(out)
+        raise KexecError(f"{kernel}: damaged gzip data ({e})") from None
+    finally:
+        os.close(fd)
+    return out
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -59,6 +59,21 @@ def _copy_checked(src: str, dest: str, want: dict) -> None:
                           f"the image is damaged: nothing installed")
 
 
+def check_room(files: list[tuple[str, str, dict]]) -> None:
+    """The new files and a .previous copy of each old one must fit beside what stays, before anything is
+    written (a full FAT partition mid-way would only waste the write)."""
+    def size(path: str) -> int:
+        return os.path.getsize(path) if os.path.exists(path) else 0
+
+    need = sum(want["size"] + size(f"{BOOT}/{name}") - size(f"{BOOT}/{name}.previous") for _, name, want in files)
+    st = os.statvfs(BOOT)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise LoaderError(f"the boot partition has {free / 1e6:.1f} MB free; the new loader and a copy of the old "
+                          f"one need {need / 1e6:.1f} MB: nothing installed (bankboot disk --boot-size makes a "
+                          f"bigger boot partition)")
+
+
 def _keep_previous(path: str) -> None:
     """A copy of the file now in place as path.previous (written beside, fsynced, renamed)."""
     if not os.path.exists(path):
@@ -86,6 +101,7 @@ def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) 
         raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from None
     done = []
     try:
+        check_room(files)
         for src, name, want in files:  # both new files complete before anything in place changes
             _copy_checked(src, f"{BOOT}/{name}.new", want)
         durable.fsync_dir(BOOT)
@@ -99,8 +115,9 @@ def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) 
         durable.fsync_dir(BOOT)
     finally:
         for _, name, _ in files:
-            if os.path.exists(f"{BOOT}/{name}.new"):
-                os.unlink(f"{BOOT}/{name}.new")
+            for leftover in (f"{BOOT}/{name}.new", f"{BOOT}/{name}.previous.new"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
         os.sync()
         umount(BOOT)
     return done

@@ -21,9 +21,9 @@ KERNEL = {"release": "6.1.0-50-cloud-arm64", "version": "#1 SMP Debian 6.1.176-1
 
 
 def test_reads_debian_kernels(aarch64, x86_64) -> None:
-    arm = read_kernel(aarch64[1].image)  # gzip-compressed Image: stored inflated for kexec
+    arm = read_kernel(aarch64[1].image)  # a gzip-compressed Image, read inflated, stored as given
     assert (arm.arch, arm.release) == ("arm64", aarch64[1].version) and arm.version.startswith("#1 ")
-    assert arm.data[0x38:0x3C] == b"ARM\x64"
+    assert arm.data == aarch64[1].image.read_bytes()
     x86 = read_kernel(x86_64[1].image)
     assert (x86.arch, x86.release) == ("amd64", x86_64[1].version) and "Debian" in x86.version
 

@@ -86,8 +86,8 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         monkeypatch.undo()
     disk = out / "disk.img"
     initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
-    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd,
-               userdata_size=256 << 20, userdata_files=list(banks.values()))
+    build_disk(board, out / "app-1.0.0.bank", disk, 640 << 20, initrd, userdata_size=256 << 20,
+               userdata_files=list(banks.values()), boot_size=160 << 20)
 
     with VM.from_disk(board, disk, out, reboot=True) as vm:
         assert _up(vm) == ("1.0.0", loader_kernel.version)
