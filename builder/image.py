@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from datetime import UTC, datetime
@@ -185,7 +186,18 @@ def build_kernel_initramfs(board_or_name: str | Board, kernel: Path, release: st
         keys.append(pub)
     if not keys:
         raise ImageError("--board builds an initramfs that checks signatures: sign the image (--sign) or --trust KEY")
-    board = dataclasses.replace(board, kernel=Kernel(image=kernel, modules_dir=modules, version=release))
+    from builder.kmod import ModuleError, module_closure
+
+    have = []
+    for m in board.modules:  # another flavour of kernel may lack some (Debian's cloud kernels: i6300esb)
+        try:
+            module_closure(modules, [m])
+            have.append(m)
+        except ModuleError:
+            print(f"warning: board {board.name}'s module {m} is not in kernel {release} (neither a module in the "
+                  f"rootfs nor built in): left out of the image's initramfs", file=sys.stderr)
+    board = dataclasses.replace(board, modules=tuple(have),
+                                kernel=Kernel(image=kernel, modules_dir=modules, version=release))
     build_initramfs(board, out, policy=TrustPolicy(tuple(keys)))
     return out
 

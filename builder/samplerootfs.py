@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.arch import Arch
 from builder.initramfs import runner_for
-from builder.kmod import module_closure, run_depmod
+from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, locate_busybox
 
 INITTAB = """\
@@ -109,7 +109,13 @@ def add_kernel_modules(rootfs: Path, kernel: KernelParts, names: tuple[str, ...]
 
     dest = rootfs / "lib/modules" / kernel.version
     wanted = [*names, *(m for mods in ON_DEMAND_MODULES.values() for m in mods)]
-    for rel in module_closure(kernel.modules_dir, wanted):
+    found = []
+    for name in wanted:  # what this kernel lacks is reported when its initramfs is built
+        try:
+            found += module_closure(kernel.modules_dir, [name])
+        except ModuleError:
+            pass
+    for rel in dict.fromkeys(found):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(kernel.modules_dir / rel, dest / rel)
     for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):

@@ -527,7 +527,8 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
                    "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
                    "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
                    "kernel": {"running": os.uname().release,
-                              "loader": opts.get("bankboot.loader") or os.uname().release},
+                              "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
+                              if opts.get("bankboot.kexec") else os.uname().release},
                    "build": record["build"], "tried": tried, "warnings": banks.warnings}, f)
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):

@@ -15,7 +15,7 @@ import re
 from initfs import log
 
 PIN = "bankboot.kexec"
-LOADER = "bankboot.loader"  # the loader's kernel release, for `bankctl status` in the second stage
+LOADER = "bankboot.loader"  # <release>@<crc32 of uname -v> of the loader's kernel
 # kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
 _KEXEC_FILE_LOAD = {"aarch64": 294, "x86_64": 320}
 LINUX_REBOOT_CMD_KEXEC = 0x45584543
@@ -40,7 +40,28 @@ def second_stage_command_line(image: str, append: str, proc_cmdline: str | None 
         with open("/proc/cmdline") as f:
             proc_cmdline = f.read()
     base = re.sub(r"(^|\s)bankboot\.(kexec|loader)=\S*", " ", proc_cmdline).split()
-    return " ".join([*base, *append.split(), f"{LOADER}={os.uname().release}", f"{PIN}={image}"])
+    return " ".join([*base, *append.split(), f"{LOADER}={kernel_token()}", f"{PIN}={image}"])
+
+
+def kernel_token() -> str:
+    """The running kernel as `<release>@<crc32 of its uname -v>`: the second stage compares it with the
+    loader's to know that a kexec really happened."""
+    import zlib
+
+    u = os.uname()
+    return f"{u.release}@{zlib.crc32(u.version.encode()):08x}"
+
+
+def check_pin(pin: str | None, loader: str | None) -> str | None:
+    """The pin to honour: only when this kernel is not the loader's (a kexec happened). A bankboot.kexec= that
+    reached the loader itself (typed into cmdline.txt) is dropped with a warning: honouring it there would
+    stop every kexec and could loop."""
+    if not pin:
+        return None
+    if not loader or loader == kernel_token():
+        log.error(f"{PIN}={pin} ignored: this kernel was not started by bankboot's loader")
+        return None
+    return pin
 
 
 def check_file(path: str, want: dict, verified: bool) -> None:
@@ -71,7 +92,10 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
     architecture, format, a signature where it enforces one); `tools`: Debian's kexec-tools through
     kexec_load, for kernels without kexec_file_load (its checks, and the running device tree)."""
     if method == "tools":
-        code, out = _run([KEXEC_TOOL, "-l", kernel, f"--initrd={initramfs}", f"--command-line={cmdline}"])
+        # --no-checks: no sha256 of every segment in the purgatory, run with caches off (seconds on slow
+        # boards); the segments are loaded and started within the same second, from checked files.
+        code, out = _run([KEXEC_TOOL, "-l", "--no-checks", kernel, f"--initrd={initramfs}",
+                          f"--command-line={cmdline}"])
         if code != 0:
             raise KexecError(f"kexec -l {kernel} (kexec-tools) failed with status {code}: "
                              f"{' '.join(out.split())[-400:] or 'no message'}")

@@ -78,6 +78,10 @@ def boot() -> NoReturn:
     log.stepping = opts.get("bankboot.step")
     for w in opts.warnings:
         log.error(w)
+    if opts.get("bankboot.kexec"):  # a kexec's second stage (docs/lifecycle.md), if it really is one
+        from initfs.kexec import check_pin
+
+        opts.values["bankboot.kexec"] = check_pin(opts.get("bankboot.kexec"), opts.get("bankboot.loader"))
     # No prompt in a kexec's second stage: the person had their window in the loader.
     if not opts.get("bankboot.select") and not opts.get("bankboot.kexec") and opts.get("root") is not None:
         from initfs.menu import listen
@@ -119,13 +123,14 @@ def main() -> NoReturn:
 
 
 def _rescue_mode() -> str:
-    """bankboot.rescue= if it can still be read, else the board's default: this runs after a failure."""
+    """bankboot.rescue= if it can still be read, else the board's default: this runs after a failure. A kexec's
+    second stage always reboots: the loader then counts the try and falls back (docs/lifecycle.md)."""
     try:
         from initfs.cmdline import Cmdline
         from initfs.options import Options
 
         config = read_config()
-        return Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config)) \
-            .get("bankboot.rescue")
+        opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config))
+        return "reboot" if opts.get("bankboot.kexec") else opts.get("bankboot.rescue")
     except BaseException:
         return "reboot"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.kernelfile import KernelFileError, read_kernel
-from initfs.kexec import needs_kexec, second_stage_command_line
+from initfs.kexec import check_pin, kernel_token, needs_kexec, second_stage_command_line
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import check_kernel
 from overlay_layout.policy import BAD, GOOD, TRIAL, ImageInfo, Snapshot, plan_boot
@@ -71,10 +71,14 @@ def test_needs_kexec_only_for_another_kernel(monkeypatch) -> None:
 def test_second_stage_command_line_pins_one_image() -> None:
     line = second_stage_command_line("1.1.0-abc", "quiet foo=1",
                                      "console=ttyAMA0 bankboot.kexec=old root=PARTUUID=x panic=-1\n")
-    import os
-
-    assert line == (f"console=ttyAMA0 root=PARTUUID=x panic=-1 quiet foo=1 bankboot.loader={os.uname().release} "
+    assert line == (f"console=ttyAMA0 root=PARTUUID=x panic=-1 quiet foo=1 bankboot.loader={kernel_token()} "
                     f"bankboot.kexec=1.1.0-abc")
+
+
+def test_a_pin_is_honoured_only_after_a_kexec() -> None:
+    assert check_pin("1.1.0-abc", "6.1.0-50-arm64@0badcafe") == "1.1.0-abc"  # another kernel started us
+    assert check_pin("1.1.0-abc", kernel_token()) is None  # typed into the loader's own command line
+    assert check_pin("1.1.0-abc", None) is None and check_pin(None, "x@1") is None
 
 
 def _snap(**images) -> Snapshot:

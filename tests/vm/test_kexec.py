@@ -1,13 +1,16 @@
 """Images with their own kernel, booted by kexec from the loader on the boot partition: qemu-x86_64 (Debian's
 kernel has kexec_file_load) and qemu-aarch64 (kexec_load through Debian's kexec-tools). A kernel refused by
-kexec and a kernel that panics fall back within their tries; an image on Debian's cloud kernel comes up on
-that kernel (its `uname -r`, its own bankboot initramfs) and keeps booting it after it commits."""
+kexec, a kernel that panics and an initramfs without modules for its kernel fall back within their tries;
+an image on Debian's cloud kernel comes up on that kernel (its `uname -r`, its own bankboot initramfs),
+keeps booting it after it commits, and becomes the loader with `bankctl install-loader`."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -72,8 +75,9 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
 
     base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
     build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
+    initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
     banks = {}
-    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", "")):
+    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", ""), ("1.4.0", "")):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
         add_kernel_modules(rootfs, second, modules)
         banks[version] = out / f"app-{version}.bank"
@@ -81,11 +85,12 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
             wrong = builder.kernelfile.KernelFile(board.arch.debian, second.version, "#1 wrong architecture",
                                                   read_kernel(locate_kernel(load_board(other_board)).image).data)
             monkeypatch.setattr(builder.kernelfile, "read_kernel", lambda p, k=wrong: k)
+        # 1.4.0 ships the loader's initramfs, whose modules are for the loader's kernel, not its own.
         build_image(rootfs, version, banks[version], sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
-                    kernel_board=str(cloud_board), kernel_append=append)
+                    kernel_board=None if version == "1.4.0" else str(cloud_board),
+                    kernel_initramfs=initrd if version == "1.4.0" else None, kernel_append=append)
         monkeypatch.undo()
     disk = out / "disk.img"
-    initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
     build_disk(board, out / "app-1.0.0.bank", disk, 640 << 20, initrd, userdata_size=256 << 20,
                userdata_files=list(banks.values()), boot_size=160 << 20)
 
@@ -110,6 +115,15 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         assert "no tries left" in _image(_status(vm), "1.2.0")["reason"]
 
+        # Its initramfs cannot serve its kernel: the second stage reboots to the loader, which falls back.
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.4.0.bank --tries 1", timeout=T)
+        assert rc == 0, msg
+        vm.console.sendline("reboot")
+        vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
+        vm.console.expect(r"has no modules for the running kernel " + re.escape(second.version), T)
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        assert _image(_status(vm), "1.4.0")["state"] == "bad"
+
         # A good image on its own kernel: kexec'd, its own initramfs, commits, and keeps booting that way.
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank", timeout=T)
         assert rc == 0, msg
@@ -128,6 +142,14 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert records[0]["kernel"] == second.version and records[0]["trial"] is False
         assert records[1]["kernel"] == loader_kernel.version and records[1]["outcome"].startswith("kexec into")
 
+        # Power cut while the loader is being replaced: whichever loader the boot partition holds boots.
+        vm.console.sendline("bankctl install-loader current")
+        vm.console.expect(r"loop\d+: detected capacity change", T)  # the image's squashfs is being read
+        time.sleep(random.Random(name).uniform(0.2, 3.0))
+        vm.power_cut()
+    with VM.from_disk(board, disk, out / "after-cut", reboot=True) as vm:
+        version, _ = _up(vm)
+        assert version == "1.1.0"
         # Its kernel becomes the loader: the files on the boot partition are replaced (old kept as .previous).
         rc, msg = vm.console.run("bankctl install-loader current", timeout=T)
         assert rc == 0 and "the loader is now kernel " + second.version in msg, msg
