@@ -161,3 +161,38 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert _up(vm) == ("1.1.0", second.version)
         assert "kexec: starting" not in vm.console.text()
         assert _status(vm)["booted"]["kernel"] == {"running": second.version, "loader": second.version}
+
+
+def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(test_dir: Path, signing_key,
+                                                                               trust_policy) -> None:
+    """bankboot.watchdog= arms the hardware watchdog for a trial before the kexec; it keeps counting across it,
+    so a second kernel that hangs (its init waits for ever) is reset and the try counted."""
+    board, loader_kernel, _ = board_parts("qemu-aarch64")
+    second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
+    out = test_dir / "kexec-hang"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    key = signing_key[0]
+    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
+    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
+    rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")
+    add_kernel_modules(rootfs, second, board.modules)
+    # The second kernel's first process reads the console for ever: it never gets to mount anything.
+    build_image(rootfs, "1.1.0", out / "app-1.1.0.bank", sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
+                kernel_board=board, kernel_append="rdinit=/bin/cat")
+    initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
+    disk = out / "disk.img"
+    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"],
+               extra_cmdline="bankboot.watchdog=10")
+    with VM.from_disk(board, disk, out, reboot=True) as vm:
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank --tries 1", timeout=T)
+        assert rc == 0, msg
+        vm.console.sendline("reboot")
+        vm.console.expect(r"watchdog armed for 10 s", T)
+        vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
+        vm.console.expect(r"Run /bin/cat as init process", T)  # and nothing more from this kernel
+        vm.console.expect(r"Booting Linux", T)  # the hardware reset, not anything the guest did
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        reason = _image(_status(vm), "1.1.0")["reason"]
+        assert "no tries left" in reason, reason
