@@ -443,9 +443,12 @@ def kexec_into(opts: Options, layout: Layout, banks, image: str, trial: bool, pr
     _quietly("writing the boot log", bootlog.append_record, BANKS, record)
     watchdog = opts.get("bankboot.watchdog")
     if watchdog and trial:
-        from initfs.watchdog import arm
+        from initfs.watchdog import arm, kept_across_kexec
 
         log.log(_quietly("arming the watchdog", arm, watchdog) or "watchdog not armed")
+        if not kept_across_kexec():
+            log.error("the kernel stops watchdogs at a kexec: a second kernel that hangs will not be reset "
+                      "(watchdog.stop_on_reboot=0 on the loader's command line keeps it running)")
     stop_listening()
     release_image(image)
     for target in (BANKS, VOLATILE):

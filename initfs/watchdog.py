@@ -30,6 +30,16 @@ def arm(seconds: int) -> str:
     return f"watchdog armed for {seconds} s"
 
 
+def kept_across_kexec() -> bool:
+    """Whether the kernel leaves a running watchdog running through a kexec: its reboot notifier stops
+    every watchdog unless watchdog.stop_on_reboot=0 was on the command line."""
+    try:
+        with open("/sys/module/watchdog/parameters/stop_on_reboot") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
 def disarm() -> bool:
     if not os.path.exists(STATE) or not os.path.exists(DEVICE):
         return False

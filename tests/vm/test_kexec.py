@@ -165,8 +165,9 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
 
 def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(test_dir: Path, signing_key,
                                                                                trust_policy) -> None:
-    """bankboot.watchdog= arms the hardware watchdog for a trial before the kexec; it keeps counting across it,
-    so a second kernel that hangs (its init waits for ever) is reset and the try counted."""
+    """bankboot.watchdog= arms the hardware watchdog for a trial before the kexec; with watchdog.stop_on_reboot=0
+    (the kernel otherwise stops watchdogs at a kexec) it keeps counting, so a second kernel that hangs (its
+    init waits for ever) is reset and the try counted."""
     board, loader_kernel, _ = board_parts("qemu-aarch64")
     second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
     out = test_dir / "kexec-hang"
@@ -183,7 +184,7 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
     initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"],
-               extra_cmdline="bankboot.watchdog=10")
+               extra_cmdline="bankboot.watchdog=10 watchdog.stop_on_reboot=0")
     with VM.from_disk(board, disk, out, reboot=True) as vm:
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank --tries 1", timeout=T)
