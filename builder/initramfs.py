@@ -132,7 +132,10 @@ def add_closure(tree: FsTree, resolver: LibraryResolver, root: Path) -> None:
 def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> dict[str, str]:
     """How the init kexecs an image's own kernel on this board (docs/boards.md): the kexec_file_load
     syscall, or Debian's kexec-tools (with its libraries) where the kernel has only kexec_load."""
-    method = kexec_method(kernel, board.arch)
+    from builder.kernelfile import KEXEC_FILE_ARCHES
+
+    # 32-bit ARM: images cannot carry a kernel (builder/kernelfile.py), so no kexec-tools to carry either.
+    method = kexec_method(kernel, board.arch) if board.arch.debian in KEXEC_FILE_ARCHES else "none"
     if method == "tools":
         kexec = locate_kexec_tools(board.arch)
         root = kexec.parent.parent  # the packages unpacked together (parts.KEXEC_TOOLS_PACKAGES)
