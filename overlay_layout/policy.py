@@ -127,8 +127,11 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         prev = None
 
     if pinned is not None:
-        if pinned not in snap.images or pinned in low or _state(snap, pinned) == BAD:
-            plan.notes.append(f"bankboot.kexec={pinned} ignored: not a bootable image on the banks partition")
+        # A bad image too: the loader boots one as a last resort, and the second stage must boot what the
+        # loader chose (anything else would reboot to the loader, which would choose it again).
+        if pinned not in snap.images or pinned in low:
+            plan.notes.append(f"bankboot.kexec={pinned} ignored: not an image on the banks partition at or above "
+                              f"the anti-rollback floor")
             pinned = None
         else:
             select = None  # the person's choice was made in the loader's menu

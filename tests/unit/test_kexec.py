@@ -95,13 +95,12 @@ def test_pinned_trial_boots_without_spending_another_try() -> None:
     assert not [e for e in plan.effects if e.kind in ("spend_try", "mark_bad")]
 
 
-def test_pin_on_a_committed_image_and_bad_pins_ignored() -> None:
-    snap = _snap(a=(GOOD, 0, "1.0.0"), b=(TRIAL, 2, "1.1.0"))
-    plan = plan_boot(snap, pinned="a")  # the loader kexec'd current: the trial is not started here
-    assert [c.image for c in plan.candidates][:1] == ["a"] and not plan.candidates[0].trial
-    assert not [e for e in plan.effects if e.kind == "spend_try"]
-    for pin in ("nope", "c"):
-        snap = _snap(a=(GOOD, 0, "1.0.0"), b=(TRIAL, 2, "1.1.0"), c=(BAD, 0, "0.9.0"))
-        plan = plan_boot(snap, pinned=pin)
-        assert plan.candidates[0].image == "b" and any("ignored" in n for n in plan.notes)
-        assert [e.image for e in plan.effects if e.kind == "spend_try"] == ["b"]
+def test_pin_on_a_committed_or_last_resort_image_and_unknown_pins_ignored() -> None:
+    snap = _snap(a=(GOOD, 0, "1.0.0"), b=(TRIAL, 2, "1.1.0"), c=(BAD, 0, "1.0.1"))
+    for pin in ("a", "c"):  # current; a bad image the loader booted as a last resort
+        plan = plan_boot(snap, pinned=pin)  # the trial is not started here
+        assert [c.image for c in plan.candidates][:1] == [pin] and not plan.candidates[0].trial
+        assert not [e for e in plan.effects if e.kind == "spend_try"]
+    plan = plan_boot(snap, pinned="nope")
+    assert plan.candidates[0].image == "b" and any("ignored" in n for n in plan.notes)
+    assert [e.image for e in plan.effects if e.kind == "spend_try"] == ["b"]

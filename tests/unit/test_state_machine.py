@@ -185,19 +185,19 @@ class Device(RuleBasedStateMachine):
         self.max_tries[image] = self.max_tries_staged[image] = 2
         self.trial_boots[image] = 0
 
-    @rule(cut=st.one_of(st.none(), st.integers(0, 6)))
-    def reboot_rule(self, cut: int | None) -> None:
+    @rule(cut=st.one_of(st.none(), st.integers(0, 6)), kexec=st.booleans())
+    def reboot_rule(self, cut: int | None, kexec: bool) -> None:
         self.countdown = cut
         try:
-            self.reboot()
+            self.reboot(kexec)
         except PowerCut:
             self.countdown = None
             self._restore_cut()
-            self.reboot()
+            self.reboot(kexec)
         finally:
             self.countdown = None
 
-    def reboot(self) -> None:
+    def reboot(self, kexec: bool = False) -> None:
         """What the init does: the policy's plan (its writes made first), then the candidates in order
         until one prepares; a trial that fails is marked bad; the boot is counted and logged."""
         banks = Banks(str(self.root))  # a new boot reads everything again
@@ -234,6 +234,12 @@ class Device(RuleBasedStateMachine):
             assert not left, f"nothing booted, though {left} could have"
         if booted is None:
             return
+        if kexec:  # the image has a kernel of its own: the second stage plans again, pinned to it
+            tries = banks.image_state(banks.load(), booted.image).get("tries")
+            banks = Banks(str(self.root))
+            second = banks.begin_boot(pinned=booted.image)
+            assert second.candidates[0].image == booted.image and second.candidates[0].trial == booted.trial
+            assert banks.image_state(banks.load(), booted.image).get("tries") == tries, "a second try was spent"
         if not booted.trial and not booted.why.startswith("last resort"):
             # The newest committed image that is not damaged boots (its previous when it is damaged).
             good = [c.image for c in plan.candidates if not c.trial and c.image not in self.damaged]
