@@ -76,8 +76,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                     persist=args.persist or None, arch=args.arch,
                     kernel=Path(args.kernel) if args.kernel else None,
                     kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
-                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust),
-                    kernel_dtb=Path(args.dtb) if args.dtb else None)
+                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust))
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
@@ -232,10 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/sbin/init (an ELF program, or a script's interpreter)")
     im.add_argument("--kernel", metavar="FILE",
                     help="the image carries this kernel (arm64 Image/vmlinuz or x86_64 bzImage; its modules in the "
-                         "rootfs's /lib/modules), or `rootfs`: the one in the rootfs's /boot. The init on the boot "
-                         "partition kexecs it (docs/lifecycle.md)")
-    im.add_argument("--dtb", metavar="FILE", help="with --kernel (arm64): the device tree it starts with "
-                                                   "(default: the running one)")
+                         "rootfs's /lib/modules): the init on the boot partition kexecs it (docs/lifecycle.md)")
     im.add_argument("--initramfs", metavar="FILE", help="with --kernel: the bankboot initramfs that kernel boots")
     im.add_argument("--board", help="with --kernel: build that initramfs for this board's settings, with the "
                                     "kernel's modules from the rootfs, trusting the signing key and --trust")

@@ -125,35 +125,13 @@ def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
             "hash_block_size": 4096, "size": output.stat().st_size, "sha256": sha256_file(output)}
 
 
-def find_rootfs_kernel(rootfs: Path) -> Path:
-    """The kernel a rootfs ships in its /boot (`--kernel rootfs`): the one vmlinuz-<release> (or Image-,
-    bzImage-) whose /lib/modules/<release> is there too."""
-    found = sorted(p for p in (rootfs / "boot").glob("*-*") if p.is_file() and not p.is_symlink()
-                   and p.name.split("-", 1)[0] in ("vmlinuz", "vmlinux", "Image", "bzImage")
-                   and (rootfs / "lib/modules" / p.name.split("-", 1)[1]).is_dir())
-    if len(found) != 1:
-        names = ", ".join(p.name for p in found) or "none"
-        raise ImageError(f"--kernel rootfs: {rootfs}/boot must hold exactly one kernel with its /lib/modules "
-                         f"(found: {names}); give the file with --kernel FILE")
-    return found[0]
-
-
 def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None, board: str | Board | None,
-                   sign_key: Path | None, trust: tuple[Path, ...], append: str, tmp: Path,
-                   dtb: Path | None = None) -> tuple[dict, dict]:
+                   sign_key: Path | None, trust: tuple[Path, ...], append: str, tmp: Path) -> tuple[dict, dict]:
     """The image's own kernel: (manifest `kernel` object, {path in the squashfs: file}). `board`: build the
     bankboot initramfs for this kernel (that board's settings, modules from the rootfs's own
-    /lib/modules/<release>), trusting the signing key and `trust`. `dtb`: the device tree the kernel is
-    started with (kexec-tools' --dtb; without it, the running one)."""
+    /lib/modules/<release>), trusting the signing key and `trust`."""
     from builder.kernelfile import KEXEC_FILE_ARCHES, KernelFileError, read_kernel
 
-    if dtb is not None:
-        if arch != "arm64":
-            raise ImageError(f"--dtb: only arm64 kernels are started with a device tree, not {arch}")
-        if not dtb.is_file() or dtb.read_bytes()[:4] != b"\xd0\x0d\xfe\xed":
-            raise ImageError(f"--dtb {dtb} is not a flattened device tree (no d00dfeed magic)")
-    if str(kernel) == "rootfs":
-        kernel = find_rootfs_kernel(rootfs)
     if (rootfs / KERNEL_FILES["image"].lstrip("/")).parent.exists():
         raise ImageError(f"{rootfs}/boot/bankboot exists: that directory is where bankboot puts the image's "
                          f"kernel (give the kernel with --kernel instead)")
@@ -179,8 +157,6 @@ def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None
                                                     tmp / "initramfs.img")
     else:
         files["initramfs"] = initramfs
-    if dtb is not None:
-        files["dtb"] = dtb
     obj: dict = {"release": k.release, "version": k.version}
     for name, src in files.items():
         obj[name] = {"path": KERNEL_FILES[name], "size": src.stat().st_size, "sha256": sha256_file(src)}
@@ -238,7 +214,7 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
                 sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
                 persist: list[str] | None = None, arch: str | None = None, kernel: Path | None = None,
                 kernel_initramfs: Path | None = None, kernel_board: str | Board | None = None, kernel_append: str = "",
-                trust: tuple[Path, ...] = (), kernel_dtb: Path | None = None) -> dict:
+                trust: tuple[Path, ...] = ()) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
     persist: the image's persistence policy (a sealed image): only these directories keep changes on the
@@ -259,13 +235,12 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
     elif arch not in {a.debian for a in ARCHES.values()}:
         raise ImageError(f"--arch {arch!r} is not one of {', '.join(sorted({a.debian for a in ARCHES.values()}))}")
     paths = check_persist_paths(rootfs, persist) if persist else None
-    if kernel is None and (kernel_initramfs or kernel_board or kernel_append or kernel_dtb):
-        raise ImageError("--initramfs, --board, --dtb and --kernel-append describe the image's own kernel: give "
-                         "--kernel")
+    if kernel is None and (kernel_initramfs or kernel_board or kernel_append):
+        raise ImageError("--initramfs, --board and --kernel-append describe the image's own kernel: give --kernel")
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS
         kobj, extra = (prepare_kernel(rootfs, arch, kernel, kernel_initramfs, kernel_board, sign_key, trust,
-                                      kernel_append, Path(tmp), kernel_dtb) if kernel else (None, {}))
+                                      kernel_append, Path(tmp)) if kernel else (None, {}))
         make_squashfs(rootfs, sq, extra)
         digest = sha256_file(sq)
         salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible

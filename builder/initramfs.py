@@ -231,8 +231,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
                 "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
                 "rescue": "reboot" if board.sealed else board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots),
-                "sealed": "yes" if board.sealed else "no", "kernel_name": board.kernel_name,
-                "dtb_name": PurePosixPath(board.dtb).name if board.dtb else "", **extra}
+                "sealed": "yes" if board.sealed else "no", "kernel_name": board.kernel_name, **extra}
     conf = "".join(f"{k}={v}\n" for k, v in settings.items())
     tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
     return tree, kernel

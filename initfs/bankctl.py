@@ -277,8 +277,7 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     boot = args.boot or boot_partition(banks.root)
     mount_source(layout.squashfs(image))
     try:
-        lines = install_loader(SOURCE, manifest, boot, kit_setting("kernel_name") or "vmlinuz",
-                               kit_setting("dtb_name") or "")
+        lines = install_loader(SOURCE, manifest, boot, kit_setting("kernel_name") or "vmlinuz")
     finally:
         umount(SOURCE)
     for line in lines:

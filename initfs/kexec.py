@@ -87,7 +87,7 @@ def check_file(path: str, want: dict, verified: bool) -> None:
 KEXEC_TOOL = "/sbin/kexec"
 
 
-def load(kernel: str, initramfs: str, cmdline: str, method: str = "file", dtb: str | None = None) -> None:
+def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> None:
     """Stage the kernel; nothing runs until execute(). `file`: kexec_file_load (the kernel checks the image:
     architecture, format, a signature where it enforces one); `tools`: Debian's kexec-tools through
     kexec_load, for kernels without kexec_file_load (its checks, and the running device tree)."""
@@ -95,16 +95,13 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file", dtb: s
         # --no-checks: no sha256 of every segment in the purgatory, run with caches off (seconds on slow
         # boards); the segments are loaded and started within the same second, from checked files.
         code, out = _run([KEXEC_TOOL, "-l", "--no-checks", kernel, f"--initrd={initramfs}",
-                          f"--command-line={cmdline}", *([f"--dtb={dtb}"] if dtb else [])])
+                          f"--command-line={cmdline}"])
         if code != 0:
             raise KexecError(f"kexec -l {kernel} (kexec-tools) failed with status {code}: "
                              f"{' '.join(out.split())[-400:] or 'no message'}")
         return
     if method != "file":
         raise KexecError("this initramfs's kernel cannot kexec (built without CONFIG_KEXEC)")
-    if dtb:
-        raise KexecError("the image names a device tree, which kexec_file_load cannot take (this kernel has no "
-                         "kexec-tools path)")
     nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
     if nr is None:
         raise KexecError(f"this kernel ({os.uname().machine}) has no kexec_file_load")
@@ -188,11 +185,10 @@ def prepare_kexec(lower: str, image: str, manifest: dict, method: str = "file") 
         raise KexecError(f"image {image} carries kernel {k['release']} but no initramfs for it")
     verified = "verity" in manifest
     paths = {}
-    for name in ("image", "initramfs", "dtb"):
-        if name in k:
-            paths[name] = lower + k[name]["path"]
-            check_file(paths[name], k[name], verified)
+    for name in ("image", "initramfs"):
+        paths[name] = lower + k[name]["path"]
+        check_file(paths[name], k[name], verified)
     cmdline = second_stage_command_line(image, k.get("append", ""))
     with log.step(f"kexec load ({method})"):
-        load(paths["image"], paths["initramfs"], cmdline, method, paths.get("dtb"))
+        load(paths["image"], paths["initramfs"], cmdline, method)
     return f"image {image} runs on its own kernel {k['release']} (this is {os.uname().release}): kexec"

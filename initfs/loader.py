@@ -88,15 +88,12 @@ def _keep_previous(path: str) -> None:
     os.replace(tmp, f"{path}.previous")
 
 
-def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str, dtb_name: str = "") -> list[str]:
+def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) -> list[str]:
     """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
-    boot_dev as kernel_name and initramfs.img, and its device tree as dtb_name where the board's firmware
-    loads one (Raspberry Pi). Returns what was done, a line each."""
+    boot_dev as kernel_name and initramfs.img. Returns what was done, a line each."""
     k = manifest["kernel"]
     files = [(lower + k["image"]["path"], kernel_name, k["image"]),
              (lower + k["initramfs"]["path"], INITRAMFS_NAME, k["initramfs"])]
-    if "dtb" in k and dtb_name:
-        files.append((lower + k["dtb"]["path"], dtb_name, k["dtb"]))
     os.makedirs(BOOT, exist_ok=True)
     try:
         mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC)

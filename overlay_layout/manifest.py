@@ -45,8 +45,7 @@ def check_persist(paths: object, where: str) -> list[str]:
 
 # An image's own kernel (kexec'd by the init on the boot partition, docs/lifecycle.md): its files live at
 # these paths inside the image's squashfs, so the signature and verity cover them.
-KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img",
-                "dtb": "/boot/bankboot/board.dtb"}
+KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img"}
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 
 

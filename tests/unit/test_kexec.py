@@ -104,29 +104,3 @@ def test_pin_on_a_committed_or_last_resort_image_and_unknown_pins_ignored() -> N
     plan = plan_boot(snap, pinned="nope")
     assert plan.candidates[0].image == "b" and any("ignored" in n for n in plan.notes)
     assert [e.image for e in plan.effects if e.kind == "spend_try"] == ["b"]
-
-
-def test_kernel_from_the_rootfs_and_device_tree_checks(tmp_path: Path) -> None:
-    from builder.image import ImageError, find_rootfs_kernel, prepare_kernel
-
-    rootfs = tmp_path / "rootfs"
-    (rootfs / "boot").mkdir(parents=True)
-    with pytest.raises(ImageError, match="exactly one kernel.*none"):
-        find_rootfs_kernel(rootfs)
-    (rootfs / "boot/vmlinuz-6.1.0-9-arm64").write_bytes(b"k")
-    (rootfs / "boot/vmlinuz-6.1.0-8-arm64").write_bytes(b"old, its modules are gone")
-    (rootfs / "lib/modules/6.1.0-9-arm64").mkdir(parents=True)
-    assert find_rootfs_kernel(rootfs).name == "vmlinuz-6.1.0-9-arm64"
-    (rootfs / "lib/modules/6.1.0-8-arm64").mkdir(parents=True)
-    with pytest.raises(ImageError, match="exactly one kernel"):
-        find_rootfs_kernel(rootfs)
-    bad = tmp_path / "not.dtb"
-    bad.write_bytes(b"hello")
-    with pytest.raises(ImageError, match="--dtb"):  # checked before anything is built
-        prepare_kernel(tmp_path / "empty", "arm64", tmp_path / "no-kernel", None, None, None, (), "", tmp_path, bad)
-    k = copy.deepcopy(KERNEL)
-    k["dtb"] = {"path": "/boot/bankboot/board.dtb", "size": 1, "sha256": "c" * 64}
-    assert check_kernel(k, "m") == k
-    k["dtb"]["path"] = "/etc/x.dtb"
-    with pytest.raises(LayoutError, match="kernel.dtb"):
-        check_kernel(k, "m")

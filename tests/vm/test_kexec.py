@@ -10,7 +10,6 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,16 +29,6 @@ from tests.vm.devices import PROMPT
 
 pytestmark = pytest.mark.vm
 T = 240
-
-
-def _machine_dtb(board, out: Path) -> Path | None:
-    """The device tree QEMU gives this board's machine (arm64 only), for an image that names its own."""
-    if board.arch.debian != "arm64":
-        return None
-    dtb = out / "machine.dtb"
-    args = [a.replace("virt", f"virt,dumpdtb={dtb}") if a == "virt" else a for a in board.qemu_args]
-    subprocess.run([board.qemu_system, *args, "-display", "none"], check=True, capture_output=True, timeout=60)
-    return dtb
 
 
 def _up(vm: VM) -> tuple[str, str]:
@@ -97,11 +86,9 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
                                                   read_kernel(locate_kernel(load_board(other_board)).image).data)
             monkeypatch.setattr(builder.kernelfile, "read_kernel", lambda p, k=wrong: k)
         # 1.4.0 ships the loader's initramfs, whose modules are for the loader's kernel, not its own.
-        # 1.1.0 on arm64 also names its device tree (kexec-tools' --dtb), the one QEMU's machine has.
         build_image(rootfs, version, banks[version], sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
                     kernel_board=None if version == "1.4.0" else str(cloud_board),
-                    kernel_initramfs=initrd if version == "1.4.0" else None, kernel_append=append,
-                    kernel_dtb=_machine_dtb(board, out) if version == "1.1.0" else None)
+                    kernel_initramfs=initrd if version == "1.4.0" else None, kernel_append=append)
         monkeypatch.undo()
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 640 << 20, initrd, userdata_size=256 << 20,
