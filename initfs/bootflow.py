@@ -429,8 +429,7 @@ def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
     return None, "", {}, tried, banks, plan
 
 
-def kexec_into(opts: Options, layout: Layout, banks, image: str, trial: bool, prepared: dict,
-               record: dict) -> NoReturn:
+def kexec_into(opts: Options, image: str, trial: bool, prepared: dict, record: dict) -> NoReturn:
     """The loader's hand-over to an image's own kernel (staged by prepare): the boot record, the watchdog
     for a trial, everything unmounted, then the kexec. A kexec that does not start is a failed try."""
     from initfs.kexec import KexecError, execute
@@ -510,7 +509,7 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
         record["fallback_from"] = {"image": tried[0]["image"], "reason": tried[0]["error"]}
         record["tried"] = tried
     if prepared.get("kexec"):
-        kexec_into(opts, layout, banks, image, trial, prepared, record)
+        kexec_into(opts, image, trial, prepared, record)
     removed = _quietly("removing kits from the banks partition", remove_old_kits, layout, layout.images()) or []
     notes = plan.notes + [f"removed {p} (a bankctl kit on the banks partition is never run)" for p in removed]
     if notes:
