@@ -8,7 +8,6 @@ kernel (release and build equal to the running one): no kexec at all."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 
@@ -16,9 +15,6 @@ from initfs import log
 
 PIN = "bankboot.kexec"
 LOADER = "bankboot.loader"  # <release>@<crc32 of uname -v> of the loader's kernel
-# kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
-_KEXEC_FILE_LOAD = {"aarch64": 294, "x86_64": 320}
-LINUX_REBOOT_CMD_KEXEC = 0x45584543
 
 
 class KexecError(RuntimeError):
@@ -76,11 +72,9 @@ def check_file(path: str, want: dict, verified: bool) -> None:
     if not verified:
         import hashlib
 
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(4 << 20):
-                h.update(chunk)
-        if h.hexdigest() != want["sha256"]:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != want["sha256"]:
             raise KexecError(f"{path} does not match the sha256 in the signed manifest")
 
 
@@ -102,27 +96,22 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
         return
     if method != "file":
         raise KexecError("this initramfs's kernel cannot kexec (built without CONFIG_KEXEC)")
-    nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
-    if nr is None:
-        raise KexecError(f"this kernel ({os.uname().machine}) has no kexec_file_load")
-    libc = ctypes.CDLL(None, use_errno=True)
+    from initfs.syscalls import kexec_file_load
+
     kfd = _raw_kernel(kernel)
     try:
         ifd = os.open(initramfs, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            text = cmdline.encode() + b"\0"
-            ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(kfd), ctypes.c_int(ifd), ctypes.c_ulong(len(text)),
-                               ctypes.c_char_p(text), ctypes.c_ulong(0))
+            kexec_file_load(kfd, ifd, cmdline)
         finally:
             os.close(ifd)
-    finally:
-        os.close(kfd)
-    if ret != 0:
-        err = ctypes.get_errno()
+    except OSError as e:
         hint = {8: " (not a kernel this machine can run: wrong architecture or damaged)",
                 1: " (the running kernel refuses kexec: lockdown or kexec_load_disabled)",
-                38: " (the running kernel was built without kexec_file_load)"}.get(err, "")
-        raise KexecError(f"kexec_file_load of {kernel}: {os.strerror(err)}{hint}")
+                38: " (the running kernel was built without kexec_file_load)"}.get(e.errno or 0, "")
+        raise KexecError(f"kexec_file_load of {kernel}: {e.strerror}{hint}") from None
+    finally:
+        os.close(kfd)
 
 
 def _raw_kernel(kernel: str) -> int:
@@ -170,11 +159,14 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 def execute() -> None:
     """Start the loaded kernel; returns only on failure."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    from initfs.syscalls import LINUX_REBOOT_CMD_KEXEC, reboot
+
     os.sync()
-    libc.reboot(ctypes.c_int(LINUX_REBOOT_CMD_KEXEC))
-    err = ctypes.get_errno()
-    raise KexecError(f"reboot(LINUX_REBOOT_CMD_KEXEC): {os.strerror(err)}")
+    try:
+        reboot(LINUX_REBOOT_CMD_KEXEC)
+    except OSError as e:
+        raise KexecError(str(e)) from None
+    raise KexecError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 
 
 def prepare_kexec(lower: str, image: str, manifest: dict, method: str = "file") -> str:

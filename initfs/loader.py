@@ -41,8 +41,8 @@ def boot_partition(banks_root: str) -> str:
     raise LoaderError(f"the disk {os.path.basename(disk)} has no partition 1 (the boot partition): give --boot DEVICE")
 
 
-def _copy_checked(src: str, dest: str, want: dict) -> None:
-    """src into a new dest, fsynced, hashing as it goes; dest is removed when it does not match."""
+def _copy(src: str, dest: str) -> tuple[int, str]:
+    """src into a new dest, fsynced, hashing as it goes: (size, sha256)."""
     h = hashlib.sha256()
     size = 0
     durable.checkpoint(f"copy {src} to {dest}")
@@ -53,9 +53,15 @@ def _copy_checked(src: str, dest: str, want: dict) -> None:
             size += len(chunk)
         fo.flush()
         os.fsync(fo.fileno())
-    if size != want["size"] or h.hexdigest() != want["sha256"]:
+    return size, h.hexdigest()
+
+
+def _copy_checked(src: str, dest: str, want: dict) -> None:
+    """_copy, and dest removed when it does not match the signed manifest."""
+    size, digest = _copy(src, dest)
+    if size != want["size"] or digest != want["sha256"]:
         os.unlink(dest)
-        raise LoaderError(f"{src} does not match the signed manifest (size {size}, sha256 {h.hexdigest()}); "
+        raise LoaderError(f"{src} does not match the signed manifest (size {size}, sha256 {digest}); "
                           f"the image is damaged: nothing installed")
 
 
@@ -78,14 +84,8 @@ def _keep_previous(path: str) -> None:
     """A copy of the file now in place as path.previous (written beside, fsynced, renamed)."""
     if not os.path.exists(path):
         return
-    tmp = f"{path}.previous.new"
-    durable.checkpoint(f"keep {path}")
-    with open(path, "rb") as fi, open(tmp, "wb") as fo:
-        while chunk := fi.read(4 << 20):
-            fo.write(chunk)
-        fo.flush()
-        os.fsync(fo.fileno())
-    os.replace(tmp, f"{path}.previous")
+    _copy(path, f"{path}.previous.new")
+    os.replace(f"{path}.previous.new", f"{path}.previous")
 
 
 def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) -> list[str]:

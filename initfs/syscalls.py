@@ -21,6 +21,8 @@ MNT_DETACH = 2
 # finit_module(2) by machine: the one syscall number per architecture we need.
 _FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "armv7l": 379, "armv6l": 379, "armv8l": 379}
 MODULE_INIT_COMPRESSED_FILE = 4
+# kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
+_KEXEC_FILE_LOAD = {"x86_64": 320, "aarch64": 294}
 
 
 def _check(ret: int, what: str) -> None:
@@ -50,9 +52,23 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: str) -> None:
+    nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"kexec_file_load: this machine ({os.uname().machine}) has none")
+    text = cmdline.encode() + b"\0"
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(kernel_fd), ctypes.c_int(initrd_fd),
+                        ctypes.c_ulong(len(text)), ctypes.c_char_p(text), ctypes.c_ulong(0))
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 RB_AUTOBOOT = 0x01234567
+LINUX_REBOOT_CMD_KEXEC = 0x45584543
 
 
-def reboot() -> None:
-    """reboot(2) at once (the caller synced): the kernel restarts the machine."""
-    _check(_libc.reboot(ctypes.c_int(RB_AUTOBOOT)), "reboot")
+def reboot(cmd: int = RB_AUTOBOOT) -> None:
+    """reboot(2) at once (the caller synced): the kernel restarts the machine, or with
+    LINUX_REBOOT_CMD_KEXEC starts the kernel loaded by kexec."""
+    _check(_libc.reboot(ctypes.c_int(cmd)), "reboot")
