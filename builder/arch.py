@@ -1,9 +1,13 @@
-"""What the builder must know about each target architecture, keyed by Debian architecture name."""
+"""What the builder must know about each target architecture, keyed by Debian architecture name. The
+facts the device shares (names, ELF machine, ld.so, syscalls) come from overlay_layout.contract; this
+module adds the host-side tools that build for it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from overlay_layout import contract
 
 
 @dataclass(frozen=True)
@@ -17,33 +21,32 @@ class Arch:
     pyinstaller_platform: str  # wheel platform tag for `pip download`
     cross_prefix: str  # binutils prefix ("" for the host's own)
 
+    @property
+    def device(self) -> contract.Arch:
+        """The facts the device side knows about this architecture."""
+        return contract.arch_named(self.debian)
 
-ARCHES: dict[str, Arch] = {
-    "amd64": Arch("amd64", "x86_64-linux-gnu", "EM_X86_64", 64, "x86_64", "qemu-x86_64-static",
-                  "manylinux2014_x86_64", ""),
-    "arm64": Arch("arm64", "aarch64-linux-gnu", "EM_AARCH64", 64, "aarch64", "qemu-aarch64-static",
-                  "manylinux2014_aarch64", "aarch64-linux-gnu-"),
-    "armhf": Arch("armhf", "arm-linux-gnueabihf", "EM_ARM", 32, "armv7l", "qemu-arm-static",
-                  "linux_armv7l", "arm-linux-gnueabihf-"),
-}
 
-_HOST_BY_UNAME = {a.uname: a.debian for a in ARCHES.values()}
+# Host-side tools per architecture: qemu-user binary, wheel platform, binutils prefix.
+_TOOLS = {"amd64": ("qemu-x86_64-static", "manylinux2014_x86_64", ""),
+          "arm64": ("qemu-aarch64-static", "manylinux2014_aarch64", "aarch64-linux-gnu-"),
+          "armhf": ("qemu-arm-static", "linux_armv7l", "arm-linux-gnueabihf-")}
+
+ARCHES: dict[str, Arch] = {a.debian: Arch(a.debian, a.triplet, a.elf_machine, a.elf_class, a.uname, *_TOOLS[a.debian])
+                           for a in contract.ARCHES}
 
 
 def get_arch(name: str) -> Arch:
     """Look up an architecture by Debian name; an unknown name is an error that lists the known ones."""
-    try:
-        return ARCHES[name]
-    except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHES))}") from None
+    return ARCHES[contract.arch_named(name).debian]
 
 
 def host_arch() -> Arch:
     """The architecture of the build machine (programs for it run without qemu-user)."""
-    machine = os.uname().machine
-    if machine not in _HOST_BY_UNAME:
-        raise RuntimeError(f"unsupported build machine {machine!r}")
-    return ARCHES[_HOST_BY_UNAME[machine]]
+    try:
+        return ARCHES[contract.arch_of_machine(os.uname().machine).debian]
+    except contract.UnknownArch as e:
+        raise RuntimeError(f"unsupported build machine: {e}") from None
 
 
 def is_native(arch: Arch) -> bool:

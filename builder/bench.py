@@ -11,6 +11,7 @@ from pathlib import Path
 from builder.board import Board
 from builder.initramfs import build_initramfs
 from builder.paths import build_dir
+from overlay_layout.contract import BIN, TIMELINE
 
 # (label, pattern) pairs the console must show, in order, per init kind.
 MARKERS = {
@@ -42,7 +43,7 @@ def time_boot(board: Board, initrd: Path, kind: str, log_dir: Path, disk: Path |
             times["/init to image up"] = times["image init up"] - times["kernel ran /init"]
             if timeline is not None:
                 vm.console.expect(r"\(sample\) / # ", BOOT_TIMEOUT)
-                rc, text = vm.console.run("cat /run/bankboot/timeline.json", timeout=60)
+                rc, text = vm.console.run(f"cat {TIMELINE}", timeout=60)
                 if rc == 0:
                     timeline.write_text(text.strip() + "\n")
     times["/init to banner"] = times["banner"] - times["kernel ran /init"]
@@ -118,7 +119,7 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
         vm.console.expect(r"\(sample\) / # ", BOOT_TIMEOUT)
         size = (out / "big.bank").stat().st_size / 1e6
         for label, cmd in (("sha256sum (MB/s)", "sha256sum /userdata/big.bank >/dev/null"),
-                           ("bankctl stage (MB/s)", "/run/bankboot/bin/bankctl stage /userdata/big.bank >/dev/null")):
+                           ("bankctl stage (MB/s)", f"{BIN}/bankctl stage /userdata/big.bank >/dev/null")):
             rc, text = vm.console.run(f"busybox time -p sh -c '{cmd}' 2>&1", timeout=600)
             if rc != 0:
                 raise RuntimeError(f"bench: `{cmd}` failed in the guest:\n{text}")
@@ -218,7 +219,7 @@ def time_kexec(board: Board, initrd: Path, out: Path, key: Path, runs: int) -> f
     from builder.parts import SECOND_KERNELS, locate_kernel_package
     from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 
-    if board.arch.debian not in SECOND_KERNELS or read_settings(initrd)[0].get("kexec", "none") == "none":
+    if board.arch.debian not in SECOND_KERNELS or read_settings(initrd)[0].kexec == "none":
         return None
     second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-kexec", version="1.0.0")

@@ -105,13 +105,12 @@ def check_bootable(bank: Path, manifest: dict, initramfs: Path) -> None:
         conf, keys = read_settings(initramfs)
     except (ValueError, TrustError) as e:
         raise DiskError(str(e)) from None
-    if conf.get("init") != "frozen":
+    if conf.init != "frozen":
         return
-    if conf.get("arch") and conf["arch"] != manifest["arch"]:
-        raise DiskError(f"{initramfs} is for {conf['arch']}; {bank} is an {manifest['arch']} image")
-    policy = Policy(keys, conf.get("unsigned") == "allowed", conf.get("downgrade") == "allowed")
+    if conf.arch and conf.arch != manifest["arch"]:
+        raise DiskError(f"{initramfs} is for {conf.arch}; {bank} is an {manifest['arch']} image")
     try:
-        policy.check(manifest, conf.get("bankboot", "0.0.0"))
+        Policy.of(conf, keys).check(manifest, conf.bankboot)
     except TrustError as e:
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from builder import faultdisk
 from builder.board import Board
+from overlay_layout.contract import BANKS, BOOTED, KIT
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
 
@@ -210,7 +211,7 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
         return Outcome(fault, detail, False, boots, error="no image came up: " + logs[-1][-1500:] if logs else "")
     try:
         version = _sh(vm, "cat /etc/sample-version").strip().splitlines()[-1]
-        booted = json.loads(_sh(vm, "cat /run/bankboot/booted").strip().splitlines()[-1])
+        booted = json.loads(_sh(vm, f"cat {BOOTED}").strip().splitlines()[-1])
         status = json.loads(_sh(vm, "bankctl status --json"))
         lost = 0
         for path, (digest, size) in userdata.items():
@@ -339,8 +340,8 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
                 kit = f"overlay/{current}/utils/bankboot-planted"
                 faultdisk.plant_file(part, f"{kit}/init", b"#!/bin/sh\necho PLANTED-KIT-RAN > /dev/console\n")
                 detail = f"{kit}/init planted"
-                must = (("grep -c ' /run/bankboot/kit [^ ]* ro,' /proc/mounts", "1"),
-                        ("ls /run/bankboot/banks/overlay/*/utils/ | grep -c planted", "0"))
+                must = ((f"grep -c ' {KIT} [^ ]* ro,' /proc/mounts", "1"),
+                        (f"ls {BANKS}/overlay/*/utils/ | grep -c planted", "0"))
             elif fault.startswith("state-"):
                 data = {"state-garbage": rig.rng.randbytes(300), "state-empty": b"",
                         "state-shape": b'{"format": 1, "images": {"x": [1]}, "reset": 7, "floor": 1}',

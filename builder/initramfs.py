@@ -22,26 +22,37 @@ from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
+from overlay_layout.contract import (
+    CONF,
+    ETC,
+    KIT_LIST,
+    MODULES,
+    RUN,
+    TRUST_DIR,
+    InitramfsConf,
+    archive_path,
+    modules_list,
+)
 
-BASE_DIRS = ["bin", "sbin", "usr/bin", "usr/sbin", "lib", "etc/bankboot", "dev", "proc", "sys", "run",
+BASE_DIRS = ["bin", "sbin", "usr/bin", "usr/sbin", "lib", archive_path(ETC), "dev", "proc", "sys", "run",
              "tmp", "mnt", "root", "newroot"]
 INIT_KINDS = ("frozen", "busybox-sh")
 
 # The baseline /init for benchmarks: the same mounts and module loading as ours, in plain busybox sh.
-BUSYBOX_INIT = """#!/bin/sh
+BUSYBOX_INIT = f"#!/bin/sh\nmodules={MODULES} run={RUN}\n" + """\
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 echo "baseline busybox-sh init on Linux $(uname -r)"
 n=0
-for m in $(cat /etc/bankboot/modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
+for m in $(cat $modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
 echo "baseline: loaded $n kernel modules"
 if grep -q "root=" /proc/cmdline; then
   # The same hand-over as bankboot's, with the partitions fixed (bankboot disk: p2 banks, p3 userdata)
   # on the board's disk (virtio or SD card), waited for as rootwait would.
-  b=/run/bankboot/banks
-  mkdir -p $b /run/bankboot/lower /newroot
+  b=$run/banks
+  mkdir -p $b $run/lower /newroot
   p=
   while [ -z "$p" ]; do
     for d in /dev/vda /dev/mmcblk0p; do [ -b ${d}2 ] && p=$d; done
@@ -49,8 +60,8 @@ if grep -q "root=" /proc/cmdline; then
   done
   mount -t ext4 -o nosuid,nodev ${p}2 $b
   d=$b/overlay/$(readlink $b/overlay/current)
-  mount -t squashfs -o ro,loop $d/rootfs.squashfs /run/bankboot/lower
-  mount -t overlay -o lowerdir=/run/bankboot/lower,upperdir=$d/upper,workdir=$d/work overlay /newroot
+  mount -t squashfs -o ro,loop $d/rootfs.squashfs $run/lower
+  mount -t overlay -o lowerdir=$run/lower,upperdir=$d/upper,workdir=$d/work overlay /newroot
   mount -t ext4 -o nosuid,nodev ${p}3 /newroot/userdata
   for m in dev proc sys run; do mount --move /$m /newroot/$m; done
   exec switch_root /newroot /sbin/init
@@ -79,8 +90,8 @@ def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
     kernel command line finds a shell in the initramfs."""
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for rel, target in busybox_links(busybox, runner_for(board.arch)) if links else ():
-        tree.add_symlink(rel, target)
+    for link, target in busybox_links(busybox, runner_for(board.arch)) if links else ():
+        tree.add_symlink(link, target)
 
 
 # Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
@@ -113,9 +124,9 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> tu
         for f in sorted(mdir.rglob("*")):
             if f.is_file():
                 tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
-    tree.add_file("etc/bankboot/modules", data="".join(f"{r}\n" for r in order).encode())
+    tree.add_file(archive_path(modules_list()), data="".join(f"{r}\n" for r in order).encode())
     for use, rels in on_demand.items():
-        tree.add_file(f"etc/bankboot/modules.{use}", data="".join(f"{r}\n" for r in rels).encode())
+        tree.add_file(archive_path(modules_list(use)), data="".join(f"{r}\n" for r in rels).encode())
     return order, sorted({f"{base}/{r}" for rels in on_demand.values() for r in rels})
 
 
@@ -129,7 +140,7 @@ def add_closure(tree: FsTree, resolver: LibraryResolver, root: Path) -> None:
             tree.add_file(f, src=root / f.lstrip("/"))
 
 
-def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> dict[str, str]:
+def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> str:
     """How the init kexecs an image's own kernel on this board (docs/boards.md): the kexec_file_load
     syscall, or Debian's kexec-tools (with its libraries) where the kernel has only kexec_load."""
     from builder.kernelfile import KEXEC_FILE_ARCHES
@@ -143,10 +154,10 @@ def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> dict[str, str]
         resolver = LibraryResolver(root, board.arch)
         resolver.add_program(kexec, "/sbin/kexec")
         add_closure(tree, resolver, root)
-    return {"kexec": method}
+    return method
 
 
-def add_frozen_init(tree: FsTree, sysroot: PySysroot, keep: list[str] | None = None) -> dict[str, str]:
+def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep: list[str] | None = None) -> None:
     """The onedir bundle at / (/init and /bankboot/...), plus every library its ELF files need from the
     sysroot at the path ld.so will look for it: the bootloader runs before anything sets
     LD_LIBRARY_PATH, so a copy inside the bundle is not enough for it."""
@@ -169,15 +180,15 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, keep: list[str] | None = N
         if lib.name in system and lib.is_file() and not lib.is_symlink():
             tree.replace_with_symlink(f"{CONTENTS_DIR}/{lib.name}", "../" + system[lib.name].lstrip("/"))
     # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, "bin/busybox", "etc/bankboot", *(keep or []),
+    kit = ["init", CONTENTS_DIR, "bin/busybox", archive_path(ETC), *(keep or []),
            *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
-    tree.add_file("etc/bankboot/kit", data="".join(f"{k}\n" for k in kit).encode())
+    tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
     # The launcher runs ld.so by the path of the real file: PT_INTERP may be a symlink, and an absolute one
     # (amd64's /lib64/ld-linux-x86-64.so.2) would point outside the kit.
-    interp = resolve_in_root(sysroot.root, read_elf(bundle / "init").interp or "")
-    return {"build": bundle.parent.name, "interp": interp,
-            "libdirs": ":".join(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))}
+    conf.interp = resolve_in_root(sysroot.root, read_elf(bundle / "init").interp or "")
+    conf.build = bundle.parent.name
+    conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
 
 
 @dataclass(frozen=True)
@@ -190,20 +201,19 @@ class TrustPolicy:
     allow_downgrade: bool = False
 
 
-def add_trust(tree: FsTree, policy: TrustPolicy) -> dict[str, str]:
+def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
     from overlay_layout.trust import key_id, read_public_key
 
     ids = []
     for path in policy.keys:
         pub = read_public_key(str(path))
         kid = key_id(pub)
-        tree.add_file(f"etc/bankboot/trust/{kid}.pub", data=path.read_bytes())
+        tree.add_file(f"{archive_path(TRUST_DIR)}/{kid}.pub", data=path.read_bytes())
         ids.append(kid)
     if not ids and not policy.allow_unsigned:
         raise ValueError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
                          "every image; use --insecure-allow-unsigned only for development")
-    return {"trusted": ",".join(ids), "unsigned": "allowed" if policy.allow_unsigned else "refused",
-            "downgrade": "allowed" if policy.allow_downgrade else "refused"}
+    conf.trusted, conf.unsigned, conf.downgrade = tuple(ids), policy.allow_unsigned, policy.allow_downgrade
 
 
 def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = None) -> tuple[FsTree, KernelParts]:
@@ -221,23 +231,21 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
     add_busybox(tree, board, links=not (board.sealed and init == "frozen"))
     _, on_demand = add_modules(tree, kernel, board.modules)
-    extra: dict[str, str] = add_trust(tree, policy or TrustPolicy()) if init == "frozen" else {}
+    conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
+                         bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
+                         rescue="reboot" if board.sealed else board.rescue, unconfirmed_boots=board.unconfirmed_boots,
+                         sealed=board.sealed, kernel_name=board.kernel_name)
     if init == "frozen":
-        sysroot = locate_sysroot(board.arch)
-        extra.update(add_frozen_init(tree, sysroot, on_demand))
-        extra.update(add_kexec(tree, board, kernel))
+        add_trust(tree, policy or TrustPolicy(), conf)
+        add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)
+        conf.kexec = add_kexec(tree, board, kernel)
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
-    settings = {"board": board.name, "kernel": kernel.version, "arch": board.arch.debian, "console": board.console,
-                "bankboot": VERSION, "init": init, "image_modules": "yes" if board.image_needs_modules else "no",
-                "rescue": "reboot" if board.sealed else board.rescue, "unconfirmed_boots": str(board.unconfirmed_boots),
-                "sealed": "yes" if board.sealed else "no", "kernel_name": board.kernel_name, **extra}
-    conf = "".join(f"{k}={v}\n" for k, v in settings.items())
-    tree.add_file("etc/bankboot/initramfs.conf", data=conf.encode())
+    tree.add_file(archive_path(CONF), data=conf.render().encode())
     return tree, kernel
 
 
-def read_settings(initramfs: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+def read_settings(initramfs: Path) -> tuple[InitramfsConf, dict[str, bytes]]:
     """What an initramfs was built with: its initramfs.conf settings and its trusted public keys (by key
     id), read from the archive itself (`bankboot disk` and `bankboot inspect` check images against them)."""
     from builder.cpio import read_cpio
@@ -248,14 +256,12 @@ def read_settings(initramfs: Path) -> tuple[dict[str, str], dict[str, bytes]]:
         files = read_cpio(compression.decompress(raw, compression.detect(raw)))
     except (ValueError, OSError, RuntimeError) as e:
         raise ValueError(f"{initramfs} is not a bankboot initramfs: {e}") from None
-    conf = {}
-    for line in files.get("etc/bankboot/initramfs.conf", b"").decode(errors="replace").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            conf[key.strip()] = value.strip()
+    if archive_path(CONF) not in files:
+        raise ValueError(f"{initramfs} is not a bankboot initramfs: it has no {CONF}")
+    conf = InitramfsConf.parse(files[archive_path(CONF)].decode(errors="replace"))
     keys = {}
     for name, data in files.items():
-        if name.startswith("etc/bankboot/trust/") and name.endswith(".pub"):
+        if name.startswith(archive_path(TRUST_DIR) + "/") and name.endswith(".pub"):
             public = parse_public_key(data.decode(errors="replace"), f"{initramfs}:{name}")
             keys[key_id(public)] = public
     return conf, keys

@@ -14,8 +14,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlay_layout.contract import ARCHES
+
 # Architectures whose kernel has kexec_file_load (kernel, initramfs and command line by file descriptor).
-KEXEC_FILE_ARCHES = ("arm64", "amd64")
+KEXEC_FILE_ARCHES = tuple(a.debian for a in ARCHES if a.kexec_file_load is not None)
 # "Linux version <release> (<builder>) (<compiler>) <version>": the banner every kernel carries.
 _BANNER = re.compile(rb"Linux version (\S+) \(.{1,400}?\) (#\d+ [^\n\0]{1,200})")
 # x86 bzImage setup header: "<release> (<builder>) <version>".

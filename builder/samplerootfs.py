@@ -12,6 +12,7 @@ from builder.arch import Arch
 from builder.initramfs import runner_for
 from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, locate_busybox
+from overlay_layout.contract import BIN, BOOTED, SELFTEST_DIR, archive_path
 
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
@@ -21,20 +22,20 @@ INITTAB = """\
 ::shutdown:/bin/umount -a -r
 """
 
-RCS = """\
+RCS = f"""\
 #!/bin/sh
 # Sample image start-up: report what the initramfs handed over, mount only what it did not.
-mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
+mounted() {{ grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }}
 echo "sample-rootfs: up, version $(cat /etc/sample-version), pid 1 is $(readlink /proc/1/exe)"
 for m in /proc /sys /dev /run; do mounted $m || echo "sample-rootfs: $m was NOT handed over"; done
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mounted /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
-echo "sample-rootfs: root is $(awk '$2 == "/" {print $1, $3}' /proc/mounts)"
+echo "sample-rootfs: root is $(awk '$2 == "/" {{print $1, $3}}' /proc/mounts)"
 # On a trial boot, commit once our own checks pass (a real image would do this from a health service).
-if grep -q '"trial": true' /run/bankboot/booted 2>/dev/null; then
+if grep -q '"trial": true' {BOOTED} 2>/dev/null; then
   if [ -e /etc/sample-no-mark-good ]; then
     echo "sample-rootfs: trial boot; this image never marks itself good"
-  elif [ -x /run/bankboot/bin/bankctl ] && /run/bankboot/bin/bankctl mark-good; then
+  elif [ -x {BIN}/bankctl ] && {BIN}/bankctl mark-good; then
     echo "sample-rootfs: trial boot; marked good"
   else
     echo "sample-rootfs: trial boot; mark-good FAILED"
@@ -43,7 +44,7 @@ fi
 # Tell bankboot this boot came up (the image is built with --confirm-boots: boots without it count).
 if [ -e /etc/sample-no-boot-ok ]; then
   echo "sample-rootfs: this image never confirms its boots"
-elif [ -x /run/bankboot/bin/bankctl ] && /run/bankboot/bin/bankctl boot-ok >/dev/null; then
+elif [ -x {BIN}/bankctl ] && {BIN}/bankctl boot-ok >/dev/null; then
   echo "sample-rootfs: boot confirmed"
 else
   echo "sample-rootfs: boot-ok FAILED"
@@ -55,9 +56,9 @@ echo "sample-rootfs: ready"
 # home keep changes; everything else is the signed squashfs, reset at every boot.
 SAMPLE_PERSIST = ["/etc", "/var", "/root"]
 
-PROFILE = """\
+PROFILE = f"""\
 export PS1='(sample) \\w # '
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/run/bankboot/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:{BIN}
 """
 
 
@@ -74,16 +75,16 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
     os.chmod(dest / "tmp", 0o1777)
     busybox = locate_busybox(arch)
     shutil.copy2(busybox, dest / "bin/busybox")
-    for rel, target in busybox_links(busybox, runner_for(arch)):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(target, dest / rel)
+    for link, target in busybox_links(busybox, runner_for(arch)):
+        (dest / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, dest / link)
     (dest / "etc/inittab").write_text(INITTAB)
     (dest / "etc/init.d/rcS").write_text(RCS)
     os.chmod(dest / "etc/init.d/rcS", 0o755)
     (dest / "etc/profile").write_text(PROFILE)
     (dest / "etc/sample-version").write_text(version + "\n")
     (dest / "etc/hostname").write_text("sample\n")
-    checks = dest / "etc/bankboot/selftest.d"
+    checks = dest / archive_path(SELFTEST_DIR)
     checks.mkdir(parents=True)
     ok = checks / "10-sample"
     ok.write_text("#!/bin/sh\n# Runs chrooted in the image before the init switches to it.\ntest -x /bin/busybox\n")
@@ -115,9 +116,9 @@ def add_kernel_modules(rootfs: Path, kernel: KernelParts, names: tuple[str, ...]
             found += module_closure(kernel.modules_dir, [name])
         except ModuleError:
             pass
-    for rel in dict.fromkeys(found):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(kernel.modules_dir / rel, dest / rel)
+    for path in dict.fromkeys(found):
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernel.modules_dir / path, dest / path)
     for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (kernel.modules_dir / meta).is_file():
             shutil.copyfile(kernel.modules_dir / meta, dest / meta)

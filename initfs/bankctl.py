@@ -15,9 +15,9 @@ import time
 
 from initfs.version import VERSION
 from overlay_layout import bootlog
+from overlay_layout.contract import BANKS, BOOTED, CONF, RUN, TIMELINE, InitramfsConf, archive_path, modules_list
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
-from overlay_layout.policy import DEFAULT_UNCONFIRMED_LIMIT
 from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
@@ -26,7 +26,12 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 
 
 
 def banks_root() -> str:
-    return os.environ.get("BANKBOOT_BANKS", "/run/bankboot/banks")
+    return os.environ.get("BANKBOOT_BANKS", BANKS)
+
+
+def run_path(path: str) -> str:
+    """A path under the init's run directory (contract.RUN), which tests move with BANKBOOT_RUN."""
+    return os.environ.get("BANKBOOT_RUN", RUN) + path.removeprefix(RUN)
 
 
 def kit_root() -> str:
@@ -39,11 +44,11 @@ def kit_root() -> str:
 
 def policy() -> Policy:
     """The trust settings of the initramfs this bankctl came from (its /etc/bankboot)."""
-    return Policy.load(os.path.join(kit_root(), "etc/bankboot"))
+    return Policy.load(kit_root())
 
 
 def booted_info() -> dict:
-    path = os.path.join(os.environ.get("BANKBOOT_RUN", "/run/bankboot"), "booted")
+    path = run_path(BOOTED)
     try:
         with open(path) as f:
             return json.load(f)
@@ -51,23 +56,14 @@ def booted_info() -> dict:
         return {}
 
 
-def kit_setting(name: str) -> str | None:
-    """One setting of the initramfs.conf in the kit this bankctl came from."""
-    try:
-        with open(os.path.join(kit_root(), "etc/bankboot/initramfs.conf")) as f:
-            for line in f:
-                key, _, value = line.strip().partition("=")
-                if key == name:
-                    return value
-    except OSError:
-        pass
-    return None
+def kit_conf() -> InitramfsConf:
+    """The initramfs.conf of the kit this bankctl came from."""
+    return InitramfsConf.read(os.path.join(kit_root(), archive_path(CONF)))
 
 
 def unconfirmed_limit() -> int:
     """The board's limit, from the kit's initramfs.conf."""
-    value = kit_setting("unconfirmed_boots") or ""
-    return max(1, int(value)) if value.isdigit() else DEFAULT_UNCONFIRMED_LIMIT
+    return kit_conf().unconfirmed_boots
 
 
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
@@ -209,7 +205,7 @@ def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
 
 def cmd_timeline(banks: Banks, args: argparse.Namespace) -> int:
     """The init's steps in this boot (/run/bankboot/timeline.json), in seconds since the kernel started."""
-    path = os.path.join(os.environ.get("BANKBOOT_RUN", "/run/bankboot"), "timeline.json")
+    path = run_path(TIMELINE)
     try:
         with open(path) as f:
             steps = json.load(f)["steps"]
@@ -268,7 +264,7 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
         raise LoaderError(f"image {image} is not committed (good): a loader must have booted before; boot it on "
                           f"trial and mark it good first")
     kit = kit_root()
-    fat = read_order(os.path.join(kit, "etc/bankboot/modules.vfat"))
+    fat = read_order(os.path.join(kit, archive_path(modules_list("vfat"))))
     with open("/proc/filesystems") as f:
         if not fat and "vfat" not in f.read().split():
             raise LoaderError("this initramfs carries no FAT modules (its kernel's modules in the image had none) "
@@ -277,7 +273,7 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     boot = args.boot or boot_partition(banks.root)
     mount_source(layout.squashfs(image))
     try:
-        lines = install_loader(SOURCE, manifest, boot, kit_setting("kernel_name") or "vmlinuz")
+        lines = install_loader(SOURCE, manifest, boot, kit_conf().kernel_name)
     finally:
         umount(SOURCE)
     for line in lines:

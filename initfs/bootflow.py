@@ -15,14 +15,13 @@ from initfs.blockdev import wait_for_device
 from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
 from overlay_layout import durable
+from overlay_layout.contract import BANKS, BOOTED, RUN, TIMELINE, TRUST_DIR, InitramfsConf
 from overlay_layout.layout import Layout
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
 if TYPE_CHECKING:
     from typing import NoReturn
 
-RUN = "/run/bankboot"
-BANKS = f"{RUN}/banks"  # the banks partition, reachable from the booted system here
 LOWER = f"{RUN}/lower"  # the image's squashfs
 VOLATILE = f"{RUN}/volatile"  # upper/work on tmpfs when the banks partition cannot hold them
 NEWROOT = "/newroot"
@@ -65,19 +64,19 @@ def mount_banks(opts: Options) -> Layout:
     return Layout(BANKS)
 
 
-def menu_entries(banks, limit: int, config: dict[str, str]) -> list[dict]:
+def menu_entries(banks, limit: int, config: InitramfsConf) -> list[dict]:
     """What the console menu offers: images signed by a key this initramfs trusts (unless it accepts unsigned
     ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
     try:
-        trusted = {n.removesuffix(".pub") for n in os.listdir("/etc/bankboot/trust") if n.endswith(".pub")}
+        trusted = {n.removesuffix(".pub") for n in os.listdir(TRUST_DIR) if n.endswith(".pub")}
     except OSError:
         trusted = set()
-    unsigned_ok = config.get("unsigned") == "allowed"
+    unsigned_ok = config.unsigned
     return [e for e in banks.status(limit)["images"] if not e["below_floor"]
             and (unsigned_ok or banks.manifest(e["id"]).get("key") in trusted)]
 
 
-def menu_selection(opts: Options, banks, limit: int, config: dict[str, str]) -> tuple[str | None, str]:
+def menu_selection(opts: Options, banks, limit: int, config: InitramfsConf) -> tuple[str | None, str]:
     """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
     from initfs.menu import prompt, stop_listening
 
@@ -125,7 +124,7 @@ def verify_image(layout: Layout, image: str, full: bool) -> dict:
         raise BootError(f"{path} describes image {manifest['id']}")
     try:
         with log.step("verify manifest signature"):
-            who = Policy.load("/etc/bankboot").check(manifest, VERSION)
+            who = Policy.load().check(manifest, VERSION)
     except TrustError as e:
         raise BootError(f"verification failed: {e}") from None
     manifest["_signed_by"] = who
@@ -312,7 +311,7 @@ def _mounts_under(top: str) -> list[str]:
     return sorted(under, key=lambda t: t.count("/"), reverse=True)
 
 
-def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: dict[str, str],
+def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: InitramfsConf,
             boot_floor: str | None = None) -> dict:
     """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
     from initfs.preflight import preflight
@@ -323,7 +322,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
     pinned = opts.get("bankboot.kexec")
     if manifest.get("kernel") or pinned:
-        kexec = own_kernel(image, manifest, pinned, config.get("kexec", "file"))
+        kexec = own_kernel(image, manifest, pinned, config.kexec)
         if kexec:
             return {"signed_by": manifest["_signed_by"], "kexec": kexec}
     persist = manifest.get("persist")
@@ -336,7 +335,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         from initfs.selftest import self_test
 
         with log.step("self-test"):
-            result["selftest"] = self_test(NEWROOT, config.get("image_modules") == "yes",
+            result["selftest"] = self_test(NEWROOT, config.image_modules,
                                            opts.get("bankboot.selftest_timeout"))
         log.log(f"self-test of {image}: {result['selftest']}")
     if persist is not None:
@@ -382,18 +381,13 @@ def _quietly(what: str, fn, *args):
         return None
 
 
-def _config_int(config: dict[str, str], key: str, default: int) -> int:
-    value = config.get(key, "")
-    return int(value) if value.isdigit() and int(value) > 0 else default
-
-
-def _choose(opts: Options, config: dict[str, str], layout: Layout, init: str):
+def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str):
     """Walk the policy's candidates until one prepares. Returns (candidate, prepared, tried, banks)."""
     from overlay_layout.state import Banks
 
     banks = Banks(BANKS)
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
-    limit = opts.get("bankboot.unconfirmed_boots") or _config_int(config, "unconfirmed_boots", 3)
+    limit = opts.get("bankboot.unconfirmed_boots") or config.unconfirmed_boots
     try:
         select, how = menu_selection(opts, banks, limit, config)
     except Exception as e:  # the prompt is a convenience: it must never stop a boot
@@ -464,7 +458,7 @@ def kexec_into(opts: Options, image: str, trial: bool, prepared: dict, record: d
         reboot_now(f"{e}; rebooting (the trial's try is spent)", 2.0)
 
 
-def write_timeline(path: str = f"{RUN}/timeline.json") -> None:
+def write_timeline(path: str = TIMELINE) -> None:
     """The boot's steps (log.timeline), for `bankctl timeline` and `bankboot timeline`."""
     import json
 
@@ -473,7 +467,7 @@ def write_timeline(path: str = f"{RUN}/timeline.json") -> None:
         json.dump({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}, f)
 
 
-def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoReturn:
+def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
     import json
     import time
 
@@ -483,7 +477,7 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     from overlay_layout import bootlog
 
     init = opts.get("init")
-    rescue = opts.get("bankboot.rescue") or config.get("rescue", "reboot")
+    rescue = opts.get("bankboot.rescue") or config.rescue
     try:
         layout = mount_banks(opts)
     except BootError as e:
@@ -504,7 +498,7 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
     record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
                     "trial": trial, "selftest": prepared.get("selftest", "not run (not a trial)"),
                     "outcome": "trial not confirmed" if trial else "booted", "sealed": prepared.get("sealed"),
-                    "build": "sealed" if config.get("sealed") == "yes" else "development (unsealed)"}
+                    "build": "sealed" if config.sealed else "development (unsealed)"}
     if tried:
         record["fallback_from"] = {"image": tried[0]["image"], "reason": tried[0]["error"]}
         record["tried"] = tried
@@ -524,7 +518,7 @@ def boot_image(opts: Options, argv: list[str], config: dict[str, str]) -> NoRetu
 
         log.log(_quietly("arming the watchdog", arm, watchdog) or "watchdog not armed")
     os.makedirs(RUN, exist_ok=True)
-    with open(f"{RUN}/booted", "w") as f:
+    with open(BOOTED, "w") as f:
         json.dump({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
                    "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
                    "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),

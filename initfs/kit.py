@@ -20,10 +20,9 @@ import os
 from initfs import log
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REMOUNT, mount
 from overlay_layout import durable
+from overlay_layout.contract import KIT_LIST, RUN, InitramfsConf
 from overlay_layout.layout import Layout
 
-KIT_LIST = "/etc/bankboot/kit"
-RUN = "/run/bankboot"
 OLD_KIT_PREFIX = "bankboot-"
 
 
@@ -33,7 +32,7 @@ def read_kit_list(source: str = "/") -> list[str]:
         return [line.strip().strip("/") for line in f if line.strip()]
 
 
-def expose_kit(config: dict[str, str], run: str = RUN) -> str:
+def expose_kit(config: InitramfsConf, run: str = RUN) -> str:
     """Bind the initramfs read-only on <run>/kit and write the bankctl launcher. Returns the kit path."""
     kit = f"{run}/kit"
     os.makedirs(kit, exist_ok=True)
@@ -65,14 +64,14 @@ def remove_old_kits(layout: Layout, images: list[str]) -> list[str]:
     return removed
 
 
-def write_launcher(config: dict[str, str], run: str = RUN) -> None:
+def write_launcher(config: InitramfsConf, run: str = RUN) -> None:
     os.makedirs(f"{run}/bin", exist_ok=True)
     busybox = f"{run}/bin/busybox"
     if os.path.lexists(busybox):
         os.unlink(busybox)
     os.symlink("../kit/bin/busybox", busybox)
-    interp = config.get("interp", "/lib/ld-linux-aarch64.so.1")
-    libdirs = ":".join(f"$k{d}" for d in config.get("libdirs", "/lib").split(":"))
+    interp = config.ld_so()
+    libdirs = ":".join(f"$k{d}" for d in config.libdirs)
     # LD_LIBRARY_PATH, not ld.so --library-path: PyInstaller's bootloader re-execs itself and the
     # environment is what survives that. The trust policy is not taken from the environment: bankctl
     # reads it from the kit it runs from (bankctl.kit_root).

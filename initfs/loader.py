@@ -14,9 +14,10 @@ import os
 
 from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
 from overlay_layout import durable
+from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE
 
-SOURCE = "/run/bankboot/loader-source"  # the image's squashfs, read-only
-BOOT = "/run/bankboot/boot"  # the boot partition
+SOURCE = LOADER_SOURCE  # the image's squashfs, read-only
+BOOT = BOOT_MOUNT  # the boot partition
 INITRAMFS_NAME = "initramfs.img"
 
 

@@ -7,30 +7,13 @@ import sys
 
 from initfs import log
 from initfs.version import VERSION
+from overlay_layout.contract import InitramfsConf
 
 # Only what the banner needs is imported before it (typing, ctypes and the rest come after): the time
 # from the kernel starting /init to the banner is Python's start-up, and people judge the init by it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
-
-CONFIG_FILE = "/etc/bankboot/initramfs.conf"
-
-
-def read_config(path: str = CONFIG_FILE) -> dict[str, str]:
-    """key=value lines the builder wrote (board name, kernel release, ...)."""
-    config: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line and not line.startswith("#") and "=" in line:
-                    key, value = line.split("=", 1)
-                    config[key.strip()] = value.strip()
-    except FileNotFoundError:
-        pass
-    return config
-
 
 def mount_early() -> None:
     """/proc /sys /dev /run, before anything else."""
@@ -51,21 +34,17 @@ def mount_early() -> None:
                 raise
 
 
-def sealed(config: dict[str, str]) -> bool:
-    return config.get("sealed") == "yes"
-
-
-def banner(config: dict[str, str]) -> None:
+def banner(config: InitramfsConf) -> None:
     u = os.uname()
-    board = config.get("board", "unknown board")
-    kind = "sealed build" if sealed(config) else \
+    board = config.board or "unknown board"
+    kind = "sealed build" if config.sealed else \
         "DEVELOPMENT build (unsealed: init= is obeyed and a failed boot can give a root shell)"
     log.log(f"bankboot {VERSION} init on Linux {u.release} ({u.machine}, board {board}), {kind}")
     log.mark("banner")
 
 
 def boot() -> NoReturn:
-    config = read_config()
+    config = InitramfsConf.read()
     banner(config)
     with log.step("mount /proc /sys /dev /run"):
         mount_early()
@@ -73,7 +52,7 @@ def boot() -> NoReturn:
     from initfs.cmdline import Cmdline
     from initfs.options import Options
 
-    opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config))
+    opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.rescue}, config.sealed)
     log.debug = opts.get("bankboot.debug")
     log.stepping = opts.get("bankboot.step")
     for w in opts.warnings:
@@ -129,8 +108,8 @@ def _rescue_mode() -> str:
         from initfs.cmdline import Cmdline
         from initfs.options import Options
 
-        config = read_config()
-        opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.get("rescue", "reboot")}, sealed(config))
+        config = InitramfsConf.read()
+        opts = Options(Cmdline.from_proc(), {"bankboot.rescue": config.rescue}, config.sealed)
         return "reboot" if opts.get("bankboot.kexec") else opts.get("bankboot.rescue")
     except BaseException:
         return "reboot"

@@ -8,8 +8,9 @@ import os
 
 from initfs import log
 from initfs.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
+from overlay_layout.contract import MODULES
 
-ORDER_FILE = "/etc/bankboot/modules"
+ORDER_FILE = MODULES
 
 
 class ModuleLoadError(RuntimeError):

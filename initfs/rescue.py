@@ -54,11 +54,9 @@ def _spawn_shell(env: dict[str, str]) -> int:
 
 
 def _sealed() -> bool:
-    try:
-        with open("/etc/bankboot/initramfs.conf") as f:
-            return "sealed=yes" in f.read().split()
-    except OSError:
-        return False
+    from overlay_layout.contract import InitramfsConf
+
+    return InitramfsConf.read().sealed
 
 
 def rescue_shell(reason: str) -> NoReturn:

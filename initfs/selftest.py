@@ -12,8 +12,7 @@ import time
 from initfs import log
 from initfs.environ import clean_environ
 from initfs.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
-
-SELFTEST_DIR = "/etc/bankboot/selftest.d"
+from overlay_layout.contract import SELFTEST_DIR
 
 
 class SelfTestError(RuntimeError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from overlay_layout.contract import Arch, UnknownArch, arch_of_machine
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 MS_RDONLY = 1
@@ -18,11 +20,7 @@ MS_MOVE = 8192
 MS_REC = 16384
 MNT_DETACH = 2
 
-# finit_module(2) by machine: the one syscall number per architecture we need.
-_FINIT_MODULE = {"x86_64": 313, "aarch64": 273, "armv7l": 379, "armv6l": 379, "armv8l": 379}
 MODULE_INIT_COMPRESSED_FILE = 4
-# kexec_file_load(2) by machine; 32-bit ARM has none (images for it cannot carry a kernel).
-_KEXEC_FILE_LOAD = {"x86_64": 320, "aarch64": 294}
 
 
 def _check(ret: int, what: str) -> None:
@@ -41,10 +39,15 @@ def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
 
 
+def _this_arch() -> Arch:
+    try:
+        return arch_of_machine(os.uname().machine)
+    except UnknownArch as e:
+        raise OSError(38, str(e)) from None
+
+
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
-    nr = _FINIT_MODULE.get(os.uname().machine)
-    if nr is None:
-        raise OSError(38, f"finit_module: unknown syscall number for {os.uname().machine}")
+    nr = _this_arch().finit_module
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
                         ctypes.c_int(flags))
     if ret != 0:
@@ -53,7 +56,7 @@ def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
 
 
 def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: str) -> None:
-    nr = _KEXEC_FILE_LOAD.get(os.uname().machine)
+    nr = _this_arch().kexec_file_load
     if nr is None:
         raise OSError(38, f"kexec_file_load: this machine ({os.uname().machine}) has none")
     text = cmdline.encode() + b"\0"

@@ -8,9 +8,11 @@ import fcntl
 import os
 import struct
 
+from overlay_layout.contract import WATCHDOG_STATE
+
 WDIOC_SETTIMEOUT = 0xC0045706
 DEVICE = "/dev/watchdog"
-STATE = "/run/bankboot/watchdog"
+STATE = WATCHDOG_STATE
 
 
 def arm(seconds: int) -> str:

@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 
+from overlay_layout.contract import ETC
 from overlay_layout.layout import LayoutError, check_id
 
 FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
@@ -17,7 +18,7 @@ MAX_PERSIST = 32
 _PERSIST_RE = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
 # Paths that hold the image's init, its libraries or bankboot's own files (persisting them would let a
 # file on the banks partition shadow signed code), and the mounts the init hands over.
-NEVER_PERSIST = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/etc/bankboot", "/boot", "/proc", "/sys",
+NEVER_PERSIST = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", ETC, "/boot", "/proc", "/sys",
                  "/dev", "/run")
 
 
@@ -32,7 +33,7 @@ def check_persist(paths: object, where: str) -> list[str]:
             raise LayoutError(f"{where}: persistent path {p!r} must be an absolute, normalised path of letters, "
                               f"digits and . _ + @ - (not / itself)")
         for bad in NEVER_PERSIST:
-            if p == bad or p.startswith(bad + "/") or (bad.startswith(p + "/") and bad != "/etc/bankboot"):
+            if p == bad or p.startswith(bad + "/") or (bad.startswith(p + "/") and bad != ETC):
                 raise LayoutError(f"{where}: persistent path {p} would let files on the banks partition shadow "
                                   f"signed code ({bad}); persist data directories such as /etc, /var or /root")
         out.append(p)

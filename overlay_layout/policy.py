@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS
+
 GOOD, TRIAL, BAD = "good", "trial", "bad"
-DEFAULT_UNCONFIRMED_LIMIT = 3
+DEFAULT_UNCONFIRMED_LIMIT = DEFAULT_UNCONFIRMED_BOOTS
 
 
 # Records are namedtuples (no dataclasses, no typing.NamedTuple): dataclasses brings inspect and typing

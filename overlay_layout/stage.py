@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable
 
 from overlay_layout import durable
+from overlay_layout.contract import UnknownArch, arch_of_machine
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
 from overlay_layout.manifest import dump_manifest, parse_manifest
 from overlay_layout.state import Banks, StateError
@@ -18,7 +19,6 @@ from overlay_layout.trust import Policy, TrustError, version_lt
 CHUNK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
-MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv8l": "armhf"}
 
 
 class StageError(RuntimeError):
@@ -125,7 +125,10 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         except TrustError as e:
             raise StageError(str(e)) from None
         manifest["_signed_by"] = who
-        arch = MACHINE_ARCH.get(machine or os.uname().machine)
+        try:
+            arch = arch_of_machine(machine or os.uname().machine).debian
+        except UnknownArch as e:
+            raise StageError(str(e)) from None
         if manifest["arch"] != arch:
             raise StageError(f"{bank_file} is an {manifest['arch']} image; this machine is {arch}")
         if os.path.exists(layout.image_dir(image)):

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 
+from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import dump_manifest
 
@@ -154,7 +155,8 @@ def check_manifest_version(manifest: dict, where: str) -> None:
 
 class Policy:
     """The device's trust settings, as the initramfs was built: trusted keys, and whether unsigned images
-    or downgrades below the floor may be accepted. Read from <etc>/trust/*.pub and <etc>/initramfs.conf."""
+    or downgrades below the floor may be accepted. Read from an initramfs's trust directory and
+    initramfs.conf (overlay_layout.contract)."""
 
     def __init__(self, keys: dict[str, bytes], allow_unsigned: bool, allow_downgrade: bool,
                  sealed: bool = False) -> None:
@@ -164,18 +166,14 @@ class Policy:
         self.sealed = sealed
 
     @classmethod
-    def load(cls, etc: str) -> Policy:
-        conf: dict[str, str] = {}
-        try:
-            with open(os.path.join(etc, "initramfs.conf")) as f:
-                for line in f:
-                    if "=" in line:
-                        k, v = line.strip().split("=", 1)
-                        conf[k] = v
-        except OSError:
-            pass
-        return cls(load_trusted(os.path.join(etc, "trust")), conf.get("unsigned") == "allowed",
-                   conf.get("downgrade") == "allowed", conf.get("sealed") == "yes")
+    def of(cls, conf: InitramfsConf, keys: dict[str, bytes]) -> Policy:
+        return cls(keys, conf.unsigned, conf.downgrade, conf.sealed)
+
+    @classmethod
+    def load(cls, root: str = "/") -> Policy:
+        """The policy of the initramfs whose files are under `root` (the init's own, or bankctl's kit)."""
+        conf = InitramfsConf.read(os.path.join(root, archive_path(CONF)))
+        return cls.of(conf, load_trusted(os.path.join(root, archive_path(TRUST_DIR))))
 
     def check(self, manifest: dict, running_version: str) -> str:
         """Signature and the image's minimum bankboot version; returns who signed it."""

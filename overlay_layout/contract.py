@@ -1,0 +1,191 @@
+"""The contract between the builder and the device: where the initramfs keeps bankboot's files, what
+initramfs.conf says, and the architectures bankboot knows. The builder writes what this module describes
+and the init and bankctl read it back through it, so the two sides cannot drift apart.
+
+Import-light on purpose (no dataclasses, typing or enum): the init imports it before its banner, and on a
+slow ARM board under TCG every imported module is milliseconds of boot.
+"""
+
+from __future__ import annotations
+
+# --- Paths on the device. The builder stores them without the leading "/" (see `rel`). ---
+ETC = "/etc/bankboot"
+CONF = ETC + "/initramfs.conf"  # InitramfsConf.render() output
+TRUST_DIR = ETC + "/trust"  # <key id>.pub, the keys images may be signed with
+KIT_LIST = ETC + "/kit"  # the initramfs paths bankctl's kit keeps (initfs/kit.py)
+MODULES = ETC + "/modules"  # the boot's module load order; MODULES + ".<use>" each on-demand set's
+SELFTEST_DIR = ETC + "/selftest.d"  # an image's own first-boot checks (inside the image, not the initramfs)
+
+RUN = "/run/bankboot"
+BANKS = RUN + "/banks"  # the banks partition while the init runs and in the booted image
+BOOTED = RUN + "/booted"  # what this boot booted (JSON, read by bankctl and the image's services)
+TIMELINE = RUN + "/timeline.json"  # the init's steps in this boot
+WATCHDOG_STATE = RUN + "/watchdog"  # the watchdog the init armed for a trial (initfs/watchdog.py)
+KIT = RUN + "/kit"  # the initramfs, read-only, in the booted image
+BIN = RUN + "/bin"  # bankctl's launcher and busybox, in the booted image
+LOADER_SOURCE = RUN + "/loader-source"  # an image's squashfs while bankctl install-loader reads it
+BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader writes it
+
+
+def archive_path(path: str) -> str:
+    """Where a device path sits inside the initramfs archive (no leading slash)."""
+    return path.lstrip("/")
+
+
+def modules_list(use: str | None = None) -> str:
+    """The module list for the boot (use=None) or for one on-demand use such as "vfat"."""
+    return MODULES if use is None else f"{MODULES}.{use}"
+
+
+# --- Architectures. ---
+class Arch:
+    """One architecture, as both sides need it: the names the kernel, Debian and ELF give it, where its
+    ld.so lives, and the syscall numbers the init calls through ctypes."""
+
+    __slots__ = ("debian", "elf_class", "elf_machine", "finit_module", "kexec_file_load", "ld_so", "machines",
+                 "triplet")
+
+    def __init__(self, debian: str, machines: tuple[str, ...], triplet: str, elf_machine: str, elf_class: int,
+                 ld_so: str, finit_module: int, kexec_file_load: int | None) -> None:
+        self.debian = debian  # Debian architecture name (package suffix, manifest "arch")
+        self.machines = machines  # what `uname -m` prints on it; the first is the usual one
+        self.triplet = triplet  # multiarch triplet: /lib/<triplet>
+        self.elf_machine = elf_machine  # e_machine as pyelftools names it
+        self.elf_class = elf_class  # 32 or 64
+        self.ld_so = ld_so  # the program interpreter's usual path
+        self.finit_module = finit_module  # finit_module(2) number
+        self.kexec_file_load = kexec_file_load  # kexec_file_load(2) number; None where the kernel has none
+
+    @property
+    def uname(self) -> str:
+        return self.machines[0]
+
+    def __repr__(self) -> str:
+        return f"Arch({self.debian})"
+
+
+ARCHES: tuple[Arch, ...] = (
+    Arch("amd64", ("x86_64",), "x86_64-linux-gnu", "EM_X86_64", 64, "/lib64/ld-linux-x86-64.so.2", 313, 320),
+    Arch("arm64", ("aarch64",), "aarch64-linux-gnu", "EM_AARCH64", 64, "/lib/ld-linux-aarch64.so.1", 273, 294),
+    # armv8l: a 64-bit ARM kernel running 32-bit userspace; armv6l: the Pi 1/Zero (same syscall table).
+    Arch("armhf", ("armv7l", "armv8l", "armv6l"), "arm-linux-gnueabihf", "EM_ARM", 32, "/lib/ld-linux-armhf.so.3",
+         379, None),
+)
+
+
+class UnknownArch(ValueError):
+    pass
+
+
+def arch_named(debian: str) -> Arch:
+    """An architecture by its Debian name; an unknown name is an error listing the known ones."""
+    for a in ARCHES:
+        if a.debian == debian:
+            return a
+    raise UnknownArch(f"unknown architecture {debian!r}; known: {', '.join(a.debian for a in ARCHES)}")
+
+
+def arch_of_machine(machine: str) -> Arch:
+    """The architecture a `uname -m` name belongs to."""
+    for a in ARCHES:
+        if machine in a.machines:
+            return a
+    raise UnknownArch(f"machine {machine!r} is not one bankboot supports "
+                      f"({', '.join(m for a in ARCHES for m in a.machines)})")
+
+
+DEFAULT_UNCONFIRMED_BOOTS = 3  # boots a trial gets when the board does not say
+
+
+# --- initramfs.conf: key=value lines, written by the builder, read by the init and bankctl. ---
+_FLAGS = {"image_modules": ("yes", "no"), "sealed": ("yes", "no"), "unsigned": ("allowed", "refused"),
+          "downgrade": ("allowed", "refused")}
+_LISTS = {"trusted": ",", "libdirs": ":"}
+_INTS = ("unconfirmed_boots",)
+
+
+class InitramfsConf:
+    """What an initramfs was built with and for. Field order is the file's line order; a missing key
+    reads as its default (an initramfs from an older builder), an unknown key is kept in `extra`."""
+
+    __slots__ = ("arch", "bankboot", "board", "build", "console", "downgrade", "extra", "image_modules", "init",
+                 "interp", "kernel", "kernel_name", "kexec", "libdirs", "rescue", "sealed", "trusted",
+                 "unconfirmed_boots", "unsigned")
+    FIELDS = ("board", "kernel", "arch", "console", "bankboot", "init", "image_modules", "rescue",
+              "unconfirmed_boots", "sealed", "kernel_name", "trusted", "unsigned", "downgrade", "build", "interp",
+              "libdirs", "kexec")
+
+    def __init__(self, board: str = "", kernel: str = "", arch: str = "", console: str = "",
+                 bankboot: str = "0.0.0", init: str = "frozen", image_modules: bool = False,
+                 rescue: str = "reboot", unconfirmed_boots: int = DEFAULT_UNCONFIRMED_BOOTS, sealed: bool = False,
+                 kernel_name: str = "vmlinuz", trusted: tuple[str, ...] = (), unsigned: bool = False,
+                 downgrade: bool = False, build: str = "", interp: str = "", libdirs: tuple[str, ...] = ("/lib",),
+                 kexec: str = "none", extra: dict[str, str] | None = None) -> None:
+        self.board = board  # the board file's name
+        self.kernel = kernel  # the release of the kernel it was built for (its modules)
+        self.arch = arch  # Debian architecture
+        self.console = console  # the board's console device
+        self.bankboot = bankboot  # bankboot's version (images may require a minimum)
+        self.init = init  # "frozen" (bankboot's init) or "busybox" (the baseline sh init)
+        self.image_modules = image_modules  # images must carry the kernel's modules
+        self.rescue = rescue  # what a boot with nothing bootable does: reboot, shell, or halt
+        self.unconfirmed_boots = unconfirmed_boots  # boots a trial gets before it falls back
+        self.sealed = sealed  # a field build: no shell, no init= (docs/trust.md)
+        self.kernel_name = kernel_name  # the kernel's file name on the boot partition
+        self.trusted = trusted  # ids of the keys under TRUST_DIR
+        self.unsigned = unsigned  # unsigned images allowed (development builds only)
+        self.downgrade = downgrade  # images below the boot floor allowed
+        self.build = build  # the frozen bundle's name
+        self.interp = interp  # the bundle's ld.so, inside the initramfs (bankctl's launcher runs it)
+        self.libdirs = libdirs  # where the bundle's libraries are (LD_LIBRARY_PATH inside the kit)
+        self.kexec = kexec  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
+        self.extra = extra or {}
+
+    def render(self) -> str:
+        lines = []
+        for key in self.FIELDS:
+            value = getattr(self, key)
+            if key in _FLAGS:
+                value = _FLAGS[key][0 if value else 1]
+            elif key in _LISTS:
+                value = _LISTS[key].join(value)
+            lines.append(f"{key}={value}\n")
+        lines.extend(f"{k}={v}\n" for k, v in sorted(self.extra.items()))
+        return "".join(lines)
+
+    @classmethod
+    def parse(cls, text: str) -> InitramfsConf:
+        conf = cls()
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or key.startswith("#"):
+                continue
+            if key not in cls.FIELDS:
+                conf.extra[key] = value
+            elif key in _FLAGS:
+                setattr(conf, key, value == _FLAGS[key][0])
+            elif key in _LISTS:
+                setattr(conf, key, tuple(v for v in value.split(_LISTS[key]) if v))
+            elif key in _INTS:
+                if value.isdigit() and int(value) > 0:
+                    setattr(conf, key, int(value))
+            else:
+                setattr(conf, key, value)
+        return conf
+
+    @classmethod
+    def read(cls, path: str = CONF) -> InitramfsConf:
+        """The file at `path`; a missing or unreadable file reads as the defaults (sealed=False: a build
+        without the file is a development one; the init then refuses every image for want of keys)."""
+        try:
+            with open(path) as f:
+                return cls.parse(f.read())
+        except OSError:
+            return cls()
+
+    def ld_so(self) -> str:
+        """The ld.so bankctl's launcher runs: the one the builder found, else the architecture's usual."""
+        if self.interp:
+            return self.interp
+        return arch_named(self.arch).ld_so if self.arch else ARCHES[1].ld_so
