@@ -123,8 +123,8 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
     if board.power_of_two and size & (size - 1):
         raise DiskError(f"board {board.name} needs a power-of-two disk size (its SD card): 256M, 512M, 1G, ... "
                         f"not {size // MiB} MiB")
-    manifest, tar, _ = read_bank(bank)
-    tar.close()
+    with read_bank(bank) as opened:
+        manifest = opened.manifest
     if manifest["arch"] != board.arch.debian:
         raise DiskError(f"{bank} is an {manifest['arch']} image; board {board.name} is {board.arch.debian}")
     if not initramfs.is_file():

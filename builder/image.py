@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shlex
 import shutil
 import subprocess
@@ -22,8 +21,10 @@ from builder.arch import ARCHES
 from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
-from builder.initramfs import write_atomic
 from initfs.version import VERSION
+from overlay_layout import durable
+from overlay_layout.bankfile import BankFile
+from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
 from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
@@ -203,11 +204,7 @@ def build_kernel_initramfs(board_or_name: str | Board, kernel: Path, release: st
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(str(path))[1]
 
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
@@ -277,28 +274,17 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
         output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(output, buf.getvalue())
+        durable.write_file(str(output), buf.getvalue())
     return manifest
 
 
-def read_bank(path: Path) -> tuple[dict, tarfile.TarFile, tarfile.TarInfo]:
-    """Open a bank file: (manifest, tar, the squashfs member). The caller closes the tar."""
+def read_bank(path: Path) -> BankFile:
+    """Open a bank file (overlay_layout.bankfile: the one reader of the format); ImageError when it is not
+    one. The caller closes it."""
     try:
-        tar = tarfile.open(path, mode="r:")
-    except (tarfile.TarError, OSError) as e:
-        raise ImageError(f"{path} is not a bank file: {e}") from None
-    try:
-        members = tar.getmembers()
-        names = [m.name for m in members]
-        if names[:2] != [MANIFEST, SQUASHFS]:
-            raise ImageError(f"{path}: a bank file holds {MANIFEST} then {SQUASHFS} (and {VERITY}), this one {names}")
-        manifest = parse_manifest(tar.extractfile(members[0]).read(), f"{path}:{MANIFEST}")
-        if members[1].size != manifest["size"]:
-            raise ImageError(f"{path}: squashfs is {members[1].size} bytes, the manifest says {manifest['size']}")
-        return manifest, tar, members[1]
-    except BaseException:
-        tar.close()
-        raise
+        return BankFile(str(path))
+    except LayoutError as e:
+        raise ImageError(str(e)) from None
 
 
 def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None = None) -> dict:
@@ -306,19 +292,9 @@ def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
     it, and the verdict against `keys` or against what `initramfs` would accept at boot."""
     from overlay_layout.trust import Policy, TrustError, key_id, read_public_key
 
-    manifest, tar, _ = read_bank(path)
-    with tar:
-        expected = {SQUASHFS: manifest["sha256"], **({VERITY: manifest["verity"]["sha256"]} if "verity" in manifest
-                                                     else {})}
-        files_ok = True
-        for member in tar.getmembers()[1:]:
-            want = expected.pop(member.name, None)
-            h = hashlib.sha256()
-            src = tar.extractfile(member)
-            while src is not None and (chunk := src.read(1 << 22)):
-                h.update(chunk)
-            files_ok &= want == h.hexdigest()
-        files_ok &= not expected
+    with read_bank(path) as bank:
+        manifest = bank.manifest
+        files_ok = all(bank.verify(m) for m in bank.payload())
     signed = f"key {manifest['key']}" if "signature" in manifest else "no (unsigned)"
     if initramfs is not None:
         from builder.disk import DiskError, check_bootable
@@ -344,26 +320,10 @@ def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
 
 def extract_image(path: Path, dest_dir: Path) -> dict:
     """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
-    manifest, tar, _ = read_bank(path)
-    expected = {SQUASHFS: manifest["sha256"]}
-    if "verity" in manifest:
-        expected[VERITY] = manifest["verity"]["sha256"]
-    with tar:
-        for member in tar.getmembers()[1:]:
-            if member.name not in expected:
-                raise ImageError(f"{path}: unexpected member {member.name}")
-            src = tar.extractfile(member)
-            h = hashlib.sha256()
-            dest = dest_dir / member.name
-            with open(dest, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if h.hexdigest() != expected.pop(member.name):
-                dest.unlink()
-                raise ImageError(f"{path}: {member.name} sha256 {h.hexdigest()} does not match the manifest")
-    if expected:
-        raise ImageError(f"{path}: missing {', '.join(expected)}")
-    return manifest
+    with read_bank(path) as bank:
+        for member in bank.payload():
+            try:
+                bank.extract(member, str(dest_dir / member.name))
+            except LayoutError as e:
+                raise ImageError(str(e)) from None
+        return bank.manifest

@@ -5,7 +5,6 @@ a reproducible cpio archive and compressed the way the board says."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
+from overlay_layout import durable
 from overlay_layout.contract import (
     CONF,
     ETC,
@@ -267,22 +267,6 @@ def read_settings(initramfs: Path) -> tuple[InitramfsConf, dict[str, bytes]]:
     return conf, keys
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_initramfs(board: Board, output: Path, init: str = "frozen",
                     compression_method: str | None = None, policy: TrustPolicy | None = None) -> BuildResult:
     tree, kernel = assemble(board, init, policy)
@@ -290,5 +274,6 @@ def build_initramfs(board: Board, output: Path, init: str = "frozen",
     write_cpio(tree, raw)
     method = compression_method or board.compression
     data = compression.compress(raw.getvalue(), method)
-    write_atomic(output, data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    durable.write_file(str(output), data)
     return BuildResult(output, len(data), len(raw.getvalue()), method, kernel)

@@ -145,21 +145,15 @@ def verify_image(layout: Layout, image: str, full: bool) -> dict:
 def _sha256(path: str, size: int) -> str:
     """The sha256 of the first `size` bytes (the signed size: what dm-verity maps; bytes after it are never
     read); a shorter file is a failure."""
-    import hashlib
+    from overlay_layout.hashing import ShortRead, hash_file
 
-    h = hashlib.sha256()
-    left = size
     try:
-        with open(path, "rb") as f:
-            while left and (chunk := f.read(min(left, 4 << 20))):
-                h.update(chunk)
-                left -= len(chunk)
+        return hash_file(path, size)[1]
+    except ShortRead as e:
+        raise BootError(f"verification failed: {path} is {e.done} bytes, shorter than the {size} the signed "
+                        f"manifest says: truncated") from None
     except OSError as e:
         raise BootError(f"verification failed: cannot read {path}: {e.strerror}") from None
-    if left:
-        raise BootError(f"verification failed: {path} is {size - left} bytes, shorter than the {size} the signed "
-                        f"manifest says: truncated")
-    return h.hexdigest()
 
 
 def _volatile(image: str) -> tuple[str, str]:

@@ -70,10 +70,12 @@ def check_file(path: str, want: dict, verified: bool) -> None:
     if size != want["size"]:
         raise KexecError(f"{path} is {size} bytes; the signed manifest says {want['size']}")
     if not verified:
-        import hashlib
+        from overlay_layout.hashing import hash_file
 
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            digest = hash_file(path)[1]
+        except OSError as e:
+            raise KexecError(f"cannot read {path}: {e}") from None
         if digest != want["sha256"]:
             raise KexecError(f"{path} does not match the sha256 in the signed manifest")
 

@@ -9,12 +9,12 @@ firmware can try a loader once (tryboot); docs/boards.md says how, and what stan
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
 from overlay_layout import durable
 from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE
+from overlay_layout.hashing import copy_hashed
 
 SOURCE = LOADER_SOURCE  # the image's squashfs, read-only
 BOOT = BOOT_MOUNT  # the boot partition
@@ -43,18 +43,15 @@ def boot_partition(banks_root: str) -> str:
 
 
 def _copy(src: str, dest: str) -> tuple[int, str]:
-    """src into a new dest, fsynced, hashing as it goes: (size, sha256)."""
-    h = hashlib.sha256()
-    size = 0
-    durable.checkpoint(f"copy {src} to {dest}")
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
-        while chunk := fi.read(4 << 20):
-            h.update(chunk)
-            fo.write(chunk)
-            size += len(chunk)
-        fo.flush()
-        os.fsync(fo.fileno())
-    return size, h.hexdigest()
+    """src into a new dest (a leftover of a cut install is replaced), fsynced, hashing as it goes:
+    (size, sha256)."""
+    if os.path.lexists(dest):
+        os.unlink(dest)
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return copy_hashed(fd, 0, None, dest)
+    finally:
+        os.close(fd)
 
 
 def _copy_checked(src: str, dest: str, want: dict) -> None:

@@ -4,19 +4,18 @@ Anything that fails leaves nothing behind but what was there before."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Callable
 
-from overlay_layout import durable
+from overlay_layout import durable, hashing
+from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import UnknownArch, arch_of_machine
-from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
-from overlay_layout.manifest import dump_manifest, parse_manifest
+from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
+from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks, StateError
 from overlay_layout.trust import Policy, TrustError, version_lt
 
-CHUNK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 
@@ -51,7 +50,7 @@ def copy_upper(src: str, dst: str) -> None:
             os.symlink(os.readlink(s), d)
         elif stat.S_ISREG(st.st_mode):
             with open(s, "rb") as fi, open(d, "wb") as fo:
-                while chunk := fi.read(CHUNK):
+                while chunk := fi.read(hashing.BLOCK):
                     fo.write(chunk)
                 fo.flush()
                 os.fsync(fo.fileno())
@@ -81,8 +80,6 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
     """`reserve`: bytes staging must leave free beyond MARGIN, so the trial's first boot has room for
     its bankctl kit (the caller passes the running kit's size). `booted`: the running image, never
     replaced. The caller holds the banks lock (lock.py)."""
-    import tarfile  # here, not at the top: bankctl's other commands (run at every boot) do not need it
-
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -92,24 +89,11 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
     # What a stage cut by a power loss left behind: it only takes space, and a retry must find room.
     banks.remove_staging_leftovers()
     try:
-        src = open(bank_file, "rb")
-    except OSError as e:
-        raise StageError(f"cannot read {bank_file}: {e.strerror}") from None
-    try:
-        # Seekable (a file or a block device): the tar headers are read here, the members' data below
-        # straight from the file descriptor in large reads.
-        tar = tarfile.open(fileobj=src, mode="r:")
-    except (OSError, tarfile.TarError) as e:
-        src.close()
-        raise StageError(f"{bank_file} is not a bank file: {e}") from None
-    with src, tar:
-        member = tar.next()
-        if member is None or member.name != MANIFEST or member.size > 65536:
-            raise StageError(f"{bank_file}: a bank file starts with {MANIFEST}")
-        try:
-            manifest = parse_manifest(tar.extractfile(member).read(), f"{bank_file}:{MANIFEST}")
-        except LayoutError as e:
-            raise StageError(str(e)) from None
+        bank = BankFile(bank_file)
+    except LayoutError as e:
+        raise StageError(str(e)) from None
+    with bank:
+        manifest = bank.manifest
         image = manifest["id"]
         try:
             who = policy.check(manifest, running_version)
@@ -150,24 +134,16 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             raise StageError(f"not enough space on the banks partition: {need / 1e6:.1f} MB needed "
                              f"(including {(MARGIN + reserve) / 1e6:.1f} MB kept free for the next boot), "
                              f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
-        member = tar.next()
-        if member is None or member.name != SQUASHFS:
-            raise StageError(f"{bank_file}: {SQUASHFS} must follow {MANIFEST}")
-        if member.size != manifest["size"]:
-            raise StageError(f"{bank_file}: squashfs is {member.size} bytes, the manifest says {manifest['size']}")
         tmp = os.path.join(layout.overlay, f".staging-{image}")
         durable.make_dirs(layout.overlay)
         durable.remove_tree(tmp)
         os.mkdir(tmp)
         try:
-            _copy_checked(src.fileno(), member.offset_data, os.path.join(tmp, SQUASHFS), manifest["size"],
-                          manifest["sha256"], bank_file, progress)
-            if verity:
-                member = tar.next()
-                if member is None or member.name != VERITY or member.size != verity["size"]:
-                    raise StageError(f"{bank_file}: {VERITY} of {verity['size']} bytes must follow {SQUASHFS}")
-                _copy_checked(src.fileno(), member.offset_data, os.path.join(tmp, VERITY), verity["size"],
-                              verity["sha256"], bank_file, None)
+            for member in bank.payload():
+                try:
+                    bank.extract(member, os.path.join(tmp, member.name), progress if member.name == SQUASHFS else None)
+                except LayoutError as e:
+                    raise StageError(str(e)) from None
             durable.write_file(os.path.join(tmp, MANIFEST),
                                dump_manifest({k: v for k, v in manifest.items() if not k.startswith("_")}))
             for name in ("work", "backups", "utils"):
@@ -203,39 +179,3 @@ def _upper_copies(upper: str, persist: list[str] | None) -> list[tuple[str, str]
     rels = [p.lstrip("/") for p in persist]
     return [(os.path.join(upper, r), r) for r in rels if os.path.isdir(os.path.join(upper, r))
             and not os.path.islink(os.path.join(upper, r))]
-
-
-def _copy_checked(fd_in: int, offset: int, dest: str, size: int, sha256: str, bank_file: str,
-                  progress: Callable[[int, int], None] | None) -> None:
-    """Copy `size` bytes at `offset` of the bank file into a new `dest`, hashing as it goes: one pass, one
-    reusable buffer, no copies between reading, hashing and writing."""
-    h = hashlib.sha256()
-    buf = memoryview(bytearray(CHUNK))
-    done = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        while done < size:
-            try:
-                n = os.preadv(fd_in, [buf[:min(CHUNK, size - done)]], offset + done)
-            except OSError as e:
-                raise StageError(f"cannot read {bank_file} after {done} bytes: {e.strerror}") from None
-            if n == 0:
-                break
-            durable.checkpoint(f"copy into {dest}")
-            chunk = buf[:n]
-            h.update(chunk)
-            written = 0
-            while written < n:
-                written += os.write(fd, chunk[written:])
-            done += n
-            if progress:
-                progress(done, size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    name = os.path.basename(dest)
-    if done != size:
-        raise StageError(f"{bank_file} is truncated: {done} of {size} {name} bytes")
-    if h.hexdigest() != sha256:
-        raise StageError(f"{bank_file}: {name} sha256 {h.hexdigest()} does not match the signed manifest's "
-                         f"{sha256}: the file is corrupted or was changed")

@@ -12,7 +12,7 @@ import pytest
 
 from initfs import bankctl
 from overlay_layout.state import Banks
-from tests.unit.test_state_machine import install_first_image
+from tests.banks import install_first_image
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from overlay_layout import bootlog
 from overlay_layout.lock import LockError, lock_banks
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import GOOD, Banks, StateError
-from tests.unit.test_state_machine import DEV, install_first_image, make_bank
+from tests.banks import DEV, install_first_image, make_bank
 
 DAMAGE = {
     "garbage": b"\x00\xffnot json at all",

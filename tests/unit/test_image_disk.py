@@ -37,9 +37,8 @@ def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank
     again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank", sign_key=signing_key[0])
     assert again == m  # ed25519 signatures are deterministic too
     assert (rootfs.parent / "again.bank").read_bytes() == path.read_bytes()
-    _manifest, tar, member = read_bank(path)
-    tar.close()
-    assert member.size == m["size"]
+    with read_bank(path) as opened:
+        assert opened.members["rootfs.squashfs"].size == m["size"]
 
 
 def test_squashfs_has_the_rootfs_owned_by_root(bank, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from overlay_layout.policy import GOOD, ImageInfo, Snapshot, plan_boot
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import FLOOR_FILE, STATE_FILE, Banks, StateError
 from overlay_layout.trust import Policy
-from tests.unit.test_state_machine import install_first_image, make_bank
+from tests.banks import install_first_image, make_bank
 
 DEV = Policy({}, allow_unsigned=True, allow_downgrade=False)
 BASE = {"format": 1, "id": "1.0.0-a", "version": "1.0.0", "arch": "amd64", "size": 8192, "sha256": "0" * 64,

@@ -9,12 +9,9 @@ so nothing written after it survives, the failing operation's own clean-up inclu
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -26,55 +23,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
 from overlay_layout.layout import Layout
-from overlay_layout.manifest import dump_manifest
 from overlay_layout.policy import below_floor
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
-from overlay_layout.trust import Policy
+from tests.banks import DEV, install_first_image, is_complete, make_bank
+
 
 # The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
-DEV = Policy({}, allow_unsigned=True, allow_downgrade=True)
-
-
 class PowerCut(Exception):
     pass
-
-
-def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None) -> str:
-    payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
-    digest = hashlib.sha256(payload).hexdigest()
-    image_id = f"{version}-{digest[:8]}"
-    fields = {"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
-              "sha256": digest, "created": "1970-01-01T00:00:00Z"}
-    manifest = dump_manifest({**fields, "persist": persist} if persist else fields)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in (("manifest.json", manifest), ("rootfs.squashfs", payload)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return image_id
-
-
-def is_complete(root: Path, image: str) -> bool:
-    """All of the image is on disk and matches its manifest (what stage verifies before the rename)."""
-    lay = Layout(str(root))
-    if image in ("1.0.0-base", "0.1.0-planted"):  # made by install_first_image
-        return os.path.isfile(lay.squashfs(image))
-    try:
-        manifest = json.loads(Path(lay.manifest_path(image)).read_text())
-        return hashlib.sha256(Path(lay.squashfs(image)).read_bytes()).hexdigest() == manifest["sha256"]
-    except (OSError, ValueError):
-        return False
-
-
-def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
-    lay = Layout(str(root))
-    os.makedirs(lay.image_dir(image))
-    Path(lay.squashfs(image)).write_bytes(b"hsqs" + b"\0" * 100)
-    # What the state machine reads of a manifest (its version, for the anti-rollback floors).
-    Path(lay.manifest_path(image)).write_text(json.dumps({"id": image, "version": image.split("-")[0]}))
-    lay.prepare_image_dirs(image)
-    lay.set_pointer("current", image)
 
 
 class Device(RuleBasedStateMachine):

@@ -27,7 +27,7 @@ from overlay_layout.trust import (
     verify_manifest,
     version_lt,
 )
-from tests.unit.test_state_machine import install_first_image
+from tests.banks import install_first_image
 
 BASE = {"format": 1, "id": "1.1.0-abc", "version": "1.1.0", "arch": "amd64", "size": 8, "sha256": "b" * 64,
         "created": "1970-01-01T00:00:00Z", "min_bankboot": "0.1.0"}

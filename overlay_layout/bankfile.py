@@ -1,0 +1,168 @@
+"""The bank file: what `bankboot image` writes and `bankctl stage`, `bankboot inspect` and `bankboot disk`
+read. A ustar archive of manifest.json, rootfs.squashfs and, for a verity image, rootfs.verity, in that
+order, so a reader checks the manifest (and its signature) before it reads a byte of the image.
+
+The reader parses the 512-byte ustar headers itself rather than through tarfile: it needs only names,
+sizes and offsets (the data is read straight from the descriptor by hashing.copy_hashed), it accepts only
+what the builder writes, and tarfile costs bankctl a noticeable import on a slow board."""
+
+from __future__ import annotations
+
+import os
+
+from overlay_layout import hashing
+from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
+from overlay_layout.manifest import parse_manifest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+HEADER = 512
+MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger first member is not one of ours
+
+
+class BankFileError(LayoutError):
+    pass
+
+
+class Member:
+    """One file in the bank: its name, size and where its data starts in the bank file."""
+
+    __slots__ = ("name", "offset", "size")
+
+    def __init__(self, name: str, offset: int, size: int) -> None:
+        self.name, self.offset, self.size = name, offset, size
+
+
+def _header(raw: bytes, where: str) -> tuple[str, int, bytes] | None:
+    """(name, size, type) of a ustar header; None for the end-of-archive block."""
+    if raw == bytes(HEADER):
+        return None
+    if len(raw) < HEADER or raw[257:262] != b"ustar":
+        raise BankFileError(f"{where}: not a bank file (no ustar header)")
+    checksum = sum(raw[:148]) + 8 * 32 + sum(raw[156:])
+    try:
+        if int(raw[148:156].split(b"\0")[0].strip() or b"-1", 8) != checksum:
+            raise ValueError
+        size = int(raw[124:136].split(b"\0")[0].strip() or b"0", 8)
+    except ValueError:
+        raise BankFileError(f"{where}: damaged archive header") from None
+    name = raw[0:100].split(b"\0")[0]
+    prefix = raw[345:500].split(b"\0")[0]
+    full = (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
+    return full, size, raw[156:157]
+
+
+class BankFile:
+    """An open bank file: its manifest (parsed and checked for shape, NOT for its signature: that is the
+    caller's, against its own trust policy) and its members. Use as a context manager."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise BankFileError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            self.members = self._read_members()
+            self.manifest = self._read_manifest()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> BankFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _read_members(self) -> dict[str, Member]:
+        members: dict[str, Member] = {}
+        offset = 0
+        expected = [MANIFEST, SQUASHFS, VERITY]
+        while True:
+            try:
+                raw = os.pread(self.fd, HEADER, offset)
+            except OSError as e:
+                raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+            if not raw and members:
+                break  # no end-of-archive blocks: still every member is whole (checked below)
+            header = _header(raw, self.path)
+            if header is None:
+                break
+            name, size, kind = header
+            if kind not in (b"0", b"\0") or not expected or name != expected[0]:
+                order = f"{MANIFEST}, {SQUASHFS} and (for a verity image) {VERITY}"
+                raise BankFileError(f"{self.path}: a bank file holds {order}, in that order; found {name!r} "
+                                    f"after {', '.join(members) or 'nothing'}")
+            if name == MANIFEST and size > MAX_MANIFEST:
+                raise BankFileError(f"{self.path}: {MANIFEST} of {size} bytes is too big to be a manifest")
+            expected.pop(0)
+            members[name] = Member(name, offset + HEADER, size)
+            offset += HEADER + (size + HEADER - 1) // HEADER * HEADER
+        if MANIFEST not in members:
+            raise BankFileError(f"{self.path}: not a bank file (it does not start with {MANIFEST})")
+        last = list(members.values())[-1]
+        end = os.lseek(self.fd, 0, os.SEEK_END)  # a block device's size too
+        if last.offset + last.size > end:
+            raise BankFileError(f"{self.path} is truncated: {last.name} needs {last.offset + last.size} bytes, "
+                                f"the file has {end}")
+        return members
+
+    def _read_manifest(self) -> dict:
+        m = self.members[MANIFEST]
+        raw = os.pread(self.fd, m.size, m.offset)
+        if len(raw) != m.size:
+            raise BankFileError(f"{self.path} is truncated in {MANIFEST}")
+        manifest = parse_manifest(raw, f"{self.path}:{MANIFEST}")
+        sq = self.members.get(SQUASHFS)
+        if sq is None:
+            raise BankFileError(f"{self.path}: {SQUASHFS} must follow {MANIFEST}")
+        if sq.size != manifest["size"]:
+            raise BankFileError(f"{self.path}: squashfs is {sq.size} bytes, the manifest says {manifest['size']}")
+        verity = manifest.get("verity")
+        if verity and (VERITY not in self.members or self.members[VERITY].size != verity["size"]):
+            raise BankFileError(f"{self.path}: {VERITY} of {verity['size']} bytes must follow {SQUASHFS}")
+        if not verity and VERITY in self.members:
+            raise BankFileError(f"{self.path}: has {VERITY} but its manifest describes no hash tree")
+        return manifest
+
+    def expected(self, name: str) -> str:
+        """The sha256 the manifest gives for a member."""
+        return self.manifest["sha256"] if name == SQUASHFS else self.manifest["verity"]["sha256"]
+
+    def payload(self) -> list[Member]:
+        """The members after the manifest: the squashfs, then the hash tree if any."""
+        return [m for name, m in self.members.items() if name != MANIFEST]
+
+    def _check(self, member: Member, done_digest: tuple[int, str]) -> None:
+        got, want = done_digest[1], self.expected(member.name)
+        if got != want:
+            raise BankFileError(f"{self.path}: {member.name} has sha256 {got}, which does not match the signed "
+                                f"manifest's {want}: the file is damaged or was changed after signing")
+
+    def verify(self, member: Member) -> bool:
+        """Whether a member's bytes are what the manifest says (reads all of it)."""
+        try:
+            return hashing.hash_fd(self.fd, member.offset, member.size)[1] == self.expected(member.name)
+        except hashing.ShortRead:
+            return False
+
+    def extract(self, member: Member, dest: str, progress: Callable[[int, int], None] | None = None) -> None:
+        """Copy a member into the new file `dest`, fsynced, checked against the manifest while copying;
+        nothing is left at `dest` when it does not match."""
+        try:
+            result = hashing.copy_hashed(self.fd, member.offset, member.size, dest, progress)
+        except hashing.ShortRead as e:
+            raise BankFileError(f"{self.path} is truncated or unreadable: {member.name} {e}") from None
+        try:
+            self._check(member, result)
+        except BankFileError:
+            os.unlink(dest)
+            raise

@@ -1,0 +1,82 @@
+"""Hashing while reading, and copying while hashing: the one loop every verified read or copy of image
+data goes through (bankctl stage, the init's full check, the loader install, bankboot image's checks).
+One pass over the data with one reusable buffer: on a slow board the copy is the update's cost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from overlay_layout import durable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
+
+
+class ShortRead(OSError):
+    """The source ended (or failed) before `size` bytes: `done` says how many were read."""
+
+    def __init__(self, done: int, message: str) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+def hash_fd(fd: int, offset: int = 0, size: int | None = None,
+            progress: Callable[[int, int], None] | None = None, dest: int | None = None) -> tuple[int, str]:
+    """sha256 of `size` bytes at `offset` of `fd` (to its end when size is None), also written to the
+    descriptor `dest` when given: (bytes read, hex digest). A source shorter than `size` is a ShortRead
+    naming how far it got; a read error is a ShortRead too (the caller names the file)."""
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(BLOCK))
+    done = 0
+    while size is None or done < size:
+        want = BLOCK if size is None else min(BLOCK, size - done)
+        try:
+            n = os.preadv(fd, [buf[:want]], offset + done)
+        except OSError as e:
+            raise ShortRead(done, f"read failed after {done} bytes: {e.strerror}") from None
+        if n == 0:
+            break
+        chunk = buf[:n]
+        h.update(chunk)
+        if dest is not None:
+            durable.checkpoint("copy a block")  # the fault-injection seam: a power cut mid-copy
+            written = 0
+            while written < n:
+                written += os.write(dest, chunk[written:])
+        done += n
+        if progress is not None:
+            progress(done, size if size is not None else done)
+    if size is not None and done != size:
+        raise ShortRead(done, f"ends after {done} of {size} bytes")
+    return done, h.hexdigest()
+
+
+def hash_file(path: str, size: int | None = None) -> tuple[int, str]:
+    """sha256 of a file's first `size` bytes (all of it when None): (bytes, hex digest)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def copy_hashed(fd: int, offset: int, size: int | None, dest: str,
+                progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
+    """Copy `size` bytes at `offset` of `fd` (to its end when None) into the new file `dest` (never an
+    existing one), fsynced, hashing as it goes: (bytes, hex digest). `dest` is removed when anything
+    fails; comparing the digest with what the manifest signs is the caller's, who knows what to say."""
+    durable.checkpoint(f"copy into {dest}")
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        result = hash_fd(fd, offset, size, progress, out)
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        os.unlink(dest)
+        raise
+    os.close(out)
+    return result
