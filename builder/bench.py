@@ -26,10 +26,10 @@ IMAGE_UP = r"sample-rootfs: up"
 def time_boot(board: Board, initrd: Path, kind: str, log_dir: Path, disk: Path | None = None,
               timeline: Path | None = None) -> dict[str, float]:
     """One boot's marker times from QEMU start; `timeline`: save the init's own timeline.json there."""
-    from qemu.vm import VM
+    from builder.boot import board_vm, disk_vm
 
     times: dict[str, float] = {}
-    vm = VM.from_disk(board, disk, log_dir) if disk else VM(board, initrd, log_dir=log_dir)
+    vm = disk_vm(board, disk, log_dir) if disk else board_vm(board, initrd, log_dir=log_dir)
     with vm:
         vm.console.expect(r"Run /init as init process", BOOT_TIMEOUT)
         times["kernel ran /init"] = time.monotonic() - vm.started_at
@@ -67,15 +67,14 @@ STAGE_MB = 96  # the image bankctl stage copies (a realistic root filesystem, so
 def size_budget(initramfs: Path, method: str) -> list[tuple[str, int, int]]:
     """(component, unpacked bytes, zstd bytes) of an initramfs; the kit is these same files (no copy)."""
     import io
-    import subprocess
     import tarfile
     import tempfile
 
     from builder.compress import compress, decompress
+    from builder.run import run
 
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["cpio", "-id", "--quiet"], input=decompress(initramfs.read_bytes(), method), cwd=tmp,
-                       check=True, capture_output=True)
+        run(["cpio", "-id", "--quiet"], input=decompress(initramfs.read_bytes(), method), cwd=tmp, text=False)
         groups: dict[str, list[Path]] = {name: [] for name, _ in COMPONENTS}
         for f in sorted(Path(tmp).rglob("*")):
             if f.is_file() and not f.is_symlink():
@@ -98,10 +97,10 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
     import os
     import re
 
+    from builder.boot import disk_vm
     from builder.disk import build_disk
     from builder.image import build_image
     from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-    from qemu.vm import VM
 
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-big", version="1.1.0")
     (rootfs / "payload").write_bytes(os.urandom(STAGE_MB << 20))  # incompressible: the squashfs keeps its size
@@ -111,7 +110,7 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
     build_disk(board, out / "sample.bank", disk, 512 << 20, initrd, userdata_size=(STAGE_MB + 64) << 20,
                extra_cmdline="bankboot.timeout=0 bankboot.debug", userdata_files=[out / "big.bank"])
     res: dict[str, float] = {}
-    with VM.from_disk(board, disk, out / "verify") as vm:
+    with disk_vm(board, disk, out / "verify") as vm:
         m = vm.console.expect(r"verify manifest signature: ([\d.]+) ms", BOOT_TIMEOUT)
         res["signature check at boot (ms)"] = float(m.group(1))
         m = vm.console.expect(r"mount \S+rootfs\.squashfs: ([\d.]+) ms", BOOT_TIMEOUT)
@@ -230,9 +229,9 @@ def time_kexec(board: Board, initrd: Path, out: Path, key: Path, runs: int) -> f
     build_disk(board, out / "kexec.bank", fresh, 256 << 20, initrd)
     times = []
     for _ in range(runs):
-        from qemu.vm import VM
+        from builder.boot import disk_vm
 
-        with VM.from_disk(board, fresh, out / "kexec") as vm:
+        with disk_vm(board, fresh, out / "kexec") as vm:
             vm.console.expect(r"kexec: starting kernel", BOOT_TIMEOUT)
             vm.console.expect(IMAGE_UP, BOOT_TIMEOUT)
             times.append(time.monotonic() - vm.started_at)

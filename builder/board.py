@@ -51,9 +51,6 @@ class Board:
     sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
     extra: dict = field(default_factory=dict, compare=False)
 
-    def disk_args(self, path: Path, index: int) -> list[str]:
-        return [a.format(path=path, index=index) for a in self.qemu_disk]
-
 
 def board_names() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in resources.files("builder.boards").iterdir()

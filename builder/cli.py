@@ -60,7 +60,7 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
 
 
 def cmd_qemu(args: argparse.Namespace) -> int:
-    from qemu.interactive import run_interactive
+    from builder.boot import run_interactive
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)

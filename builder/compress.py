@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import shutil
-import subprocess
+
+from builder.run import run
 
 # The options matter to the kernel, not just the ratio: its xz decoder knows CRC32 but not CRC64 and
 # wants a small dictionary; its lz4 decoder wants the legacy frame format (-l).
 ZSTD_LEVEL = 19
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise RuntimeError(f"`{name}` is not installed (make deps installs it)")
-    return path
 
 
 def compress(data: bytes, method: str) -> bytes:
@@ -29,12 +22,12 @@ def compress(data: bytes, method: str) -> bytes:
                              filters=[{"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": 1 << 20}])
     if method == "zstd":
         # One thread, fixed level: the output depends on nothing but the input.
-        cmd = [_tool("zstd"), f"-{ZSTD_LEVEL}", "-T1", "-q", "-c", "--no-progress"]
+        cmd = ["zstd", f"-{ZSTD_LEVEL}", "-T1", "-q", "-c", "--no-progress"]
     elif method == "lz4":
-        cmd = [_tool("lz4"), "-l", "-9", "-q", "-c"]
+        cmd = ["lz4", "-l", "-9", "-q", "-c"]
     else:
         raise ValueError(f"unknown compression {method!r}")
-    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
+    return run(cmd, input=data, text=False).stdout
 
 
 MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x02\x21\x4c\x18": "lz4",
@@ -57,5 +50,5 @@ def decompress(data: bytes, method: str) -> bytes:
         return gzip.decompress(data)
     if method == "xz":
         return lzma.decompress(data)
-    cmd = {"zstd": [_tool("zstd"), "-d", "-q", "-c"], "lz4": [_tool("lz4"), "-d", "-q", "-c"]}[method]
-    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
+    cmd = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}[method]
+    return run(cmd, input=data, text=False).stdout

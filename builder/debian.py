@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from builder.run import run
 
 APT_TRIES = 4
 
@@ -23,14 +24,14 @@ def _run_apt(args: list[str], cwd: Path | None = None) -> str:
     progress?", size mismatches) and a retry a few seconds later usually goes through."""
     last = ""
     for attempt in range(1, APT_TRIES + 1):
-        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            return proc.stdout
-        last = (proc.stderr or proc.stdout).strip()
+        try:
+            return run(args, error=DebianError, cwd=cwd).stdout
+        except DebianError as e:
+            last = str(e)
         if attempt < APT_TRIES:
             time.sleep(2 * attempt)
-            subprocess.run(["apt-get", "update"], capture_output=True)
-    raise DebianError(f"{' '.join(args)} failed after {APT_TRIES} tries:\n{last}")
+            run(["apt-get", "update"], ok=tuple(range(256)))
+    raise DebianError(f"{APT_TRIES} tries, the last: {last}")
 
 
 def resolve_package(name: str, arch: str) -> str:
@@ -95,7 +96,7 @@ def unpack(debs: list[Path], root: Path, stamp_text: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
         for deb in debs:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+            run(["dpkg-deb", "-x", str(deb), str(tmp)], error=DebianError)
         (tmp / ".bankboot-unpacked").write_text(stamp_text)
         if root.exists():
             shutil.rmtree(root)

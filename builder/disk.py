@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from builder.board import Board
 from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
+from builder.run import run
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks
@@ -49,13 +49,7 @@ def parse_size(text: str) -> int:
 
 
 def _run(cmd: list[str], **kw) -> str:
-    tool = shutil.which(cmd[0]) or (f"/sbin/{cmd[0]}" if Path(f"/sbin/{cmd[0]}").exists() else None)
-    if tool is None:
-        raise DiskError(f"{cmd[0]} is not installed (make deps installs it)")
-    proc = subprocess.run([tool, *cmd[1:]], capture_output=True, text=True, **kw)
-    if proc.returncode != 0:
-        raise DiskError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
+    return run(cmd, error=DiskError, **kw).stdout
 
 
 @dataclass(frozen=True)

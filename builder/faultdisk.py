@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from builder.disk import partitions
+from builder.run import find_tool, run
 
 SECTOR = 512
 
@@ -22,10 +22,7 @@ class FaultError(RuntimeError):
 
 
 def _debugfs() -> str:
-    tool = shutil.which("debugfs") or "/sbin/debugfs"
-    if not Path(tool).exists():
-        raise FaultError("debugfs is not installed (e2fsprogs; make deps installs it)")
-    return tool
+    return find_tool("debugfs", "e2fsprogs", FaultError)
 
 
 def partition_range(disk: Path, number: int) -> tuple[int, int]:
@@ -59,19 +56,14 @@ def banks_partition(disk: Path, write: bool = True):
 def replay_journal(part: Path) -> None:
     """A disk cut or powered off with committed journal transactions not yet written home: the kernel
     replays them at mount, which would undo (or worse, mix with) a change made offline. Replay first."""
-    tool = shutil.which("e2fsck") or "/sbin/e2fsck"
-    proc = subprocess.run([tool, "-fy", str(part)], capture_output=True, text=True)
-    if proc.returncode not in (0, 1, 2):
-        raise FaultError(f"e2fsck -fy {part} failed ({proc.returncode}): {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    run(["e2fsck", "-fy", str(part)], error=FaultError, ok=(0, 1, 2))
 
 
 def debugfs(part: Path, *commands: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".cmds") as f:
         f.write("\n".join(commands) + "\n")
         f.flush()
-        proc = subprocess.run([_debugfs(), "-w", "-f", f.name, str(part)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise FaultError(f"debugfs on {part} failed: {proc.stderr.strip()}")
+        proc = run([_debugfs(), "-w", "-f", f.name, str(part)], error=FaultError, what=f"debugfs on {part}")
     return proc.stdout + proc.stderr
 
 
@@ -177,4 +169,4 @@ def copy_disk(src: Path, dst: Path) -> None:
     """A sparse copy (the disks are mostly empty)."""
     if dst.exists():
         dst.unlink()
-    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    run(["cp", "--sparse=always", str(src), str(dst)], error=FaultError)

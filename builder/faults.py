@@ -19,6 +19,7 @@ from pathlib import Path
 
 from builder import faultdisk
 from builder.board import Board
+from builder.boot import disk_vm
 from overlay_layout.contract import BANKS, BOOTED, KIT
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
@@ -133,7 +134,7 @@ def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str 
     log_dir = rig.out / "runs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
-    vm = VM.from_disk(rig.board, disk, log_dir, append=append, reboot=reboot)
+    vm = disk_vm(rig.board, disk, log_dir, append=append, reboot=reboot)
     if update:
         vm.disks.append(rig.banks[update])
     return vm

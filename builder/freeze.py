@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from builder.paths import PROJECT, cache_dir
 from builder.pysysroot import PySysroot
+from builder.run import run
 
 ENTRY = PROJECT / "initfs" / "entry.py"
 NAME = "init"
@@ -106,7 +106,7 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         *[f"--add-binary={sysroot.root / src.format(triplet=sysroot.arch.triplet)}:{dest}" for src, dest in BINARIES],
         str(ENTRY),
     ]
-    proc = subprocess.run(args, env={**sysroot.env(), **FREEZE_ENV}, capture_output=True, text=True, cwd=work)
+    proc = run(args, env={**sysroot.env(), **FREEZE_ENV}, cwd=work, check=False)
     if log is not None:
         log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not (work / "dist" / NAME / NAME).is_file():

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import shlex
-import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -21,6 +19,7 @@ from builder.arch import ARCHES
 from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
+from builder.run import find_tool, run
 from initfs.version import VERSION
 from overlay_layout import durable
 from overlay_layout.bankfile import BankFile
@@ -89,9 +88,7 @@ def check_persist_paths(rootfs: Path, persist: list[str]) -> list[str]:
 
 def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = None) -> None:
     """extra: files added at these absolute paths (parents made), without touching the rootfs."""
-    mksquashfs = shutil.which("mksquashfs")
-    if mksquashfs is None:
-        raise ImageError("mksquashfs is not installed (Debian squashfs-tools; make deps installs it)")
+    mksquashfs = find_tool("mksquashfs", "squashfs-tools", ImageError)
     epoch = str(source_date_epoch())
     cmd = [mksquashfs, str(rootfs), str(output), "-comp", "zstd", "-all-root", "-noappend", "-no-progress",
            "-quiet", "-mkfs-time", epoch, "-all-time", epoch, "-processors", "1"]
@@ -100,24 +97,17 @@ def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = No
         cmd += ["-p", f"{d} d 755 0 0"]
     for path, src in sorted((extra or {}).items()):
         cmd += ["-p", f"{path} f 644 0 0 cat {shlex.quote(str(src))}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ImageError(f"mksquashfs failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    run(cmd, error=ImageError, package="squashfs-tools", what="mksquashfs")
 
 
 def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
     """The dm-verity hash tree of the squashfs, without a superblock (the manifest carries the
     parameters), with cryptsetup's veritysetup."""
-    tool = shutil.which("veritysetup") or ("/sbin/veritysetup" if Path("/sbin/veritysetup").exists() else None)
-    if tool is None:
-        raise ImageError("veritysetup is not installed (Debian cryptsetup-bin; make deps installs it)")
     if squashfs.stat().st_size % 4096:
         raise ImageError(f"{squashfs} is not a whole number of 4096-byte blocks (mksquashfs pads unless -nopad)")
-    proc = subprocess.run([tool, "format", "--no-superblock", "--hash", "sha256", "--data-block-size", "4096",
-                           "--hash-block-size", "4096", "--salt", salt, str(squashfs), str(output)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ImageError(f"veritysetup format failed: {proc.stderr.strip()}")
+    proc = run(["veritysetup", "format", "--no-superblock", "--hash", "sha256", "--data-block-size", "4096",
+                "--hash-block-size", "4096", "--salt", salt, str(squashfs), str(output)], error=ImageError,
+               package="cryptsetup-bin", what="veritysetup format")
     lines = proc.stdout.splitlines()
     root = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Root hash:")), "")
     if len(root) != 64:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from builder import compress as compression
-from builder.arch import is_native
 from builder.board import Board
 from builder.cpio import write_cpio
 from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
@@ -20,6 +19,7 @@ from builder.fstree import FsTree
 from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
+from builder.run import target_runner
 from initfs.version import VERSION
 from overlay_layout import durable
 from overlay_layout.contract import (
@@ -80,17 +80,12 @@ class BuildResult:
     kernel: KernelParts
 
 
-def runner_for(sysroot_or_arch) -> list[str]:
-    arch = sysroot_or_arch.arch if isinstance(sysroot_or_arch, PySysroot) else sysroot_or_arch
-    return [] if is_native(arch) else [shutil.which(arch.qemu_user) or arch.qemu_user]
-
-
 def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
     """links=False (sealed builds): busybox without its applet links, so no `rdinit=/bin/sh` on a changed
     kernel command line finds a shell in the initramfs."""
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for link, target in busybox_links(busybox, runner_for(board.arch)) if links else ():
+    for link, target in busybox_links(busybox, target_runner(board.arch)) if links else ():
         tree.add_symlink(link, target)
 
 

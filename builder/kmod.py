@@ -4,9 +4,9 @@ board names, plus what they depend on, go into the initramfs."""
 from __future__ import annotations
 
 import difflib
-import shutil
-import subprocess
 from pathlib import Path
+
+from builder.run import find_tool, run
 
 
 class ModuleError(RuntimeError):
@@ -82,14 +82,8 @@ def module_closure(modules_dir: Path, names: list[str] | tuple[str, ...]) -> lis
 def run_depmod(root: Path, version: str, system_map: Path | None = None) -> None:
     """depmod on a tree laid out as ROOT/lib/modules/VERSION (Debian kernel packages ship no modules.dep:
     their postinst makes it)."""
-    depmod = shutil.which("depmod") or next(
-        (p for p in ("/usr/sbin/depmod", "/sbin/depmod") if Path(p).exists()), None)
-    if depmod is None:
-        raise ModuleError("depmod is not installed (Debian package kmod; make deps installs it)")
-    cmd = [depmod, "-b", str(root)]
+    cmd = [find_tool("depmod", "kmod", ModuleError), "-b", str(root)]
     if system_map is not None and system_map.is_file():
         cmd += ["-F", str(system_map)]
     cmd.append(version)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ModuleError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    run(cmd, error=ModuleError)

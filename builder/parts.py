@@ -4,8 +4,8 @@ and say how to fetch when something is missing."""
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from builder.arch import Arch
 from builder.board import Board
 from builder.kmod import run_depmod
 from builder.paths import cache_dir
+from builder.run import run
 
 
 class PartsError(RuntimeError):
@@ -88,6 +89,12 @@ def locate_kernel_package(arch: Arch, package: str) -> KernelParts:
     rec = _record(arch, package)
     if not rec.is_file():
         raise PartsError(f"kernel package {package}:{arch.debian} is not fetched yet: run `make deps`")
+    return _kernel_parts(rec, rec.stat().st_mtime_ns)
+
+
+@functools.cache
+def _kernel_parts(rec: Path, _stamp: int) -> KernelParts:
+    """The kernel a fetch record points at, found once per record version (one boot asks many times)."""
     root = Path(json.loads(rec.read_text())["root"])
     release = _release_of(root)
     image = root / "boot" / f"vmlinuz-{release}"
@@ -154,9 +161,7 @@ def locate_busybox(arch: Arch) -> Path:
 def busybox_applets(busybox: Path, runner: list[str]) -> list[str]:
     """The applets this busybox was built with, as install paths (bin/sh, sbin/insmod, ...), asked of the
     binary itself (under qemu-user for another architecture)."""
-    proc = subprocess.run([*runner, str(busybox), "--list-full"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PartsError(f"{busybox} --list-full failed: {proc.stderr.strip()}")
+    proc = run([*runner, str(busybox), "--list-full"], error=PartsError)
     return sorted(line.strip() for line in proc.stdout.splitlines() if line.strip())
 
 

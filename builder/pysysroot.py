@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder import debian
-from builder.arch import Arch, is_native
+from builder.arch import Arch
 from builder.elf import read_elf, resolve_in_root
 from builder.paths import cache_dir
+from builder.run import find_tool, run, target_runner
 
 PYTHON_PACKAGES = [
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libpython3.11",
@@ -94,10 +94,8 @@ def locate_sysroot(arch: Arch) -> PySysroot:
 
 
 def _pip(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SysrootError(f"pip {' '.join(args)} failed:\n{proc.stderr.strip()[-2000:]}")
+    run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], error=SysrootError,
+        what=f"pip {' '.join(args)}")
 
 
 def _install_pyinstaller(arch: Arch, site: Path) -> None:
@@ -129,41 +127,28 @@ def _cross_bootloader(arch: Arch) -> Path:
     out = cache_dir() / "bootloader" / arch.debian / PYINSTALLER_PIN.split("==")[1]
     if (out / "run").is_file():
         return out
-    gcc = shutil.which(CROSS_GCC[arch.debian])
-    if gcc is None:
-        raise SysrootError(f"{CROSS_GCC[arch.debian]} is not installed (Debian gcc-12-arm-linux-gnueabihf; "
-                           f"make deps installs it)")
+    gcc = find_tool(CROSS_GCC[arch.debian], "gcc-12-arm-linux-gnueabihf", SysrootError)
     src = cache_dir() / "bootloader" / "src"
     src.mkdir(parents=True, exist_ok=True)
     _pip("download", "--no-deps", "--no-binary", ":all:", "-d", str(src), PYINSTALLER_PIN)
     sdist = next(src.glob("pyinstaller-*.tar.gz"))
     work = Path(tempfile.mkdtemp(prefix="bootloader-", dir=src))
     try:
-        subprocess.run(["tar", "xzf", str(sdist), "-C", str(work)], check=True)
+        run(["tar", "xzf", str(sdist), "-C", str(work)], error=SysrootError)
         tree = next(work.glob("pyinstaller-*"))
         env = {**os.environ, "CC": gcc, "STRIP": f"{arch.cross_prefix}strip"}
-        proc = subprocess.run([sys.executable, "./waf", "configure", "--static-zlib", "--no-tests", "all"],
-                              cwd=tree / "bootloader", env=env, capture_output=True, text=True)
+        what = f"building PyInstaller's bootloader for {arch.debian}"
+        run([sys.executable, "./waf", "configure", "--static-zlib", "--no-tests", "all"], cwd=tree / "bootloader",
+            env=env, error=SysrootError, what=what)
         built = tree / "PyInstaller" / "bootloader" / "Linux-32bit-arm"
-        if proc.returncode != 0 or not (built / "run").is_file():
-            raise SysrootError(f"building PyInstaller's bootloader for {arch.debian} failed:\n"
-                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+        if not (built / "run").is_file():
+            raise SysrootError(f"{what}: waf made no {built / 'run'}")
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(built, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
-
-
-def _runner(s: PySysroot) -> str:
-    """How the host starts a program of the target arch: directly, or under qemu-user."""
-    if is_native(s.arch):
-        return ""
-    qemu = shutil.which(s.arch.qemu_user)
-    if qemu is None:
-        raise SysrootError(f"{s.arch.qemu_user} is not installed (Debian qemu-user-static; make deps)")
-    return f"{qemu} -L {s.root} "
 
 
 def loader(s: PySysroot) -> Path:
@@ -177,23 +162,20 @@ def loader(s: PySysroot) -> Path:
 def _write_tools(s: PySysroot) -> None:
     s.tools.mkdir(parents=True, exist_ok=True)
     libs = ":".join(str(s.root / d.lstrip("/")) for d in s.lib_dirs())
-    run = f"{_runner(s)}{loader(s)} --library-path {libs}"
+    runner = " ".join([*target_runner(s.arch, s.root), str(loader(s)), "--library-path", libs])
     scripts = {
         # The target python. PyInstaller re-runs sys.executable for helpers; bankboot's launcher sets
         # sys.executable to this script. --library-path makes ld.so ignore LD_LIBRARY_PATH, which stays
         # in the environment for PyInstaller's own library search.
         "python": f'export PYTHONHOME={s.root}/usr PYTHONPATH={s.site} PYTHONNOUSERSITE=1 '
                   f'PYTHONPYCACHEPREFIX={s.root.parent}/pycache\n'
-                  f'exec {run} {s.root / PYTHON} "$@"',
+                  f'exec {runner} {s.root / PYTHON} "$@"',
         # ldd cannot read another arch's binaries; the target's ld.so --list can.
         "ldd": f'unset LD_LIBRARY_PATH\n[ $# -gt 0 ] || {{ echo "usage: ldd FILE" >&2; exit 1; }}\n'
-               f'exec {run} --list "$@"',
+               f'exec {runner} --list "$@"',
     }
     for tool in ("objdump", "objcopy", "strip", "readelf"):
-        binary = shutil.which(f"{s.arch.cross_prefix}{tool}")
-        if binary is None:
-            raise SysrootError(f"{s.arch.cross_prefix}{tool} is not installed (binutils for "
-                               f"{s.arch.debian}; make deps installs it)")
+        binary = find_tool(f"{s.arch.cross_prefix}{tool}", f"binutils-{s.arch.cross_prefix}".rstrip("-"), SysrootError)
         scripts[tool] = f'unset LD_LIBRARY_PATH\nexec {binary} "$@"'
     for name, body in scripts.items():
         path = s.tools / name

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from builder.arch import Arch
-from builder.initramfs import runner_for
 from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, locate_busybox
+from builder.run import target_runner
 from overlay_layout.contract import BIN, BOOTED, SELFTEST_DIR, archive_path
 
 INITTAB = """\
@@ -75,7 +75,7 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
     os.chmod(dest / "tmp", 0o1777)
     busybox = locate_busybox(arch)
     shutil.copy2(busybox, dest / "bin/busybox")
-    for link, target in busybox_links(busybox, runner_for(arch)):
+    for link, target in busybox_links(busybox, target_runner(arch)):
         (dest / link).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(target, dest / link)
     (dest / "etc/inittab").write_text(INITTAB)

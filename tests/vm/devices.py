@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
@@ -49,7 +50,7 @@ class Device:
         self.update = self.banks[update][0] if update else None
 
     def vm(self, append: str = "") -> VM:
-        vm = VM.from_disk(self.board, self.disk, self.dir, append=append, reboot=True)
+        vm = disk_vm(self.board, self.disk, self.dir, append=append, reboot=True)
         if self.update:
             vm.disks.append(self.update)
         return vm

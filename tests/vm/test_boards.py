@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
+from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from qemu.vm import VM
 from tests.conftest import board_parts
 from tests.vm.devices import up
 
@@ -36,7 +36,7 @@ def test_board_boots_stages_commits_and_falls_back_with_esc(name: str, test_dir:
                     persist=SAMPLE_PERSIST)
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 256 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"])
-    with VM.from_disk(board, disk, out, reboot=True) as vm:
+    with disk_vm(board, disk, out, reboot=True) as vm:
         assert up(vm, T) == "1.0.0"
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank", timeout=T)
         assert rc == 0, msg

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.samplerootfs import build_sample_rootfs
@@ -33,7 +34,7 @@ def disk(aarch64, test_dir: Path, built_initramfs, signing_key):
 
 def boot(board, disk: Path, log_dir: Path, **kw) -> VM:
     log_dir.mkdir(parents=True, exist_ok=True)
-    return VM.from_disk(board, disk, log_dir, **kw)
+    return disk_vm(board, disk, log_dir, **kw)
 
 
 def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk, test_dir: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from builder.boot import board_vm
 from builder.compress import compress
 from builder.cpio import write_cpio
 from builder.initramfs import assemble
 from initfs.version import VERSION
-from qemu.vm import VM
 
 pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 120
@@ -26,7 +26,7 @@ def booted(request, test_dir: Path, built_initramfs):
     disk = out / "blank.img"
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
-    with VM(board, initrd, disks=[disk], log_dir=out) as vm:
+    with board_vm(board, initrd, disks=[disk], log_dir=out) as vm:
         vm.console.expect(r"starting a rescue shell", BOOT_TIMEOUT)
         vm.console.expect(r"rescue\) / # ", 30)
         yield vm, board, kernel
@@ -90,7 +90,7 @@ def test_a_failure_ends_in_a_rescue_shell_not_a_panic(aarch64, test_dir: Path, t
     out.mkdir(exist_ok=True)
     initrd = out / "initramfs.img"
     initrd.write_bytes(compress(raw.getvalue(), "gzip"))
-    with VM(board, initrd, log_dir=out) as vm:
+    with board_vm(board, initrd, log_dir=out) as vm:
         vm.console.expect(rf"cannot open module /lib/modules/{re.escape(kernel.version)}/kernel/fs/nothere.ko",
                           BOOT_TIMEOUT)
         vm.console.expect(r"rescue\) / # ", 30)
@@ -105,7 +105,7 @@ def test_qmp_status_reset_and_quit(aarch64, test_dir: Path, built_initramfs) -> 
     initrd = built_initramfs(board)
     out = test_dir / "qmp"
     out.mkdir(exist_ok=True)
-    with VM(board, initrd, log_dir=out, reboot=True) as vm:
+    with board_vm(board, initrd, log_dir=out, reboot=True) as vm:
         vm.console.expect(r"rescue\) / # ", BOOT_TIMEOUT)
         assert vm.status() == "running"
         rc, boot_id = vm.console.run("cat /proc/sys/kernel/random/boot_id")

@@ -17,6 +17,7 @@ import pytest
 
 import builder.kernelfile
 from builder.board import load_board
+from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
@@ -94,7 +95,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
     build_disk(board, out / "app-1.0.0.bank", disk, 640 << 20, initrd, userdata_size=256 << 20,
                userdata_files=list(banks.values()), boot_size=160 << 20)
 
-    with VM.from_disk(board, disk, out, reboot=True) as vm:
+    with disk_vm(board, disk, out, reboot=True) as vm:
         assert _up(vm) == ("1.0.0", loader_kernel.version)
 
         # Refused by kexec_file_load: the trial fails in the loader's boot, which goes on with 1.0.0.
@@ -146,7 +147,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         vm.console.expect(r"loop\d+: detected capacity change", T)  # the image's squashfs is being read
         time.sleep(random.Random(name).uniform(0.2, 3.0))
         vm.power_cut()
-    with VM.from_disk(board, disk, out / "after-cut", reboot=True) as vm:
+    with disk_vm(board, disk, out / "after-cut", reboot=True) as vm:
         version, _ = _up(vm)
         assert version == "1.1.0"
         # Its kernel becomes the loader: the files on the boot partition are replaced (old kept as .previous).
@@ -155,7 +156,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         rc, msg = vm.console.run("bankctl install-loader previous", timeout=T)
         assert rc != 0 and "carries no kernel" in msg, msg
     # Power off and on: the firmware (here: VM.from_disk) reads the boot partition again.
-    with VM.from_disk(board, disk, out / "after-install", reboot=True) as vm:
+    with disk_vm(board, disk, out / "after-install", reboot=True) as vm:
         vm.console.expect(r"bankboot \S+ init on Linux " + re.escape(second.version) + rf".*board {name}-cloud", T)
         assert _up(vm) == ("1.1.0", second.version)
         assert "kexec: starting" not in vm.console.text()
@@ -184,7 +185,7 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"],
                extra_cmdline="bankboot.watchdog=10 watchdog.stop_on_reboot=0")
-    with VM.from_disk(board, disk, out, reboot=True) as vm:
+    with disk_vm(board, disk, out, reboot=True) as vm:
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank --tries 1", timeout=T)
         assert rc == 0, msg

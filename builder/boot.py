@@ -1,0 +1,67 @@
+"""Booting a board under QEMU, for tests, benchmarks and people: what a board means for QEMU is decided
+here (machine, devices, device tree, console port), and a board boots one of two ways, with a kernel and
+initramfs given or from a disk as its firmware would. qemu/ takes the plain result and knows no boards."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from builder.board import Board
+from builder.parts import locate_kernel
+from qemu.machine import Machine
+from qemu.vm import VM
+
+
+def machine_for(board: Board) -> Machine:
+    if not board.qemu_system:
+        raise RuntimeError(f"board {board.name} has no QEMU machine (real hardware only)")
+    dtb = None
+    if board.dtb:
+        dtb_dir = locate_kernel(board).dtb_dir
+        if dtb_dir is None or not (dtb_dir / board.dtb).is_file():
+            raise RuntimeError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
+        dtb = dtb_dir / board.dtb
+    return Machine(board.name, board.qemu_system, board.qemu_args, board.qemu_disk, board.arch.uname,
+                   board.serial_index, dtb)
+
+
+def firmware_files(board: Board, disk: Path, dest: Path) -> tuple[Path, Path, str]:
+    """What the board's firmware loads from the disk's boot partition: (kernel, initramfs, command line)."""
+    from builder.disk import read_boot_files
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return read_boot_files(disk, dest, board.kernel_name)
+
+
+def _join(*parts: str) -> str:
+    return " ".join(x for x in parts if x)
+
+
+def board_vm(board: Board, initrd: Path, disks: list[Path] | None = None, append: str = "",
+             log_dir: Path | None = None, kernel: Path | None = None, reboot: bool = False,
+             cmdline: str | None = None) -> VM:
+    """The board's kernel (or `kernel`) with `initrd`, on the board's command line (or `cmdline`)."""
+    return VM(machine_for(board), kernel or locate_kernel(board).image, initrd,
+              _join(board.cmdline if cmdline is None else cmdline, append), disks, log_dir, reboot)
+
+
+def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False) -> VM:
+    """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition."""
+    kernel, initrd, cmdline = firmware_files(board, disk, log_dir / "bootfiles")
+    return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot)
+
+
+def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str = "", from_disk: bool = True) -> int:
+    """`bankboot qemu`: with a disk and from_disk, boot it as firmware would; else the board's kernel with
+    `initrd`. The serial console is this process's stdin/stdout."""
+    from qemu.interactive import exec_console
+
+    if disks and from_disk:
+        kernel, initrd, cmdline = firmware_files(board, disks[0], Path(tempfile.mkdtemp(prefix="bankboot-boot-")))
+        cmdline = _join(cmdline, append)
+    else:
+        if not initrd.is_file():
+            raise FileNotFoundError(f"{initrd} does not exist: run `make initramfs BOARD={board.name}` first")
+        kernel, cmdline = locate_kernel(board).image, _join(board.cmdline, append)
+    return exec_console(machine_for(board), kernel, initrd, cmdline, disks)
