@@ -10,7 +10,7 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo test test-unit test-vm lint bench faults clean distclean
+.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench faults clean distclean
 
 all: initramfs
 
@@ -43,8 +43,13 @@ test: deps
 	$(VENV)/ruff check .
 	$(VENV)/pytest $(PYTEST_ARGS)
 
+# The tiers (tests/conftest.py): unit needs only the venv, host the tools and parts `make deps` fetches,
+# vm boots QEMU. `make test` runs them all.
 test-unit: deps
-	$(VENV)/pytest -m "not vm" $(PYTEST_ARGS)
+	$(VENV)/pytest -m unit $(PYTEST_ARGS)
+
+test-host: deps
+	$(VENV)/pytest -m host $(PYTEST_ARGS)
 
 test-vm: deps
 	$(VENV)/pytest -m vm $(PYTEST_ARGS)

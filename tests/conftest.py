@@ -1,27 +1,56 @@
-"""Shared fixtures. Missing tools or parts fail loudly (CI must not go green by skipping)."""
+"""Shared fixtures and the test tiers. A test's tier is its directory:
+
+    tests/unit  pure Python: runs anywhere in seconds, needs nothing but the venv
+    tests/host  needs host tools (mksquashfs, veritysetup, cpio, ...) or the Debian parts cache (make deps)
+    tests/vm    boots real kernels under QEMU
+
+`make test` runs all three. A missing tool or part fails loudly, but only the tiers that need it: CI must
+not go green by skipping, and a pure-Python change must not need QEMU to be tested."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from builder.board import load_board
-from builder.parts import PartsError, locate_busybox, locate_kernel
+from builder.board import Board, load_board
+from builder.parts import KernelParts, PartsError, locate_busybox, locate_kernel
 from builder.paths import build_dir
-from builder.pysysroot import SysrootError, locate_sysroot
+from builder.pysysroot import PySysroot, SysrootError, locate_sysroot
 
-REQUIRED_TOOLS = ["cpio", "zstd", "lz4", "depmod", "qemu-system-aarch64", "qemu-system-x86_64", "qemu-system-arm",
-                  "qemu-arm-static", "veritysetup", "mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk",
-                  "qemu-aarch64-static"]
+TIERS = ("unit", "host", "vm")
+HOST_TOOLS = ["cpio", "zstd", "lz4", "depmod", "veritysetup", "mksquashfs", "unsquashfs", "mkfs.ext4", "mkfs.vfat",
+              "mcopy", "sfdisk", "debugfs", "e2fsck", "qemu-arm-static", "qemu-aarch64-static"]
+SBIN = ("/sbin", "/usr/sbin")  # not on a non-root PATH
+VM_TOOLS = ["qemu-system-aarch64", "qemu-system-x86_64", "qemu-system-arm"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _tools_present() -> None:
-    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
-    if missing:
-        pytest.fail(f"missing tools: {', '.join(missing)}: run `make deps`", pytrace=False)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/host or tests/vm")
+        item.add_marker(tier)
+
+
+def _missing(tools: list[str]) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None and not any(Path(d, t).exists() for d in SBIN)]
+
+
+_checked: dict[str, list[str]] = {}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Host and VM tests need their tools: fail (never skip) naming what is missing."""
+    for tier, tools in (("host", HOST_TOOLS), ("vm", HOST_TOOLS + VM_TOOLS)):
+        if item.get_closest_marker(tier) is not None:
+            if tier not in _checked:
+                _checked[tier] = _missing(tools)
+            if _checked[tier]:
+                pytest.fail(f"missing tools for the {tier} tests: {', '.join(_checked[tier])}: run `make deps`",
+                            pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +60,19 @@ def test_dir() -> Path:
     return d
 
 
-def board_parts(name: str):
+@dataclass(frozen=True)
+class BoardParts:
+    """A board and the fetched parts a build for it needs."""
+
+    board: Board
+    kernel: KernelParts
+    sysroot: PySysroot
+
+    def __iter__(self):  # `board, kernel, sysroot = aarch64` reads well at the top of a test
+        return iter((self.board, self.kernel, self.sysroot))
+
+
+def board_parts(name: str) -> BoardParts:
     board = load_board(name)
     try:
         kernel = locate_kernel(board)
@@ -39,38 +80,47 @@ def board_parts(name: str):
         sysroot = locate_sysroot(board.arch)
     except (PartsError, SysrootError) as e:
         pytest.fail(str(e), pytrace=False)
-    return board, kernel, sysroot
+    return BoardParts(board, kernel, sysroot)
 
 
 @pytest.fixture(scope="session")
-def aarch64():
+def aarch64() -> BoardParts:
     return board_parts("qemu-aarch64")
 
 
 @pytest.fixture(scope="session")
-def x86_64():
+def x86_64() -> BoardParts:
     return board_parts("qemu-x86_64")
 
 
-_built: dict[str, Path] = {}
+@dataclass(frozen=True)
+class KeyPair:
+    private: Path
+    public: Path
+
+    def __iter__(self):
+        return iter((self.private, self.public))
 
 
 @pytest.fixture(scope="session")
-def signing_key(test_dir: Path) -> tuple[Path, Path]:
-    """The test suite's release key pair (private, public), made once."""
+def signing_key(test_dir: Path) -> KeyPair:
+    """The test suite's release key pair, made once."""
     from builder.keys import keygen
 
     prefix = test_dir / "keys" / "release"
     if not prefix.with_suffix(".key").exists():
         keygen(prefix, "bankboot test suite")
-    return prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+    return KeyPair(prefix.with_suffix(".key"), prefix.with_suffix(".pub"))
 
 
 @pytest.fixture(scope="session")
-def trust_policy(signing_key):
+def trust_policy(signing_key: KeyPair):
     from builder.initramfs import TrustPolicy
 
-    return TrustPolicy(keys=(signing_key[1],))
+    return TrustPolicy(keys=(signing_key.public,))
+
+
+_built: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +128,7 @@ def built_initramfs(test_dir: Path, trust_policy):
     """build_initramfs(board) once per test session per board, trusting the test key: the image path."""
     from builder.initramfs import build_initramfs
 
-    def build(board) -> Path:
+    def build(board: Board) -> Path:
         if board.name not in _built:
             out = test_dir / board.name
             out.mkdir(exist_ok=True)

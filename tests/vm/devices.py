@@ -30,7 +30,7 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
                               ("no-boot-ok", "1.4.0", {"boot_ok": False})]:
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
         banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
-                                                         sign_key=signing_key[0], confirm_boots=True,
+                                                         sign_key=signing_key.private, confirm_boots=True,
                                                          persist=SAMPLE_PERSIST))
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))

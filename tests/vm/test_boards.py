@@ -32,7 +32,7 @@ def test_board_boots_stages_commits_and_falls_back_with_esc(name: str, test_dir:
     initrd = build_initramfs(board, out / "initramfs.img", policy=trust_policy).path
     for version in ("1.0.0", "1.1.0"):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
-        build_image(rootfs, version, out / f"app-{version}.bank", sign_key=signing_key[0],
+        build_image(rootfs, version, out / f"app-{version}.bank", sign_key=signing_key.private,
                     persist=SAMPLE_PERSIST)
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 256 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"])

@@ -26,7 +26,7 @@ def disk(aarch64, test_dir: Path, built_initramfs, signing_key):
     out = test_dir / "bootflow"
     out.mkdir(exist_ok=True)
     rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
-    manifest = build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key[0])
+    manifest = build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key.private)
     path = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", path, 256 << 20, built_initramfs(board))
     return board, path, manifest

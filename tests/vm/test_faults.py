@@ -18,7 +18,7 @@ SLICE_CUTS = 10
 
 
 def test_every_fault_ends_on_a_good_signed_image(aarch64, test_dir: Path) -> None:
-    board = aarch64[0]
+    board = aarch64.board
     seed = int(os.environ.get("BANKBOOT_FAULT_SEED") or random.SystemRandom().randrange(1 << 32))
     print(f"fault campaign seed {seed} (BANKBOOT_FAULT_SEED={seed} repeats it)")
     report = run_campaign(board, test_dir / "faults", seed, SLICE_CUTS, DISK_CLASSES)

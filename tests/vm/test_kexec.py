@@ -72,7 +72,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
     cloud_board = out / f"{name}-cloud.toml"
     cloud_board.write_text(board.path.read_text().replace(', "i6300esb"]', "]"))
     modules = tuple(m for m in board.modules if m != "i6300esb")
-    key = signing_key[0]
+    key = signing_key.private
 
     base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
     build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
@@ -173,7 +173,7 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
     out = test_dir / "kexec-hang"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    key = signing_key[0]
+    key = signing_key.private
     base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
     build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")

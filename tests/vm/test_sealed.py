@@ -109,7 +109,7 @@ def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_stat
     board, out, _, _ = device
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-old", version="0.9.0")
     old_bank = out / "old-sealed.bank"
-    build_image(rootfs, "0.9.0", old_bank, sign_key=signing_key[0], persist=SAMPLE_PERSIST)
+    build_image(rootfs, "0.9.0", old_bank, sign_key=signing_key.private, persist=SAMPLE_PERSIST)
     d = Device(device, "sealed-floor", "good")
     with d.vm(append="bankboot.timeout=0") as vm:
         update_to(vm, "1.1.0")  # committed: floor 1.1.0, and 1.0.0 (previous) is the oldest that may boot

@@ -28,7 +28,8 @@ def bad_banks(device, test_dir: Path, signing_key):
         "unsigned": (build_image(rootfs, "1.4.0", out / "unsigned.bank"), "is not signed"),
         "unknown-key": (build_image(rootfs, "1.4.0", out / "unknown-key.bank", sign_key=out / "trust-other.key"),
                         "which this device does not trust"),
-        "old": (build_image(rootfs, "0.9.0", out / "old.bank", sign_key=signing_key[0]), "below this device's floor"),
+        "old": (build_image(rootfs, "0.9.0", out / "old.bank", sign_key=signing_key.private),
+                "below this device's floor"),
     }
     # Signed, then the squashfs changed: flip one byte of the squashfs inside the bank file.
     shutil.copyfile(banks["selftest-fails"][0], out / "changed.bank")  # 1.2.0: above the floor, not on disk

@@ -66,7 +66,7 @@ def test_two_builds_are_byte_identical(aarch64, tmp_path: Path, trust_policy) ->
 def test_trusted_keys_and_policy_are_in_the_initramfs(listing: dict[str, str], signing_key) -> None:
     from overlay_layout.trust import key_id, read_public_key
 
-    kid = key_id(read_public_key(str(signing_key[1])))
+    kid = key_id(read_public_key(str(signing_key.public)))
     assert f"etc/bankboot/trust/{kid}.pub" in listing
 
 

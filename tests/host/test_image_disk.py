@@ -25,7 +25,7 @@ def rootfs(aarch64, tmp_path_factory) -> Path:
 def bank(rootfs: Path, signing_key) -> tuple[Path, dict]:
     """Signed by the test suite's key, which the test initramfs trusts."""
     out = rootfs.parent / "app.bank"
-    return out, build_image(rootfs, "2.0.0", out, sign_key=signing_key[0])
+    return out, build_image(rootfs, "2.0.0", out, sign_key=signing_key.private)
 
 
 def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank, signing_key) -> None:
@@ -34,7 +34,7 @@ def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["manifest.json", "rootfs.squashfs", "rootfs.verity"]
     assert m["verity"]["size"] > 0 and len(m["verity"]["root_hash"]) == 64
-    again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank", sign_key=signing_key[0])
+    again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank", sign_key=signing_key.private)
     assert again == m  # ed25519 signatures are deterministic too
     assert (rootfs.parent / "again.bank").read_bytes() == path.read_bytes()
     with read_bank(path) as opened:
@@ -162,7 +162,7 @@ def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_ini
 
     board, _, _ = aarch64
     path, m = bank
-    good = inspect_bank(path, (signing_key[1],))
+    good = inspect_bank(path, (signing_key.public,))
     assert good["ok"] and good["files_ok"] and good["signed"] == f"key {m['key']}"
     assert "yes: signed by" in good["verdict"]
     assert inspect_bank(path, (), built_initramfs(board))["ok"]
@@ -172,5 +172,5 @@ def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_ini
     data = bytearray(path.read_bytes())
     data[-4096 * 3] ^= 1  # inside the hash tree, behind the manifest
     (tmp_path / "changed.bank").write_bytes(bytes(data))
-    changed = inspect_bank(tmp_path / "changed.bank", (signing_key[1],))
+    changed = inspect_bank(tmp_path / "changed.bank", (signing_key.public,))
     assert not changed["ok"] and not changed["files_ok"] and "does NOT match" in changed["verdict"]
