@@ -39,8 +39,7 @@ demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 		--size 512M -o $(DEMO)/disk.img
 	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img
 
-test: deps
-	$(VENV)/ruff check .
+test: deps lint
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 # The tiers (tests/conftest.py): unit needs only the venv, host the tools and parts `make deps` fetches,
@@ -54,8 +53,11 @@ test-host: deps
 test-vm: deps
 	$(VENV)/pytest -m vm $(PYTEST_ARGS)
 
+# ruff, then the type checker: strict on the device side, the defaults on the host side.
 lint: deps
 	$(VENV)/ruff check .
+	$(VENV)/mypy --strict overlay_layout initfs
+	$(VENV)/mypy builder qemu/console.py qemu/interactive.py qemu/machine.py qemu/vm.py
 
 bench: deps
 	$(VENV)/bankboot bench --board $(BOARD)

@@ -122,7 +122,10 @@ def time_verification(board: Board, initrd: Path, out: Path, key: Path) -> dict[
             rc, text = vm.console.run(f"busybox time -p sh -c '{cmd}' 2>&1", timeout=600)
             if rc != 0:
                 raise RuntimeError(f"bench: `{cmd}` failed in the guest:\n{text}")
-            secs = float(re.search(r"real ([\d.]+)", text).group(1))
+            found = re.search(r"real ([\d.]+)", text)
+            if found is None:
+                raise RuntimeError(f"bench: no time from `{cmd}` in the guest:\n{text}")
+            secs = float(found.group(1))
             res[label] = size / secs
     return res
 

@@ -74,7 +74,7 @@ def write_cpio(tree: FsTree, out: BinaryIO, mtime: int | None = None) -> None:
         e = tree.entries[path]
         ino += 1
         if e.kind == "symlink":
-            data = e.target.encode()
+            data = (e.target or "").encode()
         elif e.kind == "file":
             data = e.read()
         else:

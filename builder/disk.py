@@ -26,6 +26,10 @@ from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import Manifest
+
 MiB = 1 << 20
 BOOT_SIZE = 64 * MiB
 FIRST = 1 * MiB
@@ -88,7 +92,7 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     _run([*cmd, str(path)])
 
 
-def check_bootable(bank: Path, manifest: dict, initramfs: Path) -> None:
+def check_bootable(bank: Path, manifest: Manifest, initramfs: Path) -> None:
     """Refuse a disk whose image its initramfs would refuse at boot (unsigned, signed by a key it does not
     trust, needing a newer bankboot, another architecture): that disk's first boot would end in the rescue
     policy. The baseline busybox-sh initramfs checks nothing, so nothing is checked for it."""
@@ -111,7 +115,7 @@ def check_bootable(bank: Path, manifest: dict, initramfs: Path) -> None:
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
-               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE) -> tuple[DiskLayout, dict]:
+               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE) -> tuple[DiskLayout, Manifest]:
     """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
     two loaders when images carry their own kernels (bankctl install-loader keeps the old one)."""
     if board.power_of_two and size & (size - 1):
@@ -166,8 +170,8 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         _mkfs_ext4(data, layout.parts[2][1], USERDATA_LABEL, content)
         # the disk: partition table, then each filesystem at its offset
         disk = tmp / "disk.img"
-        with open(disk, "wb") as f:
-            f.truncate(size)
+        with open(disk, "wb") as new:
+            new.truncate(size)
         script = f"label: dos\nlabel-id: 0x{disk_id:08x}\nunit: sectors\n" + "".join(
             f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
             for i, ((s, n), t) in enumerate(zip(layout.parts, ("c", "83", "83"), strict=True)))
@@ -175,8 +179,8 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         with open(disk, "r+b") as out:
             for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):
                 out.seek(start)
-                with open(part, "rb") as src:
-                    shutil.copyfileobj(src, out, 4 * MiB)
+                with open(part, "rb") as piece:
+                    shutil.copyfileobj(piece, out, 4 * MiB)
             out.flush()
             os.fsync(out.fileno())
         disk.replace(output)

@@ -50,16 +50,16 @@ def read_elf(path: Path) -> ElfInfo:
             runpath: list[str] = []
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_INTERP":
-                    interp = seg.get_interp_name()
+                    interp = seg.get_interp_name()  # type: ignore[attr-defined]  # set by pyelftools at run time
             for sec in elf.iter_sections():
                 if isinstance(sec, DynamicSection):
                     for tag in sec.iter_tags():
                         if tag.entry.d_tag == "DT_NEEDED":
-                            needed.append(tag.needed)
+                            needed.append(tag.needed)  # type: ignore[attr-defined]  # set by pyelftools at run time
                         elif tag.entry.d_tag == "DT_RPATH":
-                            rpath.extend(tag.rpath.split(":"))
+                            rpath.extend(tag.rpath.split(":"))  # type: ignore[attr-defined]  # set by pyelftools at run time
                         elif tag.entry.d_tag == "DT_RUNPATH":
-                            runpath.extend(tag.runpath.split(":"))
+                            runpath.extend(tag.runpath.split(":"))  # type: ignore[attr-defined]  # set by pyelftools at run time
             return ElfInfo(elf["e_machine"], elf.elfclass, interp, tuple(needed), tuple(rpath), tuple(runpath))
     except (ELFError, OSError) as e:
         raise ElfError(f"{path}: not a readable ELF file: {e}") from None

@@ -204,8 +204,8 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
           userdata: dict[str, tuple[str, int]], trial: str | None = None, gone: tuple[str, ...] = (),
           must: tuple[tuple[str, str], ...] = ()) -> Outcome:
     """`gone`: files the image must not show any more (a reset that was requested must be done). `must`:
-    (command, text its output must hold) asked of the guest."""
-    """Ask the guest what runs and whether its data survived."""
+    (command, text its output must hold) asked of the guest. Asks the guest what runs and whether its data
+    survived."""
     trial_boots = sum(len(re.findall(rf"booting image {re.escape(trial)} \((selected.*)?trial", t)) for t in logs) \
         if trial else 0
     if vm is None:
@@ -216,8 +216,8 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
         status = json.loads(_sh(vm, "bankctl status --json"))
         lost = 0
         for path, (digest, size) in userdata.items():
-            out = vm.console.run(f"sha256sum {path} 2>/dev/null", 60)[1].split()
-            if not out or out[0] != digest:
+            words = vm.console.run(f"sha256sum {path} 2>/dev/null", 60)[1].split()
+            if not words or words[0] != digest:
                 lost += size
         problems = []
         if version not in expect:
@@ -312,8 +312,8 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
                 detail += " (the stage had finished)"
             else:  # whatever the cut left, the same bank stages now
                 must = (("bankctl stage /dev/vdb 2>&1 | tail -1", f"staged {rig.ids['big']}"),)
-    vm, boots, logs = recover(rig, disk, name, update="big" if fault == "stage" else None)
-    return check(rig, vm, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
+    up, boots, logs = recover(rig, disk, name, update="big" if fault == "stage" else None)
+    return check(rig, up, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
                  gone=("/etc/changed",) if fault == "reset" else (), must=must)
 
 

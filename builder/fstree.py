@@ -114,5 +114,5 @@ class FsTree:
         total = 0
         for e in self.entries.values():
             if e.kind == "file":
-                total += len(e.data) if e.data is not None else e.src.stat().st_size
+                total += len(e.data) if e.data is not None else e.src.stat().st_size if e.src else 0
         return total

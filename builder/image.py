@@ -28,6 +28,10 @@ from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check
 from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import Manifest
+
 _ARCH_BY_MACHINE = {(a.elf_machine, a.elf_class): a.debian for a in ARCHES.values()}
 
 
@@ -38,7 +42,7 @@ class ImageError(RuntimeError):
 def rootfs_arch(rootfs: Path, init: str = "/sbin/init") -> str:
     """The Debian architecture of the rootfs's init (symlinks followed inside the rootfs; a script's `#!`
     interpreter followed too, up to four levels, as the kernel would)."""
-    chain = []
+    chain: list[str] = []
     for _ in range(5):
         real = resolve_in_root(rootfs, init)
         path = rootfs / real.lstrip("/")
@@ -141,12 +145,12 @@ def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None
     if not (modules / "modules.dep").is_file():
         raise ImageError(f"--kernel {kernel} is release {k.release}, but {modules}/modules.dep does not exist: "
                          f"an image with its own kernel carries that kernel's modules (and runs depmod)")
-    files = {"image": tmp / "kernel"}
+    files: dict[str, Path] = {"image": tmp / "kernel"}
     files["image"].write_bytes(k.data)
     if board is not None:
         files["initramfs"] = build_kernel_initramfs(board, kernel, k.release, modules, arch, sign_key, trust,
                                                     tmp / "initramfs.img")
-    else:
+    elif initramfs is not None:
         files["initramfs"] = initramfs
     obj: dict = {"release": k.release, "version": k.version}
     for name, src in files.items():
@@ -308,7 +312,7 @@ def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
     return {"manifest": manifest, "signed": signed, "files_ok": files_ok, "verdict": verdict, "ok": ok}
 
 
-def extract_image(path: Path, dest_dir: Path) -> dict:
+def extract_image(path: Path, dest_dir: Path) -> Manifest:
     """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
     with read_bank(path) as bank:
         for member in bank.payload():

@@ -22,6 +22,10 @@ from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 
@@ -47,11 +51,12 @@ def policy() -> Policy:
     return Policy.load(kit_root())
 
 
-def booted_info() -> dict:
+def booted_info() -> dict[str, Any]:
     path = run_path(BOOTED)
     try:
         with open(path) as f:
-            return json.load(f)
+            info = json.load(f)
+        return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
 
@@ -286,7 +291,7 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
 def _when(stamp: object) -> str:
     """A record's time, whatever a damaged log holds there."""
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(stamp)))  # type: ignore[arg-type]
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(stamp)))  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError, OSError):
         return "(no time)          "
 
@@ -346,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     banks = Banks(root)
     try:
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
-            return args.func(banks, args)
+            return int(args.func(banks, args))
     except StageError as e:
         print(f"bankctl {args.command}: refused: {e}", file=sys.stderr)
         return EXIT_STAGE

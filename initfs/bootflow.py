@@ -20,7 +20,14 @@ from overlay_layout.layout import Layout
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Callable
+    from typing import Any, NoReturn, TypeVar
+
+    from overlay_layout.policy import Candidate, Plan
+    from overlay_layout.records import BootRecord, Manifest, Prepared, Tried
+    from overlay_layout.state import Banks
+
+    T = TypeVar("T")
 
 LOWER = f"{RUN}/lower"  # the image's squashfs
 VOLATILE = f"{RUN}/volatile"  # upper/work on tmpfs when the banks partition cannot hold them
@@ -64,7 +71,7 @@ def mount_banks(opts: Options) -> Layout:
     return Layout(BANKS)
 
 
-def menu_entries(banks, limit: int, config: InitramfsConf) -> list[dict]:
+def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[dict[str, Any]]:
     """What the console menu offers: images signed by a key this initramfs trusts (unless it accepts unsigned
     ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
     try:
@@ -76,7 +83,7 @@ def menu_entries(banks, limit: int, config: InitramfsConf) -> list[dict]:
             and (unsigned_ok or banks.manifest(e["id"]).get("key") in trusted)]
 
 
-def menu_selection(opts: Options, banks, limit: int, config: InitramfsConf) -> tuple[str | None, str]:
+def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsConf) -> tuple[str | None, str]:
     """bankboot.select= wins; otherwise the console prompt (ESC opens the menu)."""
     from initfs.menu import prompt, stop_listening
 
@@ -88,7 +95,7 @@ def menu_selection(opts: Options, banks, limit: int, config: InitramfsConf) -> t
     if timeout <= 0:
         return None, ""
 
-    def entries() -> list[dict]:
+    def entries() -> list[dict[str, Any]]:
         """Read only when ESC was pressed: the status and the boot log cost every boot time otherwise."""
         from overlay_layout import bootlog
 
@@ -104,7 +111,7 @@ def menu_selection(opts: Options, banks, limit: int, config: InitramfsConf) -> t
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
 
 
-def verify_image(layout: Layout, image: str, full: bool) -> dict:
+def verify_image(layout: Layout, image: str, full: bool) -> Manifest:
     """The image's manifest must be signed by a trusted key (checked every boot: cheap); on a trial's first
     boot the whole squashfs and hash tree are also hashed against it. Later reads are checked by dm-verity."""
     from initfs.version import VERSION
@@ -168,7 +175,7 @@ def _volatile(image: str) -> tuple[str, str]:
     return f"{base}/upper", f"{base}/work"
 
 
-def mount_image(layout: Layout, image: str, full_check: bool = False) -> dict:
+def mount_image(layout: Layout, image: str, full_check: bool = False) -> Manifest:
     """The image's verified squashfs under an overlay on NEWROOT. A sealed image (its signed manifest has a
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
@@ -306,7 +313,7 @@ def _mounts_under(top: str) -> list[str]:
 
 
 def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: InitramfsConf,
-            boot_floor: str | None = None) -> dict:
+            boot_floor: str | None = None) -> Prepared:
     """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
     from initfs.preflight import preflight
     from overlay_layout.policy import below_floor
@@ -323,7 +330,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
     with log.step("preflight"):
         n = preflight(NEWROOT, init)
     log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
-    result = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True,
+    result: Prepared = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True,
               "sealed": persist is not None, "persist": persist}
     if trial:
         from initfs.selftest import self_test
@@ -342,7 +349,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
     return result
 
 
-def own_kernel(image: str, manifest: dict, pinned: str | None, method: str) -> str | None:
+def own_kernel(image: str, manifest: Manifest, pinned: str | None, method: str) -> str | None:
     """The loader stages the image's own kernel when it differs from the running one (returns its release);
     the second stage checks it runs on that kernel and never kexecs again."""
     from initfs.kexec import KexecError, needs_kexec, prepare_kexec
@@ -357,7 +364,7 @@ def own_kernel(image: str, manifest: dict, pinned: str | None, method: str) -> s
             raise BootError(f"needs its kernel {k['release']} ({k['version']}); the kexec'd kernel is {u.release} "
                             f"({u.version})")
         return None
-    if not needs_kexec(manifest):
+    if k is None or not needs_kexec(manifest):
         return None
     try:
         log.log(prepare_kexec(LOWER, image, manifest, method))
@@ -366,7 +373,7 @@ def own_kernel(image: str, manifest: dict, pinned: str | None, method: str) -> s
     return k["release"]
 
 
-def _quietly(what: str, fn, *args):
+def _quietly(what: str, fn: Callable[..., T], *args: Any) -> T | None:
     """A write to the banks partition that must not stop the boot: failures are warnings."""
     try:
         return fn(*args)
@@ -375,7 +382,8 @@ def _quietly(what: str, fn, *args):
         return None
 
 
-def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str):
+def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
+            ) -> tuple[Candidate | None, str, Prepared, list[Tried], Banks, Plan]:
     """Walk the policy's candidates until one prepares. Returns (candidate, prepared, tried, banks)."""
     from overlay_layout.state import Banks
 
@@ -390,7 +398,7 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str):
     plan = banks.begin_boot(select, limit, opts.get("bankboot.kexec"))
     for w in banks.warnings:
         log.error(w)
-    tried: list[dict] = []
+    tried: list[Tried] = []
     for cand in plan.candidates:
         why = f"{how}: {cand.why}" if cand.why.startswith("selected") else cand.why
         log.log(f"booting image {cand.image} ({why})")
@@ -417,7 +425,7 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str):
     return None, "", {}, tried, banks, plan
 
 
-def kexec_into(opts: Options, image: str, trial: bool, prepared: dict, record: dict) -> NoReturn:
+def kexec_into(opts: Options, image: str, trial: bool, prepared: Prepared, record: BootRecord) -> NoReturn:
     """The loader's hand-over to an image's own kernel (staged by prepare): the boot record, the watchdog
     for a trial, everything unmounted, then the kexec. A kexec that does not start is a failed try."""
     from initfs.kexec import KexecError, execute
@@ -426,7 +434,7 @@ def kexec_into(opts: Options, image: str, trial: bool, prepared: dict, record: d
     from initfs.syscalls import MNT_DETACH, umount
     from overlay_layout import bootlog
 
-    record.update(outcome=f"kexec into {prepared['kexec']}", selftest="in the second stage")
+    record["outcome"], record["selftest"] = f"kexec into {prepared['kexec']}", "in the second stage"
     _quietly("writing the boot log", bootlog.append_record, BANKS, record)
     watchdog = opts.get("bankboot.watchdog")
     if watchdog and trial:
@@ -489,7 +497,7 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
                        f"back", 2.0)
         give_up(f"no image on {BANKS} could be booted ({len(tried)} tried)", tried, rescue)
     image, trial = cand.image, cand.trial
-    record: dict = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
+    record: BootRecord = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
                     "trial": trial, "selftest": prepared.get("selftest", "not run (not a trial)"),
                     "outcome": "trial not confirmed" if trial else "booted", "sealed": prepared.get("sealed"),
                     "build": "sealed" if config.sealed else "development (unsealed)"}

@@ -10,6 +10,10 @@ import struct
 
 from initfs.loop import attach_readonly
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import Manifest
+
 _DM = struct.Struct("=3IIIIiIIIQ128s129s7s")  # struct dm_ioctl, 312 bytes
 _SPEC = struct.Struct("=QQiI16s")  # struct dm_target_spec, 40 bytes
 _IOWR = (3 << 30) | (_DM.size << 16) | (0xFD << 8)
@@ -45,7 +49,7 @@ def _devno(path: str) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def open_verity(name: str, data: str, hashes: str, manifest: dict) -> str:
+def open_verity(name: str, data: str, hashes: str, manifest: Manifest) -> str:
     """Map `data` (the squashfs file) through dm-verity with the hash tree in `hashes`; returns the
     /dev/dm-N path to mount read-only. Every number comes from the signed manifest (parse_manifest bounds
     them) and is checked against the files first: the mapping covers exactly the signed size, so bytes

@@ -13,6 +13,12 @@ import re
 
 from initfs import log
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from overlay_layout.records import KernelFile, Manifest
+
 PIN = "bankboot.kexec"
 LOADER = "bankboot.loader"  # <release>@<crc32 of uname -v> of the loader's kernel
 
@@ -21,7 +27,7 @@ class KexecError(RuntimeError):
     pass
 
 
-def needs_kexec(manifest: dict) -> bool:
+def needs_kexec(manifest: Manifest) -> bool:
     """The image names a kernel other than the running one (release or build differ)."""
     k = manifest.get("kernel")
     if not k:
@@ -60,7 +66,7 @@ def check_pin(pin: str | None, loader: str | None) -> str | None:
     return pin
 
 
-def check_file(path: str, want: dict, verified: bool) -> None:
+def check_file(path: str, want: KernelFile, verified: bool) -> None:
     """The file is what the signed manifest says: its size always; its sha256 too unless the squashfs is
     read through dm-verity (then every byte read is checked already)."""
     try:
@@ -159,7 +165,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
 
 
-def execute() -> None:
+def execute() -> NoReturn:
     """Start the loaded kernel; returns only on failure."""
     from initfs.syscalls import LINUX_REBOOT_CMD_KEXEC, reboot
 
@@ -171,7 +177,7 @@ def execute() -> None:
     raise KexecError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 
 
-def prepare_kexec(lower: str, image: str, manifest: dict, method: str = "file") -> str:
+def prepare_kexec(lower: str, image: str, manifest: Manifest, method: str = "file") -> str:
     """Check and stage the image's kernel and initramfs (read from its mounted squashfs `lower`). Returns a
     line for the console."""
     k = manifest["kernel"]

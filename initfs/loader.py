@@ -16,6 +16,10 @@ from overlay_layout import durable
 from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE
 from overlay_layout.hashing import copy_hashed
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import KernelFile, Manifest
+
 SOURCE = LOADER_SOURCE  # the image's squashfs, read-only
 BOOT = BOOT_MOUNT  # the boot partition
 INITRAMFS_NAME = "initramfs.img"
@@ -54,7 +58,7 @@ def _copy(src: str, dest: str) -> tuple[int, str]:
         os.close(fd)
 
 
-def _copy_checked(src: str, dest: str, want: dict) -> None:
+def _copy_checked(src: str, dest: str, want: KernelFile) -> None:
     """_copy, and dest removed when it does not match the signed manifest."""
     size, digest = _copy(src, dest)
     if size != want["size"] or digest != want["sha256"]:
@@ -63,7 +67,7 @@ def _copy_checked(src: str, dest: str, want: dict) -> None:
                           f"the image is damaged: nothing installed")
 
 
-def check_room(files: list[tuple[str, str, dict]]) -> None:
+def check_room(files: list[tuple[str, str, KernelFile]]) -> None:
     """The new files and a .previous copy of each old one must fit beside what stays, before anything is
     written (a full FAT partition mid-way would only waste the write)."""
     def size(path: str) -> int:
@@ -86,7 +90,7 @@ def _keep_previous(path: str) -> None:
     os.replace(f"{path}.previous.new", f"{path}.previous")
 
 
-def install_loader(lower: str, manifest: dict, boot_dev: str, kernel_name: str) -> list[str]:
+def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str) -> list[str]:
     """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
     boot_dev as kernel_name and initramfs.img. Returns what was done, a line each."""
     k = manifest["kernel"]

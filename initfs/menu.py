@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 from initfs import log
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 ESC = 0x1B
 SEQ_WAIT = 0.05  # an ESC followed by nothing for this long is the ESC key, not the start of a sequence
 ARROWS = {ord("A"): "up", ord("B"): "down"}
@@ -81,7 +85,7 @@ class RawConsoles:
     def __init__(self) -> None:
         import termios
 
-        self.fds: dict[int, list | None] = {}
+        self.fds: dict[int, list[Any] | None] = {}
         for dev in console_devices():
             try:
                 fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -199,19 +203,19 @@ def stop_listening() -> None:
         _early = None
 
 
-def prompt(entries: list[dict] | Callable[[], list[dict]], timeout: float, menu_timeout: float = 30.0,
-           cons=None) -> str | None:
+def prompt(entries: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]], timeout: float,
+           menu_timeout: float = 30.0, cons: RawConsoles | None = None) -> str | None:
     """Wait for ESC until the window closes (`timeout` from listen(), or from now when it was not opened
     early). Returns None (boot as planned), "previous", or an image id."""
     global _early
     if timeout <= 0:
         return None
     own = cons is None
-    if own and _early is not None:
+    if cons is None and _early is not None:
         cons, deadline = _early
         _early = None
     else:
-        cons = RawConsoles() if own else cons
+        cons = RawConsoles() if cons is None else cons
         cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
         deadline = time.monotonic() + timeout
     try:
@@ -228,7 +232,7 @@ def prompt(entries: list[dict] | Callable[[], list[dict]], timeout: float, menu_
             cons.close()
 
 
-def _menu(cons, keys: Keys, fd: int, entries: list[dict], menu_timeout: float) -> str | None:
+def _menu(cons: RawConsoles, keys: Keys, fd: int, entries: list[dict[str, Any]], menu_timeout: float) -> str | None:
     if not entries:
         return None
     sel = next((i for i, e in enumerate(entries) if "current" in e["pointers"]), 0)
@@ -263,7 +267,7 @@ def _menu(cons, keys: Keys, fd: int, entries: list[dict], menu_timeout: float) -
             return "previous"
         elif key == "enter":
             cons.write(f"{entries[sel]['id']}\n", fd)
-            return entries[sel]["id"]
+            return str(entries[sel]["id"])
         elif key.isdigit() and 1 <= int(key) <= len(entries):
             sel = int(key) - 1
             draw()

@@ -12,6 +12,10 @@ from collections import namedtuple
 
 from initfs.cmdline import Cmdline
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 RESCUE_MODES = ("shell", "reboot")
 
 
@@ -98,7 +102,7 @@ class Options:
                 self.warnings.append(f"{key}={raw!r} on the kernel command line: {e}; using the default "
                                      f"{self.values[key]!r}")
 
-    def get(self, key: str):
+    def get(self, key: str) -> Any:
         return self.values[BY_KEY[key].key]
 
     def has(self, key: str) -> bool:

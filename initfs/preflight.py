@@ -11,6 +11,10 @@ import struct
 
 from initfs.switchroot import resolve_in
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 DT_NEEDED, DT_STRTAB, DT_RPATH, DT_RUNPATH = 1, 5, 15, 29
 ELF_MACHINES = {"x86_64": (62, 2), "aarch64": (183, 2), "armv7l": (40, 1), "armv8l": (40, 1), "armv6l": (40, 1)}
@@ -38,7 +42,7 @@ def read_all(host: str, shown: str) -> bytes:
 
 
 class Elf:
-    def __init__(self, data: bytes, f, shown: str) -> None:
+    def __init__(self, data: bytes, f: BinaryIO, shown: str) -> None:
         if len(data) < 52 or data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
             raise PreflightError(f"{shown} is not an ELF file")
         self.bits64 = data[4] == 2
@@ -52,7 +56,7 @@ class Elf:
         else:
             phoff, = struct.unpack_from(self.end + "I", data, 0x1C)
             phentsize, phnum = struct.unpack_from(self.end + "HH", data, 0x2A)
-        self.segments = []  # (type, offset, vaddr, filesz)
+        self.segments: list[tuple[int, int, int, int]] = []  # (type, offset, vaddr, filesz)
         table = self._read(phoff, phentsize * min(phnum, 256))
         for i in range(min(phnum, 256)):
             e = table[i * phentsize:(i + 1) * phentsize]

@@ -14,12 +14,14 @@ TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG:
 if TYPE_CHECKING:
     from typing import NoReturn
 
+    from overlay_layout.records import Tried
+
 BUSYBOX = "/bin/busybox"
 PS1 = r"(bankboot rescue) \w # "
 REBOOT_DELAY = 10.0
 
 
-def give_up(reason: str, tried: list[dict], mode: str) -> NoReturn:
+def give_up(reason: str, tried: list[Tried], mode: str) -> NoReturn:
     """The end of every path on which no image boots: every candidate tried and why, then the board's
     (or bankboot.rescue=) choice."""
     from initfs.menu import stop_listening

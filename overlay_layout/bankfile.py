@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from overlay_layout.records import Manifest
+
 HEADER = 512
 MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger first member is not one of ours
 
@@ -115,7 +117,7 @@ class BankFile:
                                 f"the file has {end}")
         return members
 
-    def _read_manifest(self) -> dict:
+    def _read_manifest(self) -> Manifest:
         m = self.members[MANIFEST]
         raw = os.pread(self.fd, m.size, m.offset)
         if len(raw) != m.size:

@@ -11,6 +11,10 @@ import os
 from overlay_layout import durable
 from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import BootRecord
+
 LOG_FILE = "boot-log.json"
 KEEP = 100
 MAX_BYTES = 4 << 20
@@ -21,11 +25,11 @@ def log_path(root: str) -> str:
     return os.path.join(root, LOG_FILE)
 
 
-def _clean(record: object) -> dict | None:
+def _clean(record: object) -> BootRecord | None:
     """A record is an object of scalars, or of objects of scalars (fallback_from, tried)."""
     if not isinstance(record, dict):
         return None
-    return {key: value for key, value in record.items() if _flat(value)}
+    return {key: value for key, value in record.items() if _flat(value)}  # type: ignore[return-value]
 
 
 def _flat(value: object) -> bool:
@@ -36,7 +40,7 @@ def _flat(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, dict) and _flat(v) for v in value)
 
 
-def read_log(root: str, warnings: list[str] | None = None) -> list[dict]:
+def read_log(root: str, warnings: list[str] | None = None) -> list[BootRecord]:
     path = log_path(root)
     try:
         got = read_json(path, MAX_BYTES)
@@ -48,10 +52,12 @@ def read_log(root: str, warnings: list[str] | None = None) -> list[dict]:
             kept = f" (a copy is kept in {copy})" if copy else ""
             warnings.append(f"{path} is damaged ({str(e)[:120]}); starting a new log{kept}")
         return []
-    return [] if got is None else [r for r in (_clean(x) for x in got[0]) if r is not None]
+    if got is None or not isinstance(got[0], list):
+        return []
+    return [r for r in (_clean(x) for x in got[0]) if r is not None]
 
 
-def append_record(root: str, record: dict, warnings: list[str] | None = None) -> None:
+def append_record(root: str, record: BootRecord, warnings: list[str] | None = None) -> None:
     records = read_log(root, warnings)
     if records:
         last = records[-1]

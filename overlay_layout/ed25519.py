@@ -49,7 +49,7 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """True when `signature` is `public`'s ed25519 signature of `message`."""
     if len(public) != PUBLIC_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
-    return _load().crypto_sign_verify_detached(signature, message, len(message), public) == 0
+    return bool(_load().crypto_sign_verify_detached(signature, message, len(message), public) == 0)
 
 
 def keypair(seed: bytes) -> tuple[bytes, bytes]:

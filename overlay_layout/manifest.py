@@ -9,6 +9,12 @@ import re
 from overlay_layout.contract import ETC
 from overlay_layout.layout import LayoutError, check_id
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from overlay_layout.records import KernelInfo, Manifest
+
 FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
 FORMAT = 1
 VERITY_FIELDS = {"root_hash": str, "salt": str, "hash_algorithm": str, "data_block_size": int,
@@ -50,7 +56,7 @@ KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/i
 _RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 
 
-def check_kernel(k: object, where: str) -> dict:
+def check_kernel(k: object, where: str) -> KernelInfo:
     """The `kernel` object: release and build strings (`uname -r`, `uname -v`), the files with their size and
     sha256, extra command-line words. LayoutError names the field at fault."""
     if not isinstance(k, dict):
@@ -78,10 +84,10 @@ def check_kernel(k: object, where: str) -> dict:
     unknown = set(k) - {"release", "version", "append", *KERNEL_FILES}
     if unknown:
         raise LayoutError(f"{where}: unknown field(s) in 'kernel': {', '.join(sorted(unknown))}")
-    return k
+    return k  # type: ignore[return-value]  # checked field by field above
 
 
-def parse_manifest(data: bytes, where: str) -> dict:
+def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         m = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -131,9 +137,9 @@ def parse_manifest(data: bytes, where: str) -> dict:
     for key in ("min_bankboot", "key", "signature"):
         if key in m and not isinstance(m[key], str):
             raise LayoutError(f"{where}: {key!r} must be a string")
-    return m
+    return m  # type: ignore[return-value]  # checked field by field above
 
 
-def dump_manifest(m: dict) -> bytes:
+def dump_manifest(m: Mapping[str, object]) -> bytes:
     """Canonical bytes: sorted keys, no spaces, one trailing newline."""
     return json.dumps(m, sort_keys=True, separators=(",", ":")).encode() + b"\n"

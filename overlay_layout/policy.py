@@ -26,40 +26,41 @@ from collections import namedtuple
 
 from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS
 
-GOOD, TRIAL, BAD = "good", "trial", "bad"
 DEFAULT_UNCONFIRMED_LIMIT = DEFAULT_UNCONFIRMED_BOOTS
 
 
 # Records are namedtuples (no dataclasses, no typing.NamedTuple): dataclasses brings inspect and typing
-# costs a quarter of a second to import on qemu-aarch64 under TCG, paid by the init before it boots.
-class ImageInfo(namedtuple("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
-                           defaults=(None, 0, None, None, 0, False, 0, None))):
-    """id; state: good, trial, bad, or None when unknown; tries; reason (of bad); version; committed: when it
-    was marked good (0: never, or not known); confirm: its signed manifest asks for `bankctl boot-ok` after
-    each boot; unconfirmed: boots since the last boot-ok; persist: its persistence policy (a tuple: sealed)
-    or None (unsealed)."""
+# costs a quarter of a second to import on qemu-aarch64 under TCG, paid by the init before it boots. The
+# type checker sees their typed twins in records.py (documented there; tests/unit/test_records.py keeps
+# the two the same).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from collections.abc import Set as AbstractSet
 
-    __slots__ = ()
+    from overlay_layout.records import Candidate as Candidate
+    from overlay_layout.records import Effect as Effect
+    from overlay_layout.records import ImageInfo as ImageInfo
+    from overlay_layout.records import Snapshot as Snapshot
+    from overlay_layout.records import State
+else:
+    class ImageInfo(namedtuple("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
+                               defaults=(None, 0, None, None, 0, False, 0, None))):
+        __slots__ = ()
+
+    class Snapshot(namedtuple("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))):
+        __slots__ = ()
+
+    class Candidate(namedtuple("Candidate", "image why trial", defaults=(False,))):
+        __slots__ = ()
+
+    class Effect(namedtuple("Effect", "kind image reason", defaults=(None, ""))):
+        __slots__ = ()
 
 
-class Snapshot(namedtuple("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))):
-    """The pointers (image ids or None), images: {id: ImageInfo}, damaged: pointers that exist but could not
-    be followed, boot_floor: no image below this version boots (anti-rollback)."""
-
-    __slots__ = ()
-
-
-class Candidate(namedtuple("Candidate", "image why trial", defaults=(False,))):
-    """An image one boot may try, why, and whether it is a trial."""
-
-    __slots__ = ()
-
-
-class Effect(namedtuple("Effect", "kind image reason", defaults=(None, ""))):
-    """A state change the plan makes before anything is mounted, in this order. kind: spend_try, mark_bad,
-    clear_next, roll_forward, demote, repoint_current, drop_pointer."""
-
-    __slots__ = ()
+GOOD: State = "good"
+TRIAL: State = "trial"
+BAD: State = "bad"
 
 
 class Plan:
@@ -73,7 +74,7 @@ class Plan:
         self.boot_floor = boot_floor
 
 
-def version_key(version: str | None) -> tuple:
+def version_key(version: str | None) -> tuple[object, ...]:
     """Sort key for "newest first": trust.py's semantic-version order; anything else sorts lowest."""
     from overlay_layout.trust import TrustError, parse_version
 
@@ -257,12 +258,12 @@ def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, pre
     return Candidate(image, f"selected ({select})")
 
 
-def _by_newest(snap: Snapshot, ids: set) -> list[str]:
-    ids = {i for i in ids if i is not None}
-    return sorted(ids, key=lambda i: (snap.images[i].committed, version_key(snap.images[i].version), i), reverse=True)
+def _by_newest(snap: Snapshot, ids: Iterable[str | None]) -> list[str]:
+    real = {i for i in ids if i is not None}
+    return sorted(real, key=lambda i: (snap.images[i].committed, version_key(snap.images[i].version), i), reverse=True)
 
 
-def _newest_good(snap: Snapshot, exclude: set) -> str | None:
+def _newest_good(snap: Snapshot, exclude: AbstractSet[str | None]) -> str | None:
     good = {i for i, v in snap.images.items() if v.state == GOOD} - exclude
     ranked = _by_newest(snap, good)
     return ranked[0] if ranked else None

@@ -16,6 +16,10 @@ from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks, StateError
 from overlay_layout.trust import Policy, TrustError, version_lt
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from overlay_layout.records import Manifest
+
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 
@@ -76,7 +80,7 @@ def _copy_meta(src: str, dst: str) -> None:
 
 def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
           machine: str | None = None, progress: Callable[[int, int], None] | None = None,
-          allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> dict:
+          allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
     """`reserve`: bytes staging must leave free beyond MARGIN, so the trial's first boot has room for
     its bankctl kit (the caller passes the running kit's size). `booted`: the running image, never
     replaced. The caller holds the banks lock (lock.py)."""

@@ -26,6 +26,12 @@ from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from overlay_layout.records import ImageEntry, StateFile
+
 STATE_FILE = "state.json"
 FLOOR_FILE = "floor.json"  # the anti-rollback floors again, so losing state.json does not lose them
 STATE_FORMAT = 1
@@ -41,14 +47,14 @@ class StateError(RuntimeError):
 Choice = Candidate  # what one boot tries: image, why, trial
 
 
-def _empty() -> dict:
+def _empty() -> StateFile:
     return {"format": STATE_FORMAT, "images": {}, "reset": {}}
 
 
 _ENTRY_TYPES = {"state": str, "tries": int, "reason": str, "staged": int, "committed": int, "unconfirmed": int}
 
 
-def check_state(st: object) -> dict:
+def check_state(st: object) -> StateFile:
     """The state file's shape, checked field by field; ValueError names what is wrong."""
     if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
         raise ValueError("not a bankboot state file (no \"format\": 1)")
@@ -72,7 +78,7 @@ def check_state(st: object) -> dict:
         if key in st and not isinstance(st[key], str):
             raise ValueError(f"\"{key}\" must be a string")
     st.setdefault("reset", {})
-    return st
+    return st  # type: ignore[return-value]  # its shape is checked field by field above
 
 
 class Banks:
@@ -88,7 +94,7 @@ class Banks:
             self.warnings.append(text)
 
     # -- the state file ---------------------------------------------------------------------------------
-    def load(self) -> dict:
+    def load(self) -> StateFile:
         """The state file. A missing one is empty; a damaged one (unreadable, not JSON, wrong shape, huge)
         is kept aside for inspection and the state rebuilt from the layout."""
         try:
@@ -102,7 +108,7 @@ class Banks:
         except ValueError as e:  # valid JSON of the wrong shape
             return self._rebuild(str(e)[:200], got[1])
 
-    def _rebuild(self, why: str, raw: bytes | None) -> dict:
+    def _rebuild(self, why: str, raw: bytes | None) -> StateFile:
         """State from the layout alone: current and previous are good (they were committed); a pending
         trial is dropped (stage it again); the floor is at least the highest committed version."""
         st = _empty()
@@ -110,9 +116,11 @@ class Banks:
             image = self._pointer(name)
             if image is not None:
                 st["images"][image] = {"state": GOOD}
-        for key, value in zip(("floor", "boot_floor"), self.floors(st), strict=True):
-            if value is not None:
-                st[key] = value
+        floor, boot_floor = self.floors(st)
+        if floor is not None:
+            st["floor"] = floor
+        if boot_floor is not None:
+            st["boot_floor"] = boot_floor
         copy = keep_aside(self.state_path, raw, MAX_STATE_BYTES)
         kept = f"; a copy is kept in {copy}" if copy else ""
         self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
@@ -120,7 +128,7 @@ class Banks:
         return st
 
     # -- the anti-rollback floors ------------------------------------------------------------------------
-    def floors(self, st: dict) -> tuple[str | None, str | None]:
+    def floors(self, st: StateFile) -> tuple[str | None, str | None]:
         """(floor, boot_floor): nothing below `floor` is staged, nothing below `boot_floor` boots. Each is the
         highest of what state.json and floor.json record and, for the stage floor, the signed version of
         `current` (committed by definition); a lost or damaged file never lowers them. With no record at
@@ -135,7 +143,7 @@ class Banks:
             boot = floor
         return floor, boot
 
-    def _read_floor_file(self) -> dict:
+    def _read_floor_file(self) -> dict[str, str]:
         """floor.json's floors; a damaged file is a warning and counts for nothing (state.json still does)."""
         path = os.path.join(self.root, FLOOR_FILE)
         try:
@@ -146,16 +154,19 @@ class Banks:
         if got is not None and not isinstance(got[0], dict):
             self._warn(f"{path} is damaged (not an object); the floors in {STATE_FILE} are used")
             return {}
-        value = got[0] if got is not None else {}
-        return {k: v for k, v in value.items() if k in ("floor", "boot_floor") and _is_version(v)}
+        value = got[0] if got is not None and isinstance(got[0], dict) else {}
+        return {k: v for k, v in value.items()
+                if k in ("floor", "boot_floor") and isinstance(v, str) and _is_version(v)}
 
-    def set_floors(self, st: dict, floor: str | None, boot_floor: str | None) -> None:
+    def set_floors(self, st: StateFile, floor: str | None, boot_floor: str | None) -> None:
         """Record the floors in floor.json, then in `st` (saved by the caller): a cut between the two leaves
         floor.json ahead, which floors() takes."""
-        st["floor"], st["boot_floor"] = floor, boot_floor
-        for key in ("floor", "boot_floor"):
-            if st[key] is None:
-                del st[key]
+        st.pop("floor", None)
+        st.pop("boot_floor", None)
+        if floor is not None:
+            st["floor"] = floor
+        if boot_floor is not None:
+            st["boot_floor"] = boot_floor
         data = json.dumps({"format": 1, "floor": floor, "boot_floor": boot_floor}, sort_keys=True).encode() + b"\n"
         durable.write_file(os.path.join(self.root, FLOOR_FILE), data)
 
@@ -172,11 +183,11 @@ class Banks:
         v = self.manifest(image).get("version") if image else None
         return v if _is_version(v) else None
 
-    def save(self, st: dict) -> None:
+    def save(self, st: StateFile) -> None:
         data = json.dumps(st, sort_keys=True, indent=1).encode() + b"\n"
         durable.write_file(self.state_path, data)
 
-    def manifest(self, image: str) -> dict:
+    def manifest(self, image: str) -> dict[str, Any]:
         try:
             with open(self.layout.manifest_path(image), "rb") as f:
                 m = json.loads(f.read(65536))
@@ -191,7 +202,7 @@ class Banks:
             self._warn(str(e))
             return None
 
-    def image_state(self, st: dict, image: str | None) -> dict:
+    def image_state(self, st: StateFile, image: str | None) -> ImageEntry:
         if image is None:
             return {}
         entry = st["images"].get(image)
@@ -202,7 +213,7 @@ class Banks:
         return entry
 
     # -- what boots --------------------------------------------------------------------------------------
-    def snapshot(self, st: dict | None = None) -> Snapshot:
+    def snapshot(self, st: StateFile | None = None) -> Snapshot:
         st = self.load() if st is None else st
         damaged = []
         pointers = {}
@@ -256,12 +267,14 @@ class Banks:
                 self._warn(f"cannot write the rebuilt {self.state_path} ({e.strerror})")
         return plan
 
-    def _apply(self, st: dict, e: Effect) -> None:
+    def _apply(self, st: StateFile, e: Effect) -> None:
         lay = self.layout
         if e.kind == "drop_pointer":
             durable.remove(os.path.join(lay.overlay, e.reason))
         elif e.kind == "clear_next":
             lay.set_pointer("next", None)
+        elif e.image is None:
+            raise ValueError(f"effect {e.kind} names no image")
         elif e.kind == "roll_forward":
             self._roll_forward(e.image)
         elif e.kind == "mark_bad":
@@ -314,7 +327,7 @@ class Banks:
         if self.manifest(image).get("confirm_boots") is not True:
             return None
         st = self.load()
-        entry = st["images"].setdefault(image, dict(self.image_state(st, image)))
+        entry = st["images"].setdefault(image, self.image_state(st, image).copy())
         entry["unconfirmed"] = entry.get("unconfirmed", 0) + 1
         self.save(st)
         return entry["unconfirmed"]
@@ -371,7 +384,7 @@ class Banks:
         self._roll_forward(nxt)
         return nxt
 
-    def _raise_floor(self, st: dict, image: str) -> None:
+    def _raise_floor(self, st: StateFile, image: str) -> None:
         """Anti-rollback: committing an image raises the stage floor to its version and the boot floor to the
         older of it and the outgoing current (which stays bootable as `previous`); neither is lowered."""
         floor, boot = self.floors(st)
@@ -382,14 +395,14 @@ class Banks:
             oldest = min((v for v in (new, outgoing) if v), key=policy.version_key, default=None)
         self.set_floors(st, _highest(floor, new), _highest(boot, oldest))
 
-    def lower_boot_floor(self, st: dict, version: str) -> None:
+    def lower_boot_floor(self, st: StateFile, version: str) -> None:
         """A downgrade the initramfs allows (stage --allow-downgrade): that version may boot."""
         floor, boot = self.floors(st)
         if boot is not None and policy.version_key(version) < policy.version_key(boot):
             self.set_floors(st, floor, version)
             self.save(st)
 
-    def _mark_bad(self, st: dict, image: str, reason: str) -> None:
+    def _mark_bad(self, st: StateFile, image: str, reason: str) -> None:
         st["images"][image] = {**st["images"].get(image, {}), "state": BAD, "tries": 0, "reason": reason}
         self.save(st)
         if self._pointer("next") == image:
@@ -497,7 +510,7 @@ class Banks:
             removed += gone
         return removed
 
-    def status(self, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> dict:
+    def status(self, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> dict[str, Any]:
         st = self.load()
         snap = self.snapshot(st)
         plan = policy.plan_boot(snap, None, unconfirmed_limit)
@@ -524,8 +537,8 @@ def _is_version(v: object) -> bool:
 
 
 def _highest(*versions: object) -> str | None:
-    good = [v for v in versions if _is_version(v)]
-    return max(good, key=policy.version_key) if good else None  # type: ignore[arg-type]
+    good = [v for v in versions if isinstance(v, str) and _is_version(v)]
+    return max(good, key=policy.version_key) if good else None
 
 
 def _unused_name(base: str) -> str:

@@ -18,6 +18,12 @@ from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import dump_manifest
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from overlay_layout.records import Manifest
+
 PUBLIC_TAG = "bankboot-ed25519"
 PRIVATE_TAG = "bankboot-ed25519-private"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$")
@@ -28,14 +34,14 @@ class TrustError(RuntimeError):
 
 
 # -- versions ------------------------------------------------------------------------------------------------
-def parse_version(text: str) -> tuple:
+def parse_version(text: str) -> tuple[object, ...]:
     """A semantic version as a sortable key; anything else is an error naming the string."""
     m = _SEMVER.match(text or "")
     if not m:
         raise TrustError(f"version {text!r} is not a semantic version (MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD])")
     major, minor, patch, pre, _build = m.groups()
     # A pre-release sorts before its release; its dot parts compare numerically when numeric.
-    pre_key: tuple = (1,) if pre is None else (0, *[(0, int(p), "") if p.isdigit() else (1, 0, p)
+    pre_key: tuple[object, ...] = (1,) if pre is None else (0, *[(0, int(p), "") if p.isdigit() else (1, 0, p)
                                                      for p in pre.split(".")])
     return (int(major), int(minor), int(patch), pre_key)
 
@@ -101,12 +107,12 @@ def load_trusted(directory: str) -> dict[str, bytes]:
 
 
 # -- signatures ----------------------------------------------------------------------------------------------
-def signed_bytes(manifest: dict) -> bytes:
+def signed_bytes(manifest: Mapping[str, object]) -> bytes:
     """What the signature covers: the canonical manifest without its signature."""
     return dump_manifest({k: v for k, v in manifest.items() if k != "signature"})
 
 
-def sign_manifest(manifest: dict, seed: bytes) -> dict:
+def sign_manifest(manifest: Mapping[str, object], seed: bytes) -> dict[str, object]:
     from overlay_layout import ed25519
 
     public, _ = ed25519.keypair(seed)
@@ -116,7 +122,7 @@ def sign_manifest(manifest: dict, seed: bytes) -> dict:
     return {**body, "signature": sig.hex()}
 
 
-def verify_manifest(manifest: dict, trusted: dict[str, bytes], allow_unsigned: bool = False) -> str:
+def verify_manifest(manifest: Manifest, trusted: dict[str, bytes], allow_unsigned: bool = False) -> str:
     """Returns who signed it ("key <id>" or "unsigned (allowed)"); anything else raises TrustError with
     the reason."""
     sig = manifest.get("signature")
@@ -144,7 +150,7 @@ def verify_manifest(manifest: dict, trusted: dict[str, bytes], allow_unsigned: b
     return f"key {kid}"
 
 
-def check_manifest_version(manifest: dict, where: str) -> None:
+def check_manifest_version(manifest: Manifest, where: str) -> None:
     try:
         parse_version(manifest["version"])
         if "min_bankboot" in manifest:
@@ -175,7 +181,7 @@ class Policy:
         conf = InitramfsConf.read(os.path.join(root, archive_path(CONF)))
         return cls.of(conf, load_trusted(os.path.join(root, archive_path(TRUST_DIR))))
 
-    def check(self, manifest: dict, running_version: str) -> str:
+    def check(self, manifest: Manifest, running_version: str) -> str:
         """Signature and the image's minimum bankboot version; returns who signed it."""
         who = verify_manifest(manifest, self.keys, self.allow_unsigned)
         need = manifest.get("min_bankboot")

@@ -33,7 +33,7 @@ class VM:
         self.tmp = Path(tempfile.mkdtemp(prefix="bankboot-vm-"))
         self.log_dir = log_dir or self.tmp
         self.proc: subprocess.Popen | None = None
-        self.console: SerialConsole | None = None
+        self._console: SerialConsole | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self.started_at = 0.0
 
@@ -42,7 +42,7 @@ class VM:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"{f} does not exist")
         sock = self.tmp / "serial.sock"
-        self.console = SerialConsole(sock, self.log_dir / "console.log")
+        self._console = SerialConsole(sock, self.log_dir / "console.log")
         serial = ["-chardev", f"socket,id=ser0,path={sock},server=off", "-serial", "chardev:ser0"]
         cmd = qemu_command(self.machine, self.kernel, self.initrd, self.cmdline, self.disks, serial,
                            qmp=str(self.tmp / "qmp.sock"))
@@ -58,6 +58,13 @@ class VM:
             self.stop()
             raise
         return self
+
+    @property
+    def console(self) -> SerialConsole:
+        """The guest's serial console (once started)."""
+        if self._console is None:
+            raise RuntimeError("the VM has not been started")
+        return self._console
 
     @property
     def qmp(self) -> QEMUMonitorProtocol:
@@ -76,7 +83,7 @@ class VM:
         return self._qmp
 
     def status(self) -> str:
-        return self.qmp.cmd("query-status")["status"]
+        return str(self.qmp.cmd("query-status")["status"])  # type: ignore[index]
 
     def system_reset(self) -> None:
         self.qmp.cmd("system_reset")
@@ -113,8 +120,8 @@ class VM:
                 self.proc.wait(5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 self.power_cut()
-        if self.console:
-            self.console.close()
+        if self._console:
+            self._console.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> VM:

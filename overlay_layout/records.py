@@ -1,0 +1,176 @@
+"""The shapes of bankboot's records, for the type checker: the manifest, the state file, the boot log and
+the boot policy's records. The runtime modules import this only under TYPE_CHECKING (typing costs the init
+a quarter of a second under TCG): at run time the manifest, state and boot records stay plain dicts read
+from JSON and checked field by field where they are read (manifest.parse_manifest, state.check_state,
+bootlog.read_log), and the policy's records are collections.namedtuple classes that
+tests/unit/test_records.py holds to the NamedTuples below."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, TypedDict
+
+State = Literal["good", "trial", "bad"]
+
+
+# --- manifest.json (overlay_layout/manifest.py) ---
+class Verity(TypedDict):
+    root_hash: str
+    salt: str
+    hash_algorithm: str
+    data_block_size: int
+    hash_block_size: int
+    size: int
+    sha256: str
+
+
+class KernelFile(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
+class _KernelRequired(TypedDict):
+    release: str  # uname -r
+    version: str  # uname -v
+    image: KernelFile
+
+
+class KernelInfo(_KernelRequired, total=False):
+    initramfs: KernelFile
+    append: str
+
+
+class _ManifestRequired(TypedDict):
+    format: int
+    id: str
+    version: str
+    arch: str  # Debian architecture
+    size: int  # of the squashfs
+    sha256: str  # of the squashfs
+    created: str
+
+
+class Manifest(_ManifestRequired, total=False):
+    verity: Verity
+    persist: list[str]  # sealed: the only paths that keep changes
+    kernel: KernelInfo
+    confirm_boots: bool
+    min_bankboot: str
+    key: str  # id of the signing key
+    signature: str
+    _signed_by: str  # set by the reader that checked the signature, never stored
+
+
+# --- state.json (overlay_layout/state.py) ---
+class ImageEntry(TypedDict, total=False):
+    state: State
+    tries: int  # a trial's tries left
+    reason: str  # why it is bad
+    staged: int  # when (epoch seconds)
+    committed: int  # when it was marked good
+    unconfirmed: int  # boots since the last boot-ok
+
+
+class ResetRequest(TypedDict):
+    keep_backup: bool
+    requested: int
+
+
+class _StateRequired(TypedDict):
+    format: int
+    images: dict[str, ImageEntry]
+    reset: dict[str, ResetRequest]
+
+
+class StateFile(_StateRequired, total=False):
+    floor: str  # anti-rollback: no image below this version may be staged
+    boot_floor: str  # ... or booted
+
+
+# --- boot-log.json (overlay_layout/bootlog.py) and /run/bankboot/booted ---
+class Tried(TypedDict):
+    image: str
+    why: str
+    error: str
+
+
+class FallbackFrom(TypedDict):
+    image: str
+    reason: str
+
+
+class BootRecord(TypedDict, total=False):
+    time: int
+    kernel: str
+    image: str | None
+    why: str
+    trial: bool
+    selftest: str
+    outcome: str
+    sealed: bool | None
+    build: str
+    fallback_from: FallbackFrom
+    tried: list[Tried]
+    notes: str
+    unconfirmed_boots: int | None
+    previous_boot: str
+
+
+class Prepared(TypedDict, total=False):
+    """What preparing a candidate found (initfs/bootflow.prepare)."""
+
+    signed_by: str
+    kexec: str  # the kernel release to kexec into
+    confirm_boots: bool
+    sealed: bool
+    persist: list[str] | None
+    selftest: str
+
+
+# --- the boot policy's records (overlay_layout/policy.py) ---
+class ImageInfo(NamedTuple):
+    """id; state (None when unknown); tries; reason (of bad); version; committed: when it was marked good (0:
+    never, or not known); confirm: its signed manifest asks for `bankctl boot-ok` after each boot;
+    unconfirmed: boots since the last boot-ok; persist: its persistence policy (a tuple: sealed) or None."""
+
+    id: str
+    state: State | None = None
+    tries: int = 0
+    reason: str | None = None
+    version: str | None = None
+    committed: int = 0
+    confirm: bool = False
+    unconfirmed: int = 0
+    persist: tuple[str, ...] | None = None
+
+
+class Snapshot(NamedTuple):
+    """The pointers (image ids or None), images by id, damaged: pointers that exist but could not be
+    followed, boot_floor: no image below this version boots (anti-rollback)."""
+
+    current: str | None
+    next: str | None
+    previous: str | None
+    images: dict[str, ImageInfo]
+    damaged: tuple[str, ...] = ()
+    boot_floor: str | None = None
+
+
+class Candidate(NamedTuple):
+    """An image one boot may try, why, and whether it is a trial."""
+
+    image: str
+    why: str
+    trial: bool = False
+
+
+EffectKind = Literal["spend_try", "mark_bad", "clear_next", "roll_forward", "demote", "repoint_current",
+                     "drop_pointer"]
+
+
+class Effect(NamedTuple):
+    """A state change the plan makes before anything is mounted, in this order."""
+
+    kind: EffectKind
+    image: str | None = None
+    reason: str = ""
