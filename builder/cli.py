@@ -108,26 +108,13 @@ def cmd_disk(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """A bank file's manifest, who signed it, and whether it verifies (like `rauc info`). Exit 0 when it
-    verifies against the given keys (or, with no keys, when it is well formed), 1 when it does not."""
-    import json
-
-    from builder.image import inspect_bank
+    """A bank file's or a disk image's manifests, signers, and whether they verify (like `rauc info`). Exit
+    0 when it verifies (a disk: its current image), 1 when it does not."""
+    from builder.inspect import describe, inspect_file, to_json
 
     keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
-    report = inspect_bank(Path(args.file), keys, Path(args.initramfs) if args.initramfs else None)
-    if args.json:
-        print(json.dumps(report, indent=1, sort_keys=True))
-    else:
-        m = report["manifest"]
-        print(f"{args.file}: image {m['id']}, version {m['version']}, {m['arch']}")
-        print(f"  squashfs {_human(m['size'])} sha256 {m['sha256']}")
-        if "verity" in m:
-            print(f"  dm-verity root hash {m['verity']['root_hash']} (hash tree {_human(m['verity']['size'])})")
-        print(f"  needs bankboot {m.get('min_bankboot', 'any')}; confirm_boots: {m.get('confirm_boots', False)}")
-        print(f"  {'sealed, persistent: ' + ' '.join(m['persist']) if 'persist' in m else 'UNSEALED'}")
-        print(f"  signed: {report['signed']}; files match the manifest: {report['files_ok']}")
-        print(f"  verifies: {report['verdict']}")
+    report = inspect_file(Path(args.file), keys, Path(args.initramfs) if args.initramfs else None)
+    print(to_json(report) if args.json else "\n".join(describe(Path(args.file), report)))
     return 0 if report["ok"] else 1
 
 
@@ -182,6 +169,9 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
 
 
+BOARD_HELP = f"a board file's name (builder/boards/*.toml) or path; default {DEFAULT_BOARD}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankboot", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_deps)
 
     i = sub.add_parser("initramfs", help="build a board's initramfs")
-    i.add_argument("--board", default=DEFAULT_BOARD)
+    i.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     i.add_argument("-o", "--output", help="default: build/<board>/initramfs.img")
     i.add_argument("--init", default="frozen", choices=["frozen", "busybox-sh"],
                    help="busybox-sh builds the plain-shell baseline used by benchmarks")
@@ -209,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_initramfs)
 
     q = sub.add_parser("qemu", help="boot a board in QEMU on this terminal (Ctrl-A x quits)")
-    q.add_argument("--board", default=DEFAULT_BOARD)
+    q.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     q.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     q.add_argument("--disk", action="append", default=[], help="a raw disk image to attach (repeatable)")
     q.add_argument("--append", default="", help="extra kernel command line")
@@ -218,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_qemu)
 
     im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory")
-    im.add_argument("--rootfs", required=True)
-    im.add_argument("--version", required=True)
+    im.add_argument("--rootfs", required=True, metavar="DIR", help="the root filesystem directory to pack")
+    im.add_argument("--version", required=True, help="the image's semantic version (MAJOR.MINOR.PATCH); "
+                                                     "anti-rollback compares it")
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
     im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
     im.add_argument("--confirm-boots", action="store_true",
@@ -239,29 +230,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --board: another key the built initramfs trusts (repeatable)")
     im.add_argument("--kernel-append", default="", metavar="PARAMS",
                     help="with --kernel: kernel parameters added to the command line when it is kexec'd")
-    im.add_argument("-o", "--output", required=True)
+    im.add_argument("-o", "--output", required=True, metavar="FILE.bank", help="the bank file to write")
     im.set_defaults(func=cmd_image)
 
     kg = sub.add_parser("keygen", help="make an ed25519 key pair: PREFIX.key (private) and PREFIX.pub")
-    kg.add_argument("-o", "--output", required=True, metavar="PREFIX")
-    kg.add_argument("--comment", default="")
+    kg.add_argument("-o", "--output", required=True, metavar="PREFIX", help="writes PREFIX.key and PREFIX.pub")
+    kg.add_argument("--comment", default="", help="a note stored in both files (who the key is for)")
     kg.set_defaults(func=cmd_keygen)
 
     dk = sub.add_parser("disk", help="make a partitioned disk image (boot, banks, userdata)")
-    dk.add_argument("--board", default=DEFAULT_BOARD)
+    dk.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     dk.add_argument("--image", required=True, help="the bank file that becomes `current`")
     dk.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
-    dk.add_argument("--size", default="512M")
+    dk.add_argument("--size", default="512M", help="the whole disk's size (default 512M)")
     dk.add_argument("--userdata-size", default="64M", help="size of the userdata partition (default 64M)")
     dk.add_argument("--boot-size", default="64M",
                     help="size of the boot partition (default 64M; images with their own kernels need room for two "
                          "loaders to install one: 160M for Debian's arm64 kernel)")
     dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
-    dk.add_argument("-o", "--output", required=True)
+    dk.add_argument("-o", "--output", required=True, metavar="DISK.img", help="the raw disk image to write")
     dk.set_defaults(func=cmd_disk)
 
-    ins = sub.add_parser("inspect", help="a bank file's manifest and signer, and whether it verifies (rauc info)")
-    ins.add_argument("file", help="a bank file")
+    ins = sub.add_parser("inspect", help="a bank file's or a disk image's images, signers, and whether they "
+                                          "verify (like rauc info)")
+    ins.add_argument("file", help="a bank file, or a disk image (checked against the initramfs on its boot "
+                                  "partition unless --trust or --initramfs is given)")
     ins.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
                      help="check the signature against these public keys (repeatable, or comma-separated)")
     ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
@@ -269,11 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=cmd_inspect)
 
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
-    sr.add_argument("--board", default=DEFAULT_BOARD)
-    sr.add_argument("--version", default="1.0.0")
+    sr.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP + " (its architecture's busybox)")
+    sr.add_argument("--version", default="1.0.0", help="written to /etc/sample-version (default 1.0.0)")
     sr.add_argument("--no-mark-good", action="store_true", help="a trial of this image never commits itself")
     sr.add_argument("--failing-selftest", action="store_true", help="ship a selftest.d check that fails")
-    sr.add_argument("-o", "--output", required=True)
+    sr.add_argument("-o", "--output", required=True, metavar="DIR", help="the directory to create (replaced)")
     sr.set_defaults(func=cmd_sample_rootfs)
 
     t = sub.add_parser("timeline", help="draw boot timelines (bankctl timeline --json, or the device's "
@@ -284,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_timeline)
 
     b = sub.add_parser("bench", help="initramfs size and boot time against a busybox-sh baseline")
-    b.add_argument("--board", default=DEFAULT_BOARD)
-    b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
-    f.add_argument("--board", default=DEFAULT_BOARD)
+    f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
     f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
     f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")

@@ -191,13 +191,18 @@ def partitions(disk: Path) -> list[dict]:
     return json.loads(_run(["sfdisk", "-J", str(disk)]))["partitiontable"]["partitions"]
 
 
-def read_boot_files(disk: Path, dest: Path, kernel_name: str = "vmlinuz") -> tuple[Path, Path, str]:
-    """What firmware would load from the boot partition: (kernel, initramfs, command line)."""
+def read_boot_file(disk: Path, name: str, dest: Path) -> Path:
+    """One file of the disk's boot partition (the FAT partition 1), copied into `dest`."""
     parts = partitions(disk)
     if not parts:
         raise DiskError(f"{disk} has no partition table")
     offset = parts[0]["start"] * 512
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for name in (kernel_name, "initramfs.img", "cmdline.txt"):
-        _run(["mcopy", "-n", "-o", "-i", f"{disk}@@{offset}", f"::{name}", str(dest / name)], env=env)
-    return dest / kernel_name, dest / "initramfs.img", (dest / "cmdline.txt").read_text().strip()
+    _run(["mcopy", "-n", "-o", "-i", f"{disk}@@{offset}", f"::{name}", str(dest / name)],
+         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    return dest / name
+
+
+def read_boot_files(disk: Path, dest: Path, kernel_name: str = "vmlinuz") -> tuple[Path, Path, str]:
+    """What firmware would load from the boot partition: (kernel, initramfs, command line)."""
+    kernel, initrd = read_boot_file(disk, kernel_name, dest), read_boot_file(disk, "initramfs.img", dest)
+    return kernel, initrd, read_boot_file(disk, "cmdline.txt", dest).read_text().strip()

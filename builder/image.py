@@ -281,37 +281,6 @@ def read_bank(path: Path) -> BankFile:
         raise ImageError(str(e)) from None
 
 
-def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None = None) -> dict:
-    """What `bankboot inspect` reports: the manifest, its signer, whether the squashfs and hash tree match
-    it, and the verdict against `keys` or against what `initramfs` would accept at boot."""
-    from overlay_layout.trust import Policy, TrustError, key_id, read_public_key
-
-    with read_bank(path) as bank:
-        manifest = bank.manifest
-        files_ok = all(bank.verify(m) for m in bank.payload())
-    signed = f"key {manifest['key']}" if "signature" in manifest else "no (unsigned)"
-    if initramfs is not None:
-        from builder.disk import DiskError, check_bootable
-
-        try:
-            check_bootable(path, manifest, initramfs)
-            verdict, ok = f"yes: {initramfs} would boot it", files_ok
-        except DiskError as e:
-            verdict, ok = f"NO: {e}", False
-    elif keys:
-        try:
-            trusted = {key_id(k): k for k in (read_public_key(str(p)) for p in keys)}
-            who = Policy(trusted, allow_unsigned=False, allow_downgrade=False).check(manifest, VERSION)
-            verdict, ok = f"yes: signed by {who}", files_ok
-        except TrustError as e:
-            verdict, ok = f"NO: {e}", False
-    else:
-        verdict, ok = "not checked (give --trust KEY.pub or --initramfs IMG)", files_ok
-    if not files_ok:
-        verdict += "; the bank file's squashfs or hash tree does NOT match its manifest"
-    return {"manifest": manifest, "signed": signed, "files_ok": files_ok, "verdict": verdict, "ok": ok}
-
-
 def extract_image(path: Path, dest_dir: Path) -> Manifest:
     """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
     with read_bank(path) as bank:

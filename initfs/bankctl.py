@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "fall back after several boots without one)")
     s.set_defaults(func=cmd_boot_ok)
     s = sub.add_parser("mark-bad", help="give up the trial now")
-    s.add_argument("--reason", default="marked bad by bankctl")
+    s.add_argument("--reason", default="marked bad by bankctl", help="recorded in the state and shown by status")
     s.set_defaults(func=cmd_mark_bad)
     s = sub.add_parser("rollback", help="boot previous next time (it becomes current once it boots)")
     s.set_defaults(func=cmd_rollback)

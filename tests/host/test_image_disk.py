@@ -157,7 +157,7 @@ def test_disk_refuses_an_image_its_initramfs_would_refuse_at_boot(aarch64, rootf
 
 def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_initramfs, aarch64, signing_key,
                                                                 tmp_path: Path) -> None:
-    from builder.image import inspect_bank
+    from builder.inspect import inspect_bank
     from builder.keys import keygen
 
     board, _, _ = aarch64
@@ -174,3 +174,30 @@ def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_ini
     (tmp_path / "changed.bank").write_bytes(bytes(data))
     changed = inspect_bank(tmp_path / "changed.bank", (signing_key.public,))
     assert not changed["ok"] and not changed["files_ok"] and "does NOT match" in changed["verdict"]
+
+
+def test_inspect_reads_a_disk_offline_against_its_own_initramfs(aarch64, bank, built_initramfs, signing_key,
+                                                                 tmp_path: Path) -> None:
+    import random
+
+    from builder import faultdisk
+    from builder.inspect import inspect_file
+
+    board, _, _ = aarch64
+    path, m = bank
+    disk = tmp_path / "disk.img"
+    build_disk(board, path, disk, 256 << 20, built_initramfs(board))
+    report = inspect_file(disk)
+    assert report["kind"] == "disk" and report["ok"] and report["pointers"]["current"] == m["id"]
+    (entry,) = report["images"]
+    assert entry["files_ok"] and entry["state"] == "good" and entry["verdict"] == "yes: its initramfs would boot it"
+    keygen_prefix = tmp_path / "other"
+    from builder.keys import keygen
+
+    keygen(keygen_prefix, "not trusted")
+    assert not inspect_file(disk, (tmp_path / "other.pub",))["ok"]
+    with faultdisk.banks_partition(disk) as part:  # someone changes the image on the card
+        faultdisk.overwrite_middle(part, f"overlay/{m['id']}/rootfs.squashfs", 4096, random.Random(1))
+    damaged = inspect_file(disk)
+    assert not damaged["ok"] and not damaged["images"][0]["files_ok"]
+    assert "does NOT match" in damaged["images"][0]["verdict"]
