@@ -7,6 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 # Tests set this to simulate a power cut: it is called before every durable operation and may raise.
 before_write: Callable[[str], None] | None = None
 
@@ -39,20 +45,32 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
-def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
-    _about_to(f"write {path}")
-    tmp = _tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+def fill_file(path: str, fill: Callable[[int], T], exclusive: bool = False, mode: int = 0o644) -> T:
+    """Create `path` (an existing one is truncated, or refused when `exclusive`), let `fill` write it through
+    the descriptor it gets, fsync it. Returns what `fill` returns; on any failure the file is removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        result = fill(fd)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(path)
         raise
     os.close(fd)
+    return result
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
+    _about_to(f"write {path}")
+    tmp = _tmp_name(path)
+    fill_file(tmp, lambda fd: _write_all(fd, data), mode=mode)
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
 

@@ -70,13 +70,4 @@ def copy_hashed(fd: int, offset: int, size: int | None, dest: str,
     existing one), fsynced, hashing as it goes: (bytes, hex digest). `dest` is removed when anything
     fails; comparing the digest with what the manifest signs is the caller's, who knows what to say."""
     durable.checkpoint(f"copy into {dest}")
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        result = hash_fd(fd, offset, size, progress, out)
-        os.fsync(out)
-    except BaseException:
-        os.close(out)
-        os.unlink(dest)
-        raise
-    os.close(out)
-    return result
+    return durable.fill_file(dest, lambda out: hash_fd(fd, offset, size, progress, out), exclusive=True)
