@@ -10,15 +10,13 @@ not go green by skipping, and a pure-Python change must not need QEMU to be test
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from builder.board import Board, load_board
-from builder.parts import KernelParts, PartsError, locate_busybox, locate_kernel
+from builder.board import Board
 from builder.paths import build_dir
-from builder.pysysroot import PySysroot, SysrootError, locate_sysroot
+from tests.fixtures import BoardParts, KeyPair, board_parts
 
 TIERS = ("unit", "host", "vm")
 HOST_TOOLS = ["cpio", "zstd", "lz4", "depmod", "veritysetup", "mksquashfs", "unsquashfs", "mkfs.ext4", "mkfs.vfat",
@@ -60,29 +58,6 @@ def test_dir() -> Path:
     return d
 
 
-@dataclass(frozen=True)
-class BoardParts:
-    """A board and the fetched parts a build for it needs."""
-
-    board: Board
-    kernel: KernelParts
-    sysroot: PySysroot
-
-    def __iter__(self):  # `board, kernel, sysroot = aarch64` reads well at the top of a test
-        return iter((self.board, self.kernel, self.sysroot))
-
-
-def board_parts(name: str) -> BoardParts:
-    board = load_board(name)
-    try:
-        kernel = locate_kernel(board)
-        locate_busybox(board.arch)
-        sysroot = locate_sysroot(board.arch)
-    except (PartsError, SysrootError) as e:
-        pytest.fail(str(e), pytrace=False)
-    return BoardParts(board, kernel, sysroot)
-
-
 @pytest.fixture(scope="session")
 def aarch64() -> BoardParts:
     return board_parts("qemu-aarch64")
@@ -91,15 +66,6 @@ def aarch64() -> BoardParts:
 @pytest.fixture(scope="session")
 def x86_64() -> BoardParts:
     return board_parts("qemu-x86_64")
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private: Path
-    public: Path
-
-    def __iter__(self):
-        return iter((self.private, self.public))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from builder.disk import DiskError, build_disk, partitions, read_boot_files
 from builder.image import ImageError, build_image, read_bank
 from builder.samplerootfs import build_sample_rootfs
+from tests.fixtures import Bank
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,14 @@ def rootfs(aarch64, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bank(rootfs: Path, signing_key) -> tuple[Path, dict]:
+def bank(rootfs: Path, signing_key) -> Bank:
     """Signed by the test suite's key, which the test initramfs trusts."""
     out = rootfs.parent / "app.bank"
-    return out, build_image(rootfs, "2.0.0", out, sign_key=signing_key.private)
+    return Bank(out, build_image(rootfs, "2.0.0", out, sign_key=signing_key.private))
 
 
 def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank, signing_key) -> None:
-    path, m = bank
+    path, m = bank.path, bank.manifest
     assert m["arch"] == "arm64" and m["version"] == "2.0.0" and m["id"].startswith("2.0.0-")
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["manifest.json", "rootfs.squashfs", "rootfs.verity"]
@@ -42,7 +43,7 @@ def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank
 
 
 def test_squashfs_has_the_rootfs_owned_by_root(bank, tmp_path: Path) -> None:
-    path, _ = bank
+    path = bank.path
     with tarfile.open(path) as tar:
         tar.extract("rootfs.squashfs", tmp_path, filter="data")
     listing = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "rootfs.squashfs")], capture_output=True,
@@ -90,7 +91,7 @@ def test_a_script_init_is_followed_to_its_interpreter_inside_the_rootfs(rootfs: 
 
 
 def test_tampered_bank_is_refused(bank, tmp_path: Path) -> None:
-    path, _ = bank
+    path = bank.path
     data = bytearray(path.read_bytes())
     data[512] = ord("X")  # the opening brace of manifest.json
     (tmp_path / "bad.bank").write_bytes(bytes(data))
@@ -100,7 +101,7 @@ def test_tampered_bank_is_refused(bank, tmp_path: Path) -> None:
 
 def test_disk_has_boot_banks_and_userdata(aarch64, bank, built_initramfs, tmp_path: Path) -> None:
     board, _, _ = aarch64
-    path, m = bank
+    path, m = bank.path, bank.manifest
     disk = tmp_path / "disk.img"
     layout, _ = build_disk(board, path, disk, 256 << 20, built_initramfs(board))
     table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True,
@@ -133,7 +134,7 @@ def test_disk_has_boot_banks_and_userdata(aarch64, bank, built_initramfs, tmp_pa
 
 def test_disk_refuses_an_image_of_another_arch(x86_64, bank, tmp_path: Path) -> None:
     board, _, _ = x86_64
-    path, _ = bank
+    path = bank.path
     with pytest.raises(Exception, match="arm64 image; board qemu-x86_64 is amd64"):
         build_disk(board, path, tmp_path / "d.img", 256 << 20, path)
     assert not (tmp_path / "d.img").exists()
@@ -161,7 +162,7 @@ def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_ini
     from builder.keys import keygen
 
     board, _, _ = aarch64
-    path, m = bank
+    path, m = bank.path, bank.manifest
     good = inspect_bank(path, (signing_key.public,))
     assert good["ok"] and good["files_ok"] and good["signed"] == f"key {m['key']}"
     assert "yes: signed by" in good["verdict"]
@@ -184,7 +185,7 @@ def test_inspect_reads_a_disk_offline_against_its_own_initramfs(aarch64, bank, b
     from builder.inspect import inspect_file
 
     board, _, _ = aarch64
-    path, m = bank
+    path, m = bank.path, bank.manifest
     disk = tmp_path / "disk.img"
     build_disk(board, path, disk, 256 << 20, built_initramfs(board))
     report = inspect_file(disk)

@@ -13,6 +13,7 @@ from builder.disk import build_disk
 from builder.image import build_image
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from qemu.vm import VM
+from tests.fixtures import DeviceKit
 
 T = 120
 PROMPT = r"\(sample\) / # "
@@ -34,14 +35,14 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
                                                          persist=SAMPLE_PERSIST))
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
-    return board, out, disk, banks
+    return DeviceKit(board, out, disk, banks)
 
 
 class Device:
     """One device: a copy of the base disk, the update bank as a second disk."""
 
     def __init__(self, device, name: str, update: str | None) -> None:
-        self.board, out, base, self.banks = device
+        self.board, out, base, self.banks = device.board, device.out, device.disk, device.banks
         self.dir = out / name
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()

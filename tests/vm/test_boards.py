@@ -15,7 +15,7 @@ from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from tests.conftest import board_parts
+from tests.fixtures import board_parts
 from tests.vm.devices import up
 
 pytestmark = pytest.mark.vm

@@ -13,6 +13,7 @@ from builder.disk import build_disk
 from builder.image import build_image
 from builder.samplerootfs import build_sample_rootfs
 from qemu.vm import VM
+from tests.fixtures import BootDisk
 
 pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 120
@@ -29,7 +30,7 @@ def disk(aarch64, test_dir: Path, built_initramfs, signing_key):
     manifest = build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key.private)
     path = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", path, 256 << 20, built_initramfs(board))
-    return board, path, manifest
+    return BootDisk(board, path, manifest)
 
 
 def boot(board, disk: Path, log_dir: Path, **kw) -> VM:
@@ -38,7 +39,7 @@ def boot(board, disk: Path, log_dir: Path, **kw) -> VM:
 
 
 def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk, test_dir: Path) -> None:
-    board, path, manifest = disk
+    board, path, manifest = disk.board, disk.path, disk.manifest
     with boot(board, path, test_dir / "bootflow" / "boot1") as vm:
         vm.console.expect(READY, BOOT_TIMEOUT)
         vm.console.expect(PROMPT, 30)
@@ -75,7 +76,7 @@ def test_boots_into_the_image_with_overlay_userdata_and_handed_over_mounts(disk,
 
 
 def test_files_survive_a_reboot_in_root_and_userdata(disk, test_dir: Path) -> None:
-    board, path, _ = disk
+    board, path = disk.board, disk.path
     with boot(board, path, test_dir / "bootflow" / "persist", reboot=True) as vm:
         vm.console.expect(READY, BOOT_TIMEOUT)
         vm.console.expect(PROMPT, 30)
@@ -90,7 +91,7 @@ def test_files_survive_a_reboot_in_root_and_userdata(disk, test_dir: Path) -> No
 
 
 def test_a_corrupt_squashfs_and_nothing_else_gives_the_rescue_shell_naming_the_file(disk, test_dir: Path) -> None:
-    board, path, manifest = disk
+    board, path, manifest = disk.board, disk.path, disk.manifest
     broken = test_dir / "bootflow" / "corrupt.img"
     shutil.copyfile(path, broken)
     sq = f"/run/bankboot/banks/overlay/{manifest['id']}/rootfs.squashfs"
@@ -113,7 +114,7 @@ def test_a_corrupt_squashfs_and_nothing_else_gives_the_rescue_shell_naming_the_f
 def test_nothing_bootable_on_a_field_board_reboots_instead_of_a_shell(disk, test_dir: Path) -> None:
     """bankboot.rescue=reboot (what field boards default to): every candidate and its failure is printed,
     then the board reboots to try again; with -no-reboot QEMU exits, so no shell was ever started."""
-    board, path, manifest = disk
+    board, path, manifest = disk.board, disk.path, disk.manifest
     broken = test_dir / "bootflow" / "nothing.img"
     shutil.copyfile(path, broken)
     with boot(board, broken, test_dir / "bootflow" / "nothing", reboot=True) as vm:

@@ -13,6 +13,7 @@ from builder.compress import compress
 from builder.cpio import write_cpio
 from builder.initramfs import assemble
 from initfs.version import VERSION
+from tests.fixtures import Booted
 
 pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 120
@@ -29,11 +30,11 @@ def booted(request, test_dir: Path, built_initramfs):
     with board_vm(board, initrd, disks=[disk], log_dir=out) as vm:
         vm.console.expect(r"starting a rescue shell", BOOT_TIMEOUT)
         vm.console.expect(r"rescue\) / # ", 30)
-        yield vm, board, kernel
+        yield Booted(vm, board, kernel)
 
 
 def test_banner_names_version_and_kernel(booted) -> None:
-    vm, _board, kernel = booted
+    vm, kernel = booted.vm, booted.kernel
     assert re.search(rf"bankboot {re.escape(VERSION)} init on Linux {re.escape(kernel.version)} ",
                      vm.console.text())
     rc, out = vm.console.run("uname -r")
@@ -41,14 +42,14 @@ def test_banner_names_version_and_kernel(booted) -> None:
 
 
 def test_pid1_is_our_frozen_init(booted) -> None:
-    vm, _, _ = booted
+    vm = booted.vm
     rc, out = vm.console.run("tr '\\0' ' ' < /proc/1/cmdline; echo; readlink /proc/1/exe")
     assert rc == 0
     assert out.split() == ["/init", "/init"]
 
 
 def test_filesystems_for_banks_are_available(booted) -> None:
-    vm, _, _ = booted
+    vm = booted.vm
     rc, out = vm.console.run("cat /proc/filesystems")
     assert rc == 0
     fs = {line.split()[-1] for line in out.splitlines() if line.strip()}
@@ -56,14 +57,14 @@ def test_filesystems_for_banks_are_available(booted) -> None:
 
 
 def test_dev_has_console_and_the_disk(booted) -> None:
-    vm, _, _ = booted
+    vm = booted.vm
     rc, out = vm.console.run("test -c /dev/console && test -b /dev/vda && cat /sys/block/vda/size")
     assert rc == 0, out
     assert int(out.strip()) == (8 << 20) // 512
 
 
 def test_early_mounts_are_there_once(booted) -> None:
-    vm, _, _ = booted
+    vm = booted.vm
     rc, out = vm.console.run("cat /proc/mounts")
     assert rc == 0
     targets = [line.split()[1] for line in out.splitlines() if line.strip()]
@@ -72,7 +73,7 @@ def test_early_mounts_are_there_once(booted) -> None:
 
 
 def test_children_get_a_clean_environment(booted) -> None:
-    vm, _, _ = booted
+    vm = booted.vm
     rc, out = vm.console.run("env")
     assert rc == 0
     assert "LD_LIBRARY_PATH" not in out and "_PYI" not in out and "_MEI" not in out

@@ -25,7 +25,7 @@ from builder.kernelfile import read_kernel
 from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
 from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
-from tests.conftest import board_parts
+from tests.fixtures import board_parts
 from tests.vm.devices import PROMPT
 
 pytestmark = pytest.mark.vm

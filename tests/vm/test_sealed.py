@@ -106,7 +106,7 @@ def plant_image(disk: Path, bank: Path) -> str:
 
 def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_state_deleted(
         device, test_dir: Path, signing_key) -> None:
-    board, out, _, _ = device
+    board, out = device.board, device.out
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-old", version="0.9.0")
     old_bank = out / "old-sealed.bank"
     build_image(rootfs, "0.9.0", old_bank, sign_key=signing_key.private, persist=SAMPLE_PERSIST)
@@ -141,7 +141,7 @@ def test_a_sealed_build_obeys_no_init_and_gives_no_shell(device, test_dir: Path,
     current; nothing bootable reboots; never a shell."""
     from builder.initramfs import build_initramfs
 
-    board, out, _, banks = device
+    board, out, banks = device.board, device.out, device.banks
     sealed = dataclasses.replace(board, sealed=True)
     initrd = build_initramfs(sealed, out / "sealed-initramfs.img", policy=trust_policy).path
     d = Device(device, "sealed-build", None)

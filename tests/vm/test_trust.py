@@ -20,7 +20,7 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def bad_banks(device, test_dir: Path, signing_key):
     """Bank files stage must refuse, each for its own reason."""
-    board, out, _, banks = device
+    board, out, banks = device.board, device.out, device.banks
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-trust", version="1.4.0")
     if not (out / "trust-other.key").exists():
         keygen(out / "trust-other", "a key the device does not trust")
