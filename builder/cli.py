@@ -118,6 +118,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from builder.serve import serve
+
+    return serve(Path(args.dir), args.port, args.bind, args.rate)
+
+
 def cmd_sample_rootfs(args: argparse.Namespace) -> int:
     from builder.samplerootfs import build_sample_rootfs
 
@@ -260,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
+
+    sv = sub.add_parser("serve", help="serve bank files over HTTP (nginx) for `bankctl stage URL`")
+    sv.add_argument("dir", help="the directory of bank files")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    sv.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1, which QEMU guests "
+                                                        "reach as 10.0.2.2; 0.0.0.0 for devices on the network)")
+    sv.add_argument("--rate", help="limit each download to this rate (nginx limit_rate, e.g. 500k): a slow link")
+    sv.set_defaults(func=cmd_serve)
 
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
     sr.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP + " (its architecture's busybox)")

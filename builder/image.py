@@ -21,7 +21,7 @@ from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.run import find_tool, run
 from initfs.version import VERSION
-from overlay_layout import durable
+from overlay_layout import chunks, durable
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
@@ -236,6 +236,8 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
         digest = sha256_file(sq)
         salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible
         verity = make_verity(sq, Path(tmp) / VERITY, salt=salt)
+        index = Path(tmp) / chunks.MEMBER
+        index.write_bytes(chunks.dump(chunks.index_of(sq.read_bytes())))
         manifest = {
             "format": FORMAT,
             "id": check_id(image_id or f"{version}-{digest[:12]}"),
@@ -246,6 +248,8 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             "created": datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "min_bankboot": min_bankboot,
             "verity": verity,
+            "chunks": {"size": index.stat().st_size, "sha256": sha256_file(index),
+                       "count": (index.stat().st_size - len(chunks.MAGIC)) // chunks.ENTRY.size},
         }
         if confirm_boots:
             manifest["confirm_boots"] = True
@@ -262,7 +266,7 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mode, info.mtime = len(data), 0o644, source_date_epoch()
             tar.addfile(info, io.BytesIO(data))
-            for path in (sq, Path(tmp) / VERITY):
+            for path in (sq, Path(tmp) / VERITY, index):
                 info = tarfile.TarInfo(path.name)
                 info.size, info.mode, info.mtime = path.stat().st_size, 0o644, source_date_epoch()
                 with open(path, "rb") as f:

@@ -133,24 +133,41 @@ class Progress:
         self.start = time.monotonic()
         self.tty = sys.stderr.isatty()
         self.last = -1
+        self.first: int | None = None
 
     def __call__(self, done: int, total: int) -> None:
         pct = 100 * done // max(total, 1)
         if pct == self.last or (not self.tty and pct % 10 and done != total):
             return
         self.last = pct
-        rate = done / max(time.monotonic() - self.start, 1e-6) / 1e6
+        if self.first is None:
+            self.first = done  # resumed: what was there already is not this run's rate
+        rate = (done - self.first) / max(time.monotonic() - self.start, 1e-6)
+        left = f", {(total - done) / rate:.0f} s left" if rate > 0 and done < total else ""
         bar = "#" * (pct // 4)
         end = "" if self.tty and done != total else "\n"
-        sys.stderr.write(f"\rstaging [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s{end}")
+        sys.stderr.write(f"\rstaging [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB "
+                         f"{rate / 1e6:.1f} MB/s{left}{end}")
         sys.stderr.flush()
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
-    from overlay_layout.stage import stage  # tarfile and friends: only `stage` pays for them
+    booted = booted_info().get("image")
+    if "://" in args.file:
+        from overlay_layout.download import stage_url  # the HTTP client: only `stage URL` pays for it
 
-    m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
-              allow_downgrade=args.allow_downgrade, booted=booted_info().get("image"))
+        def say(line: str) -> None:
+            sys.stderr.write(f"\n{line}\n")
+
+        m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
+                             progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted,
+                             timeout=args.timeout, retries=args.retries, say=say)
+        print(f"fetched: {stats.line()}")
+    else:
+        from overlay_layout.stage import stage
+
+        m = stage(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper, progress=Progress(),
+                  allow_downgrade=args.allow_downgrade, booted=booted)
     print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "
           f"tries; reboot to try it")
     return EXIT_OK
@@ -303,12 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
-    s.add_argument("file", help="a bank file or a block device holding one")
+    s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
+                                "interrupted download; takes the chunks this device already holds from its images)")
     s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.add_argument("--allow-downgrade", action="store_true",
                    help="accept a version below the anti-rollback floor, where the initramfs allows it")
+    s.add_argument("--timeout", type=float, default=20.0, help="URL: seconds without an answer before a retry "
+                                                                "(default 20)")
+    s.add_argument("--retries", type=int, default=5, help="URL: retries of a failed request, with backoff, "
+                                                          "before giving up (default 5)")
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
     s.set_defaults(func=cmd_mark_good)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from overlay_layout import hashing
+from overlay_layout.chunks import MEMBER as CHUNKS
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
 from overlay_layout.manifest import parse_manifest
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import Manifest
 
+ORDER = (MANIFEST, SQUASHFS, VERITY, CHUNKS)
 HEADER = 512
 MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger first member is not one of ours
 
@@ -56,22 +58,50 @@ def _header(raw: bytes, where: str) -> tuple[str, int, bytes] | None:
     return full, size, raw[156:157]
 
 
+class Source:
+    """Where a bank file's bytes come from when it is not a local file (overlay_layout/download.py)."""
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise NotImplementedError
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+
 class BankFile:
     """An open bank file: its manifest (parsed and checked for shape, NOT for its signature: that is the
     caller's, against its own trust policy) and its members. Use as a context manager."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, source: Source | None = None) -> None:
+        """A local file or block device at `path`, or whatever `source` reads (a bank on a server: `path`
+        is then its URL, for messages)."""
         self.path = path
-        try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise BankFileError(f"cannot read {path}: {e.strerror}") from None
+        self.fd = -1
+        if source is None:
+            try:
+                self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise BankFileError(f"cannot read {path}: {e.strerror}") from None
+        self.source = source
         try:
             self.members = self._read_members()
             self.manifest = self._read_manifest()
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if self.source is not None:
+            return self.source.pread(size, offset)
+        try:
+            return os.pread(self.fd, size, offset)
+        except OSError as e:
+            raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+
+    def _size(self) -> int:
+        if self.source is not None:
+            return self.source.size()
+        return os.lseek(self.fd, 0, os.SEEK_END)  # a block device's size too
 
     def __enter__(self) -> BankFile:
         return self
@@ -87,39 +117,38 @@ class BankFile:
     def _read_members(self) -> dict[str, Member]:
         members: dict[str, Member] = {}
         offset = 0
-        expected = [MANIFEST, SQUASHFS, VERITY]
+        last = -1
         while True:
-            try:
-                raw = os.pread(self.fd, HEADER, offset)
-            except OSError as e:
-                raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+            raw = self._pread(HEADER, offset)
             if not raw and members:
                 break  # no end-of-archive blocks: still every member is whole (checked below)
             header = _header(raw, self.path)
             if header is None:
                 break
             name, size, kind = header
-            if kind not in (b"0", b"\0") or not expected or name != expected[0]:
-                order = f"{MANIFEST}, {SQUASHFS} and (for a verity image) {VERITY}"
+            rank = ORDER.index(name) if name in ORDER else -1
+            # the manifest, then the squashfs, come first; the hash tree and the chunk index after, if any
+            if kind not in (b"0", b"\0") or rank < 0 or (rank != len(members) if len(members) < 2 else rank <= last):
+                order = f"{MANIFEST}, {SQUASHFS}, then {VERITY} and {CHUNKS} where the image has them"
                 raise BankFileError(f"{self.path}: a bank file holds {order}, in that order; found {name!r} "
                                     f"after {', '.join(members) or 'nothing'}")
             if name == MANIFEST and size > MAX_MANIFEST:
                 raise BankFileError(f"{self.path}: {MANIFEST} of {size} bytes is too big to be a manifest")
-            expected.pop(0)
+            last = rank
             members[name] = Member(name, offset + HEADER, size)
             offset += HEADER + (size + HEADER - 1) // HEADER * HEADER
         if MANIFEST not in members:
             raise BankFileError(f"{self.path}: not a bank file (it does not start with {MANIFEST})")
-        last = list(members.values())[-1]
-        end = os.lseek(self.fd, 0, os.SEEK_END)  # a block device's size too
-        if last.offset + last.size > end:
-            raise BankFileError(f"{self.path} is truncated: {last.name} needs {last.offset + last.size} bytes, "
-                                f"the file has {end}")
+        final = list(members.values())[-1]
+        end = self._size()
+        if final.offset + final.size > end:
+            raise BankFileError(f"{self.path} is truncated: {final.name} needs {final.offset + final.size} "
+                                f"bytes, the file has {end}")
         return members
 
     def _read_manifest(self) -> Manifest:
         m = self.members[MANIFEST]
-        raw = os.pread(self.fd, m.size, m.offset)
+        raw = self._pread(m.size, m.offset)
         if len(raw) != m.size:
             raise BankFileError(f"{self.path} is truncated in {MANIFEST}")
         manifest = parse_manifest(raw, f"{self.path}:{MANIFEST}")
@@ -133,11 +162,18 @@ class BankFile:
             raise BankFileError(f"{self.path}: {VERITY} of {verity['size']} bytes must follow {SQUASHFS}")
         if not verity and VERITY in self.members:
             raise BankFileError(f"{self.path}: has {VERITY} but its manifest describes no hash tree")
+        chunks = manifest.get("chunks")
+        if chunks and (CHUNKS not in self.members or self.members[CHUNKS].size != chunks["size"]):
+            raise BankFileError(f"{self.path}: {CHUNKS} of {chunks['size']} bytes must end the bank file")
+        if not chunks and CHUNKS in self.members:
+            raise BankFileError(f"{self.path}: has {CHUNKS} but its manifest describes no chunk index")
         return manifest
 
     def expected(self, name: str) -> str:
         """The sha256 the manifest gives for a member."""
-        return self.manifest["sha256"] if name == SQUASHFS else self.manifest["verity"]["sha256"]
+        if name == SQUASHFS:
+            return self.manifest["sha256"]
+        return self.manifest["chunks"]["sha256"] if name == CHUNKS else self.manifest["verity"]["sha256"]
 
     def payload(self) -> list[Member]:
         """The members after the manifest: the squashfs, then the hash tree if any."""

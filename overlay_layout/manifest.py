@@ -132,6 +132,13 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         m["persist"] = check_persist(m["persist"], where)
     if "kernel" in m:
         check_kernel(m["kernel"], where)
+    c = m.get("chunks")
+    if c is not None and (not isinstance(c, dict) or set(c) != {"size", "sha256", "count"}
+                          or not all(isinstance(c[k], int) and not isinstance(c[k], bool) and c[k] > 0
+                                     for k in ("size", "count"))
+                          or not isinstance(c["sha256"], str) or len(c["sha256"]) != 64
+                          or any(ch not in "0123456789abcdef" for ch in c["sha256"])):
+        raise LayoutError(f"{where}: 'chunks' must be an object with a positive size and count and a sha256")
     if "confirm_boots" in m and not isinstance(m["confirm_boots"], bool):
         raise LayoutError(f"{where}: 'confirm_boots' must be true or false")
     for key in ("min_bankboot", "key", "signature"):

@@ -40,6 +40,12 @@ class KernelInfo(_KernelRequired, total=False):
     append: str
 
 
+class ChunkIndex(TypedDict):
+    size: int  # of rootfs.chunks
+    sha256: str
+    count: int
+
+
 class _ManifestRequired(TypedDict):
     format: int
     id: str
@@ -52,6 +58,7 @@ class _ManifestRequired(TypedDict):
 
 class Manifest(_ManifestRequired, total=False):
     verity: Verity
+    chunks: ChunkIndex  # the squashfs's chunk index (overlay_layout/chunks.py)
     persist: list[str]  # sealed: the only paths that keep changes
     kernel: KernelInfo
     confirm_boots: bool

@@ -81,9 +81,31 @@ def _copy_meta(src: str, dst: str) -> None:
 def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
           machine: str | None = None, progress: Callable[[int, int], None] | None = None,
           allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
-    """`reserve`: bytes staging must leave free beyond MARGIN, so the trial's first boot has room for
-    its bankctl kit (the caller passes the running kit's size). `booted`: the running image, never
-    replaced. The caller holds the banks lock (lock.py)."""
+    """Stage a local bank file (or a block device holding one). `reserve`: bytes staging must leave free
+    beyond MARGIN. `booted`: the running image, never replaced. The caller holds the banks lock (lock.py)."""
+    def extract(bank: BankFile, work: str) -> None:
+        for member in bank.payload():
+            try:
+                bank.extract(member, os.path.join(work, member.name), progress if member.name == SQUASHFS else None)
+            except LayoutError as e:
+                raise StageError(str(e)) from None
+
+    def open_bank() -> BankFile:
+        return BankFile(bank_file)
+
+    return stage_from(banks, bank_file, open_bank, extract, policy, running_version, tries, upper, machine,
+                      allow_downgrade, reserve, booted)
+
+
+def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Callable[[BankFile, str], None],
+               policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
+               machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
+               booted: str | None = None, work_prefix: str = ".staging-") -> Manifest:
+    """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
+    floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
+    on the banks partition, add the rest of an image directory, rename it into place and make it `next` on
+    trial. A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one
+    (`bankctl stage URL`) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -93,75 +115,37 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
     # What a stage cut by a power loss left behind: it only takes space, and a retry must find room.
     banks.remove_staging_leftovers()
     try:
-        bank = BankFile(bank_file)
+        bank = open_bank()
     except LayoutError as e:
         raise StageError(str(e)) from None
     with bank:
         manifest = bank.manifest
         image = manifest["id"]
-        try:
-            who = policy.check(manifest, running_version)
-            floor = banks.floors(banks.load())[0]
-            downgrade = bool(floor and version_lt(manifest["version"], floor))
-            if downgrade:
-                if not allow_downgrade:
-                    raise TrustError(f"version {manifest['version']} is below this device's floor {floor} "
-                                     f"(anti-rollback); --allow-downgrade to override where the initramfs allows it")
-                if not policy.allow_downgrade:
-                    raise TrustError(f"version {manifest['version']} is below the floor {floor} and this "
-                                     f"initramfs does not allow downgrades")
-        except TrustError as e:
-            raise StageError(str(e)) from None
-        manifest["_signed_by"] = who
-        try:
-            arch = arch_of_machine(machine or os.uname().machine).debian
-        except UnknownArch as e:
-            raise StageError(str(e)) from None
-        if manifest["arch"] != arch:
-            raise StageError(f"{bank_file} is an {manifest['arch']} image; this machine is {arch}")
-        if os.path.exists(layout.image_dir(image)):
-            pointed = [p for p in ("current", "next", "previous") if banks._pointer(p) == image]
-            if pointed or image == booted:
-                raise StageError(f"image {image} is already on the banks partition "
-                                 f"({', '.join(pointed) or 'running'})")
-            # Complete on disk but never made `next` (a cut after its rename): replace it.
-            durable.remove_tree(layout.image_dir(image))
-            durable.fsync_dir(layout.overlay)
+        downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
+        work = os.path.join(layout.overlay, f"{work_prefix}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout.sub(cur, "upper"), manifest.get("persist")) if cur and upper == "copy" else []
-        verity = manifest.get("verity")
-        need = manifest["size"] + (verity["size"] if verity else 0) + MARGIN + reserve
-        need += sum(tree_size(src) for src, _ in copies)
+        verity, index = manifest.get("verity"), manifest.get("chunks")
+        need = manifest["size"] + (verity["size"] if verity else 0) + (index["size"] if index else 0)
+        need += MARGIN + reserve + sum(tree_size(src) for src, _ in copies) - tree_size(work)
         fs = os.statvfs(layout.root)
         free = fs.f_bavail * fs.f_frsize
         if free < need:
             raise StageError(f"not enough space on the banks partition: {need / 1e6:.1f} MB needed "
                              f"(including {(MARGIN + reserve) / 1e6:.1f} MB kept free for the next boot), "
                              f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
-        tmp = os.path.join(layout.overlay, f".staging-{image}")
         durable.make_dirs(layout.overlay)
-        durable.remove_tree(tmp)
-        os.mkdir(tmp)
+        keep = work_prefix != ".staging-"
+        if not keep:
+            durable.remove_tree(work)
+        os.makedirs(work, exist_ok=True)
         try:
-            for member in bank.payload():
-                try:
-                    bank.extract(member, os.path.join(tmp, member.name), progress if member.name == SQUASHFS else None)
-                except LayoutError as e:
-                    raise StageError(str(e)) from None
-            durable.write_file(os.path.join(tmp, MANIFEST),
-                               dump_manifest({k: v for k, v in manifest.items() if not k.startswith("_")}))
-            for name in ("work", "backups", "utils"):
-                os.mkdir(os.path.join(tmp, name))
-            os.mkdir(os.path.join(tmp, "upper"))
-            for src, rel in copies:
-                dst = os.path.join(tmp, "upper", rel)
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                copy_upper(src, dst)
-            for dirpath, _, _ in os.walk(tmp):
-                durable.fsync_dir(dirpath)
-            durable.rename(tmp, layout.image_dir(image))
+            fill(bank, work)
+            _complete(work, manifest, copies)
+            durable.rename(work, layout.image_dir(image))
         except BaseException:
-            durable.remove_tree(tmp)
+            if not keep:
+                durable.remove_tree(work)
             raise
     try:
         if downgrade:  # allowed by the initramfs and asked for: the trial must be able to boot
@@ -171,6 +155,58 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         durable.remove_tree(layout.image_dir(image))
         raise
     return manifest
+
+
+def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running_version: str,
+           machine: str | None, allow_downgrade: bool, booted: str | None) -> bool:
+    """Everything that decides whether this image may be staged, before a byte of it is written. Returns
+    whether it is an allowed downgrade."""
+    try:
+        who = policy.check(manifest, running_version)
+        floor = banks.floors(banks.load())[0]
+        downgrade = bool(floor and version_lt(manifest["version"], floor))
+        if downgrade:
+            if not allow_downgrade:
+                raise TrustError(f"version {manifest['version']} is below this device's floor {floor} "
+                                 f"(anti-rollback); --allow-downgrade to override where the initramfs allows it")
+            if not policy.allow_downgrade:
+                raise TrustError(f"version {manifest['version']} is below the floor {floor} and this "
+                                 f"initramfs does not allow downgrades")
+    except TrustError as e:
+        raise StageError(str(e)) from None
+    manifest["_signed_by"] = who
+    try:
+        arch = arch_of_machine(machine or os.uname().machine).debian
+    except UnknownArch as e:
+        raise StageError(str(e)) from None
+    if manifest["arch"] != arch:
+        raise StageError(f"{where} is an {manifest['arch']} image; this machine is {arch}")
+    layout, image = banks.layout, manifest["id"]
+    if os.path.exists(layout.image_dir(image)):
+        pointed = [p for p in ("current", "next", "previous") if banks._pointer(p) == image]
+        if pointed or image == booted:
+            raise StageError(f"image {image} is already on the banks partition ({', '.join(pointed) or 'running'})")
+        # Complete on disk but never made `next` (a cut after its rename): replace it.
+        durable.remove_tree(layout.image_dir(image))
+        durable.fsync_dir(layout.overlay)
+    return downgrade
+
+
+def _complete(work: str, manifest: Manifest, copies: list[tuple[str, str]]) -> None:
+    """The rest of an image directory around the filled-in files: manifest, empty work/backups/utils, the
+    upper (with the copies of current's changes), all fsynced. Redone whole when a resumed stage gets here
+    again."""
+    durable.write_file(os.path.join(work, MANIFEST),
+                       dump_manifest({k: v for k, v in manifest.items() if not k.startswith("_")}))
+    for name in ("work", "backups", "utils", "upper"):
+        durable.remove_tree(os.path.join(work, name))
+        os.mkdir(os.path.join(work, name))
+    for src, rel in copies:
+        dst = os.path.join(work, "upper", rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        copy_upper(src, dst)
+    for dirpath, _, _ in os.walk(work):
+        durable.fsync_dir(dirpath)
 
 
 def _upper_copies(upper: str, persist: list[str] | None) -> list[tuple[str, str]]:

@@ -478,8 +478,9 @@ class Banks:
         return f"reset: upper emptied, old one kept in {backup}"
 
     def gc(self, booted: str | None) -> list[str]:
-        """Remove images that are neither previous, current nor next (nor running), and staging leftovers.
-        Callers hold the banks lock, so no stage is in progress."""
+        """Remove images that are neither previous, current nor next (nor running), staging leftovers and
+        unfinished downloads (`bankctl stage URL` would have resumed them). Callers hold the banks lock, so no
+        stage is in progress."""
         keep = {self._pointer(p) for p in ("previous", "current", "next")} | {booted}
         removed = []
         st = self.load()
@@ -490,6 +491,11 @@ class Banks:
                 st["reset"].pop(image, None)
                 removed.append(image)
         removed += self.remove_staging_leftovers()
+        overlay = self.layout.overlay
+        for name in sorted(os.listdir(overlay)) if os.path.isdir(overlay) else []:
+            if name.startswith(".download-"):
+                durable.remove_tree(os.path.join(overlay, name))
+                removed.append(name)
         if removed:
             self.save(st)
             durable.fsync_dir(self.layout.overlay)

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   busybox-static squashfs-tools e2fsprogs dosfstools mtools fdisk kmod cpio
   zstd lz4 xz-utils binutils binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf cryptsetup-bin
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
+  nginx-light debootstrap
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}
@@ -64,7 +65,16 @@ if [ $need_update -eq 1 ] || [ ${#missing[@]} -gt 0 ] || \
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
+  # A daemon installed here (nginx, for `bankboot serve` and the network tests) must not be started: bankboot
+  # runs its own on a port of its choosing. policy-rc.d says so to invoke-rc.d, for this install only.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$guard" >/dev/null && as_root chmod 755 "$guard"
+    trap 'as_root rm -f "$guard"' EXIT
+  fi
   apt_retry apt-get install -y --no-install-recommends "${missing[@]}"
+  if [ -n "$guard" ]; then as_root rm -f "$guard"; trap - EXIT; fi
 fi
 
 # Python environment: rebuilt when the pins or the project metadata change.

@@ -10,23 +10,35 @@ import os
 import tarfile
 from pathlib import Path
 
+from overlay_layout import chunks
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
-from overlay_layout.trust import Policy
+from overlay_layout.trust import Policy, sign_manifest
 
 # Accepts anything: unsigned images and downgrades (the tests of signatures build their own policies).
 DEV = Policy({}, allow_unsigned=True, allow_downgrade=True)
 
 
-def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None) -> str:
+def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None,
+              chunked: bool = False, seed: bytes | None = None) -> str:
+    """An unsigned bank file with `payload` as its squashfs (a stand-in: "hsqs" and the bytes). chunked: with a
+    chunk index; seed: sign it with this ed25519 seed."""
     payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
     digest = hashlib.sha256(payload).hexdigest()
     image_id = f"{version}-{digest[:8]}"
-    fields = {"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
-              "sha256": digest, "created": "1970-01-01T00:00:00Z"}
-    manifest = dump_manifest({**fields, "persist": persist} if persist else fields)
+    fields: dict[str, object] = {"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
+                                 "sha256": digest, "created": "1970-01-01T00:00:00Z"}
+    if persist:
+        fields["persist"] = persist
+    members = [("rootfs.squashfs", payload)]
+    if chunked:
+        index = chunks.dump(chunks.index_of(payload))
+        fields["chunks"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest(),
+                            "count": (len(index) - len(chunks.MAGIC)) // chunks.ENTRY.size}
+        members.append((chunks.MEMBER, index))
+    manifest = dump_manifest(sign_manifest(fields, seed) if seed else fields)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in (("manifest.json", manifest), ("rootfs.squashfs", payload)):
+        for name, data in (("manifest.json", manifest), *members):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -33,7 +33,9 @@ def test_image_records_arch_size_and_hash_and_is_reproducible(rootfs: Path, bank
     path, m = bank.path, bank.manifest
     assert m["arch"] == "arm64" and m["version"] == "2.0.0" and m["id"].startswith("2.0.0-")
     with tarfile.open(path) as tar:
-        assert tar.getnames() == ["manifest.json", "rootfs.squashfs", "rootfs.verity"]
+        assert tar.getnames() == ["manifest.json", "rootfs.squashfs", "rootfs.verity", "rootfs.chunks"]
+        index = tar.extractfile("rootfs.chunks").read()
+    assert len(index) == m["chunks"]["size"] and m["chunks"]["count"] >= 1
     assert m["verity"]["size"] > 0 and len(m["verity"]["root_hash"]) == 64
     again = build_image(rootfs, "2.0.0", rootfs.parent / "again.bank", sign_key=signing_key.private)
     assert again == m  # ed25519 signatures are deterministic too

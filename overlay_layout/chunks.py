@@ -1,0 +1,96 @@
+"""The chunk index of an image's squashfs: the file cut into content-defined chunks, each with its length
+and sha256, in order. `bankboot image` writes it into the bank file (rootfs.chunks, covered by the signed
+manifest's `chunks`); the device keeps it beside each installed image, so a later update can take every
+chunk it already holds from a local image and fetch only the others (docs/lifecycle.md, "Updates over
+the network").
+
+Boundaries are content-defined so that bytes inserted or removed early in the file do not move every later
+boundary: a chunk ends after an anchor (a fixed pair of bytes; squashfs data is compressed, so anchors fall
+at random, on average every 64 KiB), at least MIN and at most MAX bytes after the previous boundary. Finding
+an anchor is a `bytes.find`, so cutting runs at memory speed even on a slow board."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+MAGIC = b"bankboot-chunks 1\n"
+ENTRY = struct.Struct(">I32s")  # length, sha256
+ANCHOR = b"\x9e\x37"
+MIN_CHUNK = 16 << 10
+MAX_CHUNK = 256 << 10
+MEMBER = "rootfs.chunks"  # in the bank file and in the image's directory on the banks partition
+
+
+class ChunkError(ValueError):
+    pass
+
+
+def cut(data: bytes | memoryview) -> list[int]:
+    """The chunk lengths of `data` (they add up to len(data))."""
+    lengths = []
+    pos, n = 0, len(data)
+    view = bytes(data) if isinstance(data, memoryview) else data
+    while pos < n:
+        end = min(n, pos + MAX_CHUNK)
+        found = view.find(ANCHOR, pos + MIN_CHUNK - len(ANCHOR), end)
+        stop = end if found < 0 else found + len(ANCHOR)
+        lengths.append(stop - pos)
+        pos = stop
+    return lengths
+
+
+def index_of(data: bytes) -> list[tuple[int, bytes]]:
+    """(length, sha256) of every chunk of `data`."""
+    out, pos = [], 0
+    for length in cut(data):
+        out.append((length, hashlib.sha256(data[pos:pos + length]).digest()))
+        pos += length
+    return out
+
+
+def dump(index: list[tuple[int, bytes]]) -> bytes:
+    return MAGIC + b"".join(ENTRY.pack(length, digest) for length, digest in index)
+
+
+def parse(raw: bytes, where: str) -> list[tuple[int, bytes]]:
+    if not raw.startswith(MAGIC) or (len(raw) - len(MAGIC)) % ENTRY.size:
+        raise ChunkError(f"{where}: not a bankboot chunk index")
+    out = [ENTRY.unpack_from(raw, off) for off in range(len(MAGIC), len(raw), ENTRY.size)]
+    if any(not 0 < length <= MAX_CHUNK for length, _ in out):
+        raise ChunkError(f"{where}: a chunk length is out of range")
+    return out
+
+
+def read(path: str) -> list[tuple[int, bytes]] | None:
+    """An image's stored index; None when it has none or it cannot be read (then its chunks are not used)."""
+    try:
+        with open(path, "rb") as f:
+            return parse(f.read(64 << 20), path)
+    except (OSError, ChunkError):
+        return None
+
+
+def located(index: list[tuple[int, bytes]], path: str) -> dict[bytes, tuple[str, int, int]]:
+    """sha256 -> (file, offset, length) for every chunk of the file the index describes."""
+    out: dict[bytes, tuple[str, int, int]] = {}
+    pos = 0
+    for length, digest in index:
+        out.setdefault(digest, (path, pos, length))
+        pos += length
+    return out
+
+
+def read_chunk(where: tuple[str, int, int], digest: bytes) -> bytes | None:
+    """A chunk from a local file, only if it still has that content (a damaged image is not trusted)."""
+    path, offset, length = where
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return data if len(data) == length and hashlib.sha256(data).digest() == digest else None

@@ -1,0 +1,149 @@
+"""`bankctl stage URL` against Debian's nginx on a loopback port (builder/serve.py): full, resumed and
+delta downloads, and the errors a person meets."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from builder.serve import Server, free_port
+from overlay_layout.download import stage_url
+from overlay_layout.stage import StageError
+from overlay_layout.state import Banks
+from overlay_layout.trust import Policy
+from tests.banks import DEV, install_first_image, make_bank
+
+
+def payload(seed: int, size: int = 3 << 20) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    with Server(root) as srv:
+        yield srv
+
+
+def banks_at(tmp_path: Path) -> Banks:
+    install_first_image(tmp_path / "banks")
+    return Banks(str(tmp_path / "banks"))
+
+
+def stage(banks: Banks, url: str, policy: Policy = DEV, **kw):
+    return stage_url(banks, url, policy, "9.9.9", machine="x86_64", retries=kw.pop("retries", 1), **kw)
+
+
+def test_full_download_becomes_next_with_its_chunk_index(served: Server, tmp_path: Path) -> None:
+    image = make_bank(served.root / "a.bank", "2.0.0", payload(1), chunked=True)
+    banks = banks_at(tmp_path)
+    manifest, stats = stage(banks, served.url("a.bank"))
+    assert manifest["id"] == image and banks.layout.pointer("next") == image
+    lay = banks.layout
+    assert Path(lay.squashfs(image)).read_bytes()[4:] == payload(1)
+    assert (Path(lay.image_dir(image)) / "rootfs.chunks").is_file()
+    assert stats.network == manifest["size"] and stats.local == stats.resumed == 0
+    assert not [n for n in os.listdir(lay.overlay) if n.startswith(".download-")]
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_an_interrupted_download_resumes_and_never_becomes_next(served: Server, tmp_path: Path,
+                                                                chunked: bool) -> None:
+    image = make_bank(served.root / "a.bank", "2.0.0", payload(2, 6 << 20), chunked=chunked)
+    banks = banks_at(tmp_path)
+
+    def cut(done: int, total: int) -> None:  # Ctrl-C at half-way
+        if done > total // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stage(banks, served.url("a.bank"), progress=cut)
+    assert banks.layout.pointer("next") is None and image not in banks.layout.images()
+    assert os.path.isdir(os.path.join(banks.layout.overlay, f".download-{image}"))
+    manifest, stats = stage(banks, served.url("a.bank"))
+    assert banks.layout.pointer("next") == image
+    assert stats.resumed >= manifest["size"] // 2 - (2 << 20)  # what was fsynced before the cut
+    assert stats.network + stats.resumed == manifest["size"]
+    assert Path(banks.layout.squashfs(image)).read_bytes()[4:] == payload(2, 6 << 20)
+
+
+def test_only_changed_chunks_come_from_the_network(served: Server, tmp_path: Path) -> None:
+    old = payload(3, 8 << 20)
+    new = old[:3 << 20] + b"a changed config file" + old[(3 << 20) + 100:]
+    first = make_bank(served.root / "old.bank", "2.0.0", old, chunked=True)
+    make_bank(served.root / "new.bank", "2.1.0", new, chunked=True)
+    banks = banks_at(tmp_path)
+    stage(banks, served.url("old.bank"))
+    banks.mark_good(first)  # boots, commits: current holds the old chunks
+    manifest, stats = stage(banks, served.url("new.bank"))
+    assert stats.network < 600 << 10, stats.line()
+    assert stats.local + stats.network == manifest["size"]
+    assert Path(banks.layout.squashfs(manifest["id"])).read_bytes()[4:] == new
+
+
+def test_a_damaged_local_chunk_is_fetched_instead(served: Server, tmp_path: Path) -> None:
+    old = payload(4, 4 << 20)
+    first = make_bank(served.root / "old.bank", "2.0.0", old, chunked=True)
+    make_bank(served.root / "new.bank", "2.1.0", old + b"more", chunked=True)
+    banks = banks_at(tmp_path)
+    stage(banks, served.url("old.bank"))
+    banks.mark_good(first)
+    with open(banks.layout.squashfs(first), "r+b") as f:  # a bad block in the installed image
+        f.seek(1 << 20)
+        f.write(b"\0" * 4096)
+    manifest, stats = stage(banks, served.url("new.bank"))
+    assert 0 < stats.network < 1 << 20 and banks.layout.pointer("next") == manifest["id"]
+
+
+def test_a_changed_file_on_the_server_is_refused_chunk_by_chunk(served: Server, tmp_path: Path) -> None:
+    make_bank(served.root / "a.bank", "2.0.0", payload(5), chunked=True)
+    data = bytearray((served.root / "a.bank").read_bytes())
+    data[len(data) // 2] ^= 1
+    (served.root / "a.bank").write_bytes(bytes(data))
+    banks = banks_at(tmp_path)
+    with pytest.raises(StageError, match="does not match the signed chunk index"):
+        stage(banks, served.url("a.bank"))
+    assert banks.layout.pointer("next") is None
+
+
+def test_errors_name_what_is_wrong(served: Server, tmp_path: Path) -> None:
+    banks = banks_at(tmp_path)
+    with pytest.raises(StageError, match=r"not found \(HTTP 404\)"):
+        stage(banks, served.url("missing.bank"))
+    (served.root / "junk.bank").write_bytes(os.urandom(5000))
+    with pytest.raises(StageError, match="not a bank file"):
+        stage(banks, served.url("junk.bank"))
+    with pytest.raises(StageError, match="https needs a TLS client"):
+        stage(banks, "https://example.org/a.bank")
+    with pytest.raises(StageError, match=r"cannot reach 127.0.0.1:\d+.*gave up after 1 retries"):
+        stage(banks, f"http://127.0.0.1:{free_port()}/a.bank")
+    make_bank(served.root / "unsigned.bank", "2.0.0", payload(6))
+    with pytest.raises(StageError, match="is not signed"):
+        stage(banks, served.url("unsigned.bank"), policy=Policy({}, False, False))
+    make_bank(served.root / "arm.bank", "2.0.0", payload(6), arch="arm64")
+    with pytest.raises(StageError, match="arm64 image; this machine is amd64"):
+        stage(banks, served.url("arm.bank"))
+    assert banks.layout.pointer("next") is None
+
+
+def test_a_server_without_ranges_still_works(tmp_path: Path) -> None:
+    """Python's http.server ignores Range: the whole file is read and the wanted bytes kept."""
+    root = tmp_path / "www"
+    root.mkdir()
+    image = make_bank(root / "a.bank", "2.0.0", payload(7), chunked=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        said: list[str] = []
+        banks = banks_at(tmp_path)
+        manifest, _ = stage(banks, f"http://127.0.0.1:{srv.server_address[1]}/a.bank", say=said.append)
+        srv.shutdown()
+    assert manifest["id"] == image and banks.layout.pointer("next") == image
+    assert any("does not do ranges" in s for s in said)
