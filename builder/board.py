@@ -40,6 +40,7 @@ class Board:
     qemu_system: str
     qemu_args: tuple[str, ...]
     qemu_disk: tuple[str, ...]
+    qemu_net: tuple[str, ...] = ()  # a NIC on QEMU's user-mode network (device "net0"), for tests that need one
     image_needs_modules: bool = False  # a trial image must carry /lib/modules/<release> (self-test)
     kernel_name: str = "vmlinuz"  # the kernel's file name on the boot partition
     dtb: str | None = None  # device tree, relative to the kernel package's dtb directory
@@ -102,7 +103,8 @@ def _str_list(data: dict, path: Path, key: str, default=None) -> tuple[str, ...]
 KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel.image", "kernel.modules_dir",
               "initramfs.compression", "initramfs.modules", "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index")
+              "boot.config_txt", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
+              "qemu.net")
 
 
 def check_keys(data: dict, path: Path) -> None:
@@ -176,6 +178,7 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         qemu_system=_get(data, path, "qemu.system", str),
         qemu_args=_str_list(data, path, "qemu.args"),
         qemu_disk=_str_list(data, path, "qemu.disk"),
+        qemu_net=_str_list(data, path, "qemu.net", []),
         image_needs_modules=_get(data, path, "boot.image_needs_modules", bool, False),
         kernel_name=_get(data, path, "boot.kernel_name", str, "vmlinuz"),
         dtb=data.get("boot", {}).get("dtb"),

@@ -23,7 +23,7 @@ def machine_for(board: Board) -> Machine:
             raise RuntimeError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
         dtb = dtb_dir / board.dtb
     return Machine(board.name, board.qemu_system, board.qemu_args, board.qemu_disk, board.arch.uname,
-                   board.serial_index, dtb)
+                   board.serial_index, dtb, board.qemu_net)
 
 
 def firmware_files(board: Board, disk: Path, dest: Path) -> tuple[Path, Path, str]:
@@ -46,10 +46,12 @@ def board_vm(board: Board, initrd: Path, disks: list[Path] | None = None, append
               _join(board.cmdline if cmdline is None else cmdline, append), disks, log_dir, reboot)
 
 
-def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False) -> VM:
-    """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition."""
+def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False,
+            net: bool = False) -> VM:
+    """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition. net: with
+    a NIC on QEMU's user-mode network."""
     kernel, initrd, cmdline = firmware_files(board, disk, log_dir / "bootfiles")
-    return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot)
+    return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot, net)
 
 
 def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str = "", from_disk: bool = True) -> int:

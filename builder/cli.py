@@ -118,6 +118,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_delta(args: argparse.Namespace) -> int:
+    from builder.delta import delta
+
+    need, size = delta([Path(p) for p in args.old], Path(args.new))
+    print(f"{args.new}: {need / 1e6:.2f} MB of {size / 1e6:.2f} MB ({100 * need / max(size, 1):.1f}%) come from "
+          f"the network to a device holding {', '.join(args.old)}; the rest from its own images")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from builder.serve import serve
 
@@ -266,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
+
+    dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
+                                      "network (bankctl stage URL)")
+    dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
+    dl.add_argument("new", help="the update's bank file")
+    dl.set_defaults(func=cmd_delta)
 
     sv = sub.add_parser("serve", help="serve bank files over HTTP (nginx) for `bankctl stage URL`")
     sv.add_argument("dir", help="the directory of bank files")

@@ -38,7 +38,7 @@ EXCLUDES = [
     "inspect", "zipfile", "pathlib", "urllib", "ipaddress", "importlib.metadata", "logging",
     # Collected through modules the init never runs (PyInstaller follows every import statement).
     "ast", "dataclasses", "datetime", "calendar", "_strptime", "pickle", "_compat_pickle", "subprocess",
-    "selectors", "threading", "_threading_local", "gzip", "pprint", "tracemalloc", "stringprep", "quopri",
+    "threading", "_threading_local", "gzip", "pprint", "tracemalloc", "stringprep", "quopri",
     "getopt", "_py_abc", "resource",
 ]
 # Codecs anything here uses (Python's own UTF-8 mode, ASCII, Latin-1 and the escapes); the other ~110

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
             return int(args.func(banks, args))
     except StageError as e:
-        print(f"bankctl {args.command}: refused: {e}", file=sys.stderr)
+        print(f"\nbankctl {args.command}: {'failed' if 'resumes' in str(e) else 'refused'}: {e}", file=sys.stderr)
         return EXIT_STAGE
     except StateError as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)

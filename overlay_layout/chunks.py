@@ -5,9 +5,12 @@ chunk it already holds from a local image and fetch only the others (docs/lifecy
 the network").
 
 Boundaries are content-defined so that bytes inserted or removed early in the file do not move every later
-boundary: a chunk ends after an anchor (a fixed pair of bytes; squashfs data is compressed, so anchors fall
-at random, on average every 64 KiB), at least MIN and at most MAX bytes after the previous boundary. Finding
-an anchor is a `bytes.find`, so cutting runs at memory speed even on a slow board."""
+boundary: a chunk ends after an anchor (one of a few fixed pairs of bytes; squashfs data is compressed, so
+anchors fall at random, one pair on average every 64 KiB, so four every 16 KiB), at least MIN and at most MAX
+bytes after the previous boundary. Finding an anchor is a `bytes.find`, so cutting runs at memory speed.
+
+The sizes were measured on a Debian 12 minbase rootfs (docs/lifecycle.md): an average near 20 KiB fetched
+4.6% of the image for one upgraded package where 64 KiB chunks fetched 7.5%, for an index of 0.2% of it."""
 
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import struct
 
 MAGIC = b"bankboot-chunks 1\n"
 ENTRY = struct.Struct(">I32s")  # length, sha256
-ANCHOR = b"\x9e\x37"
-MIN_CHUNK = 16 << 10
-MAX_CHUNK = 256 << 10
+ANCHORS = (b"\x9e\x37", b"\x51\xc4", b"\x2b\xe8", b"\xd6\x0a")
+MIN_CHUNK = 4 << 10
+MAX_CHUNK = 64 << 10
 MEMBER = "rootfs.chunks"  # in the bank file and in the image's directory on the banks partition
 
 
@@ -34,8 +37,11 @@ def cut(data: bytes | memoryview) -> list[int]:
     view = bytes(data) if isinstance(data, memoryview) else data
     while pos < n:
         end = min(n, pos + MAX_CHUNK)
-        found = view.find(ANCHOR, pos + MIN_CHUNK - len(ANCHOR), end)
-        stop = end if found < 0 else found + len(ANCHOR)
+        stop = end
+        for anchor in ANCHORS:
+            found = view.find(anchor, pos + MIN_CHUNK - 2, stop)
+            if found >= 0:
+                stop = found + 2
         lengths.append(stop - pos)
         pos = stop
     return lengths

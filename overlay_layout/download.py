@@ -60,12 +60,13 @@ class Stats:
         self.network = 0  # bytes of the image fetched from the server
         self.local = 0  # bytes taken from images already on the device
         self.resumed = 0  # bytes already downloaded by an earlier attempt
+        self.received = 0  # everything that came over the network: headers, manifest, index, hash tree too
 
     def line(self) -> str:
         total = max(self.network + self.local + self.resumed, 1)
         return (f"{self.network / 1e6:.1f} MB from the network ({100 * self.network / total:.0f}%), "
                 f"{self.local / 1e6:.1f} MB from images on this device, {self.resumed / 1e6:.1f} MB already "
-                f"downloaded by an earlier attempt")
+                f"downloaded by an earlier attempt; {self.received / 1e6:.1f} MB received in all")
 
 
 def local_chunks(banks: Banks) -> dict[bytes, tuple[str, int, int]]:
@@ -259,8 +260,10 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
                 _small_member(bank, http, name, work)
             download_squashfs(bank, http, work, local_chunks(banks), progress, stats)
         except FetchError as e:
-            raise StageError(f"{e}; what was downloaded is kept: the same `bankctl stage {url}` resumes") from None
+            raise StageError(f"{e}; {http.received / 1e6:.1f} MB received, what was verified is kept: the same "
+                             f"`bankctl stage {url}` resumes") from None
 
     manifest = stage_from(banks, url, open_bank, fill, policy, running_version, tries, upper, machine,
                           allow_downgrade, booted=booted, work_prefix=PREFIX)
+    stats.received = http.received
     return manifest, stats

@@ -41,8 +41,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
     if not colon:
         host, port = hostport, "80"
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise FetchError(f"{url}: no host, or a bad port")
+    if not host or not host.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FetchError(f"{url}: no host, a host name that is not ASCII (use its xn-- form), or a bad port")
     return host, int(port), "/" + path
 
 
@@ -64,7 +64,8 @@ class HttpFile:
         """Send GET for bytes start..end (inclusive; None: to the end). Returns (socket, reader, offset the
         body starts at, body length)."""
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            # the name as bytes: a str would go through the idna codec, which the frozen init does not carry
+            sock = socket.create_connection((self.host.encode("ascii"), self.port), timeout=self.timeout)
         except OSError as e:
             raise _Retry(f"cannot reach {self.host}:{self.port}: {e.strerror or e}") from None
         try:

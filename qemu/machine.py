@@ -18,6 +18,7 @@ class Machine:
     guest_machine: str  # `uname -m` of the guest (KVM only when the host is the same)
     serial_index: int = 0  # which -serial is the console; the ones before it go nowhere
     dtb: Path | None = None  # a device tree to pass with -dtb
+    net: tuple[str, ...] = ()  # a NIC on QEMU's user-mode network, netdev "net0" (the host is 10.0.2.2)
 
     def disk_args(self, path: Path, index: int) -> list[str]:
         return [a.format(path=path, index=index) for a in self.disk]
@@ -33,7 +34,7 @@ def kvm_usable() -> bool:
 
 
 def qemu_command(machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path],
-                 serial: list[str], qmp: str | None = None) -> list[str]:
+                 serial: list[str], qmp: str | None = None, net: bool = False) -> list[str]:
     binary = shutil.which(machine.system)
     if binary is None:
         raise RuntimeError(f"{machine.system} is not installed (make deps installs it)")
@@ -48,4 +49,8 @@ def qemu_command(machine: Machine, kernel: Path, initrd: Path, cmdline: str, dis
         cmd += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     for i, disk in enumerate(disks):
         cmd += machine.disk_args(disk, i)
+    if net:
+        if not machine.net:
+            raise RuntimeError(f"{machine.name} has no network device for QEMU (qemu.net in its board file)")
+        cmd += machine.net
     return cmd

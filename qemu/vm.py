@@ -23,7 +23,8 @@ class VM:
     one for a board."""
 
     def __init__(self, machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path] | None = None,
-                 log_dir: Path | None = None, reboot: bool = False) -> None:
+                 log_dir: Path | None = None, reboot: bool = False, net: bool = False) -> None:
+        self.net = net
         self.machine = machine
         self.initrd = initrd
         self.kernel = kernel
@@ -45,7 +46,7 @@ class VM:
         self._console = SerialConsole(sock, self.log_dir / "console.log")
         serial = ["-chardev", f"socket,id=ser0,path={sock},server=off", "-serial", "chardev:ser0"]
         cmd = qemu_command(self.machine, self.kernel, self.initrd, self.cmdline, self.disks, serial,
-                           qmp=str(self.tmp / "qmp.sock"))
+                           qmp=str(self.tmp / "qmp.sock"), net=self.net)
         if not self.reboot:
             cmd.append("-no-reboot")
         (self.log_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
@@ -84,6 +85,10 @@ class VM:
 
     def status(self) -> str:
         return str(self.qmp.cmd("query-status")["status"])  # type: ignore[index]
+
+    def set_link(self, up: bool) -> None:
+        """Plug or unplug the network cable (the NIC stays; packets stop)."""
+        self.qmp.cmd("set_link", name="net0", up=up)
 
     def system_reset(self) -> None:
         self.qmp.cmd("system_reset")
