@@ -37,7 +37,13 @@ demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 		--persist /root --sign $(SIGN) -o $(DEMO)/app-1.0.0.bank
 	$(VENV)/bankboot disk --board $(BOARD) --image $(DEMO)/app-1.0.0.bank --initramfs $(INITRAMFS) \
 		--size 512M -o $(DEMO)/disk.img
-	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img
+	$(VENV)/bankboot sample-rootfs --board $(BOARD) --version 1.1.0 -o $(DEMO)/rootfs-1.1.0
+	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs-1.1.0 --version 1.1.0 --confirm-boots --persist /etc --persist /var \
+		--persist /root --sign $(SIGN) -o $(DEMO)/www/app-1.1.0.bank
+	@echo "An update over the network: in another terminal run"
+	@echo "    $(VENV)/bankboot serve $(DEMO)/www"
+	@echo "then in the guest: bankctl stage http://10.0.2.2:8080/app-1.1.0.bank && reboot"
+	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img --net
 
 test: deps lint
 	$(VENV)/pytest $(PYTEST_ARGS)

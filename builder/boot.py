@@ -54,7 +54,8 @@ def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: b
     return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot, net)
 
 
-def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str = "", from_disk: bool = True) -> int:
+def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str = "", from_disk: bool = True,
+                    net: bool = False) -> int:
     """`bankboot qemu`: with a disk and from_disk, boot it as firmware would; else the board's kernel with
     `initrd`. The serial console is this process's stdin/stdout."""
     from qemu.interactive import exec_console
@@ -66,4 +67,4 @@ def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str =
         if not initrd.is_file():
             raise FileNotFoundError(f"{initrd} does not exist: run `make initramfs BOARD={board.name}` first")
         kernel, cmdline = locate_kernel(board).image, _join(board.cmdline, append)
-    return exec_console(machine_for(board), kernel, initrd, cmdline, disks)
+    return exec_console(machine_for(board), kernel, initrd, cmdline, disks, net)

@@ -65,7 +65,7 @@ def cmd_qemu(args: argparse.Namespace) -> int:
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     return run_interactive(board, initrd=initrd, disks=[Path(d) for d in args.disk], append=args.append,
-                           from_disk=args.from_disk)
+                           from_disk=args.from_disk, net=args.net)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     q.add_argument("--disk", action="append", default=[], help="a raw disk image to attach (repeatable)")
     q.add_argument("--append", default="", help="extra kernel command line")
+    q.add_argument("--net", action="store_true", help="a NIC on QEMU's user-mode network (the host is 10.0.2.2: "
+                                                      "bankboot serve)")
     q.add_argument("--from-initramfs", dest="from_disk", action="store_false", default=True,
                    help="with --disk: boot the kernel and --initramfs given here, not those on the disk")
     q.set_defaults(func=cmd_qemu)

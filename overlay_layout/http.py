@@ -65,7 +65,8 @@ class HttpFile:
         body starts at, body length)."""
         try:
             # the name as bytes: a str would go through the idna codec, which the frozen init does not carry
-            sock = socket.create_connection((self.host.encode("ascii"), self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.host.encode("ascii"), self.port),  # type: ignore[arg-type]
+                                            timeout=self.timeout)
         except OSError as e:
             raise _Retry(f"cannot reach {self.host}:{self.port}: {e.strerror or e}") from None
         try:
@@ -122,10 +123,11 @@ class HttpFile:
         """Hand `length` bytes from `offset` to `sink`, in blocks, retrying from where it got to."""
         done, tries = 0, 0
         while done < length:
+            delivered = _Counter(sink)
             try:
                 sock, reader, at, body = self._open(offset + done, offset + length - 1)
                 try:
-                    done += self._pump(reader, at, body, offset + done, length - done, sink)
+                    self._pump(reader, at, body, offset + done, length - done, delivered)
                 finally:
                     sock.close()
                 tries = 0
@@ -139,8 +141,11 @@ class HttpFile:
                 if tries > self.retries:
                     raise FetchError(f"{e} (gave up after {self.retries} retries)") from None
                 pause = min(30, 2 ** (tries - 1))
-                self.say(f"{e}; retrying in {pause} s ({tries} of {self.retries}), from byte {offset + done}")
+                self.say(f"{e}; retrying in {pause} s ({tries} of {self.retries}), from byte "
+                         f"{offset + done + delivered.count}")
                 time.sleep(pause)
+            finally:
+                done += delivered.count  # what the sink has is never asked for again
 
     def _pump(self, reader: object, at: int, body: int, want_at: int, want: int,
               sink: Callable[[memoryview], None]) -> int:
@@ -192,6 +197,17 @@ class HttpFile:
             self.read(0, 1)
         assert self.size is not None
         return self.read(offset, max(0, min(length, self.size - offset)))
+
+
+class _Counter:
+    """Passes blocks on to a sink and counts them: a retry continues after the last byte the sink got."""
+
+    def __init__(self, sink: Callable[[memoryview], None]) -> None:
+        self.sink, self.count = sink, 0
+
+    def __call__(self, block: memoryview) -> None:
+        self.sink(block)
+        self.count += len(block)
 
 
 class _Redirect(Exception):

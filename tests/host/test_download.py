@@ -147,3 +147,46 @@ def test_a_server_without_ranges_still_works(tmp_path: Path) -> None:
         srv.shutdown()
     assert manifest["id"] == image and banks.layout.pointer("next") == image
     assert any("does not do ranges" in s for s in said)
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Serves one file by ranges, but breaks the first answers off after 1 MB (a link that drops)."""
+
+    data = b""
+    breaks = 2
+
+    def do_GET(self) -> None:
+        first, _, last = self.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+        start, end = int(first), int(last) if last else len(self.data) - 1
+        body = self.data[start:end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if len(body) > 2 << 20 and _Flaky.breaks:
+            _Flaky.breaks -= 1
+            self.wfile.write(body[:1 << 20])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_dropped_connection_is_retried_from_the_byte_reached(tmp_path: Path) -> None:
+    bank = tmp_path / "a.bank"
+    image = make_bank(bank, "2.0.0", payload(8, 6 << 20), chunked=True)
+    _Flaky.data = bank.read_bytes()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        said: list[str] = []
+        banks = banks_at(tmp_path)
+        manifest, stats = stage(banks, f"http://127.0.0.1:{srv.server_address[1]}/a.bank", retries=3,
+                                say=said.append)
+        srv.shutdown()
+    assert banks.layout.pointer("next") == image and _Flaky.breaks == 0
+    assert sum("retrying in" in s for s in said) == 2
+    # every byte of the file came once, plus what the two breaks cut short of a whole chunk
+    assert manifest["size"] <= stats.received <= len(_Flaky.data) + 2 * (64 << 10)
