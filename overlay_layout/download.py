@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 PREFIX = ".download-"
 READ_AHEAD = 64 << 10  # the first request: the archive headers and the manifest in one go
 RUN = 8 << 20  # at most this many missing bytes in one range request
-SYNC_EVERY = 2 << 20  # fsync the partial squashfs this often: a power cut loses at most this much
+SYNC_EVERY = 1 << 20  # fsync the partial squashfs this often: a power cut loses at most this much
 
 
 class HttpSource(Source):
@@ -166,6 +166,8 @@ def download_squashfs(bank: BankFile, http: HttpFile, work: str, have: dict[byte
     h = hashlib.sha256()
     prefix, first = _verified_prefix(part, index, h)
     stats.resumed = prefix
+    if prefix:
+        http.say(f"resuming: {prefix / 1e6:.1f} MB of {size / 1e6:.1f} MB already here and checked")
     out = _Writer(part, prefix, h, progress, size)
     try:
         if index is None:

@@ -113,7 +113,7 @@ def test_a_changed_file_on_the_server_is_refused_chunk_by_chunk(served: Server, 
     assert banks.layout.pointer("next") is None
 
 
-def test_errors_name_what_is_wrong(served: Server, tmp_path: Path) -> None:
+def test_errors_name_what_is_wrong(served: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     banks = banks_at(tmp_path)
     with pytest.raises(StageError, match=r"not found \(HTTP 404\)"):
         stage(banks, served.url("missing.bank"))
@@ -127,6 +127,18 @@ def test_errors_name_what_is_wrong(served: Server, tmp_path: Path) -> None:
     make_bank(served.root / "unsigned.bank", "2.0.0", payload(6))
     with pytest.raises(StageError, match="is not signed"):
         stage(banks, served.url("unsigned.bank"), policy=Policy({}, False, False))
+    real = os.statvfs
+
+    class Full:  # the banks partition with 1 MB free
+        def __init__(self, path: str) -> None:
+            st = real(path)
+            self.f_frsize, self.f_bavail = st.f_frsize, (1 << 20) // st.f_frsize
+
+    make_bank(served.root / "big.bank", "2.0.0", payload(6))
+    monkeypatch.setattr(os, "statvfs", Full)
+    with pytest.raises(StageError, match=r"not enough space on the banks partition: [\d.]+ MB needed"):
+        stage(banks, served.url("big.bank"))
+    monkeypatch.undo()
     make_bank(served.root / "arm.bank", "2.0.0", payload(6), arch="arm64")
     with pytest.raises(StageError, match="arm64 image; this machine is amd64"):
         stage(banks, served.url("arm.bank"))
