@@ -53,6 +53,26 @@ def _image(st: dict, version: str) -> dict:
     return next(i for i in st["images"] if i["version"] == version)
 
 
+def _kexecd_kernel_failures_fall_back(vm: VM, second: str, loader: str) -> None:
+    # A kernel that panics (its init exits; panic=-1 reboots): its boot spent the try; then the previous image.
+    rc, msg = vm.console.run("bankctl stage /userdata/app-1.2.0.bank --tries 1", timeout=T)
+    assert rc == 0, msg
+    vm.console.sendline("reboot")
+    vm.console.expect(r"kexec: starting kernel " + re.escape(second), T)
+    vm.console.expect(r"Kernel panic", T)
+    assert _up(vm) == ("1.0.0", loader)
+    assert "no tries left" in _image(_status(vm), "1.2.0")["reason"]
+
+    # Its initramfs cannot serve its kernel: the second stage reboots to the loader, which falls back.
+    rc, msg = vm.console.run("bankctl stage /userdata/app-1.4.0.bank --tries 1", timeout=T)
+    assert rc == 0, msg
+    vm.console.sendline("reboot")
+    vm.console.expect(r"kexec: starting kernel " + re.escape(second), T)
+    vm.console.expect(r"has no modules for the running kernel " + re.escape(second), T)
+    assert _up(vm) == ("1.0.0", loader)
+    assert _image(_status(vm), "1.4.0")["state"] == "bad"
+
+
 # (loader board, the board whose kernel is the wrong architecture, what the loader says when kexec refuses it)
 CASES = {"qemu-x86_64": ("qemu-aarch64", r"kexec_file_load of \S+: Exec format error"),
          "qemu-aarch64": ("qemu-x86_64", r"kexec -l \S+ \(kexec-tools\) failed")}
@@ -77,8 +97,12 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
     base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
     build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
     initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
+    # What happens after a kexec'd kernel fails (it panics; its initramfs cannot serve it) is the init's
+    # policy, the same whichever way the kernel was loaded: proven on one board, to keep `make test` short.
+    failures = name == "qemu-aarch64"
     banks = {}
-    for version, append in (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", ""), ("1.4.0", "")):
+    versions = (("1.1.0", ""), ("1.2.0", "rdinit=/bin/false"), ("1.3.0", ""), ("1.4.0", ""))
+    for version, append in versions if failures else (versions[0], versions[2]):
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{version}", version=version)
         add_kernel_modules(rootfs, second, modules)
         banks[version] = out / f"app-{version}.bank"
@@ -106,23 +130,8 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         assert _image(_status(vm), "1.3.0")["state"] == "bad"
 
-        # A kernel that panics (its init exits; panic=-1 reboots): its boot spent the try; then the previous image.
-        rc, msg = vm.console.run("bankctl stage /userdata/app-1.2.0.bank --tries 1", timeout=T)
-        assert rc == 0, msg
-        vm.console.sendline("reboot")
-        vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
-        vm.console.expect(r"Kernel panic", T)
-        assert _up(vm) == ("1.0.0", loader_kernel.version)
-        assert "no tries left" in _image(_status(vm), "1.2.0")["reason"]
-
-        # Its initramfs cannot serve its kernel: the second stage reboots to the loader, which falls back.
-        rc, msg = vm.console.run("bankctl stage /userdata/app-1.4.0.bank --tries 1", timeout=T)
-        assert rc == 0, msg
-        vm.console.sendline("reboot")
-        vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
-        vm.console.expect(r"has no modules for the running kernel " + re.escape(second.version), T)
-        assert _up(vm) == ("1.0.0", loader_kernel.version)
-        assert _image(_status(vm), "1.4.0")["state"] == "bad"
+        if failures:
+            _kexecd_kernel_failures_fall_back(vm, second.version, loader_kernel.version)
 
         # A good image on its own kernel: kexec'd, its own initramfs, commits, and keeps booting that way.
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank", timeout=T)
