@@ -33,8 +33,9 @@ mounted /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
 echo "sample-rootfs: root is $(awk '$2 == "/" {{print $1, $3}}' /proc/mounts)"
 # A NIC (QEMU's user-mode network in tests): its fixed addresses there; a real image runs its own network.
 if [ -e /sys/class/net/eth0 ]; then
-  ip link set lo up; ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
-    && echo "sample-rootfs: network up on eth0"
+  ip link set lo up
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 &&
+    echo "sample-rootfs: network up on eth0"
 fi
 # On a trial boot, commit once our own checks pass (a real image would do this from a health service).
 if grep -q '"trial": true' {BOOTED} 2>/dev/null; then
