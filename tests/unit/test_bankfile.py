@@ -112,3 +112,17 @@ def test_copy_hashed_never_overwrites_and_removes_a_cut_copy(tmp_path: Path) -> 
         assert copy_hashed(fd, 1 << 20, 5, str(tmp_path / "five"))[0] == 5
     finally:
         os.close(fd)
+
+
+def test_gc_removes_unfinished_downloads_and_boot_leaves_them(tmp_path: Path) -> None:
+    from overlay_layout.state import Banks
+    from tests.banks import install_first_image
+
+    install_first_image(tmp_path)
+    banks = Banks(str(tmp_path))
+    partial = tmp_path / "overlay" / ".download-2.0.0-abc"
+    partial.mkdir()
+    (partial / "rootfs.squashfs.part").write_bytes(b"x" * 100)
+    assert banks.remove_staging_leftovers() == [] and partial.is_dir()  # what every boot runs: kept
+    assert ".download-2.0.0-abc" in banks.gc("1.0.0-base") and not partial.exists()
+    assert banks.layout.images() == ["1.0.0-base"]
