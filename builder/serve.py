@@ -96,7 +96,11 @@ class Server:
 
 
 def serve(root: Path, port: int, bind: str, rate: str | None = None) -> int:
-    """Serve until Ctrl-C, saying how a device reaches each bank file."""
+    """Serve until Ctrl-C (or SIGTERM), saying how a device reaches each bank file; nginx stops with it."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with Server(root, port, bind, rate) as srv:
         banks = sorted(p.name for p in root.glob("*.bank"))
         print(f"serving {root} on http://{bind}:{srv.port}/ (Ctrl-C stops)")
