@@ -185,7 +185,10 @@ class InitramfsConf:
             return cls()
 
     def ld_so(self) -> str:
-        """The ld.so bankctl's launcher runs: the one the builder found, else the architecture's usual."""
+        """The ld.so bankctl's launcher runs: the one the builder found, else its architecture's (or this
+        machine's) usual one."""
         if self.interp:
             return self.interp
-        return arch_named(self.arch).ld_so if self.arch else ARCHES[1].ld_so
+        import os
+
+        return (arch_named(self.arch) if self.arch else arch_of_machine(os.uname().machine)).ld_so

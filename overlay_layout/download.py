@@ -106,13 +106,12 @@ class _Writer:
                  total: int) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         os.ftruncate(self.fd, prefix)
+        os.lseek(self.fd, prefix, os.SEEK_SET)
         self.pos, self.synced, self.h = prefix, prefix, h
         self.progress, self.total = progress, total
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.pwrite(self.fd, view, self.pos + (len(data) - len(view))):]
+        durable.write_all(self.fd, data)
         self.h.update(data)
         self.pos += len(data)
         if self.pos - self.synced >= SYNC_EVERY:

@@ -61,7 +61,8 @@ def fill_file(path: str, fill: Callable[[int], T], exclusive: bool = False, mode
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until all of `data` is written (a write may take less)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -70,7 +71,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def write_file(path: str, data: bytes, mode: int = 0o644) -> None:
     _about_to(f"write {path}")
     tmp = _tmp_name(path)
-    fill_file(tmp, lambda fd: _write_all(fd, data), mode=mode)
+    fill_file(tmp, lambda fd: write_all(fd, data), mode=mode)
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
 

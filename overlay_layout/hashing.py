@@ -44,9 +44,7 @@ def hash_fd(fd: int, offset: int = 0, size: int | None = None,
         h.update(chunk)
         if dest is not None:
             durable.checkpoint("copy a block")  # the fault-injection seam: a power cut mid-copy
-            written = 0
-            while written < n:
-                written += os.write(dest, chunk[written:])
+            durable.write_all(dest, chunk)
         done += n
         if progress is not None:
             progress(done, size if size is not None else done)
