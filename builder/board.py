@@ -40,6 +40,9 @@ class Board:
     qemu_system: str
     qemu_args: tuple[str, ...]
     qemu_disk: tuple[str, ...]
+    # Loaded first where the kernel and CPU have them, skipped where not (the kernel refuses a module for a CPU
+    # feature the board lacks): faster SHA-256 for dm-verity and module signatures (docs/initramfs.md).
+    optional_modules: tuple[str, ...] = ()
     qemu_net: tuple[str, ...] = ()  # a NIC on QEMU's user-mode network (device "net0"), for tests that need one
     image_needs_modules: bool = False  # a trial image must carry /lib/modules/<release> (self-test)
     kernel_name: str = "vmlinuz"  # the kernel's file name on the boot partition
@@ -101,7 +104,8 @@ def _str_list(data: dict, path: Path, key: str, default=None) -> tuple[str, ...]
 
 # Every key a board file may have, as table.key: anything else is a typo, reported with the nearest key.
 KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel.image", "kernel.modules_dir",
-              "initramfs.compression", "initramfs.modules", "boot.console", "boot.cmdline", "boot.rescue",
+              "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
+              "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
               "boot.config_txt", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
               "qemu.net")
@@ -173,6 +177,7 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         kernel=kernel,
         compression=compression,
         modules=_str_list(data, path, "initramfs.modules", []),
+        optional_modules=_str_list(data, path, "initramfs.optional_modules", []),
         console=_get(data, path, "boot.console", str),
         cmdline=_get(data, path, "boot.cmdline", str, ""),
         qemu_system=_get(data, path, "qemu.system", str),

@@ -40,18 +40,18 @@ def _join(*parts: str) -> str:
 
 def board_vm(board: Board, initrd: Path, disks: list[Path] | None = None, append: str = "",
              log_dir: Path | None = None, kernel: Path | None = None, reboot: bool = False,
-             cmdline: str | None = None) -> VM:
+             cmdline: str | None = None, clock: str = "host") -> VM:
     """The board's kernel (or `kernel`) with `initrd`, on the board's command line (or `cmdline`)."""
     return VM(machine_for(board), kernel or locate_kernel(board).image, initrd,
-              _join(board.cmdline if cmdline is None else cmdline, append), disks, log_dir, reboot)
+              _join(board.cmdline if cmdline is None else cmdline, append), disks, log_dir, reboot, clock=clock)
 
 
 def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False,
-            net: bool = False) -> VM:
+            net: bool = False, clock: str = "host") -> VM:
     """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition. net: with
-    a NIC on QEMU's user-mode network."""
+    a NIC on QEMU's user-mode network. clock: qemu.machine.CLOCKS ("icount" for measuring)."""
     kernel, initrd, cmdline = firmware_files(board, disk, log_dir / "bootfiles")
-    return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot, net)
+    return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot, net, clock)
 
 
 def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str = "", from_disk: bool = True,

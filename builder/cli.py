@@ -156,7 +156,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from builder.bench import run_bench
 
-    return run_bench(load_board(args.board), runs=args.runs)
+    parts = tuple(args.only.split(",")) if args.only else ()
+    return run_bench(load_board(args.board), runs=args.runs, clock=args.clock, parts=parts)
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="initramfs size and boot time against a busybox-sh baseline")
     b.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
+    b.add_argument("--clock", choices=("icount", "host"), default="icount",
+                   help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
+    b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec")
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
     f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)

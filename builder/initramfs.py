@@ -17,9 +17,8 @@ from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import ModuleError, module_closure, run_depmod
-from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
+from builder.parts import KernelParts, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
-from builder.run import target_runner
 from initfs.version import VERSION
 from overlay_layout import durable
 from overlay_layout.contract import (
@@ -27,6 +26,7 @@ from overlay_layout.contract import (
     ETC,
     KIT_LIST,
     MODULES,
+    OPTIONAL_MARK,
     RUN,
     TRUST_DIR,
     InitramfsConf,
@@ -45,9 +45,11 @@ mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
 echo "baseline busybox-sh init on Linux $(uname -r)"
+echo "<7>baseline busybox-sh init on Linux" >/dev/kmsg
 n=0
-for m in $(cat $modules); do insmod /lib/modules/$(uname -r)/$m && n=$((n+1)); done
+for m in $(cat $modules); do insmod /lib/modules/$(uname -r)/${m#\\?} && n=$((n+1)); done
 echo "baseline: loaded $n kernel modules"
+echo "<7>baseline: loaded $n kernel modules" >/dev/kmsg
 if grep -q "root=" /proc/cmdline; then
   # The same hand-over as bankboot's, with the partitions fixed (bankboot disk: p2 banks, p3 userdata)
   # on the board's disk (virtio or SD card), waited for as rootwait would.
@@ -80,24 +82,37 @@ class BuildResult:
     kernel: KernelParts
 
 
-def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
-    """links=False (sealed builds): busybox without its applet links, so no `rdinit=/bin/sh` on a changed
-    kernel command line finds a shell in the initramfs."""
+def add_busybox(tree: FsTree, board: Board, shell: bool = True) -> None:
+    """Debian's static busybox runs its applets from its shell without links (FEATURE_SH_STANDALONE): only
+    /bin/sh is linked, for the rescue shell and the busybox-sh baseline. Four hundred applet links would
+    cost every boot their unpacking and, at the hand-over, their deletion. shell=False (sealed builds): not
+    even /bin/sh, so no `rdinit=/bin/sh` on a changed kernel command line finds a shell."""
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for link, target in busybox_links(busybox, target_runner(board.arch)) if links else ():
-        tree.add_symlink(link, target)
+    if shell:
+        tree.add_symlink("bin/sh", "busybox")
 
 
 # Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
 ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii")}
 
 
-def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """Copy the modules' closure and give it a modules.dep of its own (so modprobe works in the shell);
-    etc/bankboot/modules is the boot's load order, etc/bankboot/modules.<use> each on-demand set's.
-    Returns (the boot's order, the on-demand modules' paths in the tree: bankctl's kit keeps them)."""
-    order = module_closure(kernel.modules_dir, names)
+    etc/bankboot/modules is the boot's load order (optional modules first, each line marked with
+    OPTIONAL_MARK), etc/bankboot/modules.<use> each on-demand set's. An optional module this kernel lacks is
+    left out with a warning. Returns (the boot's order, the on-demand modules' paths in the tree: bankctl's
+    kit keeps them)."""
+    import sys
+
+    first: list[str] = []
+    for name in optional:
+        try:
+            first += [r for r in module_closure(kernel.modules_dir, [name]) if r not in first]
+        except ModuleError as e:
+            print(f"warning: optional module left out: {e}", file=sys.stderr)
+    order = [r for r in module_closure(kernel.modules_dir, names) if r not in first]
     on_demand = {}
     for use, mods in ON_DEMAND_MODULES.items():
         try:
@@ -107,7 +122,7 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> tu
     base = f"lib/modules/{kernel.version}"
     with tempfile.TemporaryDirectory() as tmp:
         mdir = Path(tmp) / base
-        for rel in sorted({*order, *(r for rels in on_demand.values() for r in rels)}):
+        for rel in sorted({*first, *order, *(r for rels in on_demand.values() for r in rels)}):
             dest = mdir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules_dir / rel, dest)
@@ -119,10 +134,11 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...]) -> tu
         for f in sorted(mdir.rglob("*")):
             if f.is_file():
                 tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
-    tree.add_file(archive_path(modules_list()), data="".join(f"{r}\n" for r in order).encode())
+    lines = [f"{OPTIONAL_MARK}{r}" for r in first] + order
+    tree.add_file(archive_path(modules_list()), data="".join(f"{r}\n" for r in lines).encode())
     for use, rels in on_demand.items():
         tree.add_file(archive_path(modules_list(use)), data="".join(f"{r}\n" for r in rels).encode())
-    return order, sorted({f"{base}/{r}" for rels in on_demand.values() for r in rels})
+    return first + order, sorted({f"{base}/{r}" for rels in on_demand.values() for r in rels})
 
 
 def add_closure(tree: FsTree, resolver: LibraryResolver, root: Path) -> None:
@@ -224,8 +240,8 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # Python reads random bytes for hash randomisation before the init mounts devtmpfs; where the kernel's
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
-    add_busybox(tree, board, links=not (board.sealed and init == "frozen"))
-    _, on_demand = add_modules(tree, kernel, board.modules)
+    add_busybox(tree, board, shell=not (board.sealed and init == "frozen"))
+    _, on_demand = add_modules(tree, kernel, board.modules, board.optional_modules)
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
                          rescue="reboot" if board.sealed else board.rescue, unconfirmed_boots=board.unconfirmed_boots,

@@ -92,7 +92,7 @@ def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsCon
         stop_listening()
         return select, "bankboot.select"
     timeout = opts.get("bankboot.timeout")
-    if timeout <= 0:
+    if timeout <= 0 or opts.get("bankboot.kexec"):  # a kexec's second stage: the window was the loader's
         return None, ""
 
     def entries() -> list[dict[str, Any]]:
@@ -462,15 +462,14 @@ def kexec_into(opts: Options, image: str, trial: bool, prepared: Prepared, recor
 
 def write_timeline(path: str = TIMELINE) -> None:
     """The boot's steps (log.timeline), for `bankctl timeline` and `bankboot timeline`."""
-    import json
+    from overlay_layout import jsontext
 
     log.mark("hand-over")
     with open(path, "w") as f:
-        json.dump({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}, f)
+        f.write(jsontext.dumps({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}))
 
 
 def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
-    import json
     import time
 
     from initfs.kit import expose_kit, read_kit_list, remove_old_kits
@@ -520,14 +519,16 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
 
         log.log(_quietly("arming the watchdog", arm, watchdog) or "watchdog not armed")
     os.makedirs(RUN, exist_ok=True)
+    from overlay_layout import jsontext
+
     with open(BOOTED, "w") as f:
-        json.dump({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
+        f.write(jsontext.dumps({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
                    "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
                    "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
                    "kernel": {"running": os.uname().release,
                               "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
                               if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings}, f)
+                   "build": record["build"], "tried": tried, "warnings": banks.warnings}))
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):
         if _quietly("mounting the bankctl kit", expose_kit, config):

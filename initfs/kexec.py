@@ -9,7 +9,6 @@ kernel (release and build equal to the running one): no kexec at all."""
 from __future__ import annotations
 
 import os
-import re
 
 from initfs import log
 
@@ -41,7 +40,7 @@ def second_stage_command_line(image: str, append: str, proc_cmdline: str | None 
     if proc_cmdline is None:
         with open("/proc/cmdline") as f:
             proc_cmdline = f.read()
-    base = re.sub(r"(^|\s)bankboot\.(kexec|loader)=\S*", " ", proc_cmdline).split()
+    base = [w for w in proc_cmdline.split() if not w.startswith((f"{PIN}=", f"{LOADER}="))]
     return " ".join([*base, *append.split(), f"{LOADER}={kernel_token()}", f"{PIN}={image}"])
 
 

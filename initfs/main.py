@@ -45,10 +45,12 @@ def banner(config: InitramfsConf) -> None:
 
 def boot() -> NoReturn:
     config = InitramfsConf.read()
-    banner(config)
-    with log.step("mount /proc /sys /dev /run"):
-        mount_early()
-    log.open_kmsg()
+    try:
+        with log.step("mount /proc /sys /dev /run"):
+            mount_early()
+    finally:  # the banner goes into the kernel log too (its timestamp is what `make bench` reads)
+        log.open_kmsg()
+        banner(config)
     from initfs.cmdline import Cmdline
     from initfs.options import Options
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable
 
 from initfs import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 ESC = 0x1B

@@ -8,7 +8,7 @@ import os
 
 from initfs import log
 from initfs.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
-from overlay_layout.contract import MODULES
+from overlay_layout.contract import MODULES, OPTIONAL_MARK
 
 ORDER_FILE = MODULES
 
@@ -36,7 +36,9 @@ def load_modules(release: str, order: list[str], root: str = "") -> int:
         raise ModuleLoadError(f"this initramfs has no modules for the running kernel {release} "
                               f"(it has: {present}); it was built for another kernel")
     loaded = 0
-    for rel in order:
+    for line in order:
+        optional = line.startswith(OPTIONAL_MARK)
+        rel = line.removeprefix(OPTIONAL_MARK)
         path = f"{base}/{rel}"
         flags = MODULE_INIT_COMPRESSED_FILE if not rel.endswith(".ko") else 0
         try:
@@ -49,7 +51,10 @@ def load_modules(release: str, order: list[str], root: str = "") -> int:
             if log.debug:
                 log.log(f"loaded {rel}")
         except OSError as e:
-            if e.errno != errno.EEXIST:
+            if optional and e.errno != errno.EEXIST:  # e.g. ENODEV: this CPU lacks the feature it is for
+                if log.debug:
+                    log.log(f"optional module {rel} not loaded: {e.strerror}")
+            elif e.errno != errno.EEXIST:
                 raise ModuleLoadError(f"loading module {path} failed: {e.strerror} (see dmesg)") from None
         finally:
             os.close(fd)

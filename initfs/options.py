@@ -8,9 +8,9 @@ for ever by accident."""
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 from initfs.cmdline import Cmdline
+from overlay_layout.recordtype import make_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 RESCUE_MODES = ("shell", "reboot")
 
 
-class Option(namedtuple("Option", "key kind default low high choices help",
-                        defaults=(0.0, math.inf, (), ""))):
-    """key; kind: seconds, int, str, flag or choice; default; low/high bounds; choices; help. A namedtuple,
-    not a dataclass or typing.NamedTuple: both cost the init a long import on slow boards."""
-
-    __slots__ = ()
+# key; kind: seconds, int, str, flag or choice; default; low/high bounds; choices; help. A plain tuple record
+# (recordtype.py), not a dataclass, typing.NamedTuple or namedtuple: each costs the init a long import on
+# slow boards. The checker sees its typed twin in overlay_layout/records.py (tests/unit/test_records.py keeps
+# the two the same).
+if TYPE_CHECKING:
+    from overlay_layout.records import Option as Option
+else:
+    Option = make_record("Option", "key kind default low high choices help", defaults=(0.0, math.inf, (), ""))
 
 
 OPTIONS = (
@@ -35,8 +37,9 @@ OPTIONS = (
     Option("init", "str", "/sbin/init", help="the image's init"),
     Option("bankboot.roottimeout", "seconds", 30.0, 0.1, 3600, help="how long to wait for the banks partition"),
     Option("bankboot.select", "str", None, help="boot this image once: previous, current, next or an image id"),
-    Option("bankboot.timeout", "seconds", 0.5, 0, 600,
-           help="the ESC window, counted from the init's start (it overlaps module loading; 0: no prompt)"),
+    Option("bankboot.timeout", "seconds", 0.1, 0, 600,
+           help="the ESC window, counted from the init's start; a key pressed before the boot is planned counts "
+                "too (it overlaps module loading; hold ESC while powering on; 0: no prompt)"),
     Option("bankboot.menu_timeout", "seconds", 30.0, 1, 3600,
            help="the boot menu boots as planned after this long without a key"),
     Option("bankboot.watchdog", "int", 0, 0, 3600, help="arm the hardware watchdog for trials (seconds; 0: off)"),

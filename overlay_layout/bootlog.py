@@ -5,10 +5,9 @@ them is damage (a warning, a copy kept beside it, and a new log)."""
 
 from __future__ import annotations
 
-import json
 import os
 
-from overlay_layout import durable
+from overlay_layout import durable, jsontext
 from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 
 TYPE_CHECKING = False
@@ -57,13 +56,19 @@ def read_log(root: str, warnings: list[str] | None = None) -> list[BootRecord]:
     return [r for r in (_clean(x) for x in got[0]) if r is not None]
 
 
+def dump_log(records: list[BootRecord]) -> bytes:
+    """One record per line: people can read it, and the compact C encoder writes it (an indented dump goes
+    through json's pure-Python encoder, slow on a board with 100 records to rewrite at every boot)."""
+    return ("[\n" + ",\n".join(jsontext.dumps(r) for r in records) + "\n]\n").encode()
+
+
 def append_record(root: str, record: BootRecord, warnings: list[str] | None = None) -> None:
     records = read_log(root, warnings)
     if records:
         last = records[-1]
         record.setdefault("previous_boot", last.get("outcome", "unknown (no word from that boot)"))
     records.append(record)
-    durable.write_file(log_path(root), json.dumps(records[-KEEP:], indent=1).encode() + b"\n")
+    durable.write_file(log_path(root), dump_log(records[-KEEP:]))
 
 
 def set_outcome(root: str, outcome: str) -> None:
@@ -71,4 +76,4 @@ def set_outcome(root: str, outcome: str) -> None:
     records = read_log(root)
     if records:
         records[-1]["outcome"] = outcome
-        durable.write_file(log_path(root), json.dumps(records[-KEEP:], indent=1).encode() + b"\n")
+        durable.write_file(log_path(root), dump_log(records[-KEEP:]))

@@ -14,9 +14,10 @@ The sizes were measured on a Debian 12 minbase rootfs (docs/lifecycle.md): an av
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
+
+from overlay_layout.hashing import sha256
 
 MAGIC = b"bankboot-chunks 1\n"
 ENTRY = struct.Struct(">I32s")  # length, sha256
@@ -51,7 +52,7 @@ def index_of(data: bytes) -> list[tuple[int, bytes]]:
     """(length, sha256) of every chunk of `data`."""
     out, pos = [], 0
     for length in cut(data):
-        out.append((length, hashlib.sha256(data[pos:pos + length]).digest()))
+        out.append((length, sha256(data[pos:pos + length]).digest()))
         pos += length
     return out
 
@@ -99,4 +100,4 @@ def read_chunk(where: tuple[str, int, int], digest: bytes) -> bytes | None:
             os.close(fd)
     except OSError:
         return None
-    return data if len(data) == length and hashlib.sha256(data).digest() == digest else None
+    return data if len(data) == length and sha256(data).digest() == digest else None

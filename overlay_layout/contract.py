@@ -14,6 +14,7 @@ CONF = ETC + "/initramfs.conf"  # InitramfsConf.render() output
 TRUST_DIR = ETC + "/trust"  # <key id>.pub, the keys images may be signed with
 KIT_LIST = ETC + "/kit"  # the initramfs paths bankctl's kit keeps (initfs/kit.py)
 MODULES = ETC + "/modules"  # the boot's module load order; MODULES + ".<use>" each on-demand set's
+OPTIONAL_MARK = "?"  # a line of MODULES that starts with it: load if the kernel takes it, skip if not
 SELFTEST_DIR = ETC + "/selftest.d"  # an image's own first-boot checks (inside the image, not the initramfs)
 
 RUN = "/run/bankboot"

@@ -4,14 +4,22 @@ One pass over the data with one reusable buffer: on a slow board the copy is the
 
 from __future__ import annotations
 
-import hashlib
 import os
+import sys
 
 from overlay_layout import durable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+# The frozen init and bankctl have no OpenSSL: hashlib.sha256 is the builtin module there, and importing
+# hashlib (which tries every OpenSSL and builtin algorithm) is a cost the boot need not pay. The host's
+# Python keeps OpenSSL's, the fastest it has.
+if getattr(sys, "frozen", False) and not TYPE_CHECKING:
+    from _sha256 import sha256
+else:
+    from hashlib import sha256 as sha256
 
 BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
 
@@ -29,7 +37,7 @@ def hash_fd(fd: int, offset: int = 0, size: int | None = None,
     """sha256 of `size` bytes at `offset` of `fd` (to its end when size is None), also written to the
     descriptor `dest` when given: (bytes read, hex digest). A source shorter than `size` is a ShortRead
     naming how far it got; a read error is a ShortRead too (the caller names the file)."""
-    h = hashlib.sha256()
+    h = sha256()
     buf = memoryview(bytearray(BLOCK))
     done = 0
     while size is None or done < size:

@@ -20,7 +20,7 @@ class Damaged(ValueError):
 def read_json(path: str, limit: int) -> tuple[object, bytes] | None:
     """(the parsed content, the bytes read), or None when the file does not exist. The bytes are for
     keep_aside when the caller finds the content of the wrong shape."""
-    import json
+    from overlay_layout import jsontext
 
     try:
         with open(path, "rb") as f:
@@ -32,7 +32,7 @@ def read_json(path: str, limit: int) -> tuple[object, bytes] | None:
     if len(raw) > limit:
         raise Damaged(f"larger than {limit} bytes", raw)
     try:
-        return json.loads(raw), raw
+        return jsontext.loads(raw), raw
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise Damaged(str(e)[:200], raw) from None
 

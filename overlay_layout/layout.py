@@ -15,9 +15,9 @@ one image directory, and anything else is a LayoutError that names the path at f
 from __future__ import annotations
 
 import os
-import re
 
 from overlay_layout import durable
+from overlay_layout.syntax import is_name
 
 OVERLAY = "overlay"
 POINTERS = ("current", "next", "previous")
@@ -26,7 +26,12 @@ VERITY = "rootfs.verity"  # the squashfs's dm-verity hash tree (no superblock)
 MANIFEST = "manifest.json"
 IMAGE_DIRS = ("upper", "work", "backups", "utils")
 USERDATA_DIR = "userdata"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+MAX_ID = 128
+
+
+def is_image_id(name: str) -> bool:
+    """Letters, digits and . _ + - (a letter or digit first), at most MAX_ID: the names of image directories."""
+    return is_name(name, MAX_ID, alnum_first=True)
 
 
 class LayoutError(RuntimeError):
@@ -34,7 +39,7 @@ class LayoutError(RuntimeError):
 
 
 def check_id(image_id: str) -> str:
-    if not _ID_RE.match(image_id) or image_id in POINTERS or ".." in image_id:
+    if not is_image_id(image_id) or image_id in POINTERS or ".." in image_id:
         raise LayoutError(f"invalid image id {image_id!r}: use letters, digits and . _ + - (not first), "
                           f"at most 128, not one of {', '.join(POINTERS)}")
     return image_id
@@ -110,7 +115,7 @@ class Layout:
             if name in POINTERS or name.startswith("."):
                 continue
             path = os.path.join(self.overlay, name)
-            if os.path.isdir(path) and not os.path.islink(path) and _ID_RE.match(name):
+            if os.path.isdir(path) and not os.path.islink(path) and is_image_id(name):
                 out.append(name)
         return out
 

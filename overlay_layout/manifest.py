@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
-import re
 
+from overlay_layout import jsontext
 from overlay_layout.contract import ETC
 from overlay_layout.layout import LayoutError, check_id
+from overlay_layout.syntax import is_absolute_path, is_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +21,6 @@ VERITY_FIELDS = {"root_hash": str, "salt": str, "hash_algorithm": str, "data_blo
                  "hash_block_size": int, "size": int, "sha256": str}
 VERITY_BLOCK_SIZES = (512, 1024, 2048, 4096)  # what dm-verity takes on every board's page size
 MAX_PERSIST = 32
-_PERSIST_RE = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")
 # Paths that hold the image's init, its libraries or bankboot's own files (persisting them would let a
 # file on the banks partition shadow signed code), and the mounts the init hands over.
 NEVER_PERSIST = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", ETC, "/boot", "/proc", "/sys",
@@ -35,7 +34,7 @@ def check_persist(paths: object, where: str) -> list[str]:
         raise LayoutError(f"{where}: 'persist' must be a list of 1 to {MAX_PERSIST} absolute paths")
     out: list[str] = []
     for p in paths:
-        if not isinstance(p, str) or not _PERSIST_RE.match(p) or any(part in (".", "..") for part in p.split("/")):
+        if not isinstance(p, str) or not is_absolute_path(p) or any(part in (".", "..") for part in p.split("/")):
             raise LayoutError(f"{where}: persistent path {p!r} must be an absolute, normalised path of letters, "
                               f"digits and . _ + @ - (not / itself)")
         for bad in NEVER_PERSIST:
@@ -53,7 +52,6 @@ def check_persist(paths: object, where: str) -> list[str]:
 # An image's own kernel (kexec'd by the init on the boot partition, docs/lifecycle.md): its files live at
 # these paths inside the image's squashfs, so the signature and verity cover them.
 KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img"}
-_RELEASE_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 
 
 def check_kernel(k: object, where: str) -> KernelInfo:
@@ -61,7 +59,7 @@ def check_kernel(k: object, where: str) -> KernelInfo:
     sha256, extra command-line words. LayoutError names the field at fault."""
     if not isinstance(k, dict):
         raise LayoutError(f"{where}: 'kernel' must be an object")
-    if not isinstance(k.get("release"), str) or not _RELEASE_RE.match(k["release"]):
+    if not isinstance(k.get("release"), str) or not is_name(k["release"], 64):
         raise LayoutError(f"{where}: 'kernel.release' must be a kernel release such as 6.1.0-50-arm64")
     if not isinstance(k.get("version"), str) or not 0 < len(k["version"]) <= 200 or "\n" in k["version"]:
         raise LayoutError(f"{where}: 'kernel.version' must be the kernel's `uname -v` (one line)")
@@ -89,8 +87,8 @@ def check_kernel(k: object, where: str) -> KernelInfo:
 
 def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
-        m = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+        m = jsontext.loads(data)
+    except (ValueError, RecursionError) as e:
         raise LayoutError(f"{where}: not valid JSON: {e}") from None
     if not isinstance(m, dict):
         raise LayoutError(f"{where}: must be a JSON object")
@@ -149,4 +147,4 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
 
 def dump_manifest(m: Mapping[str, object]) -> bytes:
     """Canonical bytes: sorted keys, no spaces, one trailing newline."""
-    return json.dumps(m, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    return jsontext.dumps(m, sort_keys=True).encode() + b"\n"

@@ -22,15 +22,15 @@ self-test, a write) moves to the next one."""
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS
+from overlay_layout.recordtype import make_record
 
 DEFAULT_UNCONFIRMED_LIMIT = DEFAULT_UNCONFIRMED_BOOTS
 
 
-# Records are namedtuples (no dataclasses, no typing.NamedTuple): dataclasses brings inspect and typing
-# costs a quarter of a second to import on qemu-aarch64 under TCG, paid by the init before it boots. The
+# Records are plain tuple records (recordtype.py; no dataclasses, typing.NamedTuple or collections): dataclasses
+# brings inspect and typing costs a quarter of a second to import on qemu-aarch64 under TCG, paid by the
+# init before it boots. The
 # type checker sees their typed twins in records.py (documented there; tests/unit/test_records.py keeps
 # the two the same).
 TYPE_CHECKING = False
@@ -44,18 +44,11 @@ if TYPE_CHECKING:
     from overlay_layout.records import Snapshot as Snapshot
     from overlay_layout.records import State
 else:
-    class ImageInfo(namedtuple("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
-                               defaults=(None, 0, None, None, 0, False, 0, None))):
-        __slots__ = ()
-
-    class Snapshot(namedtuple("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))):
-        __slots__ = ()
-
-    class Candidate(namedtuple("Candidate", "image why trial", defaults=(False,))):
-        __slots__ = ()
-
-    class Effect(namedtuple("Effect", "kind image reason", defaults=(None, ""))):
-        __slots__ = ()
+    ImageInfo = make_record("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
+                            defaults=(None, 0, None, None, 0, False, 0, None))
+    Snapshot = make_record("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))
+    Candidate = make_record("Candidate", "image why trial", defaults=(False,))
+    Effect = make_record("Effect", "kind image reason", defaults=(None, ""))
 
 
 GOOD: State = "good"

@@ -7,7 +7,8 @@ tests/unit/test_records.py holds to the NamedTuples below."""
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, TypedDict
+import math
+from typing import Any, Literal, NamedTuple, TypedDict
 
 State = Literal["good", "trial", "bad"]
 
@@ -181,3 +182,15 @@ class Effect(NamedTuple):
     kind: EffectKind
     image: str | None = None
     reason: str = ""
+
+
+class Option(NamedTuple):
+    """A kernel command-line option the init reads (initfs/options.py's table)."""
+
+    key: str
+    kind: str  # seconds, int, str, flag or choice
+    default: Any
+    low: float = 0.0
+    high: float = math.inf
+    choices: tuple[str, ...] = ()
+    help: str = ""

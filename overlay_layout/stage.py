@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
@@ -18,6 +17,8 @@ from overlay_layout.trust import Policy, TrustError, version_lt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from overlay_layout.records import Manifest
 
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log

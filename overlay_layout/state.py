@@ -17,11 +17,10 @@ a copy kept for inspection, and state rebuilt from the layout (never with a lowe
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from overlay_layout import durable, policy
+from overlay_layout import durable, jsontext, policy
 from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
@@ -167,7 +166,7 @@ class Banks:
             st["floor"] = floor
         if boot_floor is not None:
             st["boot_floor"] = boot_floor
-        data = json.dumps({"format": 1, "floor": floor, "boot_floor": boot_floor}, sort_keys=True).encode() + b"\n"
+        data = jsontext.dumps({"format": 1, "floor": floor, "boot_floor": boot_floor}, sort_keys=True).encode() + b"\n"
         durable.write_file(os.path.join(self.root, FLOOR_FILE), data)
 
     def install_first(self, image: str) -> None:
@@ -184,13 +183,13 @@ class Banks:
         return v if _is_version(v) else None
 
     def save(self, st: StateFile) -> None:
-        data = json.dumps(st, sort_keys=True, indent=1).encode() + b"\n"
+        data = jsontext.dumps(st, sort_keys=True).encode() + b"\n"
         durable.write_file(self.state_path, data)
 
     def manifest(self, image: str) -> dict[str, Any]:
         try:
             with open(self.layout.manifest_path(image), "rb") as f:
-                m = json.loads(f.read(65536))
+                m = jsontext.loads(f.read(65536))
             return m if isinstance(m, dict) else {}
         except (OSError, ValueError, RecursionError, LayoutError):
             return {}

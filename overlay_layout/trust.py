@@ -8,15 +8,13 @@ A key id is the first 16 hex digits of the sha256 of the public key bytes."""
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
 import os
-import re
 
 from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import dump_manifest
+from overlay_layout.syntax import split_semver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
 
 PUBLIC_TAG = "bankboot-ed25519"
 PRIVATE_TAG = "bankboot-ed25519-private"
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$")
 
 
 class TrustError(RuntimeError):
@@ -36,10 +33,10 @@ class TrustError(RuntimeError):
 # -- versions ------------------------------------------------------------------------------------------------
 def parse_version(text: str) -> tuple[object, ...]:
     """A semantic version as a sortable key; anything else is an error naming the string."""
-    m = _SEMVER.match(text or "")
-    if not m:
+    parts = split_semver(text or "")
+    if parts is None:
         raise TrustError(f"version {text!r} is not a semantic version (MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD])")
-    major, minor, patch, pre, _build = m.groups()
+    major, minor, patch, pre, _build = parts
     # A pre-release sorts before its release; its dot parts compare numerically when numeric.
     pre_key: tuple[object, ...] = (1,) if pre is None else (0, *[(0, int(p), "") if p.isdigit() else (1, 0, p)
                                                      for p in pre.split(".")])
@@ -52,12 +49,14 @@ def version_lt(a: str, b: str) -> bool:
 
 # -- keys ----------------------------------------------------------------------------------------------------
 def key_id(public: bytes) -> str:
-    return hashlib.sha256(public).hexdigest()[:16]
+    from overlay_layout.hashing import sha256
+
+    return str(sha256(public).hexdigest()[:16])
 
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError):
         raise TrustError(f"{what}: not base64") from None
     if len(raw) != 32:

@@ -33,14 +33,40 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK) and (" vmx" in flags or " svm" in flags)
 
 
+# QEMU's instruction clock: the guest's clock advances 1 ns per executed guest instruction (a 1-GIPS in-order
+# CPU) and idle time passes at real speed, so boot timestamps repeat to the millisecond whatever the host's
+# load and whatever TCG's translation costs (which no real board pays). It does not model caches, memory
+# stalls or a real storage device's latency. `make bench` measures on it.
+ICOUNT = ("-accel", "tcg,thread=single", "-icount", "shift=0,sleep=on,align=off")
+CLOCKS = ("host", "icount")
+
+
+def _without_accel(args: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "-accel":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def qemu_command(machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path],
-                 serial: list[str], qmp: str | None = None, net: bool = False) -> list[str]:
+                 serial: list[str], qmp: str | None = None, net: bool = False, clock: str = "host") -> list[str]:
+    """clock: "host" (KVM where usable, else TCG at full speed) or "icount" (ICOUNT, for measuring)."""
     binary = shutil.which(machine.system)
     if binary is None:
         raise RuntimeError(f"{machine.system} is not installed (make deps installs it)")
-    cmd = [binary, *machine.args]
-    if "-accel" not in machine.args:
-        cmd += ["-accel", "kvm" if kvm_usable() and machine.guest_machine == os.uname().machine else "tcg"]
+    if clock not in CLOCKS:
+        raise ValueError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
+    if clock == "icount":
+        cmd = [binary, *_without_accel(machine.args), *ICOUNT]
+    else:
+        cmd = [binary, *machine.args]
+        if "-accel" not in machine.args:
+            cmd += ["-accel", "kvm" if kvm_usable() and machine.guest_machine == os.uname().machine else "tcg"]
     if machine.dtb is not None:
         cmd += ["-dtb", str(machine.dtb)]
     cmd += ["-display", "none", "-nodefaults", "-no-user-config", "-kernel", str(kernel), "-initrd", str(initrd),

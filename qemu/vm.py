@@ -23,8 +23,9 @@ class VM:
     one for a board."""
 
     def __init__(self, machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path] | None = None,
-                 log_dir: Path | None = None, reboot: bool = False, net: bool = False) -> None:
+                 log_dir: Path | None = None, reboot: bool = False, net: bool = False, clock: str = "host") -> None:
         self.net = net
+        self.clock = clock  # qemu.machine.CLOCKS
         self.machine = machine
         self.initrd = initrd
         self.kernel = kernel
@@ -46,7 +47,7 @@ class VM:
         self._console = SerialConsole(sock, self.log_dir / "console.log")
         serial = ["-chardev", f"socket,id=ser0,path={sock},server=off", "-serial", "chardev:ser0"]
         cmd = qemu_command(self.machine, self.kernel, self.initrd, self.cmdline, self.disks, serial,
-                           qmp=str(self.tmp / "qmp.sock"), net=self.net)
+                           qmp=str(self.tmp / "qmp.sock"), net=self.net, clock=self.clock)
         if not self.reboot:
             cmd.append("-no-reboot")
         (self.log_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")

@@ -13,8 +13,8 @@ from initfs.options import Options
 
 @pytest.mark.parametrize("text, key, value", [
     ("rootdelay=-1", "rootdelay", 0.0),
-    ("bankboot.timeout=inf", "bankboot.timeout", 0.5),
-    ("bankboot.timeout=nan", "bankboot.timeout", 0.5),
+    ("bankboot.timeout=inf", "bankboot.timeout", 0.1),
+    ("bankboot.timeout=nan", "bankboot.timeout", 0.1),
     ("bankboot.watchdog=inf", "bankboot.watchdog", 0),
     ("bankboot.watchdog=1e9", "bankboot.watchdog", 0),
     ("bankboot.selftest_timeout=-5", "bankboot.selftest_timeout", 60.0),

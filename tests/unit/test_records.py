@@ -1,5 +1,5 @@
-"""The policy's runtime records (collections.namedtuple, cheap to import in the init) and their typed twins
-in overlay_layout/records.py (what the type checker sees) must be the same records."""
+"""The runtime records (overlay_layout/recordtype.py, cheap to import in the init) and their typed twins
+(overlay_layout/records.py and initfs/options.py's, what the type checker sees) must be the same records."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ def test_runtime_records_match_their_typed_twins(name: str) -> None:
 
 def test_states_are_the_typed_literal() -> None:
     assert set(typed.State.__args__) == {runtime.GOOD, runtime.TRIAL, runtime.BAD}
+
+
+
+def test_the_option_record_matches_its_typed_twin() -> None:
+    import initfs.options as options
+
+    assert options.Option._fields == typed.Option._fields
+    assert options.Option._field_defaults == typed.Option._field_defaults

@@ -1,0 +1,62 @@
+"""JSON for the boot path, straight over CPython's C accelerator (`_json`): the `json` package compiles
+regular expressions when it is imported (json.decoder, json.scanner, json.encoder import `re`, which brings
+`enum` and `functools`), a cost every boot would pay on a slow board for files a C scanner reads anyway.
+
+loads() parses like json.loads (the C scanner json uses itself), except that NaN and Infinity are refused
+(no file of ours holds them) and bytes must be UTF-8. dumps() writes exactly what
+json.dumps(obj, sort_keys=..., separators=(",", ":")) writes: the same C encoder with the same settings (the
+canonical manifest bytes that signatures cover depend on it; tests/unit/test_jsontext.py checks both)."""
+
+from __future__ import annotations
+
+import _json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not allowed here")
+
+
+class _Context:
+    """What _json.make_scanner reads from json.decoder.JSONDecoder: its settings, the defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_no_constant)
+
+
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # the attributes are what it reads
+_WHITESPACE = " \t\n\r"
+
+
+def loads(data: bytes | str) -> Any:
+    """A JSON document; ValueError (UnicodeDecodeError is one) or RecursionError when it is not one."""
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as e:
+        raise ValueError(f"not JSON: no value at character {e.value}") from None
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError(f"not JSON: extra data at character {end}")
+    return value
+
+
+def _unencodable(o: object) -> object:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+def dumps(obj: object, sort_keys: bool = False) -> str:
+    """Compact JSON (no spaces), ASCII only; keys sorted when asked. A fresh encoder each time, as json's:
+    its circular-reference markers must not outlive a failed call."""
+    if isinstance(obj, str):
+        return str(_json.encode_basestring_ascii(obj))
+    encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ":", ",", sort_keys, False,
+                                True)
+    return "".join(encode(obj, 0))
