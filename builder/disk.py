@@ -86,7 +86,9 @@ def cmdline_for(board: Board, layout: DiskLayout, extra: str = "") -> str:
 def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     with open(path, "wb") as f:
         f.truncate(size)
-    cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0"]
+    # The inode tables and journal zeroed now, not by the kernel's ext4lazyinit thread during the device's
+    # first boots, where it competes with the boot for the CPU and the storage.
+    cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"]
     if content is not None:
         cmd += ["-d", str(content)]
     _run([*cmd, str(path)])

@@ -104,6 +104,26 @@ def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = No
     run(cmd, error=ImageError, package="squashfs-tools", what="mksquashfs")
 
 
+def preflight_ranges(rootfs: Path, squashfs: Path, arch: str, init: str = "/sbin/init") -> dict:
+    """The manifest's `preflight`: the squashfs's byte ranges holding the init and every file it needs to
+    start (found as the device's preflight would find them), so each boot can prove they read back through
+    dm-verity without decompressing them. An init that could not start is refused here, naming why."""
+    from builder.squashfs import Squashfs, SquashfsError, merge_ranges
+    from initfs.preflight import PreflightError, init_files
+    from overlay_layout.contract import arch_named
+
+    try:
+        files = init_files(str(rootfs), init, arch_named(arch).uname, whole=False)
+    except PreflightError as e:
+        raise ImageError(f"{rootfs}: the image's init cannot start: {e}") from None
+    try:
+        image = Squashfs(str(squashfs))
+        extents = [e for f in files for e in image.extents(f)]
+    except SquashfsError as e:
+        raise ImageError(f"cannot find the init's files in the squashfs: {e}") from None
+    return {"init": init, "ranges": merge_ranges(extents)}
+
+
 def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
     """The dm-verity hash tree of the squashfs, without a superblock (the manifest carries the
     parameters), with cryptsetup's veritysetup."""
@@ -251,6 +271,7 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             "chunks": {"size": index.stat().st_size, "sha256": sha256_file(index),
                        "count": (index.stat().st_size - len(chunks.MAGIC)) // chunks.ENTRY.size},
         }
+        manifest["preflight"] = preflight_ranges(rootfs, sq, arch)
         if confirm_boots:
             manifest["confirm_boots"] = True
         if paths:

@@ -40,7 +40,8 @@ INIT_KINDS = ("frozen", "busybox-sh")
 
 # The baseline /init for benchmarks: the same mounts and module loading as ours, in plain busybox sh.
 BUSYBOX_INIT = f"#!/bin/sh\nmodules={MODULES} run={RUN}\n" + """\
-mount -t proc -o nosuid,nodev,noexec proc /proc
+# busybox's shell runs its applets through /proc/self/exe (there are no applet links): /proc first, by path.
+/bin/busybox mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
@@ -65,8 +66,8 @@ if grep -q "root=" /proc/cmdline; then
   mount -t squashfs -o ro,loop $d/rootfs.squashfs $run/lower
   mount -t overlay -o lowerdir=$run/lower,upperdir=$d/upper,workdir=$d/work overlay /newroot
   mount -t ext4 -o nosuid,nodev ${p}3 /newroot/userdata
-  for m in dev proc sys run; do mount --move /$m /newroot/$m; done
-  exec switch_root /newroot /sbin/init
+  for m in dev proc sys run; do /bin/busybox mount --move /$m /newroot/$m; done
+  exec /bin/busybox switch_root /newroot /sbin/init  # /proc is moved: by path
 fi
 export PS1='(baseline) \\w # '
 while true; do setsid cttyhack sh -l; done

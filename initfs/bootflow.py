@@ -198,6 +198,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False) -> Manifes
             raise BootError("signed but without dm-verity data: refusing to read it unchecked")
         else:
             dev, fd = attach_readonly(squashfs)
+        manifest["_device"] = dev
         try:
             mount(dev, LOWER, "squashfs", MS_RDONLY | MS_NODEV)
         except OSError as e:
@@ -315,7 +316,7 @@ def _mounts_under(top: str) -> list[str]:
 def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: InitramfsConf,
             boot_floor: str | None = None) -> Prepared:
     """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
-    from initfs.preflight import preflight
+    from initfs.preflight import preflight, verify_ranges
     from overlay_layout.policy import below_floor
 
     manifest = mount_image(layout, image, full_check=trial)
@@ -327,9 +328,15 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         if kexec:
             return {"signed_by": manifest["_signed_by"], "kexec": kexec}
     persist = manifest.get("persist")
+    checked = manifest.get("preflight")
     with log.step("preflight"):
-        n = preflight(NEWROOT, init)
-    log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
+        if checked is not None and checked["init"] == init:  # the ranges the signed manifest names
+            n = verify_ranges(manifest["_device"], checked["ranges"], f"{init} or a file it needs")
+            log.log(f"image {image}: {init} and the files it needs read back fine ({n >> 10} KiB of the image, "
+                    f"as the signed manifest lists them)")
+        else:
+            n = preflight(NEWROOT, init)
+            log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
     result: Prepared = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True,
               "sealed": persist is not None, "persist": persist}
     if trial:

@@ -1,8 +1,15 @@
-"""Preflight: before the hand-over, read every byte the kernel will need to start the image's init: the
-init itself (symlinks resolved inside the image), its ELF interpreter and the shared libraries it names
-(DT_NEEDED, recursively), or a script's interpreter. They are read through dm-verity, so a damaged block
-is an I/O error here, where the init can still try another image, and not in the image's init after the
-switch, where nothing could. A small ELF reader of our own: the init must not import pyelftools."""
+"""Preflight: before the hand-over, prove that every byte the kernel will need to start the image's init
+reads back: the init itself (symlinks resolved inside the image), its ELF interpreter and the shared
+libraries it names (DT_NEEDED, recursively), or a script's interpreter. They are read through dm-verity,
+so a damaged block is an I/O error here, where the init can still try another image, and not in the
+image's init after the switch, where nothing could.
+
+Two ways. An image built by `bankboot image` carries, in its signed manifest, the byte ranges of the
+squashfs that hold those files (`preflight`: their compressed blocks, found at build time by init_files()
+below and builder/squashfs.py): the init reads those ranges from the verity device, which proves every
+block without decompressing anything (verify_ranges). Otherwise (an older image, or `init=` naming another
+program) the files are found here and read whole through the filesystem. A small ELF reader of our own:
+the init must not import pyelftools."""
 
 from __future__ import annotations
 
@@ -39,6 +46,14 @@ def read_all(host: str, shown: str) -> bytes:
     except OSError as e:
         raise PreflightError(f"{shown} cannot be read: {e.strerror}") from None
     return head
+
+
+def read_head(host: str, shown: str) -> bytes:
+    try:
+        with open(host, "rb") as f:
+            return f.read(65536)
+    except OSError as e:
+        raise PreflightError(f"{shown} cannot be read: {e.strerror}") from None
 
 
 class Elf:
@@ -128,26 +143,33 @@ def _ld_so_conf(newroot: str) -> list[str]:
 
 
 def preflight(newroot: str, init: str) -> int:
-    """Check that `init` can start in newroot. Returns how many files were read."""
-    machine = os.uname().machine
+    """Check that `init` can start in newroot, reading every file it needs whole. Returns how many."""
+    return len(init_files(newroot, init))
+
+
+def init_files(newroot: str, init: str, machine: str | None = None, whole: bool = True) -> list[str]:
+    """The files `init` needs to start in newroot (paths inside it, symlinks resolved), first the init;
+    PreflightError names the first that is missing or not for `machine` (default: this one's). whole: read
+    each file to its end (the boot's check), else only its head (the builder's)."""
+    machine = machine or os.uname().machine
     triplet = TRIPLETS.get(machine, "")
     search = [d.format(t=triplet) for d in LIB_DIRS] + _ld_so_conf(newroot)
-    seen: set[str] = set()
+    seen: list[str] = []
     todo: list[tuple[str, str, list[str]]] = [(init, "the image's init", [])]
     while todo:
         path, why, extra = todo.pop()
         host = resolve_in(newroot, path)
         if host is None:
             raise PreflightError(f"{path} ({why}): too many levels of symlinks in the image")
-        if host in seen:
+        if host[len(newroot):] in seen:
             continue
-        seen.add(host)
+        seen.append(host[len(newroot):])
         if len(seen) > MAX_FILES:
             raise PreflightError(f"{init} needs more than {MAX_FILES} files")
         if not os.path.isfile(host):
             raise PreflightError(f"{path} ({why}) is missing from the image")
         shown = f"{path} ({why})"
-        head = read_all(host, shown)
+        head = read_all(host, shown) if whole else read_head(host, shown)
         if head[:2] == b"#!":
             interp = head[2:].split(b"\n", 1)[0].strip().split()
             if not interp:
@@ -172,7 +194,35 @@ def preflight(newroot: str, init: str) -> int:
                 raise PreflightError(f"{lib}, needed by {path}, is not in the image "
                                      f"(looked in {', '.join(dict.fromkeys(dirs + search))})")
             todo.append((found, f"needed by {path}", dirs))
-    return len(seen)
+    return seen
+
+
+def verify_ranges(device: str, ranges: list[list[int]], shown: str) -> int:
+    """Read the byte ranges of `device` (the image's verity device) the signed manifest names for its init
+    and libraries: dm-verity checks every block, nothing is decompressed. Returns the bytes read."""
+    buf = memoryview(bytearray(1 << 20))
+    done = 0
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise PreflightError(f"cannot open {device} to check {shown}: {e.strerror}") from None
+    try:
+        for offset, length in ranges:
+            pos = offset
+            while pos < offset + length:
+                want = min(len(buf), offset + length - pos)
+                try:
+                    n = os.preadv(fd, [buf[:want]], pos)
+                except OSError as e:
+                    raise PreflightError(f"{shown} does not read back at byte {pos} of the image: {e.strerror} "
+                                         f"(a damaged block)") from None
+                if n <= 0:
+                    raise PreflightError(f"{shown}: the image ends at byte {pos}, before the signed ranges do")
+                pos += n
+                done += n
+    finally:
+        os.close(fd)
+    return done
 
 
 def _find_lib(newroot: str, name: str, dirs: list[str]) -> str | None:

@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from overlay_layout.records import KernelInfo, Manifest
+    from overlay_layout.records import KernelInfo, Manifest, PreflightInfo
 
 FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
 FORMAT = 1
@@ -85,6 +85,29 @@ def check_kernel(k: object, where: str) -> KernelInfo:
     return k  # type: ignore[return-value]  # checked field by field above
 
 
+MAX_PREFLIGHT_RANGES = 4096
+PREFLIGHT_ALIGN = 4096  # whole dm-verity blocks
+
+
+def check_preflight(p: object, size: int, where: str) -> PreflightInfo:
+    """`preflight`: the image's init (an absolute path) and the byte ranges of the squashfs holding it and
+    the files it needs (initfs/preflight.py): sorted, apart, whole 4096-byte blocks, inside the image."""
+    if not isinstance(p, dict) or set(p) != {"init", "ranges"} or not isinstance(p["init"], str) \
+            or not p["init"].startswith("/") or len(p["init"]) > 4096 or not isinstance(p["ranges"], list) \
+            or len(p["ranges"]) > MAX_PREFLIGHT_RANGES:
+        raise LayoutError(f"{where}: 'preflight' must be an object with an absolute 'init' and at most "
+                          f"{MAX_PREFLIGHT_RANGES} 'ranges'")
+    end = 0
+    for r in p["ranges"]:
+        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+                and r[0] >= end and r[1] > 0 and r[0] % PREFLIGHT_ALIGN == 0 and r[1] % PREFLIGHT_ALIGN == 0
+                and r[0] + r[1] <= size):
+            raise LayoutError(f"{where}: 'preflight.ranges' must be sorted, apart [offset, length] pairs of "
+                              f"whole {PREFLIGHT_ALIGN}-byte blocks inside the image's {size} bytes; {r!r} is not")
+        end = r[0] + r[1]
+    return p  # type: ignore[return-value]  # checked field by field above
+
+
 def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         m = jsontext.loads(data)
@@ -139,6 +162,8 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise LayoutError(f"{where}: 'chunks' must be an object with a positive size and count and a sha256")
     if "confirm_boots" in m and not isinstance(m["confirm_boots"], bool):
         raise LayoutError(f"{where}: 'confirm_boots' must be true or false")
+    if "preflight" in m:
+        check_preflight(m["preflight"], m["size"], where)
     for key in ("min_bankboot", "key", "signature"):
         if key in m and not isinstance(m[key], str):
             raise LayoutError(f"{where}: {key!r} must be a string")

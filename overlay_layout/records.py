@@ -57,6 +57,11 @@ class _ManifestRequired(TypedDict):
     created: str
 
 
+class PreflightInfo(TypedDict):
+    init: str  # the init these ranges are for (the image's /sbin/init)
+    ranges: list[list[int]]  # [offset, length] in the squashfs, whole verity blocks, sorted and apart
+
+
 class Manifest(_ManifestRequired, total=False):
     verity: Verity
     chunks: ChunkIndex  # the squashfs's chunk index (overlay_layout/chunks.py)
@@ -66,7 +71,9 @@ class Manifest(_ManifestRequired, total=False):
     min_bankboot: str
     key: str  # id of the signing key
     signature: str
+    preflight: PreflightInfo  # the byte ranges of the squashfs holding the init and its libraries
     _signed_by: str  # set by the reader that checked the signature, never stored
+    _device: str  # set by the init: the block device the image's squashfs is mounted from, never stored
 
 
 # --- state.json (overlay_layout/state.py) ---
