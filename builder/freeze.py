@@ -66,9 +66,10 @@ def freeze_inputs() -> list[Path]:
     return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").glob("*.py"), Path(__file__)])
 
 
-def input_hash(sysroot: PySysroot) -> str:
+def input_hash(sysroot: PySysroot, libpython: Path) -> str:
     h = hashlib.sha256()
     h.update(sysroot.stamp.encode())
+    h.update(libpython.read_bytes())
     h.update(repr((EXCLUDES, KEEP_ENCODINGS, OPTIONS, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
     for f in freeze_inputs():
         h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -79,9 +80,25 @@ class FreezeError(RuntimeError):
     pass
 
 
+def use_lean_libpython(contents: Path, libpython: Path, soname: str) -> None:
+    """The bundle's libpython replaced by builder/leanpython.py's; a library only the old one needed (libexpat,
+    for the XML parser left out) goes with it."""
+    from builder.elf import is_elf, read_elf
+
+    shutil.copyfile(libpython, contents / soname)
+    needed = {n for p in contents.rglob("*") if p.is_file() and not p.is_symlink() and is_elf(p)
+              for n in read_elf(p).needed}
+    for lib in contents.glob("libexpat.so*"):
+        if lib.name not in needed:
+            lib.unlink()
+
+
 def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
     """Return the onedir bundle (a directory holding `init` and `bankboot/`), freezing when needed."""
-    key = input_hash(sysroot)
+    from builder.leanpython import SONAME, lean_libpython
+
+    libpython = lean_libpython(sysroot.arch)
+    key = input_hash(sysroot, libpython)
     out = cache_dir() / "frozen" / sysroot.arch.debian / key
     if (out / NAME / NAME).is_file():
         return out / NAME
@@ -113,6 +130,7 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         tail = (proc.stdout + proc.stderr).strip()[-3000:]
         shutil.rmtree(work, ignore_errors=True)
         raise FreezeError(f"PyInstaller failed for {sysroot.arch.debian} (exit {proc.returncode}):\n{tail}")
+    use_lean_libpython(work / "dist" / NAME / CONTENTS_DIR, libpython, SONAME)
     final = work / "final"
     (work / "dist").rename(final)
     if out.exists():
