@@ -8,8 +8,8 @@ piece can be read from any place (the boot partition, the running image) without
 Format: a magic line, one line of JSON ({"arch": ..., "python": ..., "files": [[name, size], ...]}),
 then one zlib stream of the files' bytes in that order. Opening it decompresses each file into a memfd
 (anonymous memory: nothing is written to any filesystem, nothing is left behind), loads the libraries
-with ctypes (RTLD_GLOBAL, so `_ssl`'s DT_NEEDED entries resolve to them by soname) and imports `_ssl`
-from its memfd; `import ssl` then works as anywhere else."""
+with ctypes (RTLD_GLOBAL, so `_ssl`'s DT_NEEDED entries resolve to them by soname), imports `_ssl` from
+its memfd and runs the piece's ssl.py (the sysroot's own); `import ssl` then works as anywhere else."""
 
 from __future__ import annotations
 
@@ -19,9 +19,15 @@ import os
 import sys
 import zlib
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 MAGIC = b"bankboot-tls 1\n"
+NAME_IN_PIECE = "tls-piece"
 LIBRARIES = ("libcrypto.so.3", "libssl.so.3")  # loaded in this order
 EXTENSIONS = ("_ssl",)  # imported after them
+MODULES = ("ssl",)  # Python source, run after them (ssl.py in the frozen archive would cost every boot's unpack)
 
 
 class PieceError(RuntimeError):
@@ -65,12 +71,16 @@ def install(files: list[tuple[str, bytes]]) -> None:
     """Load the piece's libraries and import its extensions into this process (see the module's docstring).
     The memfds stay open for the life of the process: the mappings need them."""
     import ctypes
-    import importlib.machinery
-    import importlib.util
 
+    # The interpreter's own import machinery (always loaded): importlib.util would drag importlib.resources,
+    # tempfile and random into the frozen program.
+    bootstrap: Any = sys.modules["_frozen_importlib"]
+    external: Any = sys.modules["_frozen_importlib_external"]
     by_name = dict(files)
     paths = {}
     for name, data in files:
+        if name.endswith(".py"):
+            continue
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         view = memoryview(data)
         while view:
@@ -85,9 +95,18 @@ def install(files: list[tuple[str, bytes]]) -> None:
         if not found:
             raise PieceError(f"the TLS piece has no {ext} extension")
         name = found[0]
-        loader = importlib.machinery.ExtensionFileLoader(ext, paths[name])
-        spec = importlib.util.spec_from_loader(ext, loader, origin=paths[name])
-        assert spec is not None
-        module = importlib.util.module_from_spec(spec)
+        loader = external.ExtensionFileLoader(ext, paths[name])
+        module = bootstrap.module_from_spec(bootstrap.spec_from_loader(ext, loader, origin=paths[name]))
         loader.exec_module(module)
         sys.modules[ext] = module
+    for mod in MODULES:
+        if f"{mod}.py" not in by_name:
+            raise PieceError(f"the TLS piece has no {mod}.py")
+        code = compile(by_name[f"{mod}.py"], f"<{NAME_IN_PIECE}>/{mod}.py", "exec", optimize=2)
+        module = type(sys)(mod)
+        sys.modules[mod] = module
+        try:
+            exec(code, module.__dict__)
+        except BaseException:
+            del sys.modules[mod]
+            raise
