@@ -120,11 +120,13 @@ class Tls:
     def wrap(self, sock: socket.socket, host: str) -> socket.socket:
         """TLS over a connected socket to `host` (the name checked against the certificate; no SNI for an
         IP address, whose certificate must name the address itself)."""
+        ctx = self.context()  # first: it makes `import ssl` work
         import ssl
 
-        ctx = self.context()
         try:
-            return ctx.wrap_socket(sock, server_hostname=host.partition("%")[0])
+            # bytes: a str goes through the idna codec, which the frozen program does not carry (names are
+            # ASCII already: url.py)
+            return ctx.wrap_socket(sock, server_hostname=host.partition("%")[0].encode("ascii"))
         except ssl.SSLCertVerificationError as e:
             raise self.explain_certificate(e, host) from e
         except (ssl.SSLEOFError, ConnectionError, TimeoutError) as e:
