@@ -70,6 +70,7 @@ class RemoteFile:
         self.conn: Connection | None = None
         self.stream: Response | None = None  # an open whole-file answer (a server without ranges)
         self.stream_at = 0  # the file offset of its next body byte
+        self.head = b""  # the file's first bytes, when they came in a whole-file answer (read again from here)
         self.requests = 0
         self.connections = 0
         self._received = 0  # on connections closed for good
@@ -256,6 +257,11 @@ class RemoteFile:
     def stream_to(self, offset: int, length: int, sink: Callable[[memoryview], None]) -> None:
         """Hand bytes offset..offset+length to `sink` in order, in blocks, retrying as the module says."""
         done, failures = 0, 0
+        if self.ranges is False and offset < len(self.head) and self.stream is not None \
+                and self.stream_at == len(self.head):  # what the stream passed already, from memory
+            piece = memoryview(self.head)[offset:min(offset + length, len(self.head))]
+            sink(piece)
+            done = len(piece)
         block = memoryview(bytearray(BLOCK))
         while done < length:
             counted = _Counter(sink)
@@ -337,8 +343,12 @@ class RemoteFile:
             except ProtocolError:
                 if self.size is None or len(out) < min(length, self.size - offset):
                     raise
-            return bytes(out)
-        return self.read(offset, max(0, min(length, self.size - offset)))
+            data = bytes(out)
+        else:
+            data = self.read(offset, max(0, min(length, self.size - offset)))
+        if offset == 0 and self.ranges is False and self.stream is not None and self.stream_at == len(data):
+            self.head = data
+        return data
 
     def cost_from(self, offset: int) -> int:
         """Bytes a server without ranges sends before the stream reaches `offset` and then to the file's
