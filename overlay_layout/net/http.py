@@ -118,6 +118,18 @@ class Connection:
         if reader.buffered():
             raise ProtocolError(f"the proxy {self.proxy.authority} sent data before the tunnel was open")
 
+    def _alert(self) -> NetError | None:
+        """Why a TLS server closed the connection while a request was sent: the alert it sent, if any (a TLS
+        1.3 server refuses a client certificate after the client thinks the handshake is done)."""
+        if self.tls is None or self.sock is None:
+            return None
+        try:
+            self.sock.settimeout(1.0)
+            self.sock.recv(1)
+        except OSError as e:
+            return self.tls.explain_read(e, self.host)
+        return None
+
     def close(self) -> None:
         if self.sock is not None:
             try:
@@ -156,8 +168,9 @@ class Connection:
             e.stale = e.stale and reused
             raise
         except OSError as e:
+            alert = self._alert()
             self.close()
-            raise LinkError(f"{self.where} dropped the request: {e.strerror or e}", stale=reused) from e
+            raise alert or LinkError(f"{self.where} dropped the request: {e.strerror or e}", stale=reused) from e
         except NetError:
             self.close()
             raise

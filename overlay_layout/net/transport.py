@@ -277,7 +277,8 @@ class RemoteFile:
                 failures += 1
                 if failures > self.settings.retries:
                     self.close()
-                    e.args = (f"{e} (gave up after {self.settings.retries} retries)",)
+                    if self.settings.retries:
+                        e.args = (f"{e} (gave up after {self.settings.retries} retries)",)
                     raise
                 pause = min(BACKOFF_CAP, 2.0 ** (failures - 1))
                 self.say(f"{e}; retrying in {pause:g} s ({failures} of {self.settings.retries}), from byte "
