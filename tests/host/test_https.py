@@ -64,7 +64,7 @@ def stage(tmp_path: Path, url: str, ca: Path | None = None, cert: Path | None = 
 
 def test_https_with_the_ca_and_through_a_proxy(pki, www: Path, tmp_path: Path) -> None:
     with Server(www, tls=ServeTls(*pki["server"])) as srv:
-        manifest, stats = stage(tmp_path / "1", srv.url("a.bank"), ca=pki["ca"][0])
+        _, stats = stage(tmp_path / "1", srv.url("a.bank"), ca=pki["ca"][0])
         assert stats.connections == 1 and stats.requests == 3, stats.line()
         with ForwardProxy() as proxy:
             stage(tmp_path / "2", srv.url("a.bank", host="localhost"), ca=pki["ca"][0],
@@ -152,8 +152,8 @@ from overlay_layout.contract import InitramfsConf
 from overlay_layout.net.tls import TlsOptions
 from overlay_layout.net.transport import RemoteFile, Settings
 conf = InitramfsConf(tls=sys.argv[2])
-remote = RemoteFile(sys.argv[3], Settings(tls=TlsOptions(ca=sys.argv[4], load=lambda: load_tls(conf, "/", "/", sys.argv[1])),
-                                          environ={}))
+tls = TlsOptions(ca=sys.argv[4], load=lambda: load_tls(conf, "/", "/", sys.argv[1]))
+remote = RemoteFile(sys.argv[3], Settings(tls=tls, environ={}))
 data = remote.read(0, 512)
 import ssl
 print(ssl.OPENSSL_VERSION, type(sys.modules["_ssl"].__loader__).__name__, len(data))
