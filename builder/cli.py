@@ -160,6 +160,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(load_board(args.board), runs=args.runs)
 
 
+def cmd_bench_net(args: argparse.Namespace) -> int:
+    from builder.netbench import print_netbench, run_netbench
+    from builder.paths import build_dir
+
+    board = load_board(args.board)
+    res = run_netbench(board, build_dir() / "bench-net" / board.name)
+    print(f"bench-net: {board.name}, loopback nginx through QEMU's user network")
+    print_netbench(res)
+    return 0
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     import random
     import signal
@@ -318,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
     b.set_defaults(func=cmd_bench)
+    bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
+                                          "delta with and without gap coalescing (QEMU, instruction clock)")
+    bn.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    bn.set_defaults(func=cmd_bench_net)
+
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
     f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
