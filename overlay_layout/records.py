@@ -37,6 +37,7 @@ class _KernelRequired(TypedDict):
 
 class KernelInfo(_KernelRequired, total=False):
     initramfs: KernelFile
+    tls: KernelFile  # the initramfs's TLS piece
     append: str
 
 
