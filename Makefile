@@ -68,9 +68,10 @@ lint: deps
 bench: deps
 	$(VENV)/bankboot bench --board $(BOARD)
 
-# What staging over the network costs in the guest: https/http against curl, a delta with and without coalescing.
+# What staging over the network costs in the guest: https/http against curl, a delta with and without coalescing
+# (it takes /tmp/qemu.lock only while its guest runs).
 bench-net: deps
-	flock /tmp/qemu.lock $(VENV)/bankboot bench-net --board $(BOARD)
+	$(VENV)/bankboot bench-net --board $(BOARD)
 
 # The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
