@@ -18,6 +18,8 @@ import hashlib
 import os
 import struct
 
+from overlay_layout import hashing
+
 MAGIC = b"bankboot-chunks 1\n"
 ENTRY = struct.Struct(">I32s")  # length, sha256
 ANCHORS = (b"\x9e\x37", b"\x51\xc4", b"\x2b\xe8", b"\xd6\x0a")
@@ -99,4 +101,4 @@ def read_chunk(where: tuple[str, int, int], digest: bytes) -> bytes | None:
             os.close(fd)
     except OSError:
         return None
-    return data if len(data) == length and hashlib.sha256(data).digest() == digest else None
+    return data if len(data) == length and hashing.sha256(data).digest() == digest else None

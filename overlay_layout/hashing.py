@@ -12,8 +12,25 @@ from overlay_layout import durable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
+
+# The SHA-256 every check of image data uses. The frozen program carries Python's own (plain C); once
+# bankctl has loaded the TLS piece, OpenSSL's, which uses the CPU's SHA-256 instructions where it has them
+# (a tenth of the instructions on an ARMv8 core: docs/lifecycle.md). Never switched at boot.
+sha256: Callable[..., Any] = hashlib.sha256
+
+
+def use_openssl() -> bool:
+    """Hash with OpenSSL from now on, where its `_hashlib` extension is loaded (tlspiece.install)."""
+    global sha256
+    try:
+        import _hashlib
+    except ImportError:
+        return False
+    sha256 = _hashlib.openssl_sha256
+    return True
 
 
 class ShortRead(OSError):
@@ -29,7 +46,7 @@ def hash_fd(fd: int, offset: int = 0, size: int | None = None,
     """sha256 of `size` bytes at `offset` of `fd` (to its end when size is None), also written to the
     descriptor `dest` when given: (bytes read, hex digest). A source shorter than `size` is a ShortRead
     naming how far it got; a read error is a ShortRead too (the caller names the file)."""
-    h = hashlib.sha256()
+    h = sha256()
     buf = memoryview(bytearray(BLOCK))
     done = 0
     while size is None or done < size:

@@ -21,10 +21,9 @@ another image removes it, and a download that failed for good before it verified
 
 from __future__ import annotations
 
-import hashlib
 import os
 
-from overlay_layout import chunks, durable
+from overlay_layout import chunks, durable, hashing
 from overlay_layout.bankfile import HEADER, BankFile, Source
 from overlay_layout.layout import SQUASHFS, VERITY, LayoutError
 from overlay_layout.net.errors import FileChanged, NetError, RangesRefused
@@ -117,7 +116,8 @@ def local_chunks(banks: Banks) -> dict[bytes, tuple[str, int, int]]:
 
 
 class _Writer:
-    """Appends verified bytes to the partial squashfs, hashing them and fsyncing every SYNC_EVERY."""
+    """Appends verified bytes to the partial squashfs, fsyncing every SYNC_EVERY; hashing them into `h`
+    when the whole-file hash is what checks them (no chunk index)."""
 
     def __init__(self, path: str, prefix: int, h: Any, progress: Callable[[int, int], None] | None,
                  total: int) -> None:
@@ -129,7 +129,8 @@ class _Writer:
 
     def write(self, data: bytes | memoryview) -> None:
         durable.write_all(self.fd, data)
-        self.h.update(data)
+        if self.h is not None:
+            self.h.update(data)
         self.pos += len(data)
         if self.pos - self.synced >= SYNC_EVERY:
             durable.checkpoint("download a block")
@@ -145,7 +146,7 @@ class _Writer:
 
 def _verified_prefix(path: str, index: list[tuple[int, bytes]] | None, h: Any) -> tuple[int, int]:
     """How much of a partial squashfs an earlier attempt left is good: with an index, the whole chunks that
-    match it (hashed into `h`); without, all of it (the whole-file hash at the end decides). Returns
+    match it; without, all of it (hashed into `h`: the whole-file hash at the end decides). Returns
     (bytes, chunks)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -162,9 +163,8 @@ def _verified_prefix(path: str, index: list[tuple[int, bytes]] | None, h: Any) -
         pos = 0
         for n, (length, digest) in enumerate(index):
             data = os.pread(fd, length, pos)
-            if len(data) != length or hashlib.sha256(data).digest() != digest:
+            if len(data) != length or hashing.sha256(data).digest() != digest:
                 return pos, n
-            h.update(data)
             pos += length
         return pos, len(index)
     finally:
@@ -214,7 +214,7 @@ class Download:
         for m in members:
             bank.check_header(m, data[m.offset - HEADER - start:m.offset - start])
             body = data[m.offset - start:m.offset - start + m.size]
-            if hashlib.sha256(body).hexdigest() != bank.expected(m.name):
+            if hashing.sha256(body).hexdigest() != bank.expected(m.name):
                 raise StageError(f"{bank.path}: {m.name} does not match the signed manifest (a damaged or changed "
                                  f"file on the server)")
             durable.write_file(os.path.join(work, m.name), body)
@@ -228,7 +228,11 @@ class Download:
         index = chunks.read(os.path.join(work, chunks.MEMBER)) if "chunks" in manifest else None
         if self.remote.ranges is False:
             index = None  # one stream: the whole-file hash decides (the index comes after the squashfs)
-        h = hashlib.sha256()
+        if index is not None and sum(n for n, _ in index) != size:
+            raise StageError(f"{bank.path}: its chunk index does not add up to the squashfs's {size} bytes")
+        # With an index every byte is checked chunk by chunk against it (it is covered by the signed manifest
+        # like the whole-file hash is), so the whole-file hash would only hash everything twice.
+        h = hashing.sha256() if index is None else None
         prefix, first = _verified_prefix(part, index, h)
         self.stats.resumed = prefix
         if prefix:
@@ -245,7 +249,7 @@ class Download:
                 self._fill_chunks(index, first, prefix, member.offset, have, out, bank.path)
         finally:
             out.close()
-        if out.pos != size or h.hexdigest() != manifest["sha256"]:
+        if out.pos != size or (h is not None and h.hexdigest() != manifest["sha256"]):
             os.unlink(part)
             raise StageError(f"{bank.path}: the downloaded squashfs does not match the signed manifest (removed; "
                              f"the server's file is damaged or was changed after signing)")
@@ -311,25 +315,31 @@ class _Run:
 
     def take(self, block: memoryview) -> None:
         self.pending.extend(block)
-        while self.k < self.end and len(self.pending) >= self.index[self.k][0]:
-            size, want = self.index[self.k]
-            piece = bytes(self.pending[:size])
-            if hashlib.sha256(piece).digest() != want:
-                raise StageError(f"{self.where}: the chunk at byte {self.at + self.done} does not match the signed "
-                                 f"chunk index (a damaged or changed file on the server); what was verified is kept")
-            self.out.write(piece)
-            del self.pending[:size]
-            self.done += size
-            if want in self.have:
-                self.held += size
-            self.k += 1
+        view, pos = memoryview(self.pending), 0
+        try:
+            while self.k < self.end and len(view) - pos >= self.index[self.k][0]:
+                size, want = self.index[self.k]
+                with view[pos:pos + size] as piece:
+                    if hashing.sha256(piece).digest() != want:
+                        raise StageError(f"{self.where}: the chunk at byte {self.at + self.done} does not match the "
+                                         f"signed chunk index (a damaged or changed file on the server); what was "
+                                         f"verified is kept")
+                    self.out.write(piece)
+                pos += size
+                self.done += size
+                if want in self.have:
+                    self.held += size
+                self.k += 1
+        finally:
+            view.release()
+        del self.pending[:pos]
 
 
 def _complete(bank: BankFile, work: str, name: str) -> bool:
     """A small member an earlier attempt already fetched and checked."""
     try:
         with open(os.path.join(work, name), "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest() == bank.expected(name)
+            return bool(hashing.sha256(f.read()).hexdigest() == bank.expected(name))
     except OSError:
         return False
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 MAGIC = b"bankboot-tls 1\n"
 NAME_IN_PIECE = "tls-piece"
 LIBRARIES = ("libcrypto.so.3", "libssl.so.3")  # loaded in this order
-EXTENSIONS = ("_ssl",)  # imported after them
+EXTENSIONS = ("_ssl", "_hashlib")  # imported after them (_hashlib: OpenSSL's SHA-256, overlay_layout/hashing.py)
 MODULES = ("ssl",)  # Python source, run after them (ssl.py in the frozen archive would cost every boot's unpack)
 
 
@@ -99,6 +99,9 @@ def install(files: list[tuple[str, bytes]]) -> None:
         module = bootstrap.module_from_spec(bootstrap.spec_from_loader(ext, loader, origin=paths[name]))
         loader.exec_module(module)
         sys.modules[ext] = module
+    from overlay_layout.hashing import use_openssl
+
+    use_openssl()
     for mod in MODULES:
         if f"{mod}.py" not in by_name:
             raise PieceError(f"the TLS piece has no {mod}.py")
