@@ -90,7 +90,9 @@ def run_netbench(board: Board, out: Path) -> dict[str, object]:
     keygen(out / "bench", "bankboot bench-net")
     key = out / "bench.key"
     initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(out / "bench.pub",))).path
-    return _measure(board, out / "work", key, initrd)
+    res = _measure(board, out / "work", key, initrd)
+    res.update(gap_on_links(out / "work", key))
+    return res
 
 
 def _measure(board: Board, out: Path, key: Path, initrd: Path) -> dict[str, object]:
@@ -150,7 +152,12 @@ def _measure(board: Board, out: Path, key: Path, initrd: Path) -> dict[str, obje
         for proto, srv in (("http", plain), ("https", tls)):
             url = srv.url("big.bank", "10.0.2.2")
             guest, wall, _ = _timed(vm, f"curl -s --cacert {ca_file} -o /dev/null {url}")
-            res[f"curl {proto} MB/s (instruction clock / wall)"] = (size / 1e6 / guest, size / 1e6 / wall)
+            res[f"curl {proto} to /dev/null MB/s (instruction clock / wall)"] = (size / 1e6 / guest, size / 1e6 / wall)
+            disk_file = "/run/bankboot/banks/curl.out"
+            guest, wall, _ = _timed(vm, f"curl -s --cacert {ca_file} -o {disk_file} {url} && sync")
+            vm.console.run(f"rm -f {disk_file}", timeout=60)
+            res[f"curl {proto} to the banks partition MB/s (instruction clock / wall)"] = (size / 1e6 / guest,
+                                                                                            size / 1e6 / wall)
             guest, wall, text = _timed(vm, f"bankctl stage {url} 2>/dev/null")
             res[f"bankctl stage {proto} MB/s (instruction clock / wall)"] = (size / 1e6 / guest, size / 1e6 / wall)
             res[f"bankctl stage {proto} fetched"] = re.search(r"fetched: (.*)", text).group(1)  # type: ignore[union-attr]
@@ -167,6 +174,104 @@ def _measure(board: Board, out: Path, key: Path, initrd: Path) -> dict[str, obje
         guest, wall, text = _timed(vm, f"bankctl stage {plain.url('nothing-here.bank', '10.0.2.2')} 2>&1 | tail -1; "
                                        f"true")
         res["http to a 404 (instruction clock / wall)"] = (guest, wall)
+    return res
+
+
+class SlowLink:
+    """A loopback link with a round trip of `rtt` seconds per request and `rate` bytes/s, in front of a
+    server at `upstream`: one thread per connection, requests forwarded one at a time (kept alive)."""
+
+    def __init__(self, upstream: int, rtt: float, rate: float) -> None:
+        import socket
+        import socketserver
+        import threading
+
+        link = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                link._serve(self.request)
+
+        self.upstream, self.rtt, self.rate = upstream, rtt, rate
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._socket, self._threading = socket, threading
+
+    def __enter__(self) -> SlowLink:
+        self._threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _serve(self, client: Any) -> None:
+        up = self._socket.create_connection(("127.0.0.1", self.upstream))
+        try:
+            while True:
+                request = client.recv(65536)  # a GET fits one read
+                if not request:
+                    return
+                up.sendall(request)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += up.recv(65536)
+                end = head.index(b"\r\n\r\n") + 4
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head[:end]).group(1))  # type: ignore[union-attr]
+                body, head = head[end:], head[:end]
+                time.sleep(self.rtt)
+                client.sendall(head)
+                while True:
+                    if body:
+                        client.sendall(body)
+                        time.sleep(len(body) / self.rate)
+                        length -= len(body)
+                    if length <= 0:
+                        break
+                    body = up.recv(min(16384, length))
+        except OSError:
+            return
+        finally:
+            up.close()
+            client.close()
+
+
+def gap_on_links(out: Path, key: Path) -> dict[str, object]:
+    """The one-package delta on the build host through slow links (a round trip per request, a rate), at
+    each gap: where coalescing pays."""
+    from builder.serve import Server
+    from overlay_layout.net.download import stage_url
+    from overlay_layout.net.transport import Settings
+    from overlay_layout.state import Banks
+    from overlay_layout.trust import Policy, key_id, read_public_key
+
+    pub = read_public_key(str(key.with_suffix(".pub")))
+    policy = Policy({key_id(pub): pub}, allow_unsigned=False, allow_downgrade=True)
+    www = out / "host-www"
+    www.mkdir(exist_ok=True)
+    shutil.copyfile(out / "app-1.0.0.bank", www / "base.bank")
+    shutil.copyfile(out / "www" / "delta.bank", www / "delta.bank")
+    res: dict[str, object] = {}
+    settings = Settings(environ={})
+    with Server(www) as srv:
+        base = out / "host-banks"
+        shutil.rmtree(base, ignore_errors=True)
+        (base / "overlay").mkdir(parents=True)
+        banks = Banks(str(base))
+        m, _ = stage_url(banks, srv.url("base.bank"), policy, "9.9.9", machine="aarch64", settings=settings)
+        banks.mark_good(m["id"])
+        for rtt, rate in ((0.02, 10e6), (0.05, 2e6), (0.15, 0.5e6)):
+            with SlowLink(srv.port, rtt, rate) as link:
+                for gap in (*GAPS, 1 << 20):
+                    trial = out / "host-trial"
+                    shutil.rmtree(trial, ignore_errors=True)
+                    shutil.copytree(base, trial, symlinks=True)
+                    start = time.monotonic()
+                    _, st = stage_url(Banks(str(trial)), f"http://127.0.0.1:{link.port}/delta.bank", policy, "9.9.9",
+                                      machine="aarch64", settings=settings, gap=gap)
+                    res[f"link {rtt * 1000:.0f} ms, {rate / 1e6:g} MB/s, gap {gap >> 10} KiB: s, requests, MB"] = (
+                        time.monotonic() - start, float(st.requests), st.received / 1e6)
     return res
 
 

@@ -43,8 +43,10 @@ PREFIX = ".download-"
 READ_AHEAD = 64 << 10  # the first request: the archive headers and the manifest in one go
 RUN = 8 << 20  # at most this many bytes in one range request
 # Two runs of missing chunks closer than this are fetched in one range, the chunks between them included.
-# One request more costs a round trip and ~0.5 KB of headers; at the rates measured in the qemu-aarch64
-# guest (docs/lifecycle.md, "Updates over the network") a round trip is worth 60-100 KiB of body.
+# A request more costs a round trip: worth RTT x rate bytes (75-200 KB on 3G, LTE and DSL links). Measured
+# with a one-package delta (`bankboot bench-net`, docs/lifecycle.md): 64 KiB was the fastest or within 1%
+# of it on links of 150 ms/0.5 MB/s and 50 ms/2 MB/s, and 10% faster than none at 20 ms/10 MB/s, for 2%
+# more bytes; 256 KiB and more won only on the fast link and cost 15-80% more bytes.
 GAP = 64 << 10
 SYNC_EVERY = 1 << 20  # fsync the partial squashfs this often: a power cut loses at most this much
 MAX_RESTARTS = 3  # a file that keeps changing on the server
