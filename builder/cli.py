@@ -130,7 +130,8 @@ def cmd_delta(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from builder.serve import serve
 
-    return serve(Path(args.dir), args.port, args.bind, args.rate)
+    return serve(Path(args.dir), args.port, args.bind, args.rate, args.tls, Path(args.cert) if args.cert else None,
+                 Path(args.key) if args.key else None, Path(args.client_ca) if args.client_ca else None)
 
 
 def cmd_sample_rootfs(args: argparse.Namespace) -> int:
@@ -158,6 +159,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     parts = tuple(args.only.split(",")) if args.only else ()
     return run_bench(load_board(args.board), runs=args.runs, clock=args.clock, parts=parts)
+
+
+def cmd_bench_net(args: argparse.Namespace) -> int:
+    from builder.netbench import print_netbench, run_netbench
+    from builder.paths import build_dir
+
+    board = load_board(args.board)
+    res = run_netbench(board, build_dir() / "bench-net" / board.name)
+    print(f"bench-net: {board.name}, loopback nginx through QEMU's user network")
+    print_netbench(res)
+    return 0
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
@@ -291,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1, which QEMU guests "
                                                         "reach as 10.0.2.2; 0.0.0.0 for devices on the network)")
     sv.add_argument("--rate", help="limit each download to this rate (nginx limit_rate, e.g. 500k): a slow link")
+    sv.add_argument("--tls", action="store_true", help="HTTPS, with a certificate from a test CA made on first use "
+                                                       "(build/serve-tls/ca.pem: give it to devices with --ca)")
+    sv.add_argument("--cert", metavar="FILE", help="HTTPS with this server certificate (PEM) instead")
+    sv.add_argument("--key", metavar="FILE", help="the key of --cert (default: in --cert)")
+    sv.add_argument("--client-ca", metavar="FILE", help="HTTPS that requires a client certificate signed by this CA "
+                                                        "(mTLS; build/serve-tls/ca.pem signs the test device.pem)")
     sv.set_defaults(func=cmd_serve)
 
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
@@ -315,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
     b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec")
     b.set_defaults(func=cmd_bench)
+    bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
+                                          "delta with and without gap coalescing (QEMU, instruction clock)")
+    bn.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    bn.set_defaults(func=cmd_bench_net)
+
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
     f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")

@@ -24,6 +24,7 @@ CONTENTS_DIR = "bankboot"  # the bundle's libraries and Python modules, at /bank
 # start-up short on slow boards.
 EXCLUDES = [
     "tkinter", "unittest", "pydoc", "doctest", "email", "http", "xml", "xmlrpc", "sqlite3",
+    # ssl (with OpenSSL) is the TLS piece beside the initramfs, which only `bankctl stage https://` opens.
     "ssl", "_ssl", "_hashlib", "lib2to3", "distutils", "setuptools", "pkg_resources", "asyncio",
     "multiprocessing", "concurrent", "curses", "readline", "pdb", "bz2", "lzma", "_bz2", "_lzma",
     "decimal", "_decimal", "ftplib", "smtplib", "mailbox",
@@ -63,7 +64,7 @@ def excluded_encodings(sysroot: PySysroot) -> list[str]:
 
 def freeze_inputs() -> list[Path]:
     """The files whose content decides the frozen result."""
-    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").glob("*.py"), Path(__file__)])
+    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").rglob("*.py"), Path(__file__)])
 
 
 def input_hash(sysroot: PySysroot, libpython: Path) -> str:

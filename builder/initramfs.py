@@ -81,6 +81,7 @@ class BuildResult:
     unpacked: int
     compression: str
     kernel: KernelParts
+    tls: Path | None = None  # the TLS piece written beside it (builder/tls.py)
 
 
 def add_busybox(tree: FsTree, board: Board, shell: bool = True) -> None:
@@ -228,6 +229,20 @@ def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
     conf.trusted, conf.unsigned, conf.downgrade = tuple(ids), policy.allow_unsigned, policy.allow_downgrade
 
 
+def add_network(tree: FsTree, board: Board, sysroot: PySysroot, conf: InitramfsConf) -> None:
+    """HTTPS for `bankctl stage`: the TLS piece's sha256 (the piece itself is written beside the initramfs,
+    never unpacked at boot: overlay_layout/net/tlspiece.py), the board's CA bundle, and where the device
+    keeps its client certificate and key."""
+    from builder.tls import tls_piece
+    from overlay_layout.contract import NETWORK_CA
+    from overlay_layout.net.tlspiece import digest
+
+    conf.tls = digest(tls_piece(sysroot))
+    if board.network_ca is not None:
+        tree.add_file(archive_path(NETWORK_CA), data=board.network_ca.read_bytes(), mode=0o644)
+    conf.client_cert, conf.client_key = board.client_cert, board.client_key
+
+
 def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = None) -> tuple[FsTree, KernelParts]:
     if init not in INIT_KINDS:
         raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
@@ -251,6 +266,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         add_trust(tree, policy or TrustPolicy(), conf)
         add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)
         conf.kexec = add_kexec(tree, board, kernel)
+        add_network(tree, board, locate_sysroot(board.arch), conf)
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     tree.add_file(archive_path(CONF), data=conf.render().encode())
@@ -288,4 +304,10 @@ def build_initramfs(board: Board, output: Path, init: str = "frozen",
     data = compression.compress(raw.getvalue(), method)
     output.parent.mkdir(parents=True, exist_ok=True)
     durable.write_file(str(output), data)
-    return BuildResult(output, len(data), len(raw.getvalue()), method, kernel)
+    tls = None
+    if init == "frozen":
+        from builder.tls import piece_path, tls_piece
+
+        tls = piece_path(output)
+        durable.write_file(str(tls), tls_piece(locate_sysroot(board.arch)))
+    return BuildResult(output, len(data), len(raw.getvalue()), method, kernel, tls)

@@ -12,16 +12,34 @@ from overlay_layout import durable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 # The frozen init and bankctl have no OpenSSL: hashlib.sha256 is the builtin module there, and importing
 # hashlib (which tries every OpenSSL and builtin algorithm) is a cost the boot need not pay. The host's
 # Python keeps OpenSSL's, the fastest it has.
 if getattr(sys, "frozen", False) and not TYPE_CHECKING:
-    from _sha256 import sha256
+    from _sha256 import sha256 as _default_sha256
 else:
-    from hashlib import sha256 as sha256
+    from hashlib import sha256 as _default_sha256
 
 BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
+
+# The SHA-256 every check of image data uses (read it as hashing.sha256 at the time of use, not imported by
+# name). The frozen program carries Python's own (plain C); once bankctl has loaded the TLS piece,
+# OpenSSL's, which uses the CPU's SHA-256 instructions where it has them (a tenth of the instructions on an
+# ARMv8 core: docs/lifecycle.md). Never switched at boot.
+sha256: Callable[..., Any] = _default_sha256
+
+
+def use_openssl() -> bool:
+    """Hash with OpenSSL from now on, where its `_hashlib` extension is loaded (tlspiece.install)."""
+    global sha256
+    try:
+        import _hashlib
+    except ImportError:
+        return False
+    sha256 = _hashlib.openssl_sha256
+    return True
 
 
 class ShortRead(OSError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from overlay_layout import jsontext
-from overlay_layout.contract import ETC
+from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE
 from overlay_layout.layout import LayoutError, check_id
 from overlay_layout.syntax import is_absolute_path, is_name
 
@@ -51,7 +51,9 @@ def check_persist(paths: object, where: str) -> list[str]:
 
 # An image's own kernel (kexec'd by the init on the boot partition, docs/lifecycle.md): its files live at
 # these paths inside the image's squashfs, so the signature and verity cover them.
-KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img"}
+# The TLS piece built with that initramfs goes beside it (overlay_layout/net/tlspiece.py).
+KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img",
+                "tls": f"{IMAGE_BOOT}/{TLS_PIECE}"}
 
 
 def check_kernel(k: object, where: str) -> KernelInfo:

@@ -38,6 +38,7 @@ class _KernelRequired(TypedDict):
 
 class KernelInfo(_KernelRequired, total=False):
     initramfs: KernelFile
+    tls: KernelFile  # the initramfs's TLS piece
     append: str
 
 

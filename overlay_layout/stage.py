@@ -26,7 +26,9 @@ DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit n
 
 
 class StageError(RuntimeError):
-    pass
+    """The image was not staged. `transient`: a retry may help (a download that failed on the way)."""
+
+    transient = False
 
 
 def tree_size(path: str) -> int:
