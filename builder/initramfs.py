@@ -133,6 +133,13 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...],
                 shutil.copyfile(kernel.modules_dir / meta, mdir / meta)
         mdir.mkdir(parents=True, exist_ok=True)
         run_depmod(Path(tmp), kernel.version)
+        # depmod has read them: modules.order keeps the lines of the modules carried (150 KB for the whole
+        # kernel), and the builtin modules' modinfo is already in the modules.builtin.*.bin it wrote.
+        order_file = mdir / "modules.order"
+        if order_file.is_file():
+            order_file.write_text("".join(f"{ln}\n" for ln in order_file.read_text().splitlines()
+                                          if (mdir / ln).is_file()))
+        (mdir / "modules.builtin.modinfo").unlink(missing_ok=True)
         for f in sorted(mdir.rglob("*")):
             if f.is_file():
                 tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
