@@ -96,7 +96,9 @@ def add_busybox(tree: FsTree, board: Board, shell: bool = True) -> None:
 
 
 # Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
-ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii")}
+# hash: the kernel's crypto socket (AF_ALG), loaded by a trial's first boot and by `bankctl stage` to hash with
+# the kernel's SHA-256 (overlay_layout/kernelhash.py).
+ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii"), "hash": ("algif_hash",)}
 
 
 def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...],

@@ -152,7 +152,11 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.modules import fast_hashing
+
     booted = booted_info().get("image")
+    if getattr(sys, "frozen", False):
+        fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
     if "://" in args.file:
         m, line = _stage_url(banks, args, booted)  # the network stage: only `stage URL` imports it
         print(f"fetched: {line}")

@@ -137,6 +137,10 @@ def verify_image(layout: Layout, image: str, full: bool) -> Manifest:
     manifest["_signed_by"] = who
     log.log(f"image {image}: manifest signed by {who}")
     if full:
+        from initfs.modules import fast_hashing
+
+        with log.step("the kernel's SHA-256"):
+            log.log(fast_hashing())
         with log.step(f"hash {image}"):
             files = [(layout.squashfs(image), manifest["sha256"], manifest["size"])]
             if "verity" in manifest:
