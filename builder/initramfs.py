@@ -1,6 +1,7 @@
-"""Assemble a board's initramfs: the frozen init (or, for comparison, a busybox-sh /init), a static
-busybox with its applet links, the libraries the init needs and the board's kernel modules, written as
-a reproducible cpio archive and compressed the way the board says."""
+"""Assemble a board's initramfs: the frozen init (or, for comparison, a busybox-sh /init), bankctl's
+launcher, a static busybox with its applet links (not in a sealed build: no shell there), the libraries
+the init needs and the board's kernel modules, written as a reproducible cpio archive and compressed the
+way the board says."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import ModuleError, module_closure, run_depmod
+from builder.launcher import build_launcher
 from builder.parts import KernelParts, busybox_links, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from builder.run import target_runner
@@ -26,6 +28,7 @@ from overlay_layout.contract import (
     CONF,
     ETC,
     KIT_LIST,
+    LAUNCHER,
     MODULES,
     RUN,
     TRUST_DIR,
@@ -80,12 +83,13 @@ class BuildResult:
     kernel: KernelParts
 
 
-def add_busybox(tree: FsTree, board: Board, links: bool = True) -> None:
-    """links=False (sealed builds): busybox without its applet links, so no `rdinit=/bin/sh` on a changed
-    kernel command line finds a shell in the initramfs."""
+def add_busybox(tree: FsTree, board: Board) -> None:
+    """Busybox and its applet links: the rescue shell and the tools a development board's console needs.
+    Never in a sealed build (assemble): the kernel passes the words after `rdinit=` as arguments, so any
+    multi-call binary is a shell (`rdinit=/bin/busybox sh`), and the sealed init needs none of it."""
     busybox = locate_busybox(board.arch)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    for link, target in busybox_links(busybox, target_runner(board.arch)) if links else ():
+    for link, target in busybox_links(busybox, target_runner(board.arch)):
         tree.add_symlink(link, target)
 
 
@@ -174,16 +178,17 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep:
     for lib in sorted(contents.iterdir()):
         if lib.name in system and lib.is_file() and not lib.is_symlink():
             tree.replace_with_symlink(f"{CONTENTS_DIR}/{lib.name}", "../" + system[lib.name].lstrip("/"))
-    # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, "bin/busybox", archive_path(ETC), *(keep or []),
-           *sorted(x.lstrip("/") for x in resolver.closure.links),
-           *sorted(x.lstrip("/") for x in resolver.closure.files)]
-    tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
     # The launcher runs ld.so by the path of the real file: PT_INTERP may be a symlink, and an absolute one
     # (amd64's /lib64/ld-linux-x86-64.so.2) would point outside the kit.
     conf.interp = resolve_in_root(sysroot.root, read_elf(bundle / "init").interp or "")
     conf.build = bundle.parent.name
     conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
+    tree.add_file(archive_path(LAUNCHER), data=build_launcher(sysroot.arch, conf.interp, conf.libdirs), mode=0o755)
+    # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/kit.py).
+    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), *(["bin/busybox"] if "bin/busybox" in tree else []),
+           archive_path(ETC), *(keep or []), *sorted(x.lstrip("/") for x in resolver.closure.links),
+           *sorted(x.lstrip("/") for x in resolver.closure.files)]
+    tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,8 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # Python reads random bytes for hash randomisation before the init mounts devtmpfs; where the kernel's
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
-    add_busybox(tree, board, links=not (board.sealed and init == "frozen"))
+    if not (board.sealed and init == "frozen"):
+        add_busybox(tree, board)
     _, on_demand = add_modules(tree, kernel, board.modules)
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
