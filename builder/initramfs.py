@@ -240,10 +240,21 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         add_trust(tree, policy or TrustPolicy(), conf)
         add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)
         conf.kexec = add_kexec(tree, board, kernel)
+        if board.sealed:
+            keep_only_programs(tree, {"init", archive_path(LAUNCHER), conf.interp.lstrip("/"), "sbin/kexec"})
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     tree.add_file(archive_path(CONF), data=conf.render().encode())
     return tree, kernel
+
+
+def keep_only_programs(tree: FsTree, programs: set[str]) -> None:
+    """Sealed builds: only the programs the init and bankctl start keep their execute bits, so they are all
+    that `rdinit=` can name (tests/vm/test_rdinit.py tries each). Libraries need none: ld.so and dlopen map
+    them, which only a noexec mount would refuse."""
+    for path, entry in tree.entries.items():
+        if entry.kind == "file" and path not in programs:
+            entry.mode &= ~0o111
 
 
 def read_settings(initramfs: Path) -> tuple[InitramfsConf, dict[str, bytes]]:
