@@ -11,7 +11,7 @@ import pytest
 
 from builder import faultdisk
 from builder.parts import locate_busybox
-from tests.vm.devices import Device, T, current_of, sh, up
+from tests.vm.devices import Device, current_of, sh, up
 
 pytestmark = pytest.mark.vm
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
@@ -41,7 +41,6 @@ def test_planted_links_setuid_programs_and_device_nodes_in_persistent_state(devi
             "symlink userdata overlay",  # bankboot.userdata=banks would bind the images at /userdata
             f"cd {up_}/etc", f"mknod vda b {VDA[0]} {VDA[1]}", "cd /", f"sif {up_}/etc/vda mode 060666")
     with d.vm(append="bankboot.timeout=0 bankboot.userdata=banks") as vm:
-        vm.console.expect(rf"{up_}/var was a symlink to \.\./\.\./\.\./decoy-var: replaced by an empty directory", T)
         assert up(vm) == "1.0.0"
         banks = "/run/bankboot/banks"
         dirs = ["/var", "/root", "/userdata", f"{banks}/decoy-var", f"{banks}/decoy-work", f"{banks}/decoy-utils"]
@@ -63,6 +62,7 @@ def test_planted_links_setuid_programs_and_device_nodes_in_persistent_state(devi
         assert "Permission denied" in out, out
         rc, out = sh(vm, "su -s /bin/sh nobody -c '/etc/busybox id'")
         assert rc == 0 and "uid=65534" in out and "euid=0" not in out, out
+        assert f"{up_}/var was a symlink to ../../../decoy-var: replaced by an empty directory" in vm.console.text()
         rc, log = sh(vm, "bankctl log --json")
         notes = json.loads(log)[0]["notes"]
         for path in (f"{up_}/var", f"{up_}/root", f"{wk}/etc", f"overlay/{cur}/utils", "userdata"):
