@@ -220,6 +220,8 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     if init not in INIT_KINDS:
         raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
     kernel = locate_kernel(board)
+    if board.sealed:
+        refuse_root_capable_kernel(board, kernel)
     tree = FsTree()
     for d in BASE_DIRS:
         tree.add_dir(d)
@@ -246,6 +248,19 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     tree.add_file(archive_path(CONF), data=conf.render().encode())
     return tree, kernel
+
+
+def refuse_root_capable_kernel(board: Board, kernel: KernelParts) -> None:
+    """A sealed build's kernel must not mount a disk by itself (builder/kconfig.py): `rdinit=` naming no file
+    and `root=`/`init=` would then run whatever the card holds."""
+    from builder.kconfig import builtin_root_filesystems, kernel_config
+
+    config = kernel_config(kernel)
+    found = builtin_root_filesystems(config) if config else []
+    if found:
+        raise ValueError(f"board {board.name}: kernel {kernel.version} has {', '.join(found)} built in ({config}): "
+                         f"with rdinit= naming no file it would mount root= itself and run any init= from the "
+                         f"card; a sealed build needs those as modules")
 
 
 def keep_only_programs(tree: FsTree, programs: set[str]) -> None:
