@@ -18,6 +18,7 @@ from overlay_layout import bootlog
 from overlay_layout.contract import BANKS, BOOTED, CONF, RUN, TIMELINE, InitramfsConf, archive_path, modules_list
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.manifest import describe_persist
 from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
@@ -117,6 +118,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
         kernel = img.get("kernel") or "(the loader's)"
         print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} {kernel:<22} "
               f"{','.join(img['pointers'])}{extra}")
+    for img in status["images"]:
+        if img.get("persist"):
+            print(f"  {img['id']} keeps changes only in {describe_persist(img['persist'])}")
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")
     t = status["trust"]

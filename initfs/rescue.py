@@ -31,8 +31,9 @@ def give_up(reason: str, tried: list[Tried], mode: str) -> NoReturn:
     for t in tried:
         log.error(f"  tried {t['image']} ({t['why']}): {t['error']}")
     if mode == "reboot":
-        reboot_now(f"nothing could be booted; rebooting in {REBOOT_DELAY:g} s to try again "
-                   f"(bankboot.rescue=shell gives a shell instead)", REBOOT_DELAY)
+        # A sealed build never gives a shell, so it does not offer one.
+        offer = "" if _sealed() else " (bankboot.rescue=shell gives a shell instead)"
+        reboot_now(f"nothing could be booted; rebooting in {REBOOT_DELAY:g} s to try again{offer}", REBOOT_DELAY)
     rescue_shell("nothing could be booted")
 
 

@@ -26,7 +26,8 @@ BOOTED = RUN + "/booted"  # what this boot booted (JSON, read by bankctl and the
 TIMELINE = RUN + "/timeline.json"  # the init's steps in this boot
 WATCHDOG_STATE = RUN + "/watchdog"  # the watchdog the init armed for a trial (initfs/watchdog.py)
 KIT = RUN + "/kit"  # the initramfs, read-only, in the booted image
-BIN = RUN + "/bin"  # bankctl's launcher and busybox, in the booted image
+BIN = RUN + "/bin"  # bankctl (and busybox in development builds), in the booted image: links into the kit
+LAUNCHER = "/bin/bankctl"  # bankctl's launcher inside the initramfs, so in the kit too (builder/launcher.py)
 LOADER_SOURCE = RUN + "/loader-source"  # an image's squashfs while bankctl install-loader reads it
 BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader writes it
 
