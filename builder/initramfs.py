@@ -87,16 +87,22 @@ class BuildResult:
     tls: Path | None = None  # the TLS piece written beside it (builder/tls.py)
 
 
-def add_busybox(tree: FsTree, board: Board) -> None:
-    """Busybox: the rescue shell and the tools a development board's console needs. Debian's static busybox
-    runs its applets from its shell without links (FEATURE_SH_STANDALONE, through /proc/self/exe): only
-    /bin/sh is linked. Four hundred applet links would cost every boot their unpacking and, at the hand-over,
-    their deletion. Never in a sealed build (assemble): the kernel passes the words after `rdinit=` as
-    arguments, so any multi-call binary is a shell (`rdinit=/bin/busybox sh`), and the sealed init needs
-    none of it."""
-    busybox = locate_busybox(board.arch)
+def add_busybox(tree: FsTree, board: Board, sysroot: PySysroot | None = None) -> None:
+    """Busybox: the rescue shell and the tools a development board's console needs. With the frozen init
+    (sysroot given), Debian's dynamic busybox, which shares the init's libc (0.9 MB against the static one's
+    1.9: every boot unpacks it); the rescue shell makes its applet links when it starts (initfs/rescue.py).
+    For the busybox-sh baseline, the static one, whose shell runs its applets without links
+    (FEATURE_SH_STANDALONE, through /proc/self/exe). Only /bin/sh is linked: four hundred applet links
+    would cost every boot their unpacking and, at the hand-over, their deletion. Never in a sealed build
+    (assemble): the kernel passes the words after `rdinit=` as arguments, so any multi-call binary is a shell
+    (`rdinit=/bin/busybox sh`), and the sealed init needs none of it."""
+    busybox = locate_busybox(board.arch, dynamic=sysroot is not None)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
     tree.add_symlink("bin/sh", "busybox")
+    if sysroot is not None:
+        resolver = LibraryResolver(sysroot.root, board.arch)
+        resolver.add_program(busybox, "/bin/busybox")
+        add_closure(tree, resolver, sysroot.root)
 
 
 # Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
@@ -212,8 +218,7 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep:
     conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
     tree.add_file(archive_path(LAUNCHER), data=build_launcher(sysroot.arch, conf.interp, conf.libdirs), mode=0o755)
     # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), *(["bin/busybox"] if "bin/busybox" in tree else []),
-           archive_path(ETC), *(keep or []), *sorted(x.lstrip("/") for x in resolver.closure.links),
+    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), archive_path(ETC), *(keep or []), *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
     tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
 
@@ -273,7 +278,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
     if not (board.sealed and init == "frozen"):
-        add_busybox(tree, board)
+        add_busybox(tree, board, locate_sysroot(board.arch) if init == "frozen" else None)
     _, on_demand = add_modules(tree, kernel, board.modules, board.optional_modules)
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,

@@ -2,15 +2,14 @@
 
 Before the hand-over the init bind-mounts the initramfs read-only on /run/bankboot/kit, and switch_root
 keeps the kit's files (the list the builder wrote in /etc/bankboot/kit: the frozen program, its libraries,
-ld.so, bankctl's launcher, busybox in development builds, /etc/bankboot with the trusted keys and
-initramfs.conf) when it frees the rest. So the kit is exactly what the bootloader loaded, in RAM: nothing on
+ld.so, bankctl's launcher, /etc/bankboot with the trusted keys and initramfs.conf) when it frees the rest
+(busybox too: it is the rescue shell's, and an image has its own). So the kit is exactly what the bootloader loaded, in RAM: nothing on
 the banks partition can swap it or the trust policy bankctl obeys, and there is nothing to copy or check on
 any boot.
 
     /run/bankboot/kit          the initramfs, read-only (kit files only)
     /run/bankboot/bin/bankctl  -> ../kit/bin/bankctl, a small program that runs the kit's init as bankctl
                                   through the kit's ld.so and libraries (builder/launcher.py)
-    /run/bankboot/bin/busybox  -> ../kit/bin/busybox (development builds only)
 
 Kits that older bankboot builds copied into overlay/<image>/utils/bankboot-* are removed at boot (each
 removal logged): bankctl never runs them."""
@@ -81,10 +80,10 @@ def remove_old_kits(layout: Layout, images: list[str], replaced: list[str] | Non
 
 
 def write_launcher(run: str = RUN) -> None:
-    """<run>/bin/bankctl (and busybox where the kit has it) as links into the kit. The launcher is a program
-    of its own (builder/launcher.py), not a script: a sealed kit carries no shell to run one."""
+    """<run>/bin/bankctl as a link into the kit. The launcher is a program of its own (builder/launcher.py),
+    not a script: a sealed kit carries no shell to run one."""
     os.makedirs(f"{run}/bin", exist_ok=True)
-    for path in [LAUNCHER, *(["/bin/busybox"] if os.path.exists(f"{run}/kit/bin/busybox") else [])]:
+    for path in [LAUNCHER]:
         link = f"{run}/bin/{os.path.basename(path)}"
         if os.path.lexists(link):
             os.unlink(link)

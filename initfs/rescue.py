@@ -56,6 +56,16 @@ def _spawn_shell(env: dict[str, str]) -> int:
     return os.posix_spawn(BUSYBOX, [BUSYBOX, "setsid", BUSYBOX, "cttyhack", "/bin/sh", "-l"], env)
 
 
+def _install_applets(env: dict[str, str]) -> None:
+    """The initramfs carries busybox without its applet links (every boot would unpack four hundred): the
+    rescue shell makes them now, so `ls`, `mount`, `modprobe` work at its prompt. Best effort."""
+    try:
+        pid = os.posix_spawn(BUSYBOX, [BUSYBOX, "--install", "-s"], env)
+        os.waitpid(pid, 0)
+    except OSError as e:
+        log.error(f"cannot make busybox's applet links ({e.strerror}); call applets as `busybox NAME`")
+
+
 def _sealed() -> bool:
     from overlay_layout.contract import InitramfsConf
 
@@ -82,6 +92,7 @@ def rescue_shell(reason: str) -> NoReturn:
     env["PS1"] = PS1
     env.setdefault("HOME", "/")
     env.setdefault("TERM", "linux")
+    _install_applets(env)
     while True:
         log.log("starting a rescue shell on the console (exit it to start a new one)")
         try:
