@@ -218,7 +218,8 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep:
     conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
     tree.add_file(archive_path(LAUNCHER), data=build_launcher(sysroot.arch, conf.interp, conf.libdirs), mode=0o755)
     # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), archive_path(ETC), *(keep or []), *sorted(x.lstrip("/") for x in resolver.closure.links),
+    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), archive_path(ETC), *(keep or []),
+           *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]
     tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
 

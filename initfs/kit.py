@@ -3,9 +3,9 @@
 Before the hand-over the init bind-mounts the initramfs read-only on /run/bankboot/kit, and switch_root
 keeps the kit's files (the list the builder wrote in /etc/bankboot/kit: the frozen program, its libraries,
 ld.so, bankctl's launcher, /etc/bankboot with the trusted keys and initramfs.conf) when it frees the rest
-(busybox too: it is the rescue shell's, and an image has its own). So the kit is exactly what the bootloader loaded, in RAM: nothing on
-the banks partition can swap it or the trust policy bankctl obeys, and there is nothing to copy or check on
-any boot.
+(busybox too: it is the rescue shell's, and an image has its own). So the kit is exactly what the
+bootloader loaded, in RAM: nothing on the banks partition can swap it or the trust policy bankctl obeys,
+and there is nothing to copy or check on any boot.
 
     /run/bankboot/kit          the initramfs, read-only (kit files only)
     /run/bankboot/bin/bankctl  -> ../kit/bin/bankctl, a small program that runs the kit's init as bankctl
