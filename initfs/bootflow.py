@@ -550,7 +550,8 @@ def write_timeline(path: str = TIMELINE) -> None:
 
     log.mark("hand-over")
     with open(path, "w") as f:
-        f.write(jsontext.dumps({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}))
+        f.write(jsontext.dumps({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline},
+                               spaced=True))
 
 
 def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
@@ -615,7 +616,7 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
                    "kernel": {"running": os.uname().release,
                               "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
                               if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}))
+                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}, spaced=True))
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):
         if _quietly("mounting the bankctl kit", expose_kit):
