@@ -29,6 +29,8 @@ KIT = RUN + "/kit"  # the initramfs, read-only, in the booted image
 BIN = RUN + "/bin"  # bankctl's launcher and busybox, in the booted image
 LOADER_SOURCE = RUN + "/loader-source"  # an image's squashfs while bankctl install-loader reads it
 BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader writes it
+INHIBIT = RUN + "/inhibit"  # while it exists, bankctl poll does nothing (an application's "not now")
+POLL_CONF = ETC + "/poll.conf"  # an image's channel URL and poll settings (its service reads it: docs/fleet.md)
 
 
 def archive_path(path: str) -> str:
