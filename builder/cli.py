@@ -118,6 +118,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from builder.publish import publish
+    from overlay_layout.utctime import parse_duration
+
+    report = publish(Path(args.bank), args.channel, args.dest, Path(args.sign), args.board, args.min_version,
+                     parse_duration(args.expires), args.endpoint_url)
+    for line in report.lines:
+        print(line)
+    print(f"devices poll: bankctl poll {report.document_url}")
+    return 0
+
+
 def cmd_delta(args: argparse.Namespace) -> int:
     from builder.delta import delta
 
@@ -290,6 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
+
+    pb = sub.add_parser("publish", help="put a bank file and a signed channel document on a directory or an S3 "
+                                        "bucket, for `bankctl poll` (docs/fleet.md)")
+    pb.add_argument("bank", help="the bank file to publish")
+    pb.add_argument("dest", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX")
+    pb.add_argument("--channel", required=True, help="the channel's name: the document is DEST/NAME.json")
+    pb.add_argument("--sign", required=True, metavar="KEY.key", help="the release key the document is signed with "
+                                                                     "(devices check it as they check images)")
+    pb.add_argument("--board", action="append", default=[], metavar="BOARD",
+                    help="a board this release is for (repeatable): a board file's name or path")
+    pb.add_argument("--min-version", metavar="VERSION", help="the lowest running version this release may replace")
+    pb.add_argument("--expires", default="30d", metavar="DURATION",
+                    help="how long devices take the document (default 30d; publish again to renew it)")
+    pb.add_argument("--endpoint-url", metavar="URL", help="s3://: an S3-compatible store's endpoint (default: "
+                                                          "AWS_ENDPOINT_URL, else AWS)")
+    pb.set_defaults(func=cmd_publish)
 
     dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
                                       "network (bankctl stage URL)")
