@@ -114,10 +114,17 @@ class DirTarget:
             return None
 
     def put_document(self, name: str, data: bytes) -> None:
+        """The new document, its modification time a whole second after the old one's: web servers make the
+        ETag of a static file from its mtime in seconds and its size (nginx, lighttpd, Apache), so two
+        documents of one length written in the same second would get one ETag and devices a 304 for the
+        new one."""
         durable.make_dirs(str(self.root))
         dest = self.root / name
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         durable.fill_file(str(tmp), lambda fd: durable.write_all(fd, data))
+        if dest.exists():
+            stamp = max(int(time.time()), int(dest.stat().st_mtime) + 1)
+            os.utime(tmp, (stamp, stamp))
         checkpoint("document-partial")
         os.rename(tmp, dest)
         durable.fsync_dir(str(self.root))
@@ -283,11 +290,7 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[st
         raise PublishError(f"{target.where(name)} exists with other content ({there[0]} bytes); an image id names one "
                            f"bank, and devices may be downloading that one: give the new image another id")
     now = time.time() if now is None else now
-    fields = {"channel": channel, "version": manifest["version"], "image": image, "arch": manifest["arch"],
-              "boards": sorted(set(names)), "bank": name, "size": size, "manifest": manifest_digest(raw),
-              "published": format_utc(now), "expires": format_utc(now + expires)}
-    if min_version is not None:
-        fields["min_version"] = min_version
+    fields = channel_fields(manifest, raw, size, channel, names, now, expires, min_version)
     doc_name = document_name(channel)
     if _still_good(target.read(doc_name), fields, seed, now, expires):
         report.lines.append(f"channel document: {target.where(doc_name)} unchanged (it offers {manifest['version']} "
@@ -302,6 +305,17 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[st
                             f"{image}), expires {fields['expires']}")
     report.document_url = target.url(doc_name)
     return report
+
+
+def channel_fields(manifest: dict, raw: bytes, size: int, channel: str, boards: list[str], now: float,
+                   expires: float, min_version: str | None = None) -> dict:
+    """The channel document's fields for a bank (its manifest, the manifest's bytes, the file's size)."""
+    fields = {"channel": channel, "version": manifest["version"], "image": manifest["id"], "arch": manifest["arch"],
+              "boards": sorted(set(boards)), "bank": bank_path(manifest["id"]), "size": size,
+              "manifest": manifest_digest(raw), "published": format_utc(now), "expires": format_utc(now + expires)}
+    if min_version is not None:
+        fields["min_version"] = min_version
+    return fields
 
 
 def _still_good(old: bytes | None, fields: dict, seed: bytes, now: float, expires: float) -> bool:
