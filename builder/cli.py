@@ -130,6 +130,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_sim(args: argparse.Namespace) -> int:
+    from builder.fleetsim import Fleet, on_nginx, on_s3, table
+
+    fleet = Fleet(build_dir() / "fleet-sim")
+    sizes = [int(n) for n in args.devices.split(",")]
+    results = on_nginx(fleet, sizes, args.workers)
+    if args.s3_endpoint:
+        results.update(on_s3(fleet, sizes, args.s3_endpoint, args.s3_bucket, args.workers))
+    print(table(results))
+    return 0
+
+
 def cmd_delta(args: argparse.Namespace) -> int:
     from builder.delta import delta
 
@@ -318,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--endpoint-url", metavar="URL", help="s3://: an S3-compatible store's endpoint (default: "
                                                           "AWS_ENDPOINT_URL, else AWS)")
     pb.set_defaults(func=cmd_publish)
+
+    fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
+                                          "bytes per device per release, and how they grow with the fleet")
+    fs.add_argument("--devices", default="100,200,400", help="fleet sizes, comma-separated (default 100,200,400)")
+    fs.add_argument("--workers", type=int, default=16, help="poller processes at once (default 16)")
+    fs.add_argument("--s3-endpoint", metavar="URL", help="also against this S3 store (a public-read bucket; "
+                                                         "credentials from the environment)")
+    fs.add_argument("--s3-bucket", default="fleet", help="with --s3-endpoint: the bucket (default fleet)")
+    fs.set_defaults(func=cmd_fleet_sim)
 
     dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
                                       "network (bankctl stage URL)")

@@ -303,6 +303,9 @@ def _stage(dev: Device, opts: Options, ch: Channel, say: Callable[[str], None],
 def _save(banks: Banks, st: dict[str, Any], opts: Options, ch: Channel | None, etag: str | None,
           result: Result) -> None:
     st.update({"url": opts.url, "checked": int(time.time()), "result": result.summary, "action": result.action})
+    if result.action in ("staged", "downloaded") and ch is not None:  # what the update cost, for status
+        st["staged"] = {"image": ch.image, "version": ch.version, "requests": result.requests,
+                        "received": result.received, "time": st["checked"]}
     if ch is not None:
         st.update({"document": ch.raw.decode("utf-8", "replace"), "published": ch.published,
                    "clock": max(pollstate.clock(st), ch.published),
@@ -317,7 +320,8 @@ def _save(banks: Banks, st: dict[str, Any], opts: Options, ch: Channel | None, e
 def status_of(root: str, etc_root: str = "/") -> dict[str, Any]:
     """For `bankctl status --json`: the device's id and what the last poll did."""
     st = pollstate.load(root)
-    last = {k: st.get(k) for k in ("url", "checked", "result", "action", "offered", "failed")} if "url" in st else None
+    keys = ("url", "checked", "result", "action", "offered", "failed", "staged")
+    last = {k: st.get(k) for k in keys} if "url" in st else None
     checked = last.get("checked") if last is not None else None
     if last is not None and isinstance(checked, int):
         last["checked_utc"] = format_utc(checked)
