@@ -48,11 +48,13 @@ INIT = f"""\
 # {INIT_SCRIPT} start|stop|status: bankboot's channel poller (docs/fleet.md). Settings in {POLL_CONF};
 # output in {LOG} (the last 256 KB kept at each start).
 conf={POLL_CONF}
+LOG={LOG}
 case "$1" in
   start)
     [ -e {BOOTED} ] && [ -r "$conf" ] || exit 0
     . "$conf"
     [ -n "$URL" ] || {{ echo "bankctl-poll: no URL in $conf"; exit 1; }}
+    mkdir -p "${{LOG%/*}}"
     [ -f {LOG} ] && tail -c 262144 {LOG} >{LOG}.new && mv {LOG}.new {LOG}
     {BIN}/bankctl poll --every "${{EVERY:-6h}}" $OPTIONS "$URL" </dev/null >>{LOG} 2>&1 &
     echo $! >{PIDFILE}
