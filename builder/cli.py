@@ -130,6 +130,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_demo(args: argparse.Namespace) -> int:
+    """Several QEMU devices following one channel (builder/fleetlab.py), narrated, then a table."""
+    from builder.fleetlab import Lab, describe, run_lab
+
+    board = load_board(args.board)
+    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
+    variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
+    lab = Lab(board, build_dir() / "fleet-demo", initrd, Path(args.sign), args.devices, variants)
+    print(describe(run_lab(lab), variants))
+    return 0
+
+
 def cmd_fleet_sim(args: argparse.Namespace) -> int:
     from builder.fleetsim import Fleet, on_nginx, on_s3, table
 
@@ -330,6 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--endpoint-url", metavar="URL", help="s3://: an S3-compatible store's endpoint (default: "
                                                           "AWS_ENDPOINT_URL, else AWS)")
     pb.set_defaults(func=cmd_publish)
+
+    fd = sub.add_parser("fleet-demo", help="QEMU devices following one channel on nginx: 1.1.0 is published, they "
+                                           "update, one hardware variant falls back (docs/fleet.md)")
+    fd.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    fd.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
+                                        "build/<board>/initramfs.img)")
+    fd.add_argument("--sign", required=True, metavar="KEY.key", help="the release key (images and the channel)")
+    fd.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
+    fd.add_argument("--variant", default="2", metavar="N,...",
+                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
+    fd.set_defaults(func=cmd_fleet_demo)
 
     fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
                                           "bytes per device per release, and how they grow with the fleet")
