@@ -51,8 +51,6 @@ class Lab:
 
     def build(self, port: int) -> None:
         """Both releases (polling the channel at `port` of the host, 10.0.2.2 to a guest) and the disk."""
-        shutil.rmtree(self.out, ignore_errors=True)
-        self.www.mkdir(parents=True)
         url = f"http://10.0.2.2:{port}/stable.json"
         self.banks = {}
         for version in ("1.0.0", "1.1.0"):
@@ -100,6 +98,8 @@ def wait_for(what: str, check, timeout: float = T, every: float = 0.5):
 def run_lab(lab: Lab) -> dict:
     """The whole scenario of the module's docstring; returns what it saw (per device: its status, its
     requests in nginx's log; the times)."""
+    shutil.rmtree(lab.out, ignore_errors=True)
+    lab.www.mkdir(parents=True)
     with Server(lab.www) as srv, ExitStack() as stack:
         lab.build(srv.port)
         lab.publish("1.0.0")

@@ -7,6 +7,7 @@ nginx's own log of each request (builder/serve.py: the headers the device sent).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,26 @@ def test_download_only_then_apply_without_the_network(channel: Server, release: 
                                                          "rootfs.squashfs", "upper", "utils", "work"))
     with pytest.raises(Exception, match="no complete download to apply"):
         apply(Banks(str(root)), release.policy, "9.9.9", machine="aarch64")
+
+
+def test_an_older_document_served_again_is_refused(channel: Server, release: Release, tmp_path: Path) -> None:
+    import time
+
+    from overlay_layout.net.channel import make_document
+    from overlay_layout.utctime import format_utc
+    from tests.fleet import bank_fields
+
+    url = published(channel, release, "1.0.0")
+    root = tmp_path / "dev"
+    assert poll(make_device(root, release), url).action == "nothing"
+    old = {**bank_fields(release.banks["1.1.0"], release.ids["1.1.0"]), "published": format_utc(time.time() - 3600)}
+    (channel.root / "banks" / f"{release.ids['1.1.0']}.bank").write_bytes(release.banks["1.1.0"].read_bytes())
+    (channel.root / "stable.json").write_bytes(make_document(old, release.seed))  # signed, valid, but older
+    os.utime(channel.root / "stable.json", (time.time() + 5, time.time() + 5))  # another ETag (publish does this)
+    before = snapshot(root)
+    with pytest.raises(Exception, match="before the one this device took from the same URL"):
+        poll(make_device(root, release), url)
+    assert snapshot(root) == before
 
 
 def test_a_device_without_a_clock_keeps_an_expired_document_expired(channel: Server, release: Release,

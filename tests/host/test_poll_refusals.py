@@ -77,6 +77,7 @@ CASES = {
                                           "its manifest is not the one the channel document signs"),
     "a bank of another size": (lambda r: document(r, size=12345), 4, "is [0-9]+ bytes; the channel document says "
                                                                      "12345"),
+    "no document (404)": (lambda r: None, 4, r"refused: http://127\.0\.0\.1:\d+/stable\.json: not found \(HTTP 404\)"),
     "not JSON": (lambda r: b'{"format": 1, "kind": "bankboot-channel", ', 4, "is not a channel document: not JSON"),
     "10 MB": (lambda r: b" " * (10 << 20), 4, "refused: .*: the server sends 10.5 MB; this file is at most 64 KiB"),
     "HTML": (lambda r: b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>", 4, "is an HTML page, "
@@ -91,7 +92,8 @@ def test_a_bad_channel_document(case: str, release: Release, other: Release, tmp
     (www / "banks").mkdir(parents=True)
     shutil.copyfile(release.banks["1.1.0"], www / "banks" / f"{release.ids['1.1.0']}.bank")
     raw = make(release, other) if case == "signed by an unknown key" else make(release)
-    (www / "stable.json").write_bytes(raw)
+    if raw is not None:
+        (www / "stable.json").write_bytes(raw)
     root = tmp_path / "dev"
     make_device(root, release)
     before = snapshot(root)
