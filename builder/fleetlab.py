@@ -95,51 +95,70 @@ def wait_for(what: str, check, timeout: float = T, every: float = 0.5):
         time.sleep(every)
 
 
+def poll_logs(vms: list[VM]) -> str:
+    """The tail of each device's poll log (what a failed lab run needs to say)."""
+    out = []
+    for i, vm in enumerate(vms):
+        try:
+            _, text = vm.console.run("tail -n 15 /var/log/bankctl-poll.log", timeout=30)
+        except Exception as e:  # a device that is not at its prompt
+            text = f"(no prompt: {e})"[:300]
+        out.append(f"--- device {i}: /var/log/bankctl-poll.log\n{text}")
+    return "\n".join(out)
+
+
 def run_lab(lab: Lab) -> dict:
     """The whole scenario of the module's docstring; returns what it saw (per device: its status, its
-    requests in nginx's log; the times)."""
+    requests in nginx's log; the times). A timeout says what each device's poller wrote."""
     shutil.rmtree(lab.out, ignore_errors=True)
     lab.www.mkdir(parents=True)
     with Server(lab.www) as srv, ExitStack() as stack:
         lab.build(srv.port)
         lab.publish("1.0.0")
         vms = [stack.enter_context(lab.device_vm(i)) for i in range(lab.count)]
-        lab.say(f"booted {lab.count} devices (device {', '.join(map(str, lab.variants))} is the hardware variant)")
-        for vm in vms:
+        try:
+            return _run(lab, srv, vms)
+        except (TimeoutError, AssertionError) as e:  # ConsoleTimeout is an AssertionError
+            raise TimeoutError(f"{e}\n{poll_logs(vms)}") from None
+
+
+def _run(lab: Lab, srv: Server, vms: list[VM]) -> dict:
+    lab.say(f"booted {lab.count} devices (device {', '.join(map(str, lab.variants))} is the hardware variant)")
+    for vm in vms:
+        vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
+        vm.console.expect(r"bankctl-poll: polling", T)
+    wait_for("every device's first poll", lambda: len({r["device"] for r in srv.fleet_log()}) >= lab.count)
+    lab.say("every device polled the channel: 1.0.0 is what they run")
+    published = time.monotonic()
+    lab.publish("1.1.0")
+    committed = {}
+    for i, vm in enumerate(vms):
+        if i in lab.variants:
+            vm.console.expect(r"self-test .*20-hardware failed", T)
             vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
-            vm.console.expect(r"bankctl-poll: polling", T)
-        wait_for("every device's first poll", lambda: len({r["device"] for r in srv.fleet_log()}) >= lab.count)
-        lab.say("every device polled the channel: 1.0.0 is what they run")
-        published = time.monotonic()
-        lab.publish("1.1.0")
-        committed = {}
-        for i, vm in enumerate(vms):
-            if i in lab.variants:
-                vm.console.expect(r"self-test .*20-hardware failed", T)
-                vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
-                lab.say(f"device {i}: 1.1.0's self-test failed, back on 1.0.0 in the same boot")
-            else:
-                vm.console.expect(r"sample-rootfs: up, version 1\.1\.0", T)
-                vm.console.expect(r"trial boot; marked good", T)
-                lab.say(f"device {i}: 1.1.0 booted on trial and committed itself")
-            committed[i] = time.monotonic() - published
-            vm.console.expect(r"bankctl-poll: polling", T)
-            vm.console.expect(PROMPT, T)
-        image = lab.banks["1.1.0"][1]["id"]
-        statuses = [status(vm) for vm in vms]
-        ids = [s["device_id"] for s in statuses]
+            lab.say(f"device {i}: 1.1.0's self-test failed, back on 1.0.0 in the same boot")
+        else:
+            vm.console.expect(r"sample-rootfs: up, version 1\.1\.0", T)
+            vm.console.expect(r"trial boot; marked good", T)
+            lab.say(f"device {i}: 1.1.0 booted on trial and committed itself")
+        committed[i] = time.monotonic() - published
+        vm.console.expect(r"bankctl-poll: polling", T)
+        vm.console.expect(PROMPT, T)
+    image = lab.banks["1.1.0"][1]["id"]
+    statuses = [status(vm) for vm in vms]
+    ids = [s["device_id"] for s in statuses]
 
-        def reported() -> bool:
-            last = {r["device"]: r for r in srv.fleet_log() if r["uri"] == "/stable.json"}
-            return all(d in last and (last[d]["state"] == "fell-back" if i in lab.variants else
-                                      last[d]["version"] == "1.1.0") for i, d in enumerate(ids))
+    def reported() -> bool:
+        last = {r["device"]: r for r in srv.fleet_log() if r["uri"] == "/stable.json"}
+        return all(d in last and (last[d]["state"] == "fell-back" if i in lab.variants else
+                                  last[d]["version"] == "1.1.0") for i, d in enumerate(ids))
 
-        wait_for("every device's report after the update", reported, 60)
-        lab.say("every device's next poll says where it is (nginx's log)")
-        statuses = [status(vm) for vm in vms]
-        log = srv.fleet_log()
+    wait_for("every device's report after the update", reported, 60)
+    lab.say("every device's next poll says where it is (nginx's log)")
+    statuses = [status(vm) for vm in vms]
+    log = srv.fleet_log()
     return {"image": image, "statuses": statuses, "log": log, "committed": committed, "events": lab.events,
-            "bank_size": lab.banks["1.1.0"][0].stat().st_size}
+        "bank_size": lab.banks["1.1.0"][0].stat().st_size}
 
 
 def device_rows(result: dict, variants: tuple[int, ...]) -> list[dict]:

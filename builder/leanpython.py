@@ -1,7 +1,7 @@
 """A smaller libpython for the initramfs: Debian's own, linked again from the PIC archive Debian ships
 (libpython3.11-dev) without the builtin modules the init and bankctl never import. Debian builds some 60
 modules into libpython; `unicodedata` alone is 1.1 MB, and with the XML parsers (and the libexpat they
-pull in), the date, pickle, CSV and array modules and the hashes we do not use, a quarter of the library
+pull in), the date, pickle and CSV modules and the hashes we do not use, a quarter of the library
 is code the device unpacks at every boot (the kernel decompresses the whole initramfs before /init runs)
 and carries for nothing. The objects are Debian's, compiled as Debian compiles them; only the table of
 builtin modules (_PyImport_Inittab, written here in assembler: no C compiler or target headers needed)
@@ -26,7 +26,8 @@ DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev"]  # the PIC archive and con
 # Builtin modules left out, with the objects of the PIC archive that hold only them. Each import of one
 # of these raises ImportError; pure-Python stdlib modules that wrap them (datetime, pickle) fall back to
 # their Python code. The hashes stay: hashlib's import builds every guaranteed algorithm and, for one
-# that is missing, logs through `logging`, which the freeze leaves out.
+# that is missing, logs through `logging`, which the freeze leaves out. `array` stays: socket.py imports it
+# (for send_fds) where the platform has sendmsg, so without it `bankctl stage URL` and `poll` cannot start.
 DROPPED = {
     "unicodedata": ("unicodedata.o",),
     "pyexpat": ("pyexpat.o",),
@@ -36,7 +37,6 @@ DROPPED = {
     "_csv": ("_csv.o",),
     "cmath": ("cmathmodule.o",),
     "_statistics": ("_statisticsmodule.o",),
-    "array": ("arraymodule.o",),
     "spwd": ("spwdmodule.o",),
     "syslog": ("syslogmodule.o",),
     "xxsubtype": ("xxsubtype.o",),
