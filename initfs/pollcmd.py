@@ -17,6 +17,7 @@ import time
 from initfs.poll import Device, NotNow, Options, PollFailed, Result, poll_once
 from overlay_layout.lock import LockError
 from overlay_layout.stage import StageError
+from overlay_layout.state import StateError
 from overlay_layout.utctime import format_duration, parse_duration
 
 TYPE_CHECKING = False
@@ -96,6 +97,9 @@ def _one(make_device: Callable[[], Device], opts: Options, args: argparse.Namesp
     except OSError as e:
         _say(f"bankctl poll: {e}")
         return EXIT_ERROR, True
+    except RuntimeError as e:  # the state refused (StateError), a damaged layout: a loop goes on
+        _say(f"bankctl poll: {e}")
+        return (EXIT_REFUSED if isinstance(e, StateError) else EXIT_ERROR), False
     print(f"{result.summary} (this poll: {result.requests} request{'s' if result.requests != 1 else ''}, "
           f"{result.received} bytes received)", flush=True)
     if result.action in ("staged", "pending") and opts.reboot:
