@@ -70,6 +70,7 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
+    from overlay_layout.manifest import describe_persist
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
                     sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
@@ -78,7 +79,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                     kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
                     kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust))
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
-    sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
+    sealed = f"sealed, persistent: {describe_persist(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
     own = f", kernel {m['kernel']['release']}" if "kernel" in m else ""
     print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}{own}), squashfs "
@@ -281,9 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
     im.add_argument("--confirm-boots", action="store_true",
                     help="the image runs `bankctl boot-ok` once up; boots without it count towards a fallback")
-    im.add_argument("--persist", action="append", default=[], metavar="DIR",
+    im.add_argument("--persist", action="append", default=[], metavar="DIR[:suid][,dev]",
                     help="a directory whose changes are kept (repeatable); with any, the image is sealed: "
-                         "everything else is the verified squashfs under a tmpfs, reset at every boot")
+                         "everything else is the verified squashfs under a tmpfs, reset at every boot. It is "
+                         "mounted nosuid,nodev unless :suid (setuid files work there) or :dev (device nodes do) "
+                         "follows, e.g. /var:suid or /srv:suid,dev")
     im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
                                    "/sbin/init (an ELF program, or a script's interpreter)")
     im.add_argument("--kernel", metavar="FILE",

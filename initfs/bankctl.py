@@ -28,6 +28,7 @@ from overlay_layout.contract import (
 )
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.manifest import describe_persist
 from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
@@ -130,6 +131,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
         kernel = img.get("kernel") or "(the loader's)"
         print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} {kernel:<22} "
               f"{','.join(img['pointers'])}{extra}")
+    for img in status["images"]:
+        if img.get("persist"):
+            print(f"  {img['id']} keeps changes only in {describe_persist(img['persist'])}")
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")
     t = status["trust"]
@@ -168,7 +172,11 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.modules import fast_hashing
+
     booted = booted_info().get("image")
+    if getattr(sys, "frozen", False):
+        fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
     if "://" in args.file:
         m, line = _stage_url(banks, args, booted)  # the network stage: only `stage URL` imports it
         print(f"fetched: {line}")

@@ -31,6 +31,23 @@ BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's
 sha256: Callable[..., Any] = _default_sha256
 
 
+def use_kernel() -> str | None:
+    """Hash with the kernel's crypto socket from now on (kernelhash.py: its fastest SHA-256, the CPU's own
+    instructions where the board has them). None when it does, else why not (hashing stays as it was)."""
+    global sha256
+    from overlay_layout import kernelhash
+
+    why = kernelhash.available()
+    if why is None:
+        sha256 = kernelhash.KernelSha256
+    return why
+
+
+def accelerated() -> bool:
+    """Whether hashing has moved off the frozen program's portable C (to the kernel or OpenSSL)."""
+    return sha256 is not _default_sha256 or not getattr(sys, "frozen", False)
+
+
 def use_openssl() -> bool:
     """Hash with OpenSSL from now on, where its `_hashlib` extension is loaded (tlspiece.install)."""
     global sha256

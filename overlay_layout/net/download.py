@@ -197,7 +197,7 @@ class Download:
         self.whole_file, self.gap, self.announce = whole_file, gap, announce
 
     def fill(self, bank: BankFile, work: str, have: dict[bytes, tuple[str, int, int]]) -> None:
-        if bank.manifest["size"] >= FAST_HASH_FROM:
+        if bank.manifest["size"] >= FAST_HASH_FROM and not hashing.accelerated():
             _prefer_openssl(self.remote.settings)
         small = [n for n in (VERITY, chunks.MEMBER) if n in bank.members and not _complete(bank, work, n)]
         if self.remote.ranges is False:
