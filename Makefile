@@ -60,7 +60,7 @@ fleet-sim: deps
 	$(VENV)/bankboot fleet-sim --devices 100,200,400 --s3-local
 
 test: deps lint
-	$(VENV)/pytest -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/pytest -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # The tiers (tests/conftest.py): unit needs only the venv, host the tools and parts `make deps` fetches,
 # vm boots QEMU. `make test` runs them all.
