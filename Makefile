@@ -3,6 +3,9 @@ BOARD ?= qemu-aarch64
 VENV  := .venv/bin
 INITRAMFS := build/$(BOARD)/initramfs.img
 PYTEST_ARGS ?=
+# bankboot's cache (Debian parts, sysroots, frozen inits) is the checkout's build/cache; an installed bankboot
+# keeps its own under $XDG_CACHE_HOME/bankboot (builder/paths.py).
+export BANKBOOT_CACHE ?= $(CURDIR)/build/cache
 # Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
 DEV_KEY := build/keys/dev
 TRUST ?= $(DEV_KEY).pub

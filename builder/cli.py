@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from builder.board import DEFAULT_BOARD, board_names, load_board
-from builder.paths import build_dir
+from builder.paths import build_dir, set_cache_dir
+from initfs.version import VERSION
 
 
 def _human(n: int) -> str:
@@ -188,11 +189,16 @@ def cmd_faults(args: argparse.Namespace) -> int:
 BOARD_HELP = f"a board file's name (builder/boards/*.toml) or path; default {DEFAULT_BOARD}"
 
 
+CACHE_HELP = ("where downloaded parts and frozen inits are kept (default: $BANKBOOT_CACHE, a checkout's build/cache, "
+              "else $XDG_CACHE_HOME/bankboot)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankboot", description=__doc__)
+    p.add_argument("--version", action="version", version=f"bankboot {VERSION}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("deps", help="fetch kernels, busybox and the target Python sysroots into build/cache")
+    d = sub.add_parser("deps", help="fetch kernels, busybox and the target Python sysroots into the cache (--cache)")
     d.add_argument("--board", default="all", help="a board name, or all (default)")
     d.set_defaults(func=cmd_deps)
 
@@ -323,11 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)
+    # --cache before or after the command; SUPPRESS: a command's own default must not undo the main one's.
+    for parser in (p, *sub.choices.values()):
+        parser.add_argument("--cache", metavar="DIR", default=argparse.SUPPRESS, help=CACHE_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):
+        set_cache_dir(Path(args.cache))
     try:
         return args.func(args)
     except KeyboardInterrupt:
