@@ -71,13 +71,15 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
+    from builder.imagetree import IMAGE_KERNEL
 
-    m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
+    kernel = None if not args.kernel else IMAGE_KERNEL if args.kernel == IMAGE_KERNEL else Path(args.kernel)
+    m = build_image(Path(args.rootfs) if args.rootfs else None, args.version, Path(args.output), image_id=args.id,
                     sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
-                    persist=args.persist or None, arch=args.arch,
-                    kernel=Path(args.kernel) if args.kernel else None,
+                    persist=args.persist or None, arch=args.arch, kernel=kernel,
                     kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
-                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust))
+                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust),
+                    source=args.source, strict=args.strict)
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
@@ -231,8 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --disk: boot the kernel and --initramfs given here, not those on the disk")
     q.set_defaults(func=cmd_qemu)
 
-    im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory")
-    im.add_argument("--rootfs", required=True, metavar="DIR", help="the root filesystem directory to pack")
+    im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory, a container "
+                                      "image or a tarball")
+    what = im.add_mutually_exclusive_group(required=True)
+    what.add_argument("--rootfs", metavar="DIR", help="the root filesystem directory to pack")
+    what.add_argument("--from", dest="source", metavar="SOURCE",
+                      help="an OCI layout DIR (or oci:DIR:NAME), a docker-archive or oci-archive FILE, "
+                           "docker://REGISTRY/REPO:TAG, or a rootfs tarball FILE.tar[.gz|.zst|.xz] (docs/images.md)")
+    im.add_argument("--strict", action="store_true", help="refuse the image when the lint finds anything, not "
+                                                          "only what cannot boot")
     im.add_argument("--version", required=True, help="the image's semantic version (MAJOR.MINOR.PATCH); "
                                                      "anti-rollback compares it")
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
@@ -244,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "everything else is the verified squashfs under a tmpfs, reset at every boot")
     im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
                                    "/sbin/init (an ELF program, or a script's interpreter)")
-    im.add_argument("--kernel", metavar="FILE",
+    im.add_argument("--kernel", metavar="FILE|image",
                     help="the image carries this kernel (arm64 Image/vmlinuz or x86_64 bzImage; its modules in the "
-                         "rootfs's /lib/modules): the init on the boot partition kexecs it (docs/lifecycle.md)")
+                         "rootfs's /lib/modules), or `image`: the one in its /usr/lib/modules/<release>/vmlinuz, with "
+                         "arguments from /usr/lib/bootc/kargs.d; the init on the boot partition kexecs it "
+                         "(docs/lifecycle.md)")
     im.add_argument("--initramfs", metavar="FILE", help="with --kernel: the bankboot initramfs that kernel boots")
     im.add_argument("--board", help="with --kernel: build that initramfs for this board's settings, with the "
                                     "kernel's modules from the rootfs, trusting the signing key and --trust")
