@@ -205,7 +205,7 @@ def build_image(rootfs: Path | None, version: str, output: Path, image_id: str |
             if src.pin:
                 say(f"{source}: pulled {src.pin} (give that to build the same image again)")
             tree = tree_from_dir(src.rootfs, sq, arch, k, tmp) if src.rootfs else \
-                tree_from_layers(src, sq, arch, k, tmp)
+                tree_from_layers(src, sq, arch, k, tmp, say)
         paths = check_persist_paths(tree.root, persist) if persist else None
         findings = lint(tree.root, k.from_image)
         for f in findings:

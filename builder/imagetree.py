@@ -81,7 +81,8 @@ def tree_from_dir(rootfs: Path, squashfs: Path, arch: str | None, k: KernelReque
     return Tree(rootfs, arch, source_date_epoch(), kobj, None)
 
 
-def tree_from_layers(src: Source, squashfs: Path, arch: str | None, k: KernelRequest, tmp: Path) -> Tree:
+def tree_from_layers(src: Source, squashfs: Path, arch: str | None, k: KernelRequest, tmp: Path,
+                     say: Callable[[str], None]) -> Tree:
     from builder.image import rootfs_arch
     from builder.kernelfile import KernelFileError, read_kernel
     from builder.pack import pack_layers
@@ -116,6 +117,10 @@ def tree_from_layers(src: Source, squashfs: Path, arch: str | None, k: KernelReq
         raise ImageError(str(e)) from None
     finally:
         skel.close()
+    for name, paths in sorted(stats.dropped.items()):
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        say(f"warning: {shown}: extended attribute {name} dropped (squashfs stores only user.*, trusted.* and "
+            f"security.* attributes; ACLs cannot be kept)")
     try:
         skel.read_squashfs = Squashfs(str(squashfs)).read_file
     except SquashfsError as e:

@@ -31,6 +31,8 @@ ROOT = ""
 # The parts of a PAX header that describe content, kept; atime/ctime and names are left behind (they differ
 # between tools and runs and the squashfs has no use for them).
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+# The xattr namespaces squashfs stores; others (system.posix_acl_*: ACLs) cannot be kept and are dropped.
+SQUASHFS_XATTRS = ("user.", "trusted.", "security.")
 
 # visit(entry) may return a file that receives the entry's data as it streams (the skeleton keeps some).
 Visitor = Callable[[tarfile.TarInfo], BinaryIO | None]
@@ -103,6 +105,7 @@ class FlattenStats:
     entries: int = 0
     bytes: int = 0
     newest: int = 0  # the newest timestamp written (after clamping)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # xattr name -> paths it was dropped from
 
 
 class Flattener:
@@ -208,7 +211,15 @@ class Flattener:
         info = tarfile.TarInfo(path or ".")
         info.mode, info.uid, info.gid = member.mode & 0o7777, member.uid, member.gid
         info.mtime = int(member.mtime) if self.clamp is None else min(int(member.mtime), self.clamp)
-        info.pax_headers = {k: v for k, v in sorted(member.pax_headers.items()) if k.startswith(XATTR_PREFIXES)}
+        info.pax_headers = {}
+        for key, value in sorted(member.pax_headers.items()):
+            prefix = next((p for p in XATTR_PREFIXES if key.startswith(p)), None)
+            if prefix is None:
+                continue
+            if key[len(prefix):].startswith(SQUASHFS_XATTRS):
+                info.pax_headers[key] = value
+            else:
+                self.stats.dropped.setdefault(key[len(prefix):], []).append("/" + path)
         if link is not None:
             info.type, info.linkname = tarfile.LNKTYPE, link
         else:
@@ -248,6 +259,11 @@ class Flattener:
     def close(self) -> None:
         self.tar.close()
 
+    def abort(self) -> None:
+        """Stop without writing the end of the archive (the reader is gone, or must not take it as whole)."""
+        self.tar.closed = True
+        self.tar.fileobj.closed = True  # tarfile's stream: its __del__ would flush
+
 
 class _Tee:
     """A file-like view of a member's data pieces, copying them to `sink` (the skeleton) as they pass."""
@@ -273,10 +289,14 @@ def flatten(layers: list[Layer], out: IO[bytes], clamp: int | None = None, visit
     return a file to copy its data into); `extras`, called once the layers are written, gives the files
     bankboot adds."""
     f = Flattener(layers, out, clamp, visit)
-    if len(layers) > 1:
-        f.scan_upper()
-    f.write_layers()
-    for info, src in (extras() if extras else []):
-        f.add_extra(info, src)
+    try:
+        if len(layers) > 1:
+            f.scan_upper()
+        f.write_layers()
+        for info, src in (extras() if extras else []):
+            f.add_extra(info, src)
+    except BaseException:
+        f.abort()
+        raise
     f.close()
     return f.stats

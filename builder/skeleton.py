@@ -6,7 +6,8 @@ Directories and symlinks are made as they are; every regular file is a sparse pl
 permission bits, filled with its real bytes when something asks (`fill`, from the squashfs just built), or
 as it streams past when `keep` says its content is needed during the build (the kernel's modules, ld.so's
 configuration). Device nodes and FIFOs are left out: nothing checked reads them, and making them takes
-root. Ownership is not kept here (the squashfs keeps it); nothing checked depends on it."""
+root. Ownership is not kept here (the squashfs keeps it); nothing checked depends on it. Absolute symlinks
+are made relative, so that following one here stays inside the skeleton."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from builder.elf import resolve_in_root
 from builder.layerread import LayerError
+
+
+def _relative_target(path: str, target: str) -> str:
+    """An absolute symlink target as the same place relative to the link: inside the skeleton it then
+    means what it means in the image, and nothing that follows it here reaches this machine's own files."""
+    if not target.startswith("/"):
+        return target
+    return os.path.relpath("/" + target.lstrip("/"), "/" + os.path.dirname(path))
+
 
 ALWAYS_KEPT = ("etc/ld.so.conf", "etc/ld.so.conf.d/")  # small, and read by every preflight
 
@@ -44,7 +55,7 @@ class Skeleton:
                 host.mkdir(exist_ok=True)
                 host.chmod((info.mode & 0o777) | 0o700)  # always writable by us, to fill in children
             elif info.issym():
-                os.symlink(info.linkname, host)
+                os.symlink(_relative_target(path, info.linkname), host)
             elif info.islnk():
                 os.link(self.host(info.linkname), host, follow_symlinks=False)
                 self.alias[path] = self.alias.get(info.linkname, info.linkname)
@@ -74,9 +85,10 @@ class Skeleton:
         """Give a placeholder its real bytes before someone reads it (initfs.preflight's `fetch` hook; any
         path outside the tree, or already filled, is left alone)."""
         try:
-            rel = str(Path(host).relative_to(self.root))
+            named = str(Path(host).relative_to(self.root))
         except ValueError:
             return
+        rel = resolve_in_root(self.root, "/" + named).lstrip("/")  # the file itself, through any symlinks
         rel = self.alias.get(rel, rel)
         if rel not in self.placeholders:
             return

@@ -16,6 +16,7 @@ layouts are read in place (builder/oci.py)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from builder.run import CommandError, run
 KINDS = ("dir", "oci", "docker-archive", "oci-archive", "registry", "tarball")
 PREFIXES = {"dir:": "dir", "oci:": "oci", "docker-archive:": "docker-archive", "oci-archive:": "oci-archive",
             "tar:": "tarball"}
-_HEX64 = re.compile(r"[0-9a-f]{64}(\.json)?")
+_HEX64 = re.compile(r"[0-9a-f]{64}(\.[a-z]+)?")  # docker save: <id>/, <id>.json, <id>.tar
 # skopeo's last words, and what to do about them.
 _HINTS = (("unauthorized", "the registry wants credentials: log in with `skopeo login HOST` (or docker login), "
                            "or check the image name"),
@@ -113,8 +114,13 @@ def repository(ref: str) -> str:
 
 
 def skopeo(args: list[str], what: str, text: bool = True) -> str | bytes:
+    """Run skopeo; its error becomes one line saying what went wrong and, where known, what to do. The
+    registries.conf named by $CONTAINERS_REGISTRIES_CONF applies (as in podman; Debian 12's skopeo takes it
+    only as an option)."""
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    opts = ["--registries-conf", conf] if conf else []
     try:
-        return run(["skopeo", *args], error=CommandError, package="skopeo", what=what, text=text).stdout
+        return run(["skopeo", *opts, *args], error=CommandError, package="skopeo", what=what, text=text).stdout
     except CommandError as e:
         said = str(e)
         msgs = re.findall(r'msg="((?:[^"\\]|\\.)*)"', said)
@@ -127,6 +133,7 @@ def open_source(spec: str, arch: str | None, work: Path) -> Source:
     """What SOURCE holds; `work` (an empty directory on the output's filesystem) receives what skopeo fetches.
     `arch`: the Debian architecture wanted (an index picks it; an image of another one is refused)."""
     kind, rest = classify(spec)
+    work.mkdir(parents=True, exist_ok=True)
     try:
         if kind == "dir":
             if not Path(rest).is_dir():
