@@ -98,7 +98,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_disk(args: argparse.Namespace) -> int:
-    from builder.disk import build_disk, parse_size
+    from builder.disk import bmap_path, build_disk, parse_size
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
@@ -106,7 +106,8 @@ def cmd_disk(args: argparse.Namespace) -> int:
                            userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
                            boot_size=parse_size(args.boot_size))
     print(f"{args.output}: {board.name} disk, {args.size}, image {m['id']} current; "
-          f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}")
+          f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}; block map "
+          f"{bmap_path(Path(args.output))} (bmaptool copy {args.output} /dev/sdX)")
     return 0
 
 
