@@ -157,8 +157,13 @@ class LayerReader:
         try:
             self.tar = tarfile.open(fileobj=self.stream, mode="r|", copybufsize=READ_SIZE)  # type: ignore[call-overload]
         except tarfile.TarError as e:
+            if self.proc is not None:
+                self.proc.wait()  # it has stopped: a damaged stream, or no tar inside
+            said = self._tool_said()
             self.close()
-            raise LayerError(f"{layer.what}: not a tar archive ({e}){self._tool_said()}") from None
+            if said:
+                raise LayerError(f"{layer.what}: the {self.compression} stream is damaged or cut short{said}") from None
+            raise LayerError(f"{layer.what}: not a tar archive ({e})") from None
 
     def __enter__(self) -> LayerReader:
         return self
