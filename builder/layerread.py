@@ -157,13 +157,9 @@ class LayerReader:
         try:
             self.tar = tarfile.open(fileobj=self.stream, mode="r|", copybufsize=READ_SIZE)  # type: ignore[call-overload]
         except tarfile.TarError as e:
-            if self.proc is not None:
-                self.proc.wait()  # it has stopped: a damaged stream, or no tar inside
-            said = self._tool_said()
+            error = self._error(f"not a tar archive ({e})")
             self.close()
-            if said:
-                raise LayerError(f"{layer.what}: the {self.compression} stream is damaged or cut short{said}") from None
-            raise LayerError(f"{layer.what}: not a tar archive ({e})") from None
+            raise error from None
 
     def __enter__(self) -> LayerReader:
         return self
@@ -181,8 +177,7 @@ class LayerReader:
             try:
                 member = self.tar.next()
             except (tarfile.TarError, EOFError, OSError) as e:
-                raise LayerError(f"{self.layer.what}: unreadable at byte {self.stream.pos} of the tar ({e})"
-                                 f"{self._tool_said()}") from None
+                raise self._error(f"unreadable at byte {self.stream.pos} of the tar ({e})") from None
             if member is None:
                 return
             yield member, (self.tar.extractfile(member) if member.isreg() else None)
@@ -194,9 +189,9 @@ class LayerReader:
             try:
                 piece = data.read(min(left, READ_SIZE))
             except (tarfile.TarError, EOFError, OSError) as e:
-                raise LayerError(f"{self.layer.what}: cut short inside a file ({e}){self._tool_said()}") from None
+                raise self._error(f"cut short inside a file ({e})") from None
             if not piece:
-                raise LayerError(f"{self.layer.what}: cut short inside a file{self._tool_said()}")
+                raise self._error("cut short inside a file")
             left -= len(piece)
             yield piece
 
@@ -229,12 +224,25 @@ class LayerReader:
             _check_digest(self.layer.what, "digest", self.layer.digest, blob_hash)
         _check_digest(self.layer.what, "diff_id", self.layer.diff_id, self.stream.hash)
 
+    def _error(self, what: str) -> LayerError:
+        """The error for a stream that ended wrong: the decompressor's own, when it failed (the stream has
+        ended, so it is exiting), else `what`."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        said = self._tool_said()
+        if said:
+            return LayerError(f"{self.layer.what}: the {self.compression} stream is damaged or cut short{said}")
+        return LayerError(f"{self.layer.what}: {what}")
+
     def _tool_said(self) -> str:
         if self.proc is None or self.proc.poll() is None or self.proc.returncode == 0:
             return ""
         assert self.proc.stderr is not None
         said = self.proc.stderr.read().decode(errors="replace").strip()
-        return f" ({self.compression}: {said[-300:]})" if said else ""
+        return f" ({said[-300:]})" if said else ""
 
     def close(self) -> None:
         if self.proc is not None:
