@@ -98,15 +98,16 @@ def tree_from_layers(src: Source, squashfs: Path, arch: str | None, k: KernelReq
 
     def extras() -> list[tuple[tarfile.TarInfo, Path | None]]:
         """The image's own kernel, once the layers are written (its modules are in the skeleton by then)."""
+        from builder.imagekernel import image_kernel
+
         skel.close()
         karch = arch or src.arch
-        if karch is None and not k.from_image:  # a tarball without --arch: the kernel says
+        if karch is None:  # a tarball without --arch: the kernel says (the init is checked against it later)
+            path = image_kernel(skel.root)[1] if k.from_image else Path(str(k.kernel))
             try:
-                karch = read_kernel(Path(str(k.kernel))).arch
+                karch = read_kernel(path).arch
             except KernelFileError as e:
                 raise ImageError(str(e)) from None
-        if karch is None:
-            raise ImageError(f"{src.name}: a tarball does not say its architecture: give --arch with --kernel image")
         kobj, extra = own_kernel(skel.root, karch, k, tmp)
         kernel.update(kobj or {}, arch=karch)
         return _extra_entries(extra, clamp or 0)
