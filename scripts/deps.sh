@@ -12,6 +12,9 @@ APT_PACKAGES=(
   zstd lz4 xz-utils binutils binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf cryptsetup-bin
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
   nginx-light
+  # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and
+  # Debian rootfs (docker-registry is a daemon: not started, see policy-rc.d below)
+  skopeo umoci squashfs-tools-ng bmap-tools docker-registry mmdebstrap
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}
