@@ -57,6 +57,8 @@ class Skeleton:
             elif info.issym():
                 os.symlink(_relative_target(path, info.linkname), host)
             elif info.islnk():
+                if not os.path.lexists(self.host(info.linkname)):
+                    return None  # a hardlink to a device node or FIFO, which the skeleton leaves out
                 os.link(self.host(info.linkname), host, follow_symlinks=False)
                 self.alias[path] = self.alias.get(info.linkname, info.linkname)
             elif info.isreg():

@@ -58,9 +58,9 @@ def debian_rootfs(arch: str = "arm64") -> Path:
 
 def build(arch: str, out: Path) -> None:
     tmp = out.with_name(out.name + ".part")
-    cmd = ["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={arch}", "--skip=check/qemu",
-           f"--include={','.join(PACKAGES)}", f"--customize-hook=echo {HOSTNAME} > \"$1/etc/hostname\"",
-           SUITE, str(tmp), MIRROR]
+    cmd = ["mmdebstrap", "--mode=root", "--format=tar", "--variant=minbase", f"--architectures={arch}",
+           "--skip=check/qemu", f"--include={','.join(PACKAGES)}",
+           f"--customize-hook=echo {HOSTNAME} > \"$1/etc/hostname\"", SUITE, str(tmp), MIRROR]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)}
     status, log = in_user_namespace(cmd, QEMU_BINFMT[arch], env)
     if status != 0 or not tmp.is_file():

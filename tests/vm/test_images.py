@@ -1,6 +1,6 @@
 """A real Debian 12 root filesystem (mmdebstrap) as a two-layer OCI image, the upper layer deleting a file
 (a whiteout), replacing a directory (an opaque marker) and adding a unit that reports what the boot sees:
-it becomes the same bank from an OCI layout, a docker-archive, an oci-archive and a loopback registry, and
+it becomes the same bank from an OCI layout, a docker-archive and a loopback registry, and
 that bank boots to Debian's systemd, which reports from inside the guest. The image exported as a plain
 tarball (umoci unpacks it, tar packs it) gives a bank with the same tree. One boot: the routes' banks are
 compared byte for byte on the host."""
@@ -67,8 +67,7 @@ def debian_image(test_dir: Path) -> dict[str, str]:
     base = debian_rootfs("arm64")
     upper = write_layer(out / "upper.tar", UPPER)
     ref = oci_image(out / "oci", "debian", [base, upper])
-    return {"oci": ref, "docker-archive": str(save_as(ref, "docker-archive", out / "docker.tar")),
-            "oci-archive": f"oci-archive:{save_as(ref, 'oci-archive', out / 'oci.tar')}", "dir": str(out)}
+    return {"oci": ref, "docker-archive": str(save_as(ref, "docker-archive", out / "docker.tar")), "dir": str(out)}
 
 
 def listing(bank: Path, work: Path) -> list[str]:
@@ -91,7 +90,7 @@ def test_a_debian_image_from_every_source_boots_to_its_systemd(debian_image, aar
         for var, value in registry.env().items():
             monkeypatch.setenv(var, value)
         for kind, source in [("oci", debian_image["oci"]), ("docker-archive", debian_image["docker-archive"]),
-                             ("oci-archive", debian_image["oci-archive"]), ("registry", url)]:
+                             ("registry", url)]:  # oci-archive: tests/host/test_image_sources.py
             bank = out / f"{kind}.bank"
             said: list[str] = []
             m = build_image(None, "12.0.0", bank, source=source, sign_key=signing_key.private, say=said.append)
@@ -105,9 +104,8 @@ def test_a_debian_image_from_every_source_boots_to_its_systemd(debian_image, aar
                     str(out / "unpacked")], check=True, capture_output=True)
     subprocess.run(["tar", "-C", str(out / "unpacked"), "--numeric-owner", "--xattrs", "--xattrs-include=*",
                     "-cf", str(out / "export.tar"), "."], check=True)
-    subprocess.run(["zstd", "-q", "--rm", str(out / "export.tar")], check=True)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(CREATED_EPOCH))
-    build_image(None, "12.0.0", out / "tarball.bank", source=str(out / "export.tar.zst"), say=lambda _: None)
+    build_image(None, "12.0.0", out / "tarball.bank", source=str(out / "export.tar"), say=lambda _: None)
     assert listing(out / "tarball.bank", out) == listing(out / "oci.bank", out)
     # One boot, of that bank.
     disk = out / "disk.img"
@@ -116,7 +114,8 @@ def test_a_debian_image_from_every_source_boots_to_its_systemd(debian_image, aar
         vm.console.expect(r"Welcome to .*Debian GNU/Linux 12", BOOT_TIMEOUT)
         vm.console.expect(r"bankboot-report: done", BOOT_TIMEOUT)
         text = vm.console.text()
-    report = dict(kv.split("=", 1) for line in re.findall(r"bankboot-report: (.*)", text) for kv in line.split())
+    report = dict(kv.split("=", 1) for line in re.findall(r"bankboot-report: (.*)", text) for kv in line.split()
+                  if "=" in kv)
     assert report["pid1"] == "systemd" and report["os"] == "debian-12", report
     assert report["hostname"] == "bankboot-debian"
     assert report["root"] == "overlay" and report["lower"] == "squashfs", report
