@@ -29,7 +29,7 @@ from overlay_layout import chunks
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import SQUASHFS, VERITY, LayoutError, check_id
-from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest
+from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest, split_persist
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
 TYPE_CHECKING = False
@@ -84,9 +84,10 @@ def check_persist_paths(rootfs: Path, persist: list[str]) -> list[str]:
     except LayoutError as e:
         raise ImageError(str(e)) from None
     init = resolve_in_root(rootfs, "/sbin/init")
-    for p in paths:
+    for p in (split_persist(e)[0] for e in paths):
         d = rootfs / p.lstrip("/")
-        if d.is_symlink() or not d.is_dir():
+        # No part of it a symlink: the init refuses one (it would put the mount elsewhere).
+        if any(d.parents[i].is_symlink() for i in range(p.count("/") - 1)) or d.is_symlink() or not d.is_dir():
             raise ImageError(f"--persist {p}: {d} is not a directory in the rootfs (a persistent path is mounted "
                              f"over the image's own directory; create it, even empty)")
         if init == p or init.startswith(p + "/"):

@@ -95,6 +95,10 @@ def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None
                                                     tmp / "initramfs.img")
     elif initramfs is not None:
         files["initramfs"] = initramfs
+    from builder.tls import piece_path
+
+    if piece_path(files["initramfs"]).is_file():  # https for that initramfs's bankctl (builder/tls.py)
+        files["tls"] = piece_path(files["initramfs"])
     obj: dict = {"release": k.release, "version": k.version}
     for name, src in files.items():
         obj[name] = {"path": KERNEL_FILES[name], "size": src.stat().st_size, "sha256": sha256_file(src)}

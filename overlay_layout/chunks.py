@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from overlay_layout.hashing import sha256
+from overlay_layout import hashing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def index_of(data: bytes) -> list[tuple[int, bytes]]:
     """(length, sha256) of every chunk of `data`."""
     out, pos = [], 0
     for length in cut(data):
-        out.append((length, sha256(data[pos:pos + length]).digest()))
+        out.append((length, hashing.sha256(data[pos:pos + length]).digest()))
         pos += length
     return out
 
@@ -79,7 +79,7 @@ def index_of_stream(read: Callable[[int], bytes]) -> list[tuple[int, bytes]]:
         for length in cut(buf):
             if not eof and pos + MAX_CHUNK > len(buf):
                 break
-            out.append((length, sha256(buf[pos:pos + length]).digest()))
+            out.append((length, hashing.sha256(buf[pos:pos + length]).digest()))
             pos += length
         buf = buf[pos:]
         if eof and not buf:
@@ -129,4 +129,4 @@ def read_chunk(where: tuple[str, int, int], digest: bytes) -> bytes | None:
             os.close(fd)
     except OSError:
         return None
-    return data if len(data) == length and sha256(data).digest() == digest else None
+    return data if len(data) == length and hashing.sha256(data).digest() == digest else None
