@@ -132,6 +132,15 @@ def cmd_delta(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from builder.publish import publish_oci
+
+    p = publish_oci(Path(args.bank), args.oci, Path(args.token_file) if args.token_file else None, args.plain_http)
+    print(f"{args.bank}: image {p.image_id} version {p.version} pushed to {p.ref}\n  pinned: {p.pinned}\n"
+          f"  on a device: bankctl stage {p.blob_url}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from builder.serve import serve
 
@@ -317,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
     dl.add_argument("new", help="the update's bank file")
     dl.set_defaults(func=cmd_delta)
+
+    pb = sub.add_parser("publish", help="push a bank to a container registry as an OCI artifact; devices stage it "
+                                        "from its blob URL")
+    pb.add_argument("bank", help="the bank file (bankboot image)")
+    pb.add_argument("--oci", required=True, metavar="[docker://]HOST/REPO[:TAG]",
+                    help="where to push it (the tag defaults to the bank's version); credentials as skopeo has them "
+                         "(skopeo login, $REGISTRY_AUTH_FILE)")
+    pb.add_argument("--token-file", metavar="FILE", help="a bearer token for the registry, read from FILE")
+    pb.add_argument("--plain-http", action="store_true",
+                    help="the registry speaks plain HTTP (a registry on loopback or a lab network): skopeo may "
+                         "push without TLS and the blob URL printed is http://")
+    pb.set_defaults(func=cmd_publish)
 
     sv = sub.add_parser("serve", help="serve bank files over HTTP (nginx) for `bankctl stage URL`")
     sv.add_argument("dir", help="the directory of bank files")

@@ -176,7 +176,8 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
 
 def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tuple[Any, str]:
     from overlay_layout.contract import NETWORK_CA
-    from overlay_layout.net.download import stage_url
+    from overlay_layout.net.bearer import BearerAuth, TokenError
+    from overlay_layout.net.download import DownloadError, stage_url
     from overlay_layout.net.tls import TlsOptions
     from overlay_layout.net.transport import Settings
 
@@ -194,8 +195,12 @@ def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tu
     tls = TlsOptions(ca=args.ca or (built_in_ca if os.path.isfile(built_in_ca) else None),
                      cert=args.cert or conf.client_cert or None, key=args.key or conf.client_key or None,
                      load=load_tls)
+    try:
+        auth = BearerAuth(args.token_file)
+    except TokenError as e:
+        raise DownloadError(str(e), False) from None
     settings = Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
-                        say=say)
+                        say=say, auth=auth)
     m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
                          progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted, settings=settings,
                          whole_file=args.whole_file, **({} if args.gap is None else {"gap": args.gap}))
@@ -350,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
     s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
-                                "interrupted download; takes the chunks this device already holds from its images)")
+                                "interrupted download; takes the chunks this device already holds from its images), "
+                                "such as the blob URL `bankboot publish --oci` prints for a registry")
     s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
@@ -370,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "file's network.client_cert)")
     s.add_argument("--key", metavar="FILE", help="https: the client certificate's key (PEM, unencrypted; default: "
                                                  "the board file's network.client_key, else in --cert)")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="URL: a registry's bearer token, read from FILE, sent to the URL's server only (default: an "
+                        "anonymous token from the registry's token service, when it asks for one)")
     s.add_argument("--whole-file", action="store_true",
                    help="URL: from a server without byte ranges, download the whole file even when only a small "
                         "part is missing")
