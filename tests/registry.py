@@ -27,8 +27,9 @@ def free_port() -> int:
 
 
 class Registry:
-    def __init__(self, root: Path, auth: bool = False) -> None:
-        self.root, self.auth = root, auth
+    def __init__(self, root: Path, auth: bool = False, token_auth: str = "") -> None:
+        """auth: basic auth (htpasswd); token_auth: a config.yml `auth:` section (tests/tokens.py)."""
+        self.root, self.auth, self.token_auth = root, auth, token_auth
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -42,6 +43,7 @@ class Registry:
         if self.auth:
             (self.root / "htpasswd").write_text(HTPASSWD)
             auth = f"auth:\n  htpasswd:\n    realm: bankboot-test\n    path: {self.root / 'htpasswd'}\n"
+        auth = auth or self.token_auth
         config = self.root / "config.yml"
         config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: "
                           f"{self.root / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: {self.host}\n{auth}")
@@ -55,7 +57,7 @@ class Registry:
                 urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2).close()
                 break
             except urllib.error.HTTPError as e:  # 401: up, and asking for credentials
-                if e.code == 401 and self.auth:
+                if e.code == 401 and (self.auth or self.token_auth):
                     break
                 raise
             except OSError:
