@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from builder.publish import ARTIFACT_TYPE, LAYER_TYPE, PublishError, publish_oci
-from overlay_layout.net.download import DownloadError, stage_url
 from overlay_layout.net.bearer import BearerAuth, TokenError
+from overlay_layout.net.download import DownloadError, stage_url
 from overlay_layout.net.transport import Settings
 from overlay_layout.state import Banks
 from tests.banks import DEV, install_first_image, make_bank
