@@ -23,8 +23,8 @@ from overlay_layout.layout import LayoutError
 
 ARTIFACT_TYPE = "application/vnd.bankboot.bank.v1"
 LAYER_TYPE = "application/vnd.bankboot.bank.v1"
-EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json",
-         "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"  # of b"{}"
+EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": EMPTY_DIGEST, "size": 2}
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 # Docker Hub's short names, as docker and skopeo read them: docker.io/NAME is docker.io/library/NAME, served
 # by registry-1.docker.io.
@@ -92,7 +92,7 @@ def write_layout(dest: Path, bank: Path, bank_digest: str, manifest: bytes) -> N
     blobs.mkdir(parents=True)
     (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     os.symlink(bank.resolve(), blobs / bank_digest.removeprefix("sha256:"))
-    (blobs / EMPTY["digest"].removeprefix("sha256:")).write_bytes(b"{}")
+    (blobs / EMPTY_DIGEST.removeprefix("sha256:")).write_bytes(b"{}")
     manifest_hex = hash_bytes(manifest)
     (blobs / manifest_hex).write_bytes(manifest)
     index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
