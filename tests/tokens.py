@@ -38,8 +38,9 @@ def _raw_signature(der: bytes) -> bytes:
 
 
 class TokenService:
-    def __init__(self, root: Path, public: bool = True) -> None:
-        self.root, self.public = root, public
+    def __init__(self, root: Path, public: bool = True, host: str = "127.0.0.1") -> None:
+        """host: how the registry's clients reach this service (10.0.2.2 from a QEMU guest)."""
+        self.root, self.public, self.host = root, public, host
         root.mkdir(parents=True, exist_ok=True)
         self.key, self.cert = root / "token.key", root / "token.pem"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -64,7 +65,7 @@ class TokenService:
     @property
     def realm(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        return f"http://{self.host}:{self.server.server_address[1]}/token"
 
     def registry_auth(self) -> str:
         """The registry's config.yml `auth:` section for this service."""
