@@ -13,7 +13,7 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench bench-net faults clean distclean
+.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench bench-net bench-image faults clean distclean
 
 all: initramfs
 
@@ -75,6 +75,11 @@ bench: deps
 # (it takes /tmp/qemu.lock only while its guest runs).
 bench-net: deps
 	$(VENV)/bankboot bench-net --board $(BOARD)
+
+# bankboot image of a 1 GB rootfs from each source kind (time, peak RSS) and a rebuild's delta a day later;
+# about 25 min, 8 GB of disk in build/figures (docs/images.md, "Memory and time"). No QEMU.
+bench-image: deps
+	$(VENV)/python scripts/image_figures.py build/figures
 
 # The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
