@@ -5,6 +5,7 @@ modules and kernel arguments as a bootc image carries them."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -122,3 +123,22 @@ def test_kernel_from_an_image_with_no_or_two_kernels_is_refused(count: int, samp
         build_image(rootfs, "4.1.0", tmp_path / "k.bank", source=source, kernel="image",
                     kernel_initramfs=built_initramfs(board), say=lambda _: None)
     assert not (tmp_path / "k.bank").exists()
+
+
+def test_a_hardlink_to_a_device_node_in_a_tarball(sample: Path, tmp_path: Path) -> None:
+    """The skeleton leaves device nodes out (nothing checks them): a hardlink to one is left out of it too,
+    and both are in the bank (Debian's tarballs can hold such links)."""
+    tarball = tar_directory(sample, tmp_path / "plain.tar")
+    with tarfile.open(tarball, "a") as out:
+        node = tarfile.TarInfo("dev/null-node")
+        node.type, node.devmajor, node.devminor, node.mode = tarfile.CHRTYPE, 1, 3, 0o666
+        link = tarfile.TarInfo("dev/null-link")
+        link.type, link.linkname = tarfile.LNKTYPE, "dev/null-node"
+        out.addfile(node)
+        out.addfile(link)
+    build_image(None, "4.0.0", tmp_path / "x.bank", source=str(tarball), say=lambda _: None)
+    subprocess.run(["tar", "xf", str(tmp_path / "x.bank"), "-C", str(tmp_path), "rootfs.squashfs"], check=True)
+    out = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "rootfs.squashfs"), "dev"], capture_output=True,
+                         text=True, check=True).stdout
+    nodes = [line for line in out.splitlines() if "/dev/null-" in line]
+    assert len(nodes) == 2 and all(line.startswith("crw-rw-rw-") and " 1,  3 " in line for line in nodes), out
