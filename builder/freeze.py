@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from builder.cachelock import cache_lock
 from builder.paths import cache_dir, package_root
 from builder.pysysroot import PySysroot
 from builder.run import run
@@ -58,7 +59,10 @@ KEEP_ENCODINGS = ("__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig
 FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "9"}
 # -OO: no docstrings or asserts in the bundle's bytecode (nothing here reads a docstring at run time).
 OPTIONS = ["--optimize", "2"]
-HIDDEN_IMPORTS: list[str] = []
+# Imported by the TLS piece's ssl.py (overlay_layout/net/tlspiece.py runs it from source), which PyInstaller
+# never sees, and by nothing the init carries: without it `bankctl stage URL` died in the guest with
+# "No module named 'base64'" (tests/host/test_lean_imports.py reads ssl.py for what it needs).
+HIDDEN_IMPORTS: list[str] = ["base64"]
 # Shared libraries loaded with ctypes, which PyInstaller cannot see: (path in the sysroot, bundle dir).
 BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
 
@@ -116,14 +120,23 @@ def use_lean_libpython(contents: Path, libpython: Path, soname: str) -> None:
 
 def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
     """Return the onedir bundle (a directory holding `init` and `bankboot/`), freezing when needed."""
-    from builder.leanpython import SONAME, lean_libpython
+    from builder.leanpython import lean_libpython
 
     libpython = lean_libpython(sysroot.arch)
     key = input_hash(sysroot, libpython)
     out = cache_dir() / "frozen" / sysroot.arch.debian / key
     if (out / NAME / NAME).is_file():
         return out / NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(out):
+        if not (out / NAME / NAME).is_file():  # or another process froze it while this one waited
+            _freeze(sysroot, libpython, out, log)
+    return out / NAME
+
+
+def _freeze(sysroot: PySysroot, libpython: Path, out: Path, log: Path | None) -> None:
+    from builder.leanpython import SONAME
+
+    key = out.name
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent))
     sources = stage_sources(work / "src")
     launcher = work / "run_pyinstaller.py"
@@ -159,4 +172,3 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         shutil.rmtree(out)
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
-    return out / NAME

@@ -195,6 +195,25 @@ def listen(timeout: float) -> None:
         _early = (cons, time.monotonic() + timeout)
 
 
+def flush_input() -> None:
+    """Drop what was typed at the consoles and not read: ESC pressed for a menu this boot does not offer (a
+    kexec's second stage, a window of 0) must not reach the image's shell or getty as the start of an escape
+    sequence that eats its next keys."""
+    import termios
+
+    for dev in console_devices():
+        try:
+            fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except termios.error:
+            pass
+        finally:
+            os.close(fd)
+
+
 def stop_listening() -> None:
     """Close the window's consoles (input flushed, modes restored): before a rescue shell or a select=."""
     global _early

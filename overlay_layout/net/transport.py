@@ -30,7 +30,7 @@ from overlay_layout.net.url import Url, parse_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 MAX_REDIRECTS = 10
 BACKOFF_CAP = 30.0
@@ -41,18 +41,21 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 class Settings:
     """How a stage talks to the network: time limits, retries, TLS, the environment proxies are read from,
-    and `say` for a line a person should see (a retry, a server without ranges)."""
+    `say` for a line a person should see (a retry, a server without ranges), and `headers` sent with every
+    request (what `bankctl poll` tells a fleet's servers about the device, initfs/identity.py)."""
 
-    __slots__ = ("auth", "environ", "limits", "retries", "say", "tls")
+    __slots__ = ("auth", "environ", "headers", "limits", "retries", "say", "tls")
 
     def __init__(self, connect_timeout: float = 10.0, timeout: float = 20.0, retries: int = 5,
                  tls: TlsOptions | None = None, environ: Mapping[str, str] | None = None,
-                 say: Callable[[str], None] | None = None, auth: BearerAuth | None = None) -> None:
+                 say: Callable[[str], None] | None = None, headers: Sequence[tuple[str, str]] = (),
+                 auth: BearerAuth | None = None) -> None:
         self.limits = Limits(connect_timeout, timeout)
         self.auth = auth  # bearer tokens for a registry's blob URL (overlay_layout/net/bearer.py)
         self.retries, self.tls = retries, tls or TlsOptions()
         self.environ = os.environ if environ is None else environ
         self.say = say or (lambda _line: None)
+        self.headers = list(headers)
 
 
 class RemoteFile:
@@ -106,6 +109,7 @@ class RemoteFile:
         conn = self._connection(url)
         if conn.sock is None:
             self.connections += 1
+        headers = [*self.settings.headers, *headers]
         try:
             resp = conn.request(url, headers)
         except LinkError as e:

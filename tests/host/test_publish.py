@@ -1,125 +1,161 @@
-"""`bankboot publish --oci` into Debian's docker-registry on loopback, and `bankctl stage` reading the bank
-back by range from the blob URL it prints: from an open registry, from one that wants bearer tokens (an
-anonymous pull through the token service, or a token from a file), and the errors a person meets."""
+"""`bankboot publish` into a directory and into a real S3 store (SeaweedFS's gateway, builder/s3store.py):
+idempotent, refusing what would break devices, and cut (SIGKILL, no clean-up code runs) at every step
+without ever leaving a channel document that points at a file that is not all there; the next publish
+finishes the job. A device polls the S3 channel and stages from it."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import urllib.request
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from builder.publish import ARTIFACT_TYPE, LAYER_TYPE, PublishError, publish_oci
-from overlay_layout.net.bearer import BearerAuth, TokenError
-from overlay_layout.net.download import DownloadError, stage_url
-from overlay_layout.net.transport import Settings
-from overlay_layout.state import Banks
-from tests.banks import DEV, install_first_image, make_bank
-from tests.registry import Registry
-from tests.tokens import TokenService
+from builder.publish import KILL_AT, PublishError, publish
+from builder.s3store import ACCESS, SECRET, SeaweedS3
+from overlay_layout import ed25519
+from overlay_layout.bankfile import BankFile
+from overlay_layout.layout import MANIFEST
+from overlay_layout.net.channel import Channel, manifest_digest, parse_document
+from overlay_layout.trust import key_id
+from tests.fleet import BOARD, Release, make_device, poll
 
-REPO = "banks/dev"
-
-
-def payload(seed: int, size: int = 3 << 20) -> bytes:
-    return random.Random(seed).randbytes(size)
+STEPS = ("bank-partial", "bank-written", "document-partial")
 
 
-def stage(tmp_path: Path, url: str, token_file: Path | None = None, name: str = "banks"):
-    install_first_image(tmp_path / name)
-    banks = Banks(str(tmp_path / name))
-    settings = Settings(retries=1, environ={}, auth=BearerAuth(str(token_file) if token_file else None))
-    manifest, stats = stage_url(banks, url, DEV, "9.9.9", machine="x86_64", settings=settings)
-    return banks, manifest, stats
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Release:
+    return Release(tmp_path_factory.mktemp("release"), size=20 << 20)  # a multipart upload to S3
 
 
-def nothing_staged(tmp_path: Path, name: str) -> bool:
-    overlay = tmp_path / name / "overlay"
-    return Banks(str(tmp_path / name)).layout.pointer("next") is None and \
-        not [n for n in os.listdir(overlay) if n.startswith(".download-")]
+def channel_of(raw: bytes | None, release: Release) -> Channel | None:
+    if raw is None:
+        return None
+    public = ed25519.keypair(release.seed)[0]
+    return parse_document(raw, "published", {key_id(public): public}, False)
 
 
-def test_a_published_bank_is_staged_from_its_blob_url(tmp_path: Path) -> None:
-    bank = tmp_path / "a.bank"
-    image = make_bank(bank, "2.0.0+build.7", payload(1), chunked=True)
-    with Registry(tmp_path / "registry") as reg:
-        p = publish_oci(bank, f"docker://{reg.host}/{REPO}", plain_http=True)
-        assert p.ref == f"{reg.host}/{REPO}:2.0.0_build.7" and p.image_id == image
-        # The registry holds an artifact: its manifest digest is the one printed, its one layer the bank.
-        req = urllib.request.Request(f"http://{reg.host}/v2/{REPO}/manifests/2.0.0_build.7",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        with urllib.request.urlopen(req) as answer:
-            raw, digest = answer.read(), answer.headers["Docker-Content-Digest"]
-        assert p.pinned == f"{reg.host}/{REPO}@{digest}"
-        manifest = json.loads(raw)
-        assert manifest["artifactType"] == ARTIFACT_TYPE and [layer["mediaType"] for layer in manifest["layers"]] \
-            == [LAYER_TYPE] and manifest["layers"][0]["size"] == bank.stat().st_size
-        # Pushed again (another tag): the same manifest, byte for byte.
-        assert publish_oci(bank, f"{reg.host}/{REPO}:again", plain_http=True).pinned == p.pinned
-        banks, m, stats = stage(tmp_path, p.blob_url)
-        assert m["id"] == image and banks.layout.pointer("next") == image
-        assert Path(banks.layout.squashfs(image)).read_bytes()[4:] == payload(1)
-        assert stats.network == m["size"]  # by range: the squashfs once, nothing else twice
-        with pytest.raises(DownloadError, match=r"not found \(HTTP 404"):
-            stage(tmp_path, p.blob_url[:-8] + "00000000", name="banks404")
-        assert nothing_staged(tmp_path, "banks404")
+def bankboot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=Path(__file__).parents[2], timeout=300)
 
 
-def test_a_registry_that_wants_tokens(tmp_path: Path) -> None:
-    bank = tmp_path / "a.bank"
-    image = make_bank(bank, "3.0.0", payload(2), chunked=True)
-    with TokenService(tmp_path / "tokens", public=True) as tokens, \
-            Registry(tmp_path / "registry", token_auth=tokens.registry_auth()) as reg:
-        push = tmp_path / "push.token"
-        push.write_text(tokens.mint(REPO, ["pull", "push"]) + "\n")
-        with pytest.raises(PublishError, match="pushing .* to "):
-            publish_oci(bank, f"{reg.host}/{REPO}:nope", plain_http=True)  # anonymous tokens never push
-        p = publish_oci(bank, f"{reg.host}/{REPO}", token_file=push, plain_http=True)
-        # An anonymous pull: the registry's 401 names the token service, which gives a pull token.
-        asked = len(tokens.asked)
-        banks, m, _ = stage(tmp_path, p.blob_url, name="anonymous")
-        assert m["id"] == image and banks.layout.pointer("next") == image
-        assert tokens.asked[asked:] == [{"service": "bankboot-test-registry", "scope": f"repository:{REPO}:pull"}]
-        # A token from a file: no token service asked.
-        pull = tmp_path / "pull.token"
-        pull.write_text(tokens.mint(REPO, ["pull"]))
-        asked = len(tokens.asked)
-        banks, m, _ = stage(tmp_path, p.blob_url, token_file=pull, name="token")
-        assert banks.layout.pointer("next") == image and len(tokens.asked) == asked
-        # A token for another repository is refused, and says which file held it.
-        other = tmp_path / "other.token"
-        other.write_text(tokens.mint("banks/other", ["pull"]))
-        with pytest.raises(DownloadError, match=f"refused the bearer token in {other}"):
-            stage(tmp_path, p.blob_url, token_file=other, name="other")
-        assert nothing_staged(tmp_path, "other")
-        # A repository that is not public: no anonymous token, and the message says what to give.
-        tokens.public = False
-        with pytest.raises(DownloadError, match="gives no anonymous token .*--token-file"):
-            stage(tmp_path, p.blob_url, name="private")
-        assert nothing_staged(tmp_path, "private")
+def consistent(ch: Channel | None, read: callable) -> None:
+    """The document (if any) names a bank that is all there: its size and its manifest's sha256."""
+    if ch is None:
+        return
+    data = read(ch.bank)
+    assert data is not None and len(data) == ch.size, ch.bank
+    path = Path("/tmp") / f"bank-{os.getpid()}"
+    path.write_bytes(data)
+    try:
+        with BankFile(str(path)) as bank:
+            m = bank.members[MANIFEST]
+            assert manifest_digest(os.pread(bank.fd, m.size, m.offset)) == ch.manifest
+    finally:
+        path.unlink()
 
 
-def test_bad_publish_and_token_inputs_are_named(tmp_path: Path) -> None:
-    bank = tmp_path / "a.bank"
-    make_bank(bank, "1.0.0", payload(3, 1 << 16))
-    with pytest.raises(PublishError, match="name the registry"):
-        publish_oci(bank, "banks/dev:1")
-    with pytest.raises(PublishError, match="a digest names content already pushed"):
-        publish_oci(bank, "127.0.0.1:1/banks/dev@sha256:" + "0" * 64)
-    with pytest.raises(PublishError, match="must be lower case"):
-        publish_oci(bank, "127.0.0.1:1/Banks/dev")
-    (tmp_path / "junk").write_bytes(b"not a bank" * 100)
-    with pytest.raises(PublishError, match="not a bank file"):
-        publish_oci(tmp_path / "junk", "127.0.0.1:1/banks/dev")
-    with pytest.raises(PublishError, match="nothing answers|connection refused|pushing"):
-        publish_oci(bank, "127.0.0.1:1/banks/dev", plain_http=True)
-    for text, why in [("", "not a token"), ("two words", "not a token"), ("\xff", "not a token")]:
-        f = tmp_path / "t"
-        f.write_bytes(text.encode("latin-1"))
-        with pytest.raises(TokenError, match=why):
-            BearerAuth(str(f))
-    with pytest.raises(TokenError, match="cannot read it"):
-        BearerAuth(str(tmp_path / "missing"))
+def test_publish_into_a_directory_is_idempotent_and_refuses_what_would_break_devices(release: Release,
+                                                                                     tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    first = publish(release.banks["1.0.0"], "stable", str(www), release.key, [BOARD], expires=86400 * 10)
+    bank = www / "banks" / f"{release.ids['1.0.0']}.bank"
+    doc, stat = (www / "stable.json").read_bytes(), bank.stat()
+    assert any("stable -> 1.0.0" in line for line in first.lines)
+    again = publish(release.banks["1.0.0"], "stable", str(www), release.key, [BOARD], expires=86400 * 10)
+    assert "is there already" in again.lines[0] and "unchanged" in again.lines[1]
+    assert (www / "stable.json").read_bytes() == doc and bank.stat().st_ino == stat.st_ino
+    later = publish(release.banks["1.0.0"], "stable", str(www), release.key, [BOARD], expires=86400 * 10,
+                    now=channel_of(doc, release).published + 6 * 86400)  # past half its validity: renewed
+    assert "expires" in later.lines[1] and (www / "stable.json").read_bytes() != doc
+    before = {p: p.read_bytes() for p in www.rglob("*") if p.is_file()}
+    damaged = tmp_path / "damaged.bank"
+    data = bytearray(release.banks["1.1.0"].read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(data)
+    other_id = tmp_path / "same-id.bank"
+    other_id.write_bytes(release.banks["1.1.0"].read_bytes())
+    (www / "banks" / f"{release.ids['1.1.0']}.bank").write_bytes(b"someone else's file")
+    for args, message in [((damaged, "stable", [BOARD]), "does not match its manifest"),
+                          ((release.banks["1.1.0"], "stable", ["qemu-x86_64"]), "is an amd64 board; .* is an arm64"),
+                          ((release.banks["1.1.0"], "stable", ["no-such-board"]), "--board no-such-board"),
+                          ((release.banks["1.1.0"], "stable", []), "--board: name the board"),
+                          ((release.banks["1.1.0"], "sta ble", [BOARD]), "is not a name"),
+                          ((other_id, "stable", [BOARD]), "exists with other content")]:
+        with pytest.raises(PublishError, match=message):
+            publish(args[0], args[1], str(www), release.key, args[2])
+    (www / "banks" / f"{release.ids['1.1.0']}.bank").unlink()
+    assert {p: p.read_bytes() for p in www.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_publish_cut_at_any_step_never_points_at_a_missing_file(step: str, release: Release, tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    publish(release.banks["1.0.0"], "stable", str(www), release.key, [BOARD])
+    args = ("publish", str(release.banks["1.1.0"]), str(www), "--channel", "stable", "--sign", str(release.key),
+            "--board", BOARD)
+    cut = bankboot(*args, env={KILL_AT: step})
+    assert cut.returncode == -9, cut.stderr
+    ch = channel_of((www / "stable.json").read_bytes(), release)
+    assert ch is not None and ch.version == "1.0.0"  # every step before the document's rename: the old one
+    consistent(ch, lambda rel: (www / rel).read_bytes() if (www / rel).is_file() else None)
+    done = bankboot(*args)
+    assert done.returncode == 0, done.stderr
+    ch = channel_of((www / "stable.json").read_bytes(), release)
+    assert ch is not None and ch.version == "1.1.0"
+    consistent(ch, lambda rel: (www / rel).read_bytes())
+    assert not [p for p in www.rglob("*") if ".tmp-" in p.name], list(www.rglob("*"))
+    if step != "bank-written":
+        assert "left by a cut publish" in done.stdout, done.stdout
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with SeaweedS3() as store:
+        store.public_bucket("fleet")
+        yield store
+
+
+def s3_read(s3: SeaweedS3, prefix: str):
+    def read(rel: str) -> bytes | None:
+        try:
+            return s3.client.get_object(Bucket="fleet", Key=f"{prefix}/{rel}")["Body"].read()
+        except s3.client.exceptions.NoSuchKey:
+            return None
+    return read
+
+
+def test_publish_to_s3_and_a_device_polls_it(s3: SeaweedS3, release: Release, tmp_path: Path) -> None:
+    env = {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    endpoint = f"http://127.0.0.1:{s3.port}"
+    args = ("--channel", "stable", "--sign", str(release.key), "--board", BOARD, "--endpoint-url", endpoint)
+    out = bankboot("publish", str(release.banks["1.0.0"]), "s3://fleet/releases", *args, env=env)
+    assert out.returncode == 0 and f"bankctl poll {endpoint}/fleet/releases/stable.json" in out.stdout, out
+    url = s3.url("fleet", "releases/stable.json")
+    dev = make_device(tmp_path / "dev", release)
+    assert poll(dev, url).action == "nothing"
+    head = s3.client.head_object(Bucket="fleet", Key="releases/stable.json")
+    assert head["CacheControl"] == "no-cache" and head["ContentType"] == "application/json"
+    cut = bankboot("publish", str(release.banks["1.1.0"]), "s3://fleet/releases", *args, env={**env, KILL_AT:
+                                                                                              "bank-partial"})
+    assert cut.returncode == -9
+    ch = channel_of(s3_read(s3, "releases")("stable.json"), release)
+    assert ch is not None and ch.version == "1.0.0"
+    assert s3_read(s3, "releases")(f"banks/{release.ids['1.1.0']}.bank") is None  # an unfinished upload is no object
+    assert s3.client.list_multipart_uploads(Bucket="fleet", Prefix="releases/banks/").get("Uploads")
+    assert poll(dev, url).requests == 1  # 304: nothing new for the device
+    out = bankboot("publish", str(release.banks["1.1.0"]), "s3://fleet/releases", *args, env=env)
+    assert out.returncode == 0 and "removed an unfinished upload" in out.stdout, out
+    assert not s3.client.list_multipart_uploads(Bucket="fleet", Prefix="releases/banks/").get("Uploads")
+    consistent(channel_of(s3_read(s3, "releases")("stable.json"), release), s3_read(s3, "releases"))
+    said: list[str] = []
+    got = poll(dev, url, said)
+    assert got.action == "staged" and dev.banks.layout.pointer("next") == release.ids["1.1.0"], said
+    head = s3.client.head_object(Bucket="fleet", Key=f"releases/banks/{release.ids['1.1.0']}.bank")
+    assert head["Metadata"]["sha256"] and "immutable" in head["CacheControl"]
+    again = bankboot("publish", str(release.banks["1.1.0"]), "s3://fleet/releases", *args, env=env)
+    assert "is there already" in again.stdout and "unchanged" in again.stdout, again
+    assert json.loads(s3_read(s3, "releases")("stable.json"))["version"] == "1.1.0"

@@ -15,7 +15,7 @@ import pytest
 from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.publish import publish_oci
+from builder.ocipush import publish_oci
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from tests.registry import Registry
 from tests.tokens import TokenService
