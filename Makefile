@@ -3,6 +3,9 @@ BOARD ?= qemu-aarch64
 VENV  := .venv/bin
 INITRAMFS := build/$(BOARD)/initramfs.img
 PYTEST_ARGS ?=
+# bankboot's cache (Debian parts, sysroots, frozen inits) is the checkout's build/cache; an installed bankboot
+# keeps its own under $XDG_CACHE_HOME/bankboot (builder/paths.py).
+export BANKBOOT_CACHE ?= $(CURDIR)/build/cache
 # pytest-xdist workers for `make test`: two single-thread QEMU guests at once fit two cores.
 JOBS ?= 2
 # Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
@@ -12,8 +15,8 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo fleet-demo fleet-sim test test-unit test-host test-vm lint bench bench-net faults \
-	clean distclean
+.PHONY: all deps initramfs qemu demo fleet-demo fleet-sim test test-unit test-host test-vm lint bench bench-net bench-image \
+	faults clean distclean
 
 all: initramfs
 
@@ -86,6 +89,11 @@ bench: deps
 # (it takes /tmp/qemu.lock only while its guest runs).
 bench-net: deps
 	$(VENV)/bankboot bench-net --board $(BOARD)
+
+# bankboot image of a 1 GB rootfs from each source kind (time, peak RSS) and a rebuild's delta a day later;
+# about 25 min, 8 GB of disk in build/figures (docs/images.md, "Memory and time"). No QEMU.
+bench-image: deps
+	$(VENV)/python scripts/image_figures.py build/figures
 
 # The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).

@@ -193,6 +193,8 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
 def network_settings(banks: Banks, args: argparse.Namespace) -> Any:
     """The transport.Settings of `stage URL` and `poll`: the command line's, then the board file's (TLS)."""
     from overlay_layout.contract import NETWORK_CA
+    from overlay_layout.net.bearer import BearerAuth, TokenError
+    from overlay_layout.net.download import DownloadError
     from overlay_layout.net.tls import TlsOptions
     from overlay_layout.net.transport import Settings
 
@@ -210,8 +212,12 @@ def network_settings(banks: Banks, args: argparse.Namespace) -> Any:
     tls = TlsOptions(ca=args.ca or (built_in_ca if os.path.isfile(built_in_ca) else None),
                      cert=args.cert or conf.client_cert or None, key=args.key or conf.client_key or None,
                      load=load_tls)
+    try:
+        auth = BearerAuth(args.token_file)
+    except TokenError as e:
+        raise DownloadError(str(e), False) from None
     return Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
-                    say=say)
+                    say=say, auth=auth)
 
 
 def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tuple[Any, str]:
@@ -407,6 +413,9 @@ def add_network_options(s: argparse.ArgumentParser) -> None:
                                                   "file's network.client_cert)")
     s.add_argument("--key", metavar="FILE", help="https: the client certificate's key (PEM, unencrypted; default: "
                                                  "the board file's network.client_key, else in --cert)")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="URL: a registry's bearer token, read from FILE, sent to the URL's server only (default: an "
+                        "anonymous token from the registry's token service, when it asks for one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
     s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
-                                "interrupted download; takes the chunks this device already holds from its images)")
+                                "interrupted download; takes the chunks this device already holds from its images), "
+                                "such as the blob URL `bankboot publish --oci` prints for a registry")
     s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
