@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from builder.run import stop_process
+
 ACCESS, SECRET = "bankboot", "bankboot-secret-key"
 
 
@@ -82,13 +84,8 @@ class SeaweedS3:
         return {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.work, ignore_errors=True)
 
     def public_bucket(self, bucket: str) -> None:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.run import find_tool
+from builder.run import find_tool, stop_process
 
 
 class ServeError(RuntimeError):
@@ -107,13 +107,8 @@ class Server:
         return f"{'https' if self.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}/{name}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def requests(self) -> list[str]:

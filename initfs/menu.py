@@ -81,16 +81,23 @@ def console_devices() -> list[str]:
     return devs or ["/dev/console"]
 
 
+def open_consoles() -> list[int]:
+    """The console devices that open (read-write, not as our controlling tty, non-blocking)."""
+    fds = []
+    for dev in console_devices():
+        try:
+            fds.append(os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK))
+        except OSError:
+            continue
+    return fds
+
+
 class RawConsoles:
     def __init__(self) -> None:
         import termios
 
         self.fds: dict[int, list[Any] | None] = {}
-        for dev in console_devices():
-            try:
-                fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
+        for fd in open_consoles():
             try:
                 saved = termios.tcgetattr(fd)
                 raw = termios.tcgetattr(fd)
@@ -201,11 +208,7 @@ def flush_input() -> None:
     sequence that eats its next keys."""
     import termios
 
-    for dev in console_devices():
-        try:
-            fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            continue
+    for fd in open_consoles():
         try:
             termios.tcflush(fd, termios.TCIFLUSH)
         except termios.error:
