@@ -125,6 +125,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """To a channel on a directory or S3 (DEST --channel), or to a registry as an OCI artifact (--oci)."""
+    if args.format == "swu":
+        return publish_swu(args)
     if args.oci:
         if args.dest or args.channel:
             raise SystemExit("bankboot publish: --oci pushes to a registry; give DEST and --channel without it")
@@ -141,6 +143,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for line in report.lines:
         print(line)
     print(f"devices poll: bankctl poll {report.document_url}")
+    return 0
+
+
+def publish_swu(args: argparse.Namespace) -> int:
+    """A .swu for a hawkBit-DDI rollout server (builder/swu.py)."""
+    if not args.dest or args.channel or args.oci:
+        raise SystemExit("bankboot publish --format swu: give the .swu file to write as DEST (no --channel, no --oci)")
+    from builder.swu import write_swu
+
+    for line in write_swu(Path(args.bank), Path(args.dest), args.board, args.hw_revision):
+        print(line)
     return 0
 
 
@@ -379,7 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "bucket, for `bankctl poll` (docs/fleet.md); or, with --oci, push it to a "
                                         "container registry as an OCI artifact that devices stage from its blob URL")
     pb.add_argument("bank", help="the bank file to publish")
-    pb.add_argument("dest", nargs="?", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX")
+    pb.add_argument("dest", nargs="?", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX; with "
+                                            "--format swu, the .swu file to write")
+    pb.add_argument("--format", choices=["channel", "swu"], default="channel",
+                    help="channel (default): a channel on DEST; swu: DEST is a .swu (SWUpdate's container) for a "
+                         "hawkBit-DDI rollout server such as goosebit, polled by bankctl poll --hawkbit "
+                         "(docs/hawkbit.md)")
+    pb.add_argument("--hw-revision", action="append", default=[], metavar="REV",
+                    help="--format swu: a hardware revision the release is for (repeatable; default: 'default', "
+                         "what goosebit assumes of a device that names none)")
     pb.add_argument("--channel", help="the channel's name: the document is DEST/NAME.json")
     pb.add_argument("--sign", metavar="KEY.key", help="the release key the document is signed with "
                                                                      "(devices check it as they check images)")
