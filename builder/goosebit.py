@@ -99,7 +99,8 @@ class Goosebit:
         made = subprocess.run([str(v / "bin" / "aerich"), "--config", "aerich.toml", "upgrade"], cwd=self.work, env=env,
                               capture_output=True, text=True)
         if made.returncode != 0:
-            raise GoosebitError(f"goosebit's schema (aerich upgrade) failed: {made.stdout[-1000:]}{made.stderr[-2000:]}")
+            raise GoosebitError(f"goosebit's schema (aerich upgrade) failed: {made.stdout[-1000:]}"
+                                f"{made.stderr[-2000:]}")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

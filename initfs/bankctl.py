@@ -108,6 +108,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.poll import status_of
 
     status.update(status_of(banks.root))
+    from initfs.hawkbit import status_of as hawkbit_status
+
+    status["hawkbit"] = hawkbit_status(banks.root)
     if args.json:
         print(json.dumps(status, indent=1, sort_keys=True))
         return EXIT_OK
@@ -190,8 +193,9 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def network_settings(banks: Banks, args: argparse.Namespace) -> Any:
-    """The transport.Settings of `stage URL` and `poll`: the command line's, then the board file's (TLS)."""
+def network_settings(banks: Banks, args: argparse.Namespace, ddi: bool = False) -> Any:
+    """The transport.Settings of `stage URL` and `poll`: the command line's, then the board file's (TLS).
+    `ddi`: --token-file holds a hawkBit target (or, with --gateway-token, gateway) token."""
     from overlay_layout.contract import NETWORK_CA
     from overlay_layout.net.bearer import BearerAuth, TokenError
     from overlay_layout.net.download import DownloadError
@@ -213,7 +217,12 @@ def network_settings(banks: Banks, args: argparse.Namespace) -> Any:
                      cert=args.cert or conf.client_cert or None, key=args.key or conf.client_key or None,
                      load=load_tls)
     try:
-        auth = BearerAuth(args.token_file)
+        if ddi:
+            from overlay_layout.net.ddi import DdiAuth
+
+            auth: BearerAuth = DdiAuth(args.token_file, "GatewayToken" if args.gateway_token else "TargetToken")
+        else:
+            auth = BearerAuth(args.token_file)
     except TokenError as e:
         raise DownloadError(str(e), False) from None
     return Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
@@ -236,14 +245,52 @@ def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.pollcmd import run_poll
 
     conf, pol, booted = kit_conf(), policy(), booted_info()
-    opts = Options(args.url, args.tries, args.upper, args.reboot, args.download_only,
-                   (run_path(INHIBIT), *args.inhibit), args.channel)
+    inhibit = (run_path(INHIBIT), *args.inhibit)
+    if args.hawkbit:
+        return _poll_hawkbit(banks, args, conf, pol, booted, inhibit)
+    if not args.url or args.tenant or args.controller_id or args.gateway_token:
+        print("bankctl poll: give a channel document's URL, or --hawkbit URL (with --controller-id, --tenant)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    opts = Options(args.url, args.tries, args.upper, args.reboot, args.download_only, inhibit, args.channel)
 
     def make_device() -> Device:
         fresh = Banks(banks.root)
         return Device(fresh, pol, conf.board, VERSION, booted, network_settings(fresh, args))
 
     return run_poll(make_device, opts, args, Progress())
+
+
+def _poll_hawkbit(banks: Banks, args: argparse.Namespace, conf: InitramfsConf, pol: Policy, booted: dict[str, Any],
+                  inhibit: tuple[str, ...]) -> int:
+    """`bankctl poll --hawkbit URL`: a hawkBit-DDI server (initfs/hawkbit.py)."""
+    from initfs.hawkbit import Options as DdiOptions
+    from initfs.hawkbit import hawkbit_once
+    from initfs.identity import device_id
+    from initfs.poll import Device, PollFailed
+    from initfs.pollcmd import run_poll
+
+    if args.url or args.download_only or args.channel:
+        print("bankctl poll --hawkbit: no channel URL, --channel or --download-only (the server's action decides)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    controller = args.controller_id or device_id()
+    if not controller:
+        print("bankctl poll --hawkbit: give --controller-id (this device has no /etc/machine-id or serial to name "
+              "it by)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        opts = DdiOptions(args.hawkbit, args.tenant or "DEFAULT", controller, args.tries, args.upper, args.reboot,
+                          inhibit, args.hw_revision)
+    except PollFailed as e:
+        print(f"bankctl poll: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def make_device() -> Device:
+        fresh = Banks(banks.root)
+        return Device(fresh, pol, conf.board, VERSION, booted, network_settings(fresh, args, ddi=True))
+
+    return run_poll(make_device, opts, args, Progress(), once=hawkbit_once)
 
 
 def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
@@ -443,7 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("poll", help="check a channel (bankboot publish) and stage what it offers: once, or --every "
                                     "DURATION (docs/fleet.md)")
-    s.add_argument("url", help="the channel document's URL (http:// or https://.../<channel>.json)")
+    s.add_argument("url", nargs="?", help="the channel document's URL (http:// or https://.../<channel>.json)")
+    s.add_argument("--hawkbit", metavar="URL", help="poll a hawkBit-DDI rollout server (hawkBit, goosebit) at URL "
+                                                   "instead of a channel; --token-file is then the device's target "
+                                                   "token (docs/hawkbit.md)")
+    s.add_argument("--tenant", help="--hawkbit: the tenant (default DEFAULT)")
+    s.add_argument("--controller-id", metavar="ID", help="--hawkbit: this device's controller id (default: its "
+                                                         "device id, as bankctl status shows it)")
+    s.add_argument("--gateway-token", action="store_true",
+                   help="--hawkbit: --token-file holds the tenant's gateway token, not the device's target token")
+    s.add_argument("--hw-revision", default="default", metavar="REV",
+                   help="--hawkbit: the hardware revision sent to the server (default 'default'; bankboot publish "
+                        "--format swu --hw-revision)")
     s.add_argument("--every", metavar="DURATION", help="poll in a loop, this far apart (30s, 15m, 6h, 1d), with "
                                                        "random jitter; for a service")
     s.add_argument("--jitter", type=float, default=0.2, metavar="FRACTION",

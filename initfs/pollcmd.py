@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from initfs.poll import Device, NotNow, Options, PollFailed, Result, poll_once
+from initfs.poll import Device, NotNow, PollFailed, Result, poll_once
 from overlay_layout.lock import LockError
 from overlay_layout.stage import StageError
 from overlay_layout.state import StateError
@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 SHORTEST, LONGEST = 1.0, 31 * 86400.0  # --every
@@ -41,11 +42,13 @@ def _uniform(a: float, b: float) -> float:
     return a + (b - a) * int.from_bytes(os.urandom(4), "big") / 0xFFFFFFFF
 
 
-def run_poll(make_device: Callable[[], Device], opts: Options, args: argparse.Namespace,
-             progress: Callable[[int, int], None] | None = None) -> int:
-    """`bankctl poll`: once, or every args.every; the exit code of the (last) poll."""
+def run_poll(make_device: Callable[[], Device], opts: Any, args: argparse.Namespace,
+             progress: Callable[[int, int], None] | None = None, once: Callable[..., Result] = poll_once) -> int:
+    """`bankctl poll`: once, or every args.every; the exit code of the (last) poll. `once`: poll.poll_once (a
+    channel) or hawkbit.hawkbit_once (a DDI server, whose polling sleep, when it names one, sets the
+    interval instead of --every)."""
     if args.every is None:
-        return _one(make_device, opts, args, progress)[0]
+        return _one(make_device, opts, args, progress, once)[0]
     try:
         every = parse_duration(args.every)
     except ValueError as e:
@@ -60,15 +63,17 @@ def run_poll(make_device: Callable[[], Device], opts: Options, args: argparse.Na
         raise SystemExit(EXIT_OK)
 
     signal.signal(signal.SIGTERM, stop)
-    _say(f"bankctl poll: {opts.url} every {format_duration(every)} (+-{args.jitter:.0%})")
+    _say(f"bankctl poll: {getattr(opts, 'url', None) or opts.base} every {format_duration(every)} "
+         f"(+-{args.jitter:.0%})")
     failures = 0
     wait = _uniform(0, every * max(args.jitter, 0.05))
     try:
         while True:
             time.sleep(wait)
-            _, transient = _one(make_device, opts, args, progress)
+            _, transient, server = _one(make_device, opts, args, progress, once)
             failures = failures + 1 if transient else 0
-            base = min(every, RETRY * 2 ** (failures - 1)) if failures else every
+            interval = float(server) if server else every
+            base = min(interval, RETRY * 2 ** (failures - 1)) if failures else interval
             wait = base * _uniform(1 - args.jitter, 1 + args.jitter)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -79,34 +84,37 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
-def _one(make_device: Callable[[], Device], opts: Options, args: argparse.Namespace,
-         progress: Callable[[int, int], None] | None) -> tuple[int, bool]:
-    """One poll: (exit code, whether a retry soon may do better)."""
-    dev = make_device()
+def _one(make_device: Callable[[], Device], opts: Any, args: argparse.Namespace,
+         progress: Callable[[int, int], None] | None,
+         once: Callable[..., Result] = poll_once) -> tuple[int, bool, int | None]:
+    """One poll: (exit code, whether a retry soon may do better, the server's polling interval if it named
+    one)."""
     try:
-        result = poll_once(dev, opts, _say, progress)
+        dev = make_device()
+        result = once(dev, opts, _say, progress)
     except LockError:
         _say("bankctl poll: another bankctl (a poll, a stage) is working on the banks partition: not polling now")
-        return EXIT_BUSY, False
+        return EXIT_BUSY, False, None
     except NotNow as e:
         _say(f"bankctl poll: {e}")
-        return EXIT_REFUSED, False
+        return EXIT_REFUSED, False, None
     except StageError as e:  # PollFailed (the channel document), DownloadError, StageError (the bank)
         _say(f"bankctl poll: {'failed' if e.transient else 'refused'}: {e}")
-        return EXIT_STAGE, e.transient
+        return EXIT_STAGE, e.transient, None
     except OSError as e:
         _say(f"bankctl poll: {e}")
-        return EXIT_ERROR, True
+        return EXIT_ERROR, True, None
     except RuntimeError as e:  # the state refused (StateError), a damaged layout: a loop goes on
         _say(f"bankctl poll: {e}")
-        return (EXIT_REFUSED if isinstance(e, StateError) else EXIT_ERROR), False
+        return (EXIT_REFUSED if isinstance(e, StateError) else EXIT_ERROR), False, None
     print(f"{result.summary} (this poll: {result.requests} request{'s' if result.requests != 1 else ''}, "
           f"{result.received} bytes received)", flush=True)
+    server = getattr(result, "interval", None)
     if result.action in ("staged", "pending") and opts.reboot:
-        return reboot(args.reboot_command), False
+        return reboot(args.reboot_command), False, server
     if result.action == "staged":
         print("reboot to try it (bankctl poll --reboot does)", flush=True)
-    return EXIT_OK, False
+    return EXIT_OK, False, server
 
 
 def reboot(command: str) -> int:

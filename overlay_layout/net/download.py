@@ -392,21 +392,32 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
               allow_downgrade: bool = False, booted: str | None = None, settings: Settings | None = None,
               whole_file: bool = False, gap: int = GAP, expect: Callable[[BankFile], None] | None = None,
               announce: Callable[[int, int, int], None] | None = None,
-              download_only: bool = False) -> tuple[Manifest, Stats]:
+              download_only: bool = False, opener: Callable[[RemoteFile], Any] | None = None,
+              restarts: int = MAX_RESTARTS) -> tuple[Manifest, Stats]:
     """Stage the bank file at `url` (see the module's docstring). The caller holds the banks lock.
     `expect`: called with the bank once its manifest is read, before anything is written (it raises
     StageError for a bank that is not the one wanted: a channel document's). `announce`: see Download.
     `download_only`: stop once the download is complete and verified; it stays in `.download-<id>` (never
-    an image, never booted) until `bankctl apply` stages it (downloaded.py), and `stats.downloaded` says so."""
+    an image, never booted) until `bankctl apply` stages it (downloaded.py), and `stats.downloaded` says so.
+    `opener`: where in the remote file the bank is (a transport.Window of it: a bank inside a .swu); it may
+    raise NetError or StageError. `restarts`: how often a file replaced on the server starts it again."""
     settings = settings or Settings()
     stats = Stats()
-    for attempt in range(MAX_RESTARTS + 1):
+    for attempt in range(restarts + 1):
         try:
             remote = RemoteFile(url, settings)
         except NetError as e:
             raise DownloadError(str(e), e.transient) from e
         try:
-            manifest = _attempt(banks, remote, Download(remote, stats, progress, whole_file, gap, announce), policy,
+            view = remote
+            if opener is not None:
+                try:
+                    view = opener(remote)
+                except FileChanged:
+                    raise
+                except NetError as e:
+                    raise _failed(e, remote, None) from e
+            manifest = _attempt(banks, view, Download(view, stats, progress, whole_file, gap, announce), policy,
                                 running_version, {"tries": tries, "upper": upper, "machine": machine,
                                                   "allow_downgrade": allow_downgrade, "booted": booted},
                                 expect, download_only)
@@ -414,7 +425,7 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
             stats.downloaded = True
             return done.manifest, stats  # after the `finally` below
         except FileChanged as e:
-            if attempt == MAX_RESTARTS:
+            if attempt == restarts:
                 raise DownloadError(f"{e}; it changed {attempt + 1} times: try again once the server's file is "
                                     f"complete", True) from e
             settings.say(f"{e}: starting again with the file as it is now")

@@ -141,24 +141,27 @@ class Connection:
         self.sock = self.reader = None
 
     # -- one request ---------------------------------------------------------------------------------------
-    def request(self, url: Url, headers: list[tuple[str, str]]) -> Response:
-        """GET `url` (same origin as the connection). A connection the server closed while it idled is
-        reported as a LinkError with `stale` set, so the caller retries at once on a new one."""
+    def request(self, url: Url, headers: list[tuple[str, str]], method: str = "GET", body: bytes = b"") -> Response:
+        """GET `url` (same origin as the connection), or another method with a body (a DDI server's JSON). A
+        connection the server closed while it idled is reported as a LinkError with `stale` set, so the
+        caller retries at once on a new one."""
         if self.sock is None:
             self.open()
         assert self.sock is not None and self.reader is not None
         target = str(url) if self.proxy and self.scheme == "http" else url.target
-        lines = [f"GET {target} HTTP/1.1", f"Host: {url.authority}", f"User-Agent: {USER_AGENT}", "Accept: */*",
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {url.authority}", f"User-Agent: {USER_AGENT}", "Accept: */*",
                  "Accept-Encoding: identity"]
         if url.user is not None:
             lines.append(f"Authorization: {basic_auth(url.user, url.password or '')}")
         if self.proxy and self.scheme == "http" and self.proxy.user is not None:
             lines.append(f"Proxy-Authorization: {basic_auth(self.proxy.user, self.proxy.password or '')}")
         lines += [f"{k}: {v}" for k, v in headers]
+        if method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
         reused = self.requests > 0
         try:
             self.sock.settimeout(self.limits.timeout)
-            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
             while True:
                 status, reason, version, head = self.reader.read_head()
                 if not 100 <= status < 200:

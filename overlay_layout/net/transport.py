@@ -105,18 +105,18 @@ class RemoteFile:
         self.conn = Connection(url, self.settings.limits, proxy, self._tls() if url.scheme == "https" else None)
         return self.conn
 
-    def _request(self, url: Url, headers: list[tuple[str, str]]) -> Response:
+    def _request(self, url: Url, headers: list[tuple[str, str]], method: str = "GET", body: bytes = b"") -> Response:
         conn = self._connection(url)
         if conn.sock is None:
             self.connections += 1
         headers = [*self.settings.headers, *headers]
         try:
-            resp = conn.request(url, headers)
+            resp = conn.request(url, headers, method, body)
         except LinkError as e:
             if not e.stale:
                 raise
             self.connections += 1  # the server closed it while it idled: a new one, at once
-            resp = conn.request(url, headers)
+            resp = conn.request(url, headers, method, body)
         self.requests += 1
         return resp
 
@@ -411,3 +411,31 @@ def _total(content_range: str) -> int | None:
     """N of a 416's `bytes */N`."""
     total = content_range.rpartition("/")[2].strip()
     return int(total) if total.isdigit() else None
+
+
+class Window:
+    """Bytes base..base+length of a RemoteFile, read as a file of their own: a bank inside a larger artifact
+    (a .swu on a rollout server, overlay_layout/net/swu.py) read by range at its offset. Everything but
+    positions and the size is the RemoteFile's (its connection, ETag checks, counters)."""
+
+    def __init__(self, remote: RemoteFile, base: int, length: int) -> None:
+        self.remote, self.base, self.length = remote, base, length
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.remote, name)
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    def stream_to(self, offset: int, length: int, sink: Callable[[memoryview], None]) -> None:
+        self.remote.stream_to(self.base + offset, length, sink)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.remote.read(self.base + offset, length)
+
+    def read_upto(self, offset: int, length: int) -> bytes:
+        return self.remote.read(self.base + offset, max(0, min(length, self.length - offset)))
+
+    def cost_from(self, offset: int) -> int:
+        return self.remote.cost_from(self.base + offset)
