@@ -322,9 +322,9 @@ class _Poll:
                 self.send(fb, feedback(dep.action, "proceeding", "none", [f"bankctl: {why}"]))
                 raise PollFailed(why, True) from e
             if e.transient:
-                self.send(fb, feedback(dep.action, "proceeding", "none", [
-                    f"bankctl: download failed: {e}; the next poll resumes it"]))
-                raise
+                why = f"download failed: {e}; the next poll resumes it"
+                self.send(fb, feedback(dep.action, "proceeding", "none", [f"bankctl: {why}"]))
+                raise PollFailed(why, True) from e
             reason = self.explain(e, dep)
             self.send(fb, feedback(dep.action, "closed", "failure", [f"bankctl: {reason}"]))
             if started["yes"]:  # nothing of this action stays on the device: the record goes back as it was
@@ -368,7 +368,7 @@ class _Poll:
             try:
                 got, member = parse_head(head, where)
             except SwuError as err:
-                if head_needed(head) > len(head):
+                if len(head) == HEAD and head_needed(head) > len(head):
                     raise StageError(f"{where}: its headers are larger than {HEAD >> 10} KiB: not a bankboot .swu") \
                         from None
                 raise StageError(str(err)) from None

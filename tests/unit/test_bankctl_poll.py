@@ -84,28 +84,33 @@ def test_status_shows_the_device_and_its_last_poll(device: Path, capsys) -> None
 def test_every_spreads_polls_and_backs_off_after_failures(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """--every's schedule: the first poll after a random part of the interval's jitter share, then DURATION
     +-jitter; after polls that failed on the way 30 s, 60 s, 120 s... up to DURATION; a poll that went
-    through (or was refused for good) goes back to DURATION."""
+    through (or was refused for good) goes back to DURATION; a DDI server's polling sleep (the third item)
+    replaces DURATION."""
     import argparse
 
     from initfs import pollcmd
 
-    outcomes = iter([(4, True), (4, True), (4, True), (4, True), (4, True), (0, False), (4, True), (3, False)])
+    outcomes = iter([(4, True, None), (4, True, None), (4, True, None), (4, True, None), (4, True, None),
+                     (0, False, None), (4, True, None), (3, False, None), (0, False, 90)])
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
-        if len(waits) > 8:
+        if len(waits) > 9:
             raise KeyboardInterrupt  # as SIGINT ends the loop
 
     monkeypatch.setattr(pollcmd, "_one", lambda *_a: next(outcomes))
     monkeypatch.setattr(pollcmd.time, "sleep", sleep)
     monkeypatch.setattr(pollcmd.signal, "signal", lambda *_a: None)
     args = argparse.Namespace(every="10m", jitter=0.2)
-    assert pollcmd.run_poll(lambda: None, pollcmd.Options("http://h/stable.json"), args) == 0  # type: ignore
+    from initfs.poll import Options
+
+    assert pollcmd.run_poll(lambda: None, Options("http://h/stable.json"), args) == 0  # type: ignore
     assert "http://h/stable.json every 10m (+-20%)" in capsys.readouterr().err
     first, *rest = waits
     assert 0 <= first <= 0.2 * 600
-    expected = [30, 60, 120, 240, 480, 600, 30, 600]  # 5 failures (capped at 600), a success, a failure, refused
+    expected = [30, 60, 120, 240, 480, 600, 30, 600, 90]  # 5 failures (capped at 600), a success, a failure,
+    # refused, a poll whose server asked for 90 s
     assert len(rest) == len(expected)
     for got, base in zip(rest, expected, strict=True):
         assert 0.8 * base <= got <= 1.2 * base, (rest, expected)
