@@ -248,8 +248,8 @@ def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
     inhibit = (run_path(INHIBIT), *args.inhibit)
     if args.hawkbit:
         return _poll_hawkbit(banks, args, conf, pol, booted, inhibit)
-    if not args.url or args.tenant or args.controller_id or args.gateway_token:
-        print("bankctl poll: give a channel document's URL, or --hawkbit URL (with --controller-id, --tenant)",
+    if args.tenant or args.controller_id or args.gateway_token:
+        print("bankctl poll: --tenant, --controller-id and --gateway-token are for a rollout server (--hawkbit URL)",
               file=sys.stderr)
         return EXIT_USAGE
     opts = Options(args.url, args.tries, args.upper, args.reboot, args.download_only, inhibit, args.channel)
@@ -270,8 +270,8 @@ def _poll_hawkbit(banks: Banks, args: argparse.Namespace, conf: InitramfsConf, p
     from initfs.poll import Device, PollFailed
     from initfs.pollcmd import run_poll
 
-    if args.url or args.download_only or args.channel:
-        print("bankctl poll --hawkbit: no channel URL, --channel or --download-only (the server's action decides)",
+    if args.download_only or args.channel:
+        print("bankctl poll --hawkbit: no --channel or --download-only (the server's action decides)",
               file=sys.stderr)
         return EXIT_USAGE
     controller = args.controller_id or device_id()
@@ -280,7 +280,7 @@ def _poll_hawkbit(banks: Banks, args: argparse.Namespace, conf: InitramfsConf, p
               "it by)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        opts = DdiOptions(args.hawkbit, args.tenant or "DEFAULT", controller, args.tries, args.upper, args.reboot,
+        opts = DdiOptions(args.url, args.tenant or "DEFAULT", controller, args.tries, args.upper, args.reboot,
                           inhibit, args.hw_revision)
     except PollFailed as e:
         print(f"bankctl poll: {e}", file=sys.stderr)
@@ -490,10 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("poll", help="check a channel (bankboot publish) and stage what it offers: once, or --every "
                                     "DURATION (docs/fleet.md)")
-    s.add_argument("url", nargs="?", help="the channel document's URL (http:// or https://.../<channel>.json)")
-    s.add_argument("--hawkbit", metavar="URL", help="poll a hawkBit-DDI rollout server (hawkBit, goosebit) at URL "
-                                                   "instead of a channel; --token-file is then the device's target "
-                                                   "token (docs/hawkbit.md)")
+    s.add_argument("url", help="the channel document's URL (http:// or https://.../<channel>.json), or with "
+                              "--hawkbit the rollout server's")
+    s.add_argument("--hawkbit", action="store_true",
+                   help="URL is a hawkBit-DDI rollout server (hawkBit, goosebit), not a channel: poll its controller "
+                        "API; --token-file is then the device's target token (docs/hawkbit.md)")
     s.add_argument("--tenant", help="--hawkbit: the tenant (default DEFAULT)")
     s.add_argument("--controller-id", metavar="ID", help="--hawkbit: this device's controller id (default: its "
                                                          "device id, as bankctl status shows it)")

@@ -92,6 +92,16 @@ if [ ! -x .venv/bin/python ] || [ ! -f $stamp ] || [ requirements.txt -nt $stamp
   touch $stamp
 fi
 
+# goosebit, the hawkBit-DDI server the `bankctl poll --hawkbit` tests and `make hawkbit-lab` run on loopback, in a
+# venv of its own (builder/goosebit.py): its pins (cryptography 50 needs cffi 2) clash with requirements.txt's.
+gstamp=build/goosebit-venv/.bankboot-deps
+if [ ! -x build/goosebit-venv/bin/uvicorn ] || [ ! -f $gstamp ] || [ requirements-goosebit.txt -nt $gstamp ]; then
+  say "setting up build/goosebit-venv"
+  [ -x build/goosebit-venv/bin/python ] || "$PYTHON" -m venv build/goosebit-venv
+  build/goosebit-venv/bin/pip install -q --disable-pip-version-check -r requirements-goosebit.txt
+  touch $gstamp
+fi
+
 # Kernels, busybox, Python sysroots: `bankboot deps` keeps its own stamps; skip it entirely when
 # nothing it depends on changed since it last finished.
 dstamp=build/cache/deps.stamp
