@@ -15,7 +15,7 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo fleet-demo fleet-sim test test-unit test-host test-vm lint bench bench-net bench-image \
+.PHONY: all deps initramfs qemu demo fleet-demo hawkbit-lab fleet-sim test test-unit test-host test-vm lint bench bench-net bench-image \
 	faults clean distclean
 
 all: initramfs
@@ -56,6 +56,11 @@ demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 DEVICES ?= 3
 fleet-demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot fleet-demo --board $(BOARD) --initramfs $(INITRAMFS) --sign $(SIGN) --devices $(DEVICES)
+
+# A rollout server in the lab: goosebit (hawkBit DDI) on loopback, QEMU devices polling it with bankctl poll
+# --hawkbit; 1.1.0 is rolled out as a .swu, one hardware variant falls back and reports why (docs/hawkbit.md).
+hawkbit-lab: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
+	$(VENV)/bankboot hawkbit-lab --board $(BOARD) --initramfs $(INITRAMFS) --sign $(SIGN) --devices $(DEVICES)
 
 # Hundreds of simulated pollers on the build host: what a release costs the server per device, by fleet size,
 # on nginx and on a SeaweedFS S3 gateway (both started on loopback and stopped after).

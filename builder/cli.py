@@ -178,6 +178,18 @@ def cmd_fleet_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hawkbit_lab(args: argparse.Namespace) -> int:
+    """QEMU devices polling a goosebit rollout server with bankctl poll --hawkbit (builder/hawkbitlab.py)."""
+    from builder.hawkbitlab import Lab, describe, run_lab
+
+    board = load_board(args.board)
+    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
+    variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
+    lab = Lab(board, build_dir() / "hawkbit-lab", initrd, Path(args.sign), args.devices, variants)
+    print(describe(run_lab(lab), variants))
+    return 0
+
+
 def cmd_fleet_sim(args: argparse.Namespace) -> int:
     from builder.fleetsim import Fleet, on_nginx, on_s3, table
 
@@ -430,6 +442,18 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--variant", default="2", metavar="N,...",
                     help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
     fd.set_defaults(func=cmd_fleet_demo)
+
+    hl = sub.add_parser("hawkbit-lab", help="QEMU devices polling a goosebit rollout server (hawkBit DDI) on loopback: "
+                                            "1.1.0 is rolled out as a .swu, one hardware variant falls back and "
+                                            "reports why (docs/hawkbit.md)")
+    hl.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    hl.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
+                                        "build/<board>/initramfs.img)")
+    hl.add_argument("--sign", required=True, metavar="KEY.key", help="the release key")
+    hl.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
+    hl.add_argument("--variant", default="2", metavar="N,...",
+                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
+    hl.set_defaults(func=cmd_hawkbit_lab)
 
     fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
                                           "bytes per device per release, and how they grow with the fleet")
