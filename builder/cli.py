@@ -530,7 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an optional positional (publish's DEST) its value only before the first option:
+    # `publish BANK --format swu OUT` leaves OUT over
+    if extra and getattr(args, "func", None) is cmd_publish and args.dest is None and len(extra) == 1 and \
+            not extra[0].startswith("-"):
+        args.dest, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "cache", None):
         set_cache_dir(Path(args.cache))
     try:

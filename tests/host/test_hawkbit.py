@@ -348,3 +348,17 @@ def test_a_polling_sleep_of_zero_or_a_year_is_bounded(sleep: str, said: str, ser
         got = once(device(tmp_path, release), proxy.url, "sleepy", lines)
     assert re.search(said, " ".join(lines)), lines
     assert got.interval == (5 if sleep == "00:00:00" else 7 * 86400)
+
+
+def test_publish_format_swu_from_the_command_line(release: Release, tmp_path: Path) -> None:
+    import sys
+
+    cmd = [sys.executable, "-m", "builder.cli", "publish", str(release.banks["1.1.0"]), "--format", "swu"]
+    ok = subprocess.run([*cmd, str(tmp_path / "a.swu"), "--board", BOARD, "--hw-revision", "1.0"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "1.1.0 (image" in ok.stdout, ok.stderr
+    assert b'hardware-compatibility = [ "1.0" ];' in (tmp_path / "a.swu").read_bytes()[:1024]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.swu"]  # no temp file left
+    bad = subprocess.run([*cmd, str(tmp_path / "b.swu"), "--board", "qemu-x86_64"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--board qemu-x86_64 is an amd64 board" in bad.stderr, bad.stderr
+    assert not (tmp_path / "b.swu").exists()
