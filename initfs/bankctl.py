@@ -146,6 +146,12 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     last = status["poll"]
     if last:
         print(f"last poll: {last.get('checked_utc')} {last.get('url')}: {last.get('result')}")
+    hb = status["hawkbit"]
+    if hb:
+        action = hb.get("action") or {}
+        told = f"; action {action.get('id')} ({action.get('version')}): {action.get('phase')}" + \
+            (f", reported closed {action.get('report')}" if action.get("reported") else "") if action else ""
+        print(f"last rollout-server poll: {_when(hb.get('checked'))} {hb.get('server')}: {hb.get('result')}{told}")
     for w in status["warnings"]:
         print(f"WARNING: {w}" if "UNSIGNED" in w else f"warning: {w}")
     return EXIT_OK
