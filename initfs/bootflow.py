@@ -622,7 +622,8 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
         if _quietly("mounting the bankctl kit", expose_kit):
             keep = _quietly("reading the kit list", read_kit_list) or []
     log_warnings: list[str] = []
-    _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)
+    _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings,
+             not bootlog.is_plain(record))
     for w in log_warnings:
         log.error(w)
     with log.step("mount /userdata"):
