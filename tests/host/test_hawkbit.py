@@ -131,6 +131,26 @@ def test_a_trial_that_fell_back_reports_the_reason(server: Goosebit, release: Re
     assert server.devices()["fb1"]["last_state"] == "Error"
 
 
+def test_a_power_cut_during_the_trial_is_reported_from_what_the_next_boot_found(server: Goosebit, release: Release,
+                                                                              tmp_path: Path) -> None:
+    registered(server, device(tmp_path, release), "pc1")
+    server.assign(["pc1"], server.ids["1.1.0"])
+    dev = device(tmp_path, release)
+    got = hawkbit_once(dev, Options(server.url, "DEFAULT", "pc1", tries=1), lambda _l: None)
+    assert got.action == "staged"
+    image, banks = release.ids["1.1.0"], Banks(str(tmp_path / "dev"))
+    current = banks.layout.pointer("current")
+    plan = banks.begin_boot()  # the trial's boot (its one try spent) ... and the power goes
+    assert plan.candidates[0].image == image and plan.candidates[0].trial
+    plan = Banks(str(tmp_path / "dev")).begin_boot()  # the next boot: no tries left, current boots
+    assert plan.candidates[0].image == current
+    got = once(device(tmp_path, release, {"image": current}), server.url, "pc1")
+    assert got.action == "reported" and "closed failure" in got.summary
+    assert f"the trial of {image} (1.1.0) failed: trial never marked good: no tries left; the device fell back to " \
+           f"{current} (1.0.0)" in server.device_log("pc1")
+    assert server.devices()["pc1"]["last_state"] == "Error"
+
+
 def test_a_cut_download_says_so_and_the_next_poll_resumes(server: Goosebit, release: Release, tmp_path: Path) -> None:
     with DdiProxy(server.port) as proxy:
         dev = device(tmp_path, release)
