@@ -227,14 +227,41 @@ class _Poll:
                                               f"{rec.get('id')}, on trial at the next boot")
             rec.update({"phase": "done", "report": outcome[0], "reason": outcome[1]})
         if rec is not None and rec.get("phase") == "done" and not rec.get("reported"):
+            if cancel:  # too late: the trial has booted; its result follows on the action
+                self.reject(cancel, rec)
             return self.report(rec)
         if cancel:
             return self.cancel(cancel, rec)
         dep_url = href(links, "deploymentBase")
         if dep_url is None:
             return self.result("nothing", "the DDI server has no action for this device")
-        dep = parse_deployment(self.client.get(dep_url), parse_url(dep_url).display)
+        doc = self.client.get(dep_url)
+        try:
+            dep = parse_deployment(doc, parse_url(dep_url).display)
+        except DdiError as e:  # one bankctl cannot take: the server's record says why (rauc-hawkbit-updater too)
+            action = doc.get("id") if isinstance(doc, dict) else None
+            if isinstance(action, (str, int)) and not isinstance(action, bool):
+                self.send(_sub(dep_url, "feedback"), feedback(str(action), "closed", "failure", [f"bankctl: {e}"]))
+            raise
         return self.deploy(dep, _sub(dep_url, "feedback"))
+
+    def stop_id(self, url: str) -> str:
+        doc = self.client.get(url)
+        ca = doc.get("cancelAction") if isinstance(doc, dict) else None
+        stop = ca.get("stopId") if isinstance(ca, dict) else None
+        stop = str(stop if stop is not None else (doc.get("id") if isinstance(doc, dict) else ""))
+        if not stop:
+            raise DdiError(f"{parse_url(url).display}: a cancelAction without an action id (stopId)")
+        return stop
+
+    def reject(self, url: str, rec: dict[str, Any]) -> None:
+        stop = self.stop_id(url)
+        if stop == str(rec.get("id")):
+            self.send(_sub(url, "feedback"), feedback(stop, "rejected", "success", [
+                "bankctl: too late to cancel: the trial has booted; its result is reported to the action"]))
+        else:
+            self.send(_sub(url, "feedback"), feedback(stop, "closed", "success", [
+                f"bankctl: nothing of action {stop} on this device"]))
 
     def report(self, rec: dict[str, Any]) -> Result:
         finished, reason = str(rec["report"]), str(rec.get("reason"))
@@ -246,12 +273,7 @@ class _Poll:
         return self.result("reported", f"action {rec['id']}: closed {finished}: {reason}")
 
     def cancel(self, url: str, rec: dict[str, Any] | None) -> Result:
-        doc = self.client.get(url)
-        ca = doc.get("cancelAction") if isinstance(doc, dict) else None
-        stop = ca.get("stopId") if isinstance(ca, dict) else None
-        stop = str(stop if stop is not None else (doc.get("id") if isinstance(doc, dict) else ""))
-        if not stop:
-            raise DdiError(f"{parse_url(url).display}: a cancelAction without an action id (stopId)")
+        stop = self.stop_id(url)
         fb = _sub(url, "feedback")
         ours = rec is not None and str(rec.get("id")) == stop and not rec.get("reported")
         if ours and rec is not None and rec.get("phase") in ("downloading", "staged"):
@@ -264,11 +286,6 @@ class _Poll:
                       must=True)
             rec.update({"phase": "canceled", "reported": True})
             return self.result("canceled", f"action {stop} canceled by the server: {what}")
-        if ours:
-            self.send(fb, feedback(stop, "rejected", "success", ["bankctl: too late to cancel: the trial has booted; "
-                                                                 "its result is reported to the action"]), must=True)
-            return self.result("rejected", f"action {stop}: the server asked to cancel it after its trial booted: "
-                                           f"rejected")
         self.send(fb, feedback(stop, "closed", "success", [f"bankctl: nothing of action {stop} on this device"]),
                   must=True)
         return self.result("canceled", f"action {stop} canceled by the server: nothing of it on this device")

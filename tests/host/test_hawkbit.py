@@ -225,6 +225,60 @@ def test_a_cancel_before_the_trial_boots_drops_it(server: Goosebit, release: Rel
             "success", sent
 
 
+def test_a_cancel_after_the_trial_booted_is_rejected_and_the_trial_reported(server: Goosebit, release: Release,
+                                                                           tmp_path: Path) -> None:
+    with DdiProxy(server.port) as proxy:
+        registered(server, device(tmp_path, release), "can2", proxy.url)
+        server.assign(["can2"], server.ids["1.1.0"])
+        assert once(device(tmp_path, release), proxy.url, "can2").action == "staged"
+        image = release.ids["1.1.0"]
+        Banks(str(tmp_path / "dev")).mark_good(image)  # the trial booted and committed before the cancel came
+        base, action = "/DEFAULT/controller/v1/can2", str(server.ids["1.1.0"])
+
+        def change(req, ans: Answer) -> Answer:
+            if req.method == "GET" and req.path == base:
+                doc = json.loads(ans.body)
+                doc["_links"]["cancelAction"] = {"href": f"{proxy.url}{base}/cancelAction/8"}
+                return json_answer(doc)
+            return ans
+
+        def fault(req):
+            if req.path == f"{base}/cancelAction/8":
+                return json_answer({"id": "8", "cancelAction": {"stopId": action}})
+            if req.path == f"{base}/cancelAction/8/feedback":
+                return json_answer({})
+            return None
+
+        proxy.change, proxy.fault = change, fault
+        got = once(device(tmp_path, release, {"image": image}), proxy.url, "can2")
+        assert got.action == "reported" and "closed success" in got.summary
+        sent = [body["status"]["execution"] for m, p, _, body in proxy.log if p.endswith("/cancelAction/8/feedback")]
+        assert sent == ["rejected"], proxy.log
+        assert server.devices()["can2"]["last_state"] == "Finished"
+
+
+def test_a_deployment_of_two_chunks_is_closed_with_the_reason(server: Goosebit, release: Release,
+                                                              tmp_path: Path) -> None:
+    with DdiProxy(server.port) as proxy:
+        registered(server, device(tmp_path, release), "two1", proxy.url)
+        server.assign(["two1"], server.ids["1.1.0"])
+
+        def change(req, ans: Answer) -> Answer:
+            if "/deploymentBase/" in req.path and req.method == "GET":
+                doc = json.loads(ans.body)
+                doc["deployment"]["chunks"] *= 2  # hawkBit: a distribution set of two software modules
+                return json_answer(doc)
+            return ans
+
+        proxy.change = change
+        before = snapshot(tmp_path / "dev")
+        with pytest.raises(PollFailed, match="the deployment has 2 chunks; bankctl takes exactly one"):
+            once(device(tmp_path, release), proxy.url, "two1")
+        assert snapshot(tmp_path / "dev") == before
+    assert server.devices()["two1"]["last_state"] == "Error"
+    assert "the deployment has 2 chunks" in server.device_log("two1")
+
+
 class RefusingHost:
     """Another host holding the artifact: it serves goosebit's one fetch at upload, and refuses requests that
     carry no token (bankctl's: it sends the device's token to the DDI server only)."""
