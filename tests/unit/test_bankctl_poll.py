@@ -115,3 +115,37 @@ def test_every_spreads_polls_and_backs_off_after_failures(monkeypatch: pytest.Mo
     for got, base in zip(rest, expected, strict=True):
         assert 0.8 * base <= got <= 1.2 * base, (rest, expected)
     assert len({round(w, 6) for w in rest}) == len(rest)  # jittered: no two waits alike
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tenant", "t", "http://127.0.0.1:9/stable.json"], "--tenant, --controller-id and --gateway-token are for a "
+                                                           "rollout server"),
+    (["--hawkbit", "--channel", "x", "http://127.0.0.1:9"], "no --channel or --download-only"),
+    (["--hawkbit", "--controller-id", "a/b", "http://127.0.0.1:9"], "--controller-id 'a/b' is not a name"),
+    (["--hawkbit", "--controller-id", "d", "http://[::1"], "opened with [ is never closed with ]"),
+])
+def test_bad_hawkbit_options_are_usage_errors(device: Path, capsys, argv: list[str], message: str) -> None:
+    assert bankctl.main(["poll", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (device / "hawkbit.json").exists()
+
+
+def test_an_inhibited_device_asks_no_rollout_server(device: Path, capsys) -> None:
+    (device / "run/inhibit").write_text("on battery\n")
+    assert bankctl.main(["poll", "--hawkbit", "--controller-id", "d", "http://127.0.0.1:9"]) == 3
+    assert "updates are inhibited by" in capsys.readouterr().err
+    assert not (device / "hawkbit.json").exists()
+
+
+def test_ddi_tokens_go_to_the_ddi_server_only(tmp_path: Path) -> None:
+    from overlay_layout.net.ddi import DdiAuth
+    from overlay_layout.net.url import parse_url
+
+    (tmp_path / "t").write_text("gw-secret\n")
+    auth = DdiAuth(str(tmp_path / "t"), "GatewayToken")
+    auth.bind(parse_url("https://ddi.example.com/DEFAULT/controller/v1/d"))
+    auth.bind(parse_url("https://cdn.example.com/a.swu"))  # an artifact's RemoteFile binds nothing new
+    assert auth.headers(parse_url("https://ddi.example.com/DEFAULT/controller/v1/d/download")) == \
+        [("Authorization", "GatewayToken gw-secret")]
+    assert auth.headers(parse_url("https://cdn.example.com/a.swu")) == []
+    assert auth.headers(parse_url("http://ddi.example.com/x")) == []  # another origin: plain http
