@@ -72,7 +72,7 @@ HEAD = 64 << 10  # the artifact's first request: its cpio headers, sw-descriptio
 
 
 class Options:
-    __slots__ = ("base", "download_only", "inhibit", "reboot", "revision", "server", "tries", "upper")
+    __slots__ = ("base", "inhibit", "reboot", "revision", "server", "tries", "upper")
 
     def __init__(self, server: str, tenant: str, controller: str, tries: int = 3, upper: str = "copy",
                  reboot: bool = False, inhibit: tuple[str, ...] = (), revision: str = "default") -> None:
@@ -81,7 +81,7 @@ class Options:
         except NetError as e:
             raise PollFailed(str(e), False) from None
         self.server, self.tries, self.upper, self.reboot = server, tries, upper, reboot
-        self.inhibit, self.revision, self.download_only = inhibit, revision, False
+        self.inhibit, self.revision = inhibit, revision
 
 
 def state_path(root: str) -> str:
@@ -159,7 +159,7 @@ def hawkbit_once(dev: Device, opts: Options, say: Callable[[str], None],
                  progress: Callable[[int, int], None] | None = None) -> Result:
     """One poll (see the module's docstring): LockError, NotNow, PollFailed or a StageError, else the Result."""
     with lock_banks(dev.banks.root, exclusive=True, wait=0):
-        check_ready(dev, opts)  # type: ignore[arg-type]
+        check_ready(dev, opts)  # type: ignore[arg-type]  # it reads only `inhibit`
         client = Client(opts.base, dev.settings)
         try:
             return _Poll(dev, opts, client, say, progress).run()
@@ -180,7 +180,7 @@ class _Poll:
     def result(self, action: str, summary: str, save: bool = True) -> Result:
         requests, received = self.client.counted()
         r = Result(action, summary, requests, received)
-        r.interval = self.interval  # type: ignore[attr-defined]
+        r.interval = self.interval
         if save:
             self.st.update({"server": self.opts.base, "checked": int(time.time()), "result": summary,
                             "last": action})

@@ -91,10 +91,13 @@ class Options:
 
 
 class Result:
-    """What one poll did: `action` (nothing, staged, downloaded, pending) and what it cost on the network."""
+    """What one poll did: `action` (nothing, staged, downloaded, pending; a rollout server's poll also
+    reported, canceled) and what it cost on the network; `interval`: the polling sleep a rollout server asked
+    for (initfs/hawkbit.py), which a poll loop then follows."""
 
     def __init__(self, action: str, summary: str, requests: int = 0, received: int = 0) -> None:
         self.action, self.summary, self.requests, self.received = action, summary, requests, received
+        self.interval: int | None = None
 
 
 def running_image(dev: Device) -> str | None:

@@ -109,7 +109,7 @@ def _one(make_device: Callable[[], Device], opts: Any, args: argparse.Namespace,
         return (EXIT_REFUSED if isinstance(e, StateError) else EXIT_ERROR), False, None
     print(f"{result.summary} (this poll: {result.requests} request{'s' if result.requests != 1 else ''}, "
           f"{result.received} bytes received)", flush=True)
-    server = getattr(result, "interval", None)
+    server = result.interval
     if result.action in ("staged", "pending") and opts.reboot:
         return reboot(args.reboot_command), False, server
     if result.action == "staged":
