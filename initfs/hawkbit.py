@@ -308,6 +308,13 @@ class _Poll:
             return self.result("nothing", why)
         if dep.download == "skip":
             return self.result("nothing", f"action {dep.action}: the server says download: skip")
+        if not dep.install_now and rec is not None and rec.get("id") == dep.action and rec.get("image"):
+            from overlay_layout.net import downloaded
+
+            have = downloaded.find(banks)
+            if have is not None and have["image"] == rec["image"]:
+                return self.result("downloaded", f"{rec['image']} for action {dep.action} is downloaded already; "
+                                                 f"waiting for the server to let it install")
         if rec is not None and rec.get("phase") == "downloading" and rec.get("id") != dep.action:
             self.say(f"the DDI server replaced action {rec.get('id')} ({rec.get('version')}) by {dep.action} "
                      f"({dep.version})")
@@ -348,6 +355,16 @@ class _Poll:
                 self.st = before
                 save_state(self.root, before)
             raise PollFailed(reason, False) from e
+        if stats.downloaded:  # download only, or outside the maintenance window: no trial yet
+            why = "the action is download-only (update: skip)" if dep.update == "skip" else \
+                "outside the maintenance window"
+            new.update({"phase": "downloading", "image": m["id"]})
+            self.st["action"] = new
+            save_state(self.root, self.st)
+            self.send(fb, feedback(dep.action, "downloaded", "success" if dep.update == "skip" else "none", [
+                f"bankctl: downloaded and verified {m['id']}: {stats.line()}; not installed: {why}"], (1, 2)))
+            return self.result("downloaded", f"downloaded {m['id']} (version {m['version']}) for action {dep.action}; "
+                                             f"not staged: {why} (the next poll offering it to install stages it)")
         new.update({"phase": "staged", "image": m["id"]})
         self.st["action"] = new
         save_state(self.root, self.st)
@@ -415,7 +432,7 @@ class _Poll:
         return stage_url(dev.banks, dep.artifact.url, dev.policy, dev.bankboot, tries=self.opts.tries,
                          upper=self.opts.upper, machine=dev.machine, progress=self.progress,
                          booted=dev.booted.get("image"), settings=dev.settings, expect=expect, announce=announce,
-                         opener=opener, restarts=0)
+                         opener=opener, restarts=0, download_only=not dep.install_now)
 
 
 def _sub(url: str, leaf: str) -> str:

@@ -104,11 +104,17 @@ class Deployment:
     """A deploymentBase answer: the action id, its download/update modes (forced, attempt, skip), the
     chunk's version and name and its artifact."""
 
-    __slots__ = ("action", "artifact", "download", "name", "update", "version")
+    __slots__ = ("action", "artifact", "download", "name", "update", "version", "window")
 
-    def __init__(self, action: str, download: str, update: str, version: str, name: str, artifact: Artifact) -> None:
+    def __init__(self, action: str, download: str, update: str, version: str, name: str, artifact: Artifact,
+                 window: str | None = None) -> None:
         self.action, self.download, self.update = action, download, update
-        self.version, self.name, self.artifact = version, name, artifact
+        self.version, self.name, self.artifact, self.window = version, name, artifact, window
+
+    @property
+    def install_now(self) -> bool:
+        """False for a download-only action (update: skip) or outside its maintenance window."""
+        return self.update != "skip" and self.window != "unavailable"
 
 
 def parse_deployment(doc: object, where: str) -> Deployment:
@@ -141,8 +147,11 @@ def parse_deployment(doc: object, where: str) -> Deployment:
     if not isinstance(version, str) or not version:
         raise DdiError(f"{where}: the deployment's chunk names no version")
     good = {k: v for k, v in hashes.items() if isinstance(v, str)} if isinstance(hashes, dict) else {}
+    window = dep.get("maintenanceWindow")
+    if window is not None and window not in ("available", "unavailable"):
+        raise DdiError(f"{where}: maintenanceWindow must be available or unavailable, not {window!r}")
     return Deployment(str(action), modes[0], modes[1], version, name if isinstance(name, str) else filename,
-                      Artifact(filename, size, good, url))
+                      Artifact(filename, size, good, url), window)
 
 
 def feedback(action: str, execution: str, finished: str, details: list[str],

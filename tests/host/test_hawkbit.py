@@ -279,6 +279,38 @@ def test_a_deployment_of_two_chunks_is_closed_with_the_reason(server: Goosebit, 
     assert "the deployment has 2 chunks" in server.device_log("two1")
 
 
+def test_a_download_only_action_downloads_and_installs_once_allowed(server: Goosebit, release: Release,
+                                                                    tmp_path: Path) -> None:
+    from overlay_layout.net.downloaded import find
+
+    with DdiProxy(server.port) as proxy:
+        registered(server, device(tmp_path, release), "dl1", proxy.url)
+        server.assign(["dl1"], server.ids["1.1.0"])
+        hold = {"window": "unavailable"}
+
+        def change(req, ans: Answer) -> Answer:
+            if "/deploymentBase/" in req.path and req.method == "GET" and hold["window"]:
+                doc = json.loads(ans.body)
+                doc["deployment"]["maintenanceWindow"] = hold["window"]  # hawkBit: not now
+                return json_answer(doc)
+            return ans
+
+        proxy.change = change
+        got = once(device(tmp_path, release), proxy.url, "dl1")
+        banks = Banks(str(tmp_path / "dev"))
+        assert got.action == "downloaded" and "outside the maintenance window" in got.summary
+        assert banks.layout.pointer("next") is None and find(banks)["image"] == release.ids["1.1.0"]
+        before = len(proxy.log)
+        again = once(device(tmp_path, release), proxy.url, "dl1")
+        assert again.action == "downloaded" and "downloaded already" in again.summary
+        assert [p.rpartition("/")[2] for _, p, _, _ in proxy.log[before:]] == ["dl1", str(server.ids["1.1.0"])]  # nothing fetched again
+        hold["window"] = "available"
+        said: list[str] = []
+        got = once(device(tmp_path, release), proxy.url, "dl1", said)
+        assert got.action == "staged" and Banks(str(tmp_path / "dev")).layout.pointer("next") == release.ids["1.1.0"]
+        assert any(line.startswith("fetching 0 bytes") for line in said), said  # all of it was there
+
+
 class RefusingHost:
     """Another host holding the artifact: it serves goosebit's one fetch at upload, and refuses requests that
     carry no token (bankctl's: it sends the device's token to the DDI server only)."""
