@@ -4,7 +4,6 @@ systemd expects), free the initramfs, make the new root / and exec its init as P
 from __future__ import annotations
 
 import os
-import stat
 
 from initfs import log
 from initfs.environ import clean_environ
