@@ -21,6 +21,7 @@ from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.launcher import build_launcher
 from builder.parts import KernelParts, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
+from builder.xenshim import build_xen_shim
 from initfs.version import VERSION
 from overlay_layout import durable
 from overlay_layout.contract import (
@@ -184,8 +185,12 @@ def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> str:
         root = kexec.parent.parent  # the packages unpacked together (parts.KEXEC_TOOLS_PACKAGES)
         tree.add_file("sbin/kexec", src=kexec, mode=0o755)
         resolver = LibraryResolver(root, board.arch)
-        resolver.add_program(kexec, "/sbin/kexec")
+        shim = build_xen_shim(board.arch, kexec)
+        # The shim stands in for libxenctrl, whose own libraries are then not followed (builder/xenshim.py).
+        resolver.add_program(kexec, "/sbin/kexec", provided=[shim.parent] if shim else None)
         add_closure(tree, resolver, root)
+        if shim is not None:
+            tree.add_file(f"usr/lib/{board.arch.triplet}/{shim.name}", src=shim, mode=0o644)
     return method
 
 
