@@ -214,7 +214,10 @@ class _Poll:
         data = config_data(self.dev, self.opts)
         wanted = href(links, "configData")
         if wanted or self.st.get("config") != data:
-            self.client.put(wanted or self.opts.base + "/configData", {"mode": "merge", "data": data})
+            # `status` and `time` for hawkBit releases that still require them (rauc-hawkbit-updater sends both)
+            self.client.put(wanted or self.opts.base + "/configData", {
+                "mode": "merge", "data": data, "time": time.strftime("%Y%m%dT%H%M%S", time.gmtime()),
+                "status": {"execution": "closed", "result": {"finished": "success"}}})
             self.st["config"] = data
         rec = self.st.get("action")
         cancel = href(links, "cancelAction")
