@@ -16,6 +16,9 @@ KIT_LIST = ETC + "/kit"  # the initramfs paths bankctl's kit keeps (initfs/kit.p
 MODULES = ETC + "/modules"  # the boot's module load order; MODULES + ".<use>" each on-demand set's
 OPTIONAL_MARK = "?"  # a line of MODULES that starts with it: load if the kernel takes it, skip if not
 SELFTEST_DIR = ETC + "/selftest.d"  # an image's own first-boot checks (inside the image, not the initramfs)
+# The device's X25519 private key for encrypted banks, where bankctl (in the booted image) reads it, unless the
+# board says otherwise (boot.device_key): a file on the userdata partition (docs/trust.md).
+DEVICE_KEY = "/userdata/bankboot/device.key"
 
 RUN = "/run/bankboot"
 BANKS = RUN + "/banks"  # the banks partition while the init runs and in the booted image
@@ -102,26 +105,27 @@ DEFAULT_UNCONFIRMED_BOOTS = 3  # boots a trial gets when the board does not say
 _FLAGS = {"image_modules": ("yes", "no"), "sealed": ("yes", "no"), "unsigned": ("allowed", "refused"),
           "downgrade": ("allowed", "refused")}
 _LISTS = {"trusted": ",", "libdirs": ":"}
-_INTS = ("unconfirmed_boots",)
+_INTS = ("unconfirmed_boots", "threshold")
 
 
 class InitramfsConf:
     """What an initramfs was built with and for. Field order is the file's line order; a missing key
     reads as its default (an initramfs from an older builder), an unknown key is kept in `extra`."""
 
-    __slots__ = ("arch", "bankboot", "board", "build", "console", "downgrade", "extra", "image_modules", "init",
-                 "interp", "kernel", "kernel_name", "kexec", "libdirs", "rescue", "sealed", "trusted",
-                 "unconfirmed_boots", "unsigned")
+    __slots__ = ("arch", "bankboot", "board", "build", "console", "device_key", "downgrade", "extra", "image_modules",
+                 "init", "interp", "kernel", "kernel_name", "kexec", "libdirs", "rescue", "sealed", "threshold",
+                 "trusted", "unconfirmed_boots", "unsigned")
     FIELDS = ("board", "kernel", "arch", "console", "bankboot", "init", "image_modules", "rescue",
               "unconfirmed_boots", "sealed", "kernel_name", "trusted", "unsigned", "downgrade", "build", "interp",
-              "libdirs", "kexec")
+              "libdirs", "kexec", "threshold", "device_key")
 
     def __init__(self, board: str = "", kernel: str = "", arch: str = "", console: str = "",
                  bankboot: str = "0.0.0", init: str = "frozen", image_modules: bool = False,
                  rescue: str = "reboot", unconfirmed_boots: int = DEFAULT_UNCONFIRMED_BOOTS, sealed: bool = False,
                  kernel_name: str = "vmlinuz", trusted: tuple[str, ...] = (), unsigned: bool = False,
                  downgrade: bool = False, build: str = "", interp: str = "", libdirs: tuple[str, ...] = ("/lib",),
-                 kexec: str = "none", extra: dict[str, str] | None = None) -> None:
+                 kexec: str = "none", threshold: int = 1, device_key: str = DEVICE_KEY,
+                 extra: dict[str, str] | None = None) -> None:
         self.board = board  # the board file's name
         self.kernel = kernel  # the release of the kernel it was built for (its modules)
         self.arch = arch  # Debian architecture
@@ -140,6 +144,8 @@ class InitramfsConf:
         self.interp = interp  # the bundle's ld.so, inside the initramfs (bankctl's launcher runs it)
         self.libdirs = libdirs  # where the bundle's libraries are (LD_LIBRARY_PATH inside the kit)
         self.kexec = kexec  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
+        self.threshold = threshold  # how many of the trusted keys must sign an image (1: any one)
+        self.device_key = device_key  # the device's decryption key for encrypted banks (a path in the booted image)
         self.extra = extra or {}
 
     def render(self) -> str:

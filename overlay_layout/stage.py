@@ -13,7 +13,7 @@ from overlay_layout.contract import UnknownArch, arch_of_machine
 from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks, StateError
-from overlay_layout.trust import Policy, TrustError, version_lt
+from overlay_layout.trust import KeySet, Policy, TrustError, version_lt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -163,7 +163,10 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
     """Everything that decides whether this image may be staged, before a byte of it is written. Returns
     whether it is an allowed downgrade."""
     try:
-        who = policy.check(manifest, running_version)
+        keys = policy.in_force(banks)
+        who = policy.check(manifest, running_version, keys)
+        if manifest.get("key_updates"):
+            _check_key_updates(manifest, keys, policy, running_version)
         floor = banks.floors(banks.load())[0]
         downgrade = bool(floor and version_lt(manifest["version"], floor))
         if downgrade:
@@ -191,6 +194,24 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
         durable.remove_tree(layout.image_dir(image))
         durable.fsync_dir(layout.overlay)
     return downgrade
+
+
+def _check_key_updates(manifest: Manifest, keys: KeySet, policy: Policy, running_version: str) -> None:
+    """A bank that carries key updates: they must follow the chain in force (never a second update with one
+    serial), each signed by enough keys of the set before and after it, and the image must verify under the
+    set it leads to, or committing it would leave it unbootable."""
+    from overlay_layout.keychain import changes, extend
+
+    where = f"image {manifest['id']}"
+    new = extend(keys, manifest["key_updates"], where)
+    if new.serial == keys.serial:
+        return
+    try:
+        policy.check(manifest, running_version, new)
+    except TrustError as e:
+        raise TrustError(f"{e}, under the keys its own key update {new.serial} puts in force: committing it would "
+                         f"leave it unbootable (sign the bank with keys of the new set too)") from None
+    manifest["_keys"] = changes(keys, new)
 
 
 def _complete(work: str, manifest: Manifest, copies: list[tuple[str, str]]) -> None:
