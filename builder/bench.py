@@ -301,8 +301,8 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
         print(f"\nsize budget ({board.compression}: {frozen.compressed / 1e6:.2f} MB, target {BUDGET_MB:g} MB "
               f"{'met' if frozen.compressed <= BUDGET_MB * 1e6 else 'NOT MET'}; {frozen.unpacked / 1e6:.2f} MB "
               f"unpacked; bankctl's kit is these files, not a copy):")
-        for name, raw, packed in size_budget(board, policy):
-            print(f"  {name:<44} {raw / 1e6:7.2f} MB unpacked {packed / 1e6:6.2f} MB zstd alone")
+        for name, unpacked, packed in size_budget(board, policy):
+            print(f"  {name:<44} {unpacked / 1e6:7.2f} MB unpacked {packed / 1e6:6.2f} MB zstd alone")
     if "unpack" in wanted:
         print("\nunpack cost (kernel start -> Run /init, and what each component adds to it):")
         for label, secs in unpack_costs(board, policy, out, clock):

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from builder.arch import Arch, get_arch
+from overlay_layout.contract import DEVICE_KEY
 
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_BOARD = "qemu-aarch64"
@@ -53,6 +54,7 @@ class Board:
     rescue: str = "reboot"  # when no image boots: reboot and try again (field devices), or a shell
     unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
     sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
+    device_key: str = DEVICE_KEY  # where the device's key for encrypted banks is (docs/trust.md)
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -107,8 +109,8 @@ KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel
               "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
               "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
-              "qemu.net")
+              "boot.config_txt", "boot.device_key", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk",
+              "qemu.serial_index", "qemu.net")
 
 
 def check_keys(data: dict, path: Path) -> None:
@@ -169,6 +171,9 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
     sealed = _get(data, path, "boot.sealed", bool, False)
     if sealed and "rescue" in data.get("boot", {}) and rescue != "reboot":
         raise BoardError(f"{path}: boot.sealed = true has no rescue shell; boot.rescue must be reboot (or unset)")
+    device_key = _get(data, path, "boot.device_key", str, DEVICE_KEY)
+    if not device_key.startswith("/") or "\n" in device_key or "=" in device_key:
+        raise BoardError(f"{path}: boot.device_key must be an absolute path on the device, not {device_key!r}")
     return Board(
         name=name,
         path=path,
@@ -193,5 +198,6 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         rescue=rescue,
         unconfirmed_boots=unconfirmed,
         sealed=sealed,
+        device_key=device_key,
         extra=data,
     )

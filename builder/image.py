@@ -20,13 +20,14 @@ from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.run import find_tool, run
+from builder.signing import SigningError, add_members, finish_manifest
 from initfs.version import VERSION
 from overlay_layout import chunks, durable
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
 from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest
-from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
+from overlay_layout.trust import TrustError, parse_version, read_private_key
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -222,23 +223,29 @@ def sha256_file(path: Path) -> str:
 
 
 def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
-                sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
-                persist: list[str] | None = None, arch: str | None = None, kernel: Path | None = None,
+                sign_key: Path | tuple[Path, ...] | None = None, min_bankboot: str = VERSION,
+                confirm_boots: bool = False, persist: list[str] | None = None, arch: str | None = None,
+                kernel: Path | None = None,
                 kernel_initramfs: Path | None = None, kernel_board: str | Board | None = None, kernel_append: str = "",
-                trust: tuple[Path, ...] = ()) -> dict:
+                trust: tuple[Path, ...] = (), encrypt_to: tuple[Path, ...] = (),
+                key_updates: Path | None = None) -> dict:
     """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
     persist: the image's persistence policy (a sealed image): only these directories keep changes on the
     banks partition; the rest of the root is the verified squashfs under a tmpfs. None: the whole root
     keeps changes (unsealed).
     kernel: the image carries its own kernel (and a bankboot initramfs for it: kernel_initramfs, or built for
-    kernel_board), which the init on the boot partition kexecs when it differs from the running one."""
+    kernel_board), which the init on the boot partition kexecs when it differs from the running one.
+    sign_key: one private key or several (each adds a signature); key_updates: a chain file whose key
+    updates the image carries (builder/signing.py); encrypt_to: X25519 public keys the bank is encrypted for."""
+    sign_keys = (sign_key,) if isinstance(sign_key, Path) else tuple(sign_key or ())
     if not rootfs.is_dir():
         raise ImageError(f"rootfs {rootfs} is not a directory")
     try:
         parse_version(version)
         parse_version(min_bankboot)
-        seed = read_private_key(str(sign_key)) if sign_key else None
+        for key in sign_keys:
+            read_private_key(str(key))
     except TrustError as e:
         raise ImageError(str(e)) from None
     if arch is None:
@@ -250,8 +257,9 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
         raise ImageError("--initramfs, --board and --kernel-append describe the image's own kernel: give --kernel")
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         sq = Path(tmp) / SQUASHFS
-        kobj, extra = (prepare_kernel(rootfs, arch, kernel, kernel_initramfs, kernel_board, sign_key, trust,
-                                      kernel_append, Path(tmp)) if kernel else (None, {}))
+        kobj, extra = (prepare_kernel(rootfs, arch, kernel, kernel_initramfs, kernel_board,
+                                      sign_keys[0] if sign_keys else None, trust, kernel_append, Path(tmp))
+                       if kernel else (None, {}))
         make_squashfs(rootfs, sq, extra)
         digest = sha256_file(sq)
         salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible
@@ -278,8 +286,11 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             manifest["persist"] = paths
         if kobj:
             manifest["kernel"] = kobj
-        if seed is not None:
-            manifest = sign_manifest(manifest, seed)
+        try:
+            manifest, files = finish_manifest(manifest, [sq, Path(tmp) / VERITY, index], sign_keys, key_updates,
+                                              encrypt_to, Path(tmp))
+        except SigningError as e:
+            raise ImageError(str(e)) from None
         data = dump_manifest(manifest)
         parse_manifest(data, "new manifest")
         buf = io.BytesIO()
@@ -287,11 +298,7 @@ def build_image(rootfs: Path, version: str, output: Path, image_id: str | None =
             info = tarfile.TarInfo(MANIFEST)
             info.size, info.mode, info.mtime = len(data), 0o644, source_date_epoch()
             tar.addfile(info, io.BytesIO(data))
-            for path in (sq, Path(tmp) / VERITY, index):
-                info = tarfile.TarInfo(path.name)
-                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, source_date_epoch()
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
+            add_members(tar, files, source_date_epoch())
         output.parent.mkdir(parents=True, exist_ok=True)
         durable.write_file(str(output), buf.getvalue())
     return manifest
@@ -306,9 +313,21 @@ def read_bank(path: Path) -> BankFile:
         raise ImageError(str(e)) from None
 
 
-def extract_image(path: Path, dest_dir: Path) -> Manifest:
-    """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
+def extract_image(path: Path, dest_dir: Path, device_key: Path | None = None) -> Manifest:
+    """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest (an encrypted
+    bank decrypted with `device_key`, a recipient's private key)."""
     with read_bank(path) as bank:
+        if bank.encrypted:
+            from overlay_layout import encryption
+
+            if device_key is None:
+                raise ImageError(f"{path} is encrypted: give --device-key KEY (a recipient's private key)")
+            try:
+                encryption.fill(bank, str(dest_dir), encryption.content_key(bank.manifest, str(device_key), str(path)),
+                                None)
+            except LayoutError as e:
+                raise ImageError(str(e)) from None
+            return bank.manifest
         for member in bank.payload():
             try:
                 bank.extract(member, str(dest_dir / member.name))

@@ -95,18 +95,21 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         return BankFile(bank_file)
 
     return stage_from(banks, bank_file, open_bank, extract, policy, running_version, tries, upper, machine,
-                      allow_downgrade, reserve, booted)
+                      allow_downgrade, reserve, booted, progress=progress)
 
 
 def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Callable[[BankFile, str], None],
                policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
                machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
-               booted: str | None = None, work_prefix: str = ".staging-") -> Manifest:
+               booted: str | None = None, work_prefix: str = ".staging-",
+               progress: Callable[[int, int], None] | None = None) -> Manifest:
     """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
     floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
     on the banks partition, add the rest of an image directory, rename it into place and make it `next` on
-    trial. A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one
-    (`bankctl stage URL`) is kept so the next attempt resumes."""
+    trial. An encrypted bank is decrypted instead of `fill`, with this device's key (opened before anything
+    is written), its chunks read from the bank's source or, from a server, taken from the installed images.
+    A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one (`bankctl
+    stage URL`) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -123,6 +126,8 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
         manifest = bank.manifest
         image = manifest["id"]
         downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
+        if bank.encrypted:
+            fill = _decrypting(banks, policy, manifest, where, progress, remote=bank.source is not None)
         work = os.path.join(layout.overlay, f"{work_prefix}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout.sub(cur, "upper"), manifest.get("persist")) if cur and upper == "copy" else []
@@ -156,6 +161,26 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
         durable.remove_tree(layout.image_dir(image))
         raise
     return manifest
+
+
+def _decrypting(banks: Banks, policy: Policy, manifest: Manifest, where: str,
+                progress: Callable[[int, int], None] | None, remote: bool) -> Callable[[BankFile, str], None]:
+    """The fill of an encrypted bank: its content key opened now, with this device's key (an error naming
+    the recipients when it is not for this device), the members decrypted into the work directory later."""
+    from overlay_layout import encryption
+
+    try:
+        key = encryption.content_key(manifest, policy.device_key, where)
+    except LayoutError as e:
+        raise StageError(str(e)) from None
+
+    def fill(bank: BankFile, work: str) -> None:
+        try:
+            manifest["_fetched"] = encryption.fill(bank, work, key, banks.layout if remote else None, progress)
+        except LayoutError as e:
+            raise StageError(str(e)) from None
+
+    return fill
 
 
 def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running_version: str,
