@@ -20,9 +20,10 @@ DEV = Policy({}, allow_unsigned=True, allow_downgrade=True)
 
 
 def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None,
-              chunked: bool = False, seed: bytes | None = None) -> str:
+              chunked: bool = False, seed: bytes | None = None, seeds: tuple[bytes, ...] = (),
+              key_updates: list[dict] | None = None) -> str:
     """An unsigned bank file with `payload` as its squashfs (a stand-in: "hsqs" and the bytes). chunked: with a
-    chunk index; seed: sign it with this ed25519 seed."""
+    chunk index; seed/seeds: sign it with these ed25519 seeds; key_updates: the chain it carries."""
     payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
     digest = hashlib.sha256(payload).hexdigest()
     image_id = f"{version}-{digest[:8]}"
@@ -36,7 +37,11 @@ def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", per
         fields["chunks"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest(),
                             "count": (len(index) - len(chunks.MAGIC)) // chunks.ENTRY.size}
         members.append((chunks.MEMBER, index))
-    manifest = dump_manifest(sign_manifest(fields, seed) if seed else fields)
+    if key_updates:
+        fields["key_updates"] = key_updates
+    for s in ([seed] if seed else []) + list(seeds):
+        fields = sign_manifest(fields, s)
+    manifest = dump_manifest(fields)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in (("manifest.json", manifest), *members):
             info = tarfile.TarInfo(name)
