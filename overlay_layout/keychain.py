@@ -162,7 +162,7 @@ def changes(old: KeySet, new: KeySet) -> str:
     parts = ([f"adds {', '.join(added)}"] if added else []) + ([f"retires {', '.join(gone)}"] if gone else [])
     if new.threshold != old.threshold:
         parts.append(f"threshold {old.threshold} -> {new.threshold}")
-    return f"key update {new.serial}: {'; '.join(parts) or 'the same keys'} ({new.describe()})"
+    return f"key update {new.serial}: {', '.join(parts) or 'the same keys'}; trusted then: {new.describe()}"
 
 
 # -- the trust file ----------------------------------------------------------------------------------------
