@@ -133,7 +133,7 @@ def test_an_encrypted_update_over_http_fetches_only_the_changed_chunks_and_resum
     www = tmp_path / "www"
     www.mkdir()
     _, public = encryption.read_recipient(str(keys["dev1"][1]))
-    old, new = served_pair(www, public)
+    _, new = served_pair(www, public)
     install_first_image(tmp_path / "banks")
     banks = Banks(str(tmp_path / "banks"))
     policy = Policy({}, allow_unsigned=True, allow_downgrade=True, device_key=str(keys["dev1"][0]))
