@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
     b.add_argument("--clock", choices=("icount", "host"), default="icount",
                    help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
-    b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec")
+    b.add_argument("--only", metavar="PART,...",
+                   help="only these parts: boot, size, unpack, stage, kexec; and trust (not by default): N "
+                        "signatures, rotated keys, encrypted staging")
     b.set_defaults(func=cmd_bench)
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
     f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)

@@ -112,7 +112,12 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet
     if conf.arch and conf.arch != manifest["arch"]:
         raise DiskError(f"{initramfs} is for {conf.arch}; {bank} is an {manifest['arch']} image")
     try:
-        Policy.of(conf, trusted).check(manifest, conf.bankboot, keys)
+        policy = Policy.of(conf, trusted)
+        if keys is None and manifest.get("key_updates"):  # as its first boot would: the chain it carries
+            from overlay_layout.keychain import extend
+
+            keys = extend(policy.root, manifest["key_updates"], str(bank))
+        policy.check(manifest, conf.bankboot, keys)
     except TrustError as e:
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
 
