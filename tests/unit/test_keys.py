@@ -250,3 +250,17 @@ def test_revoked_images_are_never_candidates_even_when_nothing_else_can_boot() -
     assert [c.image for c in plan.candidates] == ["b"]  # the bad one, as a last resort: it is still signed
     assert "current points at a, which is signed only by retired key k: it is not booted" in plan.notes
     assert plan_boot(snap, select="c").candidates[0].image == "b"
+
+
+def test_an_initramfs_threshold_its_keys_cannot_meet_is_refused(tmp_path: Path) -> None:
+    from builder.fstree import FsTree
+    from builder.initramfs import TrustPolicy, add_trust
+    from builder.keys import keygen
+    from overlay_layout.contract import InitramfsConf
+
+    pubs = tuple(keygen(tmp_path / n)[1] for n in ("a", "b"))
+    conf = InitramfsConf()
+    add_trust(FsTree(), TrustPolicy(pubs, threshold=2), conf)
+    assert conf.threshold == 2 and len(conf.trusted) == 2
+    with pytest.raises(ValueError, match="--threshold 3: an image must be signed by 1 to the 2 trusted key"):
+        add_trust(FsTree(), TrustPolicy(pubs, threshold=3), InitramfsConf())
