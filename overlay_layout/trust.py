@@ -187,7 +187,7 @@ def _shortfall(signers: set[str], valid: list[str], bad: list[str], keys: KeySet
     retired = sorted(signers & set(keys.retired))
     if bad and not valid:
         return f"the signature by key {bad[0]} does not match the manifest (tampered or corrupted)"
-    if retired and not valid and not (signers & set(keys.keys)):
+    if retired and not valid and set(retired) == signers:
         by = ", ".join(f"{k} (key update {keys.retired[k]})" for k in retired)
         return (f"signed only by retired key{'s' if len(retired) > 1 else ''} {by}, which this device no longer "
                 f"trusts; it trusts {keys.describe()}")
