@@ -311,7 +311,7 @@ class Policy:
         """The keys in force on this banks partition: the root keys, advanced by the key updates in its
         trust file and those carried by its committed images (keychain.in_force). Warnings go to
         banks.warnings; `repair` writes the trust file when it is behind (at boot, and after a commit).
-        A device that never rotated pays for one stat and reading three small manifests."""
+        A device that never rotated pays for one stat and reading its good images' small manifests."""
         from overlay_layout.keychain import TRUST_FILE
 
         manifests = [banks.manifest(image) for image in committed_images(banks)]
@@ -333,16 +333,17 @@ class Policy:
 
 
 def committed_images(banks: Banks) -> list[str]:
-    """The images whose key updates count: current, a good `next` (a commit the next boot finishes) and
-    previous: each committed, by construction of the state machine."""
+    """The images whose key updates count: the committed ones, current first. Committed is what the state
+    file says is good (mark-good wrote it) and current and previous (good by construction): re-pointing
+    `current` away from the image that committed a rotation does not lose its chain. Never a trial, nor a
+    trial given up: its key update was never committed."""
+    st = banks.load()
+    first = [p for p in (banks._pointer("current"), banks._pointer("next"), banks._pointer("previous")) if p]
     out = []
-    for name in ("current", "next", "previous"):
-        image = banks._pointer(name)
-        if image is None or image in out:
-            continue
-        if name == "next" and banks.image_state(banks.load(), image).get("state") != "good":
-            continue
-        out.append(image)
+    for image in [*first, *banks.layout.images()]:
+        if image not in out and os.path.isdir(banks.layout.image_dir(image)) and \
+                banks.image_state(st, image).get("state") == "good":
+            out.append(image)
     return out
 
 

@@ -232,6 +232,19 @@ def test_the_trust_file_deleted_garbled_or_forged_never_widens_the_keys(device, 
     assert any("counts for nothing" in w for w in fresh.warnings), fresh.warnings
 
 
+def test_pointers_moved_off_the_rotating_image_with_the_trust_file_deleted_keep_the_keys(device, tmp_path) -> None:
+    banks, policy, first = device
+    rotate(banks, policy, tmp_path)
+    (Path(banks.root) / TRUST_FILE).unlink()
+    banks.layout.set_pointer("current", first)  # someone with the card: both pointers at the old image
+    banks.layout.set_pointer("previous", first)
+    fresh = Banks(banks.root)
+    keys = boot_keys(fresh, policy)
+    assert set(keys.keys) == {ID[1]}  # the committed image's chain still counts: it is good in the state file
+    plan = fresh.begin_boot()
+    assert first not in [c.image for c in plan.candidates] and plan.candidates[0].why == "current"
+
+
 def test_without_the_trust_file_and_a_chain_in_the_images_the_device_is_back_at_the_initramfs_keys(
         device, tmp_path) -> None:
     banks, policy, _ = device

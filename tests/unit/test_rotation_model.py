@@ -46,7 +46,8 @@ class PowerCut(Exception):
 class RotatingDevice(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="bankboot-rot-"))
+        # In memory where there is a tmpfs: a cut is simulated by copying the tree, fsync only costs time here.
+        self.dir = Path(tempfile.mkdtemp(prefix="bankboot-rot-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         self.root = self.dir / "banks"
         (self.root / "overlay").mkdir(parents=True)
         self.policy = Policy({IDS[0]: PUBLIC[0]}, allow_unsigned=False, allow_downgrade=True)
@@ -253,10 +254,16 @@ class RotatingDevice(RuleBasedStateMachine):
         else:
             path.unlink(missing_ok=True)
         # The keys then come back from the committed images' chains: what they carry is the new floor.
-        banks = Banks(str(self.root))
-        held = [banks.layout.pointer("current"), banks.layout.pointer("previous")]
-        self.seen_serial = max([0] + [len(banks.manifest(i).get("key_updates") or []) for i in held if i])
+        self.seen_serial = self.committed_chain()
         self.boot()
+
+    def committed_chain(self) -> int:
+        """The longest chain a committed image on the partition carries (good in the state file, or current
+        or previous)."""
+        banks = Banks(str(self.root))
+        st = banks.load()
+        good = [i for i in banks.layout.images() if banks.image_state(st, i).get("state") == "good"]
+        return max([0] + [len(banks.manifest(i).get("key_updates") or []) for i in good])
 
     @rule()
     def point_current_at_the_first_image(self) -> None:
@@ -271,6 +278,9 @@ class RotatingDevice(RuleBasedStateMachine):
             stage(tmp, str(self.old_bank), Policy({IDS[0]: PUBLIC[0]}, False, True), VERSION, machine="x86_64")
             shutil.copytree(tmp.layout.image_dir(self.old_image), lay.image_dir(self.old_image), symlinks=True)
         lay.set_pointer("current", self.old_image)
+        lay.set_pointer("previous", self.old_image)  # and no pointer left at the image that rotated
+        (self.root / TRUST_FILE).unlink(missing_ok=True)
+        self.seen_serial = self.committed_chain()
         self.boot()
 
     # -- the init ----------------------------------------------------------------------------------------------
