@@ -10,8 +10,8 @@ device that skipped releases catches up); when such a bank commits, the device k
 TRUST_FILE on the banks partition (written crash-safely, durable.py).
 
 The keys in force are the root keys advanced by the longest chain that verifies link by link from them,
-taken from the trust file and from the committed images (current, a good next, previous), one extending
-the other. So nothing on the partition can widen the set: an edited or planted file or image does not
+taken from the trust file and from the committed images (good in the state file, current, previous),
+one extending the other. So nothing on the partition can widen the set: an edited or planted file or image does not
 verify; deleting the trust file only takes the device back to the chain its images carry, and at worst to
 the initramfs's own keys. Two updates with one serial (two key updates racing) are refused, never mixed."""
 
