@@ -47,6 +47,7 @@ def _boot(board: Board, initrd: Path, bank: Path, out: Path, name: str, runs: in
     fresh = out / f"disk-{name}.img"
     build_disk(board, bank, fresh, 256 << 20, initrd, extra_cmdline=KMSG)
     timeline = out / f"timeline-{name}.json"
+    (out / name).mkdir(exist_ok=True)
     got = time_boots(board, fresh, "frozen", out / name, runs, clock, timeline)
     return statistics.median(got["later boots"]["Run /init -> image init"]), _steps(timeline)
 
