@@ -10,7 +10,7 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench faults clean distclean
+.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench bench-net faults clean distclean
 
 all: initramfs
 
@@ -67,6 +67,11 @@ lint: deps
 
 bench: deps
 	$(VENV)/bankboot bench --board $(BOARD)
+
+# What staging over the network costs in the guest: https/http against curl, a delta with and without coalescing
+# (it takes /tmp/qemu.lock only while its guest runs).
+bench-net: deps
+	$(VENV)/bankboot bench-net --board $(BOARD)
 
 # The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).

@@ -55,6 +55,9 @@ class Board:
     unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
     sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
     device_key: str = DEVICE_KEY  # where the device's key for encrypted banks is (docs/trust.md)
+    network_ca: Path | None = None  # https: the CA bundle built into the initramfs (a file on the build host)
+    client_cert: str = ""  # https: the device's client certificate, a path on the device (e.g. under /userdata)
+    client_key: str = ""  # ... and its key
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -110,7 +113,7 @@ KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel
               "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
               "boot.config_txt", "boot.device_key", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk",
-              "qemu.serial_index", "qemu.net")
+              "qemu.serial_index", "qemu.net", "network.ca", "network.client_cert", "network.client_key")
 
 
 def check_keys(data: dict, path: Path) -> None:
@@ -169,6 +172,20 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
     if not 1 <= unconfirmed <= 100:
         raise BoardError(f"{path}: boot.unconfirmed_boots must be from 1 to 100, not {unconfirmed}")
     sealed = _get(data, path, "boot.sealed", bool, False)
+    network_ca = None
+    if "ca" in data.get("network", {}):
+        network_ca = (base / _get(data, path, "network.ca", str)).resolve()
+        if not network_ca.is_file() or b"-----BEGIN CERTIFICATE-----" not in network_ca.read_bytes():
+            raise BoardError(f"{path}: network.ca {network_ca} is not a file of PEM certificates")
+    device_paths = {}
+    for key in ("client_cert", "client_key"):
+        value = _get(data, path, f"network.{key}", str, "")
+        if value and not value.startswith("/"):
+            raise BoardError(f"{path}: network.{key} {value!r} must be an absolute path on the device (such as "
+                             f"/userdata/bankboot/device.crt)")
+        device_paths[key] = value
+    if bool(device_paths["client_cert"]) != bool(device_paths["client_key"]):
+        raise BoardError(f"{path}: network.client_cert and network.client_key go together")
     if sealed and "rescue" in data.get("boot", {}) and rescue != "reboot":
         raise BoardError(f"{path}: boot.sealed = true has no rescue shell; boot.rescue must be reboot (or unset)")
     device_key = _get(data, path, "boot.device_key", str, DEVICE_KEY)
@@ -199,5 +216,8 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         unconfirmed_boots=unconfirmed,
         sealed=sealed,
         device_key=device_key,
+        network_ca=network_ca,
+        client_cert=device_paths["client_cert"],
+        client_key=device_paths["client_key"],
         extra=data,
     )

@@ -75,6 +75,7 @@ def paths(args: list[str]) -> tuple[Path, ...]:
 
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
+    from overlay_layout.manifest import describe_persist
 
     m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
                     sign_key=paths(args.sign), confirm_boots=args.confirm_boots,
@@ -90,7 +91,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     if "encryption" in m:
         signed += f", encrypted for key{'s' if len(m['encryption']['recipients']) > 1 else ''} " + \
             ", ".join(r["key"] for r in m["encryption"]["recipients"])
-    sealed = f"sealed, persistent: {' '.join(m['persist'])}" if "persist" in m else \
+    sealed = f"sealed, persistent: {describe_persist(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
     own = f", kernel {m['kernel']['release']}" if "kernel" in m else ""
     print(f"{args.output}: image {m['id']} version {m['version']} ({m['arch']}{own}), squashfs "
@@ -166,7 +167,8 @@ def cmd_delta(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from builder.serve import serve
 
-    return serve(Path(args.dir), args.port, args.bind, args.rate)
+    return serve(Path(args.dir), args.port, args.bind, args.rate, args.tls, Path(args.cert) if args.cert else None,
+                 Path(args.key) if args.key else None, Path(args.client_ca) if args.client_ca else None)
 
 
 def cmd_sample_rootfs(args: argparse.Namespace) -> int:
@@ -194,6 +196,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     parts = tuple(args.only.split(",")) if args.only else ()
     return run_bench(load_board(args.board), runs=args.runs, clock=args.clock, parts=parts)
+
+
+def cmd_bench_net(args: argparse.Namespace) -> int:
+    from builder.netbench import print_netbench, run_netbench
+    from builder.paths import build_dir
+
+    board = load_board(args.board)
+    res = run_netbench(board, build_dir() / "bench-net" / board.name)
+    print(f"bench-net: {board.name}, loopback nginx through QEMU's user network")
+    print_netbench(res)
+    return 0
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
@@ -278,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "repeatable)")
     im.add_argument("--confirm-boots", action="store_true",
                     help="the image runs `bankctl boot-ok` once up; boots without it count towards a fallback")
-    im.add_argument("--persist", action="append", default=[], metavar="DIR",
+    im.add_argument("--persist", action="append", default=[], metavar="DIR[:suid][,dev]",
                     help="a directory whose changes are kept (repeatable); with any, the image is sealed: "
-                         "everything else is the verified squashfs under a tmpfs, reset at every boot")
+                         "everything else is the verified squashfs under a tmpfs, reset at every boot. It is "
+                         "mounted nosuid,nodev unless :suid (setuid files work there) or :dev (device nodes do) "
+                         "follows, e.g. /var:suid or /srv:suid,dev")
     im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
                                    "/sbin/init (an ELF program, or a script's interpreter)")
     im.add_argument("--kernel", metavar="FILE",
@@ -364,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1, which QEMU guests "
                                                         "reach as 10.0.2.2; 0.0.0.0 for devices on the network)")
     sv.add_argument("--rate", help="limit each download to this rate (nginx limit_rate, e.g. 500k): a slow link")
+    sv.add_argument("--tls", action="store_true", help="HTTPS, with a certificate from a test CA made on first use "
+                                                       "(build/serve-tls/ca.pem: give it to devices with --ca)")
+    sv.add_argument("--cert", metavar="FILE", help="HTTPS with this server certificate (PEM) instead")
+    sv.add_argument("--key", metavar="FILE", help="the key of --cert (default: in --cert)")
+    sv.add_argument("--client-ca", metavar="FILE", help="HTTPS that requires a client certificate signed by this CA "
+                                                        "(mTLS; build/serve-tls/ca.pem signs the test device.pem)")
     sv.set_defaults(func=cmd_serve)
 
     sr = sub.add_parser("sample-rootfs", help="build the busybox sample rootfs used by demos and tests")
@@ -390,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these parts: boot, size, unpack, stage, kexec; and trust (not by default): N "
                         "signatures, rotated keys, encrypted staging")
     b.set_defaults(func=cmd_bench)
+    bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
+                                          "delta with and without gap coalescing (QEMU, instruction clock)")
+    bn.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    bn.set_defaults(func=cmd_bench_net)
+
     f = sub.add_parser("faults", help="the never-brick campaign: power cuts and disk faults in QEMU, then recovery")
     f.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")

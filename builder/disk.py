@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from builder.board import Board
 from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
 from builder.run import run
+from overlay_layout.contract import TLS_PIECE
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks
@@ -122,6 +124,27 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
 
 
+def tls_piece_for(initramfs: Path) -> Path | None:
+    """The TLS piece built with `initramfs` (beside it), which `bankctl stage https://` reads from the boot
+    partition; None (with a warning) when the initramfs names none or it is not there, an error when the
+    one there is another build's."""
+    from builder.initramfs import read_settings
+    from builder.tls import piece_path
+    from overlay_layout.net.tlspiece import digest
+
+    conf, _ = read_settings(initramfs)
+    if not conf.tls:
+        return None
+    path = piece_path(initramfs)
+    if not path.is_file():
+        print(f"warning: {path} (the TLS piece of {initramfs}) is missing: this disk's bankctl cannot fetch https "
+              f"URLs", file=sys.stderr)
+        return None
+    if digest(path.read_bytes()) != conf.tls:
+        raise DiskError(f"{path} is not the TLS piece {initramfs} was built with (rebuild both together)")
+    return path
+
+
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
                userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE,
@@ -150,6 +173,9 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         _run(["mkfs.vfat", "-C", "-n", "BOOT", "-i", f"{disk_id:08x}", str(boot), str(layout.parts[0][1] // 1024)])
         (tmp / "cmdline.txt").write_text(cmdline_for(board, layout, extra_cmdline) + "\n")
         files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt")]
+        tls = tls_piece_for(initramfs)
+        if tls is not None:
+            files.append((tls, TLS_PIECE))
         if board.config_txt:
             (tmp / "config.txt").write_text(board.config_txt.lstrip())
             files.append((tmp / "config.txt", "config.txt"))

@@ -24,6 +24,7 @@ CONTENTS_DIR = "bankboot"  # the bundle's libraries and Python modules, at /bank
 # start-up short on slow boards.
 EXCLUDES = [
     "tkinter", "unittest", "pydoc", "doctest", "email", "http", "xml", "xmlrpc", "sqlite3",
+    # ssl (with OpenSSL) is the TLS piece beside the initramfs, which only `bankctl stage https://` opens.
     "ssl", "_ssl", "_hashlib", "lib2to3", "distutils", "setuptools", "pkg_resources", "asyncio",
     "multiprocessing", "concurrent", "curses", "readline", "pdb", "bz2", "lzma", "_bz2", "_lzma",
     "decimal", "_decimal", "ftplib", "smtplib", "mailbox",
@@ -40,14 +41,20 @@ EXCLUDES = [
     "ast", "dataclasses", "datetime", "calendar", "_strptime", "pickle", "_compat_pickle", "subprocess",
     "threading", "_threading_local", "gzip", "pprint", "tracemalloc", "stringprep", "quopri",
     "getopt", "_py_abc", "resource",
+    # Only ever imported for the type checker (under `if TYPE_CHECKING:`), which PyInstaller cannot tell:
+    # 0.2 MB the device never runs. tarfile: shutil's archive helpers, never called (bank files have their
+    # own reader, overlay_layout/bankfile.py).
+    "typing", "_typing", "overlay_layout.records", "tarfile",
 ]
 # Codecs anything here uses (Python's own UTF-8 mode, ASCII, Latin-1 and the escapes); the other ~110
 # modules of `encodings` are 0.6 MB of base_library.zip that nothing in the init or bankctl reads.
 KEEP_ENCODINGS = ("__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "unicode_escape",
                   "raw_unicode_escape")
-# PyInstaller zlib-compresses each module in its archive; stored (level 0), the initramfs's own zstd
-# compresses them far better, and start-up does not inflate them.
-FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "0"}
+# PyInstaller zlib-compresses each module in its archives (the PYZ in /init, base_library.zip). Stored, the
+# initramfs's zstd would compress them a little better (0.2 MB on arm64), but the kernel then decompresses
+# all 1.9 MB before /init runs (25 ms on the instruction clock), where Python inflates only the modules a
+# run imports (the init's: a quarter of them, 2 ms). Compressed, the kernel copies them.
+FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "9"}
 # -OO: no docstrings or asserts in the bundle's bytecode (nothing here reads a docstring at run time).
 OPTIONS = ["--optimize", "2"]
 HIDDEN_IMPORTS: list[str] = []
@@ -63,12 +70,13 @@ def excluded_encodings(sysroot: PySysroot) -> list[str]:
 
 def freeze_inputs() -> list[Path]:
     """The files whose content decides the frozen result."""
-    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").glob("*.py"), Path(__file__)])
+    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").rglob("*.py"), Path(__file__)])
 
 
-def input_hash(sysroot: PySysroot) -> str:
+def input_hash(sysroot: PySysroot, libpython: Path) -> str:
     h = hashlib.sha256()
     h.update(sysroot.stamp.encode())
+    h.update(libpython.read_bytes())
     h.update(repr((EXCLUDES, KEEP_ENCODINGS, OPTIONS, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
     for f in freeze_inputs():
         h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -79,9 +87,25 @@ class FreezeError(RuntimeError):
     pass
 
 
+def use_lean_libpython(contents: Path, libpython: Path, soname: str) -> None:
+    """The bundle's libpython replaced by builder/leanpython.py's; a library only the old one needed (libexpat,
+    for the XML parser left out) goes with it."""
+    from builder.elf import is_elf, read_elf
+
+    shutil.copyfile(libpython, contents / soname)
+    needed = {n for p in contents.rglob("*") if p.is_file() and not p.is_symlink() and is_elf(p)
+              for n in read_elf(p).needed}
+    for lib in contents.glob("libexpat.so*"):
+        if lib.name not in needed:
+            lib.unlink()
+
+
 def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
     """Return the onedir bundle (a directory holding `init` and `bankboot/`), freezing when needed."""
-    key = input_hash(sysroot)
+    from builder.leanpython import SONAME, lean_libpython
+
+    libpython = lean_libpython(sysroot.arch)
+    key = input_hash(sysroot, libpython)
     out = cache_dir() / "frozen" / sysroot.arch.debian / key
     if (out / NAME / NAME).is_file():
         return out / NAME
@@ -113,6 +137,7 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         tail = (proc.stdout + proc.stderr).strip()[-3000:]
         shutil.rmtree(work, ignore_errors=True)
         raise FreezeError(f"PyInstaller failed for {sysroot.arch.debian} (exit {proc.returncode}):\n{tail}")
+    use_lean_libpython(work / "dist" / NAME / CONTENTS_DIR, libpython, SONAME)
     final = work / "final"
     (work / "dist").rename(final)
     if out.exists():

@@ -26,7 +26,7 @@ from overlay_layout import chunks, durable
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
-from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest
+from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest, split_persist
 from overlay_layout.trust import TrustError, parse_version, read_private_key
 
 TYPE_CHECKING = False
@@ -80,9 +80,10 @@ def check_persist_paths(rootfs: Path, persist: list[str]) -> list[str]:
     except LayoutError as e:
         raise ImageError(str(e)) from None
     init = resolve_in_root(rootfs, "/sbin/init")
-    for p in paths:
+    for p in (split_persist(e)[0] for e in paths):
         d = rootfs / p.lstrip("/")
-        if d.is_symlink() or not d.is_dir():
+        # No part of it a symlink: the init refuses one (it would put the mount elsewhere).
+        if any(d.parents[i].is_symlink() for i in range(p.count("/") - 1)) or d.is_symlink() or not d.is_dir():
             raise ImageError(f"--persist {p}: {d} is not a directory in the rootfs (a persistent path is mounted "
                              f"over the image's own directory; create it, even empty)")
         if init == p or init.startswith(p + "/"):
@@ -173,6 +174,10 @@ def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None
                                                     tmp / "initramfs.img")
     elif initramfs is not None:
         files["initramfs"] = initramfs
+    from builder.tls import piece_path
+
+    if piece_path(files["initramfs"]).is_file():  # https for that initramfs's bankctl (builder/tls.py)
+        files["tls"] = piece_path(files["initramfs"])
     obj: dict = {"release": k.release, "version": k.version}
     for name, src in files.items():
         obj[name] = {"path": KERNEL_FILES[name], "size": src.stat().st_size, "sha256": sha256_file(src)}

@@ -1,6 +1,7 @@
-"""Assemble a board's initramfs: the frozen init (or, for comparison, a busybox-sh /init), a static
-busybox with its applet links, the libraries the init needs and the board's kernel modules, written as
-a reproducible cpio archive and compressed the way the board says."""
+"""Assemble a board's initramfs: the frozen init (or, for comparison, a busybox-sh /init), bankctl's
+launcher, a static busybox with its applet links (not in a sealed build: no shell there), the libraries
+the init needs and the board's kernel modules, written as a reproducible cpio archive and compressed the
+way the board says."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import ModuleError, module_closure, run_depmod
+from builder.launcher import build_launcher
 from builder.parts import KernelParts, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from initfs.version import VERSION
@@ -25,6 +27,7 @@ from overlay_layout.contract import (
     CONF,
     ETC,
     KIT_LIST,
+    LAUNCHER,
     MODULES,
     OPTIONAL_MARK,
     RUN,
@@ -81,21 +84,31 @@ class BuildResult:
     unpacked: int
     compression: str
     kernel: KernelParts
+    tls: Path | None = None  # the TLS piece written beside it (builder/tls.py)
 
 
-def add_busybox(tree: FsTree, board: Board, shell: bool = True) -> None:
-    """Debian's static busybox runs its applets from its shell without links (FEATURE_SH_STANDALONE): only
-    /bin/sh is linked, for the rescue shell and the busybox-sh baseline. Four hundred applet links would
-    cost every boot their unpacking and, at the hand-over, their deletion. shell=False (sealed builds): not
-    even /bin/sh, so no `rdinit=/bin/sh` on a changed kernel command line finds a shell."""
-    busybox = locate_busybox(board.arch)
+def add_busybox(tree: FsTree, board: Board, sysroot: PySysroot | None = None) -> None:
+    """Busybox: the rescue shell and the tools a development board's console needs. With the frozen init
+    (sysroot given), Debian's dynamic busybox, which shares the init's libc (0.9 MB against the static one's
+    1.9: every boot unpacks it); the rescue shell makes its applet links when it starts (initfs/rescue.py).
+    For the busybox-sh baseline, the static one, whose shell runs its applets without links
+    (FEATURE_SH_STANDALONE, through /proc/self/exe). Only /bin/sh is linked: four hundred applet links
+    would cost every boot their unpacking and, at the hand-over, their deletion. Never in a sealed build
+    (assemble): the kernel passes the words after `rdinit=` as arguments, so any multi-call binary is a shell
+    (`rdinit=/bin/busybox sh`), and the sealed init needs none of it."""
+    busybox = locate_busybox(board.arch, dynamic=sysroot is not None)
     tree.add_file("bin/busybox", src=busybox, mode=0o755)
-    if shell:
-        tree.add_symlink("bin/sh", "busybox")
+    tree.add_symlink("bin/sh", "busybox")
+    if sysroot is not None:
+        resolver = LibraryResolver(sysroot.root, board.arch)
+        resolver.add_program(busybox, "/bin/busybox")
+        add_closure(tree, resolver, sysroot.root)
 
 
 # Carried but not loaded at boot: `bankctl install-loader` loads them to write the boot partition (FAT).
-ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii")}
+# hash: the kernel's crypto socket (AF_ALG), loaded by a trial's first boot and by `bankctl stage` to hash with
+# the kernel's SHA-256 (overlay_layout/kernelhash.py).
+ON_DEMAND_MODULES = {"vfat": ("vfat", "nls_cp437", "nls_ascii"), "hash": ("algif_hash",)}
 
 
 def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...],
@@ -132,6 +145,13 @@ def add_modules(tree: FsTree, kernel: KernelParts, names: tuple[str, ...],
                 shutil.copyfile(kernel.modules_dir / meta, mdir / meta)
         mdir.mkdir(parents=True, exist_ok=True)
         run_depmod(Path(tmp), kernel.version)
+        # depmod has read them: modules.order keeps the lines of the modules carried (150 KB for the whole
+        # kernel), and the builtin modules' modinfo is already in the modules.builtin.*.bin it wrote.
+        order_file = mdir / "modules.order"
+        if order_file.is_file():
+            order_file.write_text("".join(f"{ln}\n" for ln in order_file.read_text().splitlines()
+                                          if (mdir / ln).is_file()))
+        (mdir / "modules.builtin.modinfo").unlink(missing_ok=True)
         for f in sorted(mdir.rglob("*")):
             if f.is_file():
                 tree.add_file(f"{base}/{f.relative_to(mdir)}", data=f.read_bytes(), mode=0o644)
@@ -191,16 +211,17 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep:
     for lib in sorted(contents.iterdir()):
         if lib.name in system and lib.is_file() and not lib.is_symlink():
             tree.replace_with_symlink(f"{CONTENTS_DIR}/{lib.name}", "../" + system[lib.name].lstrip("/"))
-    # What the init copies to the banks partition so bankctl runs in the booted image (initfs/kit.py).
-    kit = ["init", CONTENTS_DIR, "bin/busybox", archive_path(ETC), *(keep or []),
-           *sorted(x.lstrip("/") for x in resolver.closure.links),
-           *sorted(x.lstrip("/") for x in resolver.closure.files)]
-    tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
     # The launcher runs ld.so by the path of the real file: PT_INTERP may be a symlink, and an absolute one
     # (amd64's /lib64/ld-linux-x86-64.so.2) would point outside the kit.
     conf.interp = resolve_in_root(sysroot.root, read_elf(bundle / "init").interp or "")
     conf.build = bundle.parent.name
     conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
+    tree.add_file(archive_path(LAUNCHER), data=build_launcher(sysroot.arch, conf.interp, conf.libdirs), mode=0o755)
+    # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/kit.py).
+    kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), archive_path(ETC), *(keep or []),
+           *sorted(x.lstrip("/") for x in resolver.closure.links),
+           *sorted(x.lstrip("/") for x in resolver.closure.files)]
+    tree.add_file(archive_path(KIT_LIST), data="".join(f"{k}\n" for k in kit).encode())
 
 
 @dataclass(frozen=True)
@@ -233,10 +254,26 @@ def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
     conf.threshold = policy.threshold
 
 
+def add_network(tree: FsTree, board: Board, sysroot: PySysroot, conf: InitramfsConf) -> None:
+    """HTTPS for `bankctl stage`: the TLS piece's sha256 (the piece itself is written beside the initramfs,
+    never unpacked at boot: overlay_layout/net/tlspiece.py), the board's CA bundle, and where the device
+    keeps its client certificate and key."""
+    from builder.tls import tls_piece
+    from overlay_layout.contract import NETWORK_CA
+    from overlay_layout.net.tlspiece import digest
+
+    conf.tls = digest(tls_piece(sysroot))
+    if board.network_ca is not None:
+        tree.add_file(archive_path(NETWORK_CA), data=board.network_ca.read_bytes(), mode=0o644)
+    conf.client_cert, conf.client_key = board.client_cert, board.client_key
+
+
 def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = None) -> tuple[FsTree, KernelParts]:
     if init not in INIT_KINDS:
         raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
     kernel = locate_kernel(board)
+    if board.sealed:
+        refuse_root_capable_kernel(board, kernel)
     tree = FsTree()
     for d in BASE_DIRS:
         tree.add_dir(d)
@@ -246,7 +283,8 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     # Python reads random bytes for hash randomisation before the init mounts devtmpfs; where the kernel's
     # RNG is not ready yet (QEMU raspi3b) getrandom() says EAGAIN and Python falls back to this node.
     tree.add_device("dev/urandom", "char", 1, 9, 0o666)
-    add_busybox(tree, board, shell=not (board.sealed and init == "frozen"))
+    if not (board.sealed and init == "frozen"):
+        add_busybox(tree, board, locate_sysroot(board.arch) if init == "frozen" else None)
     _, on_demand = add_modules(tree, kernel, board.modules, board.optional_modules)
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
@@ -256,10 +294,35 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
         add_trust(tree, policy or TrustPolicy(), conf)
         add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)
         conf.kexec = add_kexec(tree, board, kernel)
+        add_network(tree, board, locate_sysroot(board.arch), conf)
+        if board.sealed:
+            keep_only_programs(tree, {"init", archive_path(LAUNCHER), conf.interp.lstrip("/"), "sbin/kexec"})
     else:
         tree.add_file("init", data=BUSYBOX_INIT.encode(), mode=0o755)
     tree.add_file(archive_path(CONF), data=conf.render().encode())
     return tree, kernel
+
+
+def refuse_root_capable_kernel(board: Board, kernel: KernelParts) -> None:
+    """A sealed build's kernel must not mount a disk by itself (builder/kconfig.py): `rdinit=` naming no file
+    and `root=`/`init=` would then run whatever the card holds."""
+    from builder.kconfig import builtin_root_filesystems, kernel_config
+
+    config = kernel_config(kernel)
+    found = builtin_root_filesystems(config) if config else []
+    if found:
+        raise ValueError(f"board {board.name}: kernel {kernel.version} has {', '.join(found)} built in ({config}): "
+                         f"with rdinit= naming no file it would mount root= itself and run any init= from the "
+                         f"card; a sealed build needs those as modules")
+
+
+def keep_only_programs(tree: FsTree, programs: set[str]) -> None:
+    """Sealed builds: only the programs the init and bankctl start keep their execute bits, so they are all
+    that `rdinit=` can name (tests/vm/test_rdinit.py tries each). Libraries need none: ld.so and dlopen map
+    them, which only a noexec mount would refuse."""
+    for path, entry in tree.entries.items():
+        if entry.kind == "file" and path not in programs:
+            entry.mode &= ~0o111
 
 
 def read_settings(initramfs: Path) -> tuple[InitramfsConf, dict[str, bytes]]:
@@ -293,4 +356,10 @@ def build_initramfs(board: Board, output: Path, init: str = "frozen",
     data = compression.compress(raw.getvalue(), method)
     output.parent.mkdir(parents=True, exist_ok=True)
     durable.write_file(str(output), data)
-    return BuildResult(output, len(data), len(raw.getvalue()), method, kernel)
+    tls = None
+    if init == "frozen":
+        from builder.tls import piece_path, tls_piece
+
+        tls = piece_path(output)
+        durable.write_file(str(tls), tls_piece(locate_sysroot(board.arch)))
+    return BuildResult(output, len(data), len(raw.getvalue()), method, kernel, tls)

@@ -13,7 +13,7 @@ from builder.image import ImageError, read_bank
 from initfs.version import VERSION
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
-from overlay_layout.manifest import parse_manifest
+from overlay_layout.manifest import describe_persist, parse_manifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ def _describe_image(m: Manifest, report: dict[str, Any]) -> list[str]:
         lines.append(f"  own kernel {m['kernel']['release']} (booted by kexec)")
     files = "encrypted, not checked" if report["files_ok"] is None else report["files_ok"]
     lines += [f"  needs bankboot {m.get('min_bankboot', 'any')}; confirm_boots: {m.get('confirm_boots', False)}",
-              f"  {'sealed, persistent: ' + ' '.join(m['persist']) if 'persist' in m else 'UNSEALED'}",
+              f"  {'sealed, persistent: ' + describe_persist(m['persist']) if 'persist' in m else 'UNSEALED'}",
               f"  signed: {report['signed']}; files match the manifest: {files}"]
     for sig in report.get("signatures", []):
         state = {True: "verifies", False: "DOES NOT verify", None: "by a key not checked against"}[sig["valid"]]

@@ -120,8 +120,10 @@ def _fetch_packages(packages: list[str], arch: Arch, subdir: str) -> None:
 
 
 def fetch_busybox(arch: Arch) -> Path:
-    """The static busybox for `arch` from Debian's busybox-static."""
+    """The static busybox for `arch` from Debian's busybox-static (sample images, the baseline init), and the
+    dynamic one from Debian's busybox (a development initramfs's rescue shell: it shares the init's libc)."""
     _fetch_packages(["busybox-static"], arch, "busybox")
+    _fetch_packages(["busybox"], arch, "busybox-dynamic")
     return locate_busybox(arch)
 
 
@@ -151,8 +153,9 @@ def kexec_method(kernel: KernelParts, arch: Arch) -> str:
     return "file" if arch.debian == "amd64" else "tools"
 
 
-def locate_busybox(arch: Arch) -> Path:
-    path = cache_dir() / "busybox" / arch.debian / "bin" / "busybox"
+def locate_busybox(arch: Arch, dynamic: bool = False) -> Path:
+    """Debian's static busybox, or (dynamic) the one linked against libc, half the size."""
+    path = cache_dir() / ("busybox-dynamic" if dynamic else "busybox") / arch.debian / "bin" / "busybox"
     if not path.is_file():
         raise PartsError(f"busybox for {arch.debian} is not fetched yet: run `make deps`")
     return path

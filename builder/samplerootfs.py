@@ -40,7 +40,7 @@ if [ -e /sys/class/net/eth0 ]; then
     echo "sample-rootfs: network up on eth0"
 fi
 # On a trial boot, commit once our own checks pass (a real image would do this from a health service).
-if grep -qE '"trial": ?true' {BOOTED} 2>/dev/null; then  # compact JSON (jsontext) or spaced
+if grep -qE '"trial": ?true' {BOOTED} 2>/dev/null; then  # spaced as json.dumps writes it, or compact
   if [ -e /etc/sample-no-mark-good ]; then
     echo "sample-rootfs: trial boot; this image never marks itself good"
   elif [ -x {BIN}/bankctl ] && {BIN}/bankctl mark-good; then

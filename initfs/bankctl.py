@@ -18,6 +18,7 @@ from overlay_layout import bootlog
 from overlay_layout.contract import BANKS, BOOTED, CONF, RUN, TIMELINE, InitramfsConf, archive_path, modules_list
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.manifest import describe_persist
 from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
@@ -130,6 +131,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
         kernel = img.get("kernel") or "(the loader's)"
         print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} {kernel:<22} "
               f"{','.join(img['pointers'])}{extra}")
+    for img in status["images"]:
+        if img.get("persist"):
+            print(f"  {img['id']} keeps changes only in {describe_persist(img['persist'])}")
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")
     t = status["trust"]
@@ -167,17 +171,14 @@ class Progress:
 
 
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.modules import fast_hashing
+
     booted = booted_info().get("image")
+    if getattr(sys, "frozen", False):
+        fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
     if "://" in args.file:
-        from overlay_layout.download import stage_url  # the HTTP client: only `stage URL` pays for it
-
-        def say(line: str) -> None:
-            sys.stderr.write(f"\n{line}\n")
-
-        m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
-                             progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted,
-                             timeout=args.timeout, retries=args.retries, say=say)
-        print(f"fetched: {m.get('_fetched') or stats.line()}")
+        m, line = _stage_url(banks, args, booted)  # the network stage: only `stage URL` imports it
+        print(f"fetched: {line}")
     else:
         from overlay_layout.stage import stage
 
@@ -188,6 +189,34 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
     if m.get("_keys"):
         print(f"{m['_keys']}: in force once this image is committed (mark-good)")
     return EXIT_OK
+
+
+def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tuple[Any, str]:
+    from overlay_layout.contract import NETWORK_CA
+    from overlay_layout.net.download import stage_url
+    from overlay_layout.net.tls import TlsOptions
+    from overlay_layout.net.transport import Settings
+
+    conf, kit = kit_conf(), kit_root()
+
+    def say(line: str) -> None:
+        sys.stderr.write(f"\n{line}\n")
+
+    def load_tls() -> None:
+        from initfs.tlskit import load_tls
+
+        load_tls(conf, banks.root, kit)
+
+    built_in_ca = os.path.join(kit, archive_path(NETWORK_CA))
+    tls = TlsOptions(ca=args.ca or (built_in_ca if os.path.isfile(built_in_ca) else None),
+                     cert=args.cert or conf.client_cert or None, key=args.key or conf.client_key or None,
+                     load=load_tls)
+    settings = Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
+                        say=say)
+    m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
+                         progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted, settings=settings,
+                         whole_file=args.whole_file, **({} if args.gap is None else {"gap": args.gap}))
+    return m, m.get("_fetched") or stats.line()
 
 
 def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
@@ -352,10 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the new image with a copy of current's changes (default) or with none")
     s.add_argument("--allow-downgrade", action="store_true",
                    help="accept a version below the anti-rollback floor, where the initramfs allows it")
-    s.add_argument("--timeout", type=float, default=20.0, help="URL: seconds without an answer before a retry "
+    s.add_argument("--timeout", type=float, default=20.0, help="URL: seconds an answer's header may take, and in "
+                                                                "which a body must bring 1 KiB, before a retry "
                                                                 "(default 20)")
-    s.add_argument("--retries", type=int, default=5, help="URL: retries of a failed request, with backoff, "
+    s.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="URL: seconds to connect (TCP and TLS) before a retry (default 10)")
+    s.add_argument("--retries", type=int, default=5, help="URL: retries in a row of a failed request, with backoff, "
                                                           "before giving up (default 5)")
+    s.add_argument("--ca", metavar="FILE", help="https: the CA bundle (PEM) servers are checked against (default: "
+                                                "the board file's network.ca, else the running image's "
+                                                "/etc/ssl/certs/ca-certificates.crt)")
+    s.add_argument("--cert", metavar="FILE", help="https: this device's client certificate (PEM; default: the board "
+                                                  "file's network.client_cert)")
+    s.add_argument("--key", metavar="FILE", help="https: the client certificate's key (PEM, unencrypted; default: "
+                                                 "the board file's network.client_key, else in --cert)")
+    s.add_argument("--whole-file", action="store_true",
+                   help="URL: from a server without byte ranges, download the whole file even when only a small "
+                        "part is missing")
+    s.add_argument("--gap", type=int, metavar="BYTES",
+                   help="URL: fetch two runs of missing chunks in one request when at most this many bytes lie "
+                        "between them (default 64 KiB; 0: never)")
     s.set_defaults(func=cmd_stage)
     s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
     s.set_defaults(func=cmd_mark_good)
@@ -400,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
             return int(args.func(banks, args))
     except StageError as e:
-        print(f"\nbankctl {args.command}: {'failed' if 'resumes' in str(e) else 'refused'}: {e}", file=sys.stderr)
+        print(f"\nbankctl {args.command}: {'failed' if e.transient else 'refused'}: {e}", file=sys.stderr)
         return EXIT_STAGE
     except StateError as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)

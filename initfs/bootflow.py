@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn, TypeVar
 
+    from overlay_layout.nofollow import Ident
     from overlay_layout.policy import Candidate, Plan
     from overlay_layout.records import BootRecord, Manifest, Prepared, Tried
     from overlay_layout.state import Banks
@@ -136,6 +137,10 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     manifest["_signed_by"] = who
     log.log(f"image {image}: manifest signed by {who}")
     if full:
+        from initfs.modules import fast_hashing
+
+        with log.step("the kernel's SHA-256"):
+            log.log(fast_hashing())
         with log.step(f"hash {image}"):
             files = [(layout.squashfs(image), manifest["sha256"], manifest["size"])]
             if "verity" in manifest:
@@ -174,11 +179,12 @@ def _volatile(image: str) -> tuple[str, str]:
     return f"{base}/upper", f"{base}/work"
 
 
-def mount_image(layout: Layout, image: str, full_check: bool = False, keys: KeySet | None = None) -> Manifest:
+def mount_image(layout: Layout, image: str, full_check: bool = False, notes: list[str] | None = None,
+                keys: KeySet | None = None) -> Manifest:
     """The image's verified squashfs under an overlay on NEWROOT. A sealed image (its signed manifest has a
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
-    upper from the banks partition."""
+    upper from the banks partition. `notes`: what was repaired on the way (a planted symlink replaced)."""
     from initfs.loop import attach_readonly
 
     layout.check_image(image)
@@ -212,38 +218,97 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, keys: KeyS
             upper, work = _volatile(image)
             mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
             return manifest
+        replaced: list[str] = []
         try:
-            layout.prepare_image_dirs(image)
-            upper, work = layout.sub(image, "upper"), layout.sub(image, "work")
-            mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
+            for name in ("backups", "utils"):
+                layout.ensure_sub(image, name, replaced)
+            upper, up_id = layout.ensure_sub(image, "upper", replaced)
+            work, work_id = layout.ensure_sub(image, "work", replaced)
+            mount_overlay(NEWROOT, LOWER, (upper, up_id), (work, work_id), 0)
         except OSError as e:
             # The banks partition cannot hold the upper (read-only, full, damaged): changes go to memory.
             log.error(f"image {image}: its overlay upper on the banks partition cannot be used ({e.strerror}); "
                       f"changes made in this boot will not persist")
             upper, work = _volatile(image)
             mount("overlay", NEWROOT, "overlay", 0, f"lowerdir={LOWER},upperdir={upper},workdir={work}")
+        finally:
+            report_replaced(image, replaced, notes)
     return manifest
 
 
-def mount_persistent(layout: Layout, image: str, persist: list[str]) -> None:
+def report_replaced(image: str, replaced: list[str], notes: list[str] | None) -> None:
+    """Planted symlinks replaced on the banks partition: a warning on the console and in the boot record."""
+    for r in replaced:
+        log.error(f"image {image}: {r}")
+        if notes is not None:
+            notes.append(r)
+
+
+def mount_overlay(target: str, lower: str, upper: tuple[str, Ident], work: tuple[str, Ident], flags: int) -> None:
+    """An overlay with an upper and work directory walked without following links (nofollow.py). The paths
+    go to the kernel as text: nothing else runs to rename anything in between (see nofollow.py), and each
+    is checked to be the directory walked once mounted; when one is not, the mount is undone."""
+    from overlay_layout.nofollow import same_dir
+
+    mount("overlay", target, "overlay", flags, f"lowerdir={lower},upperdir={upper[0]},workdir={work[0]}")
+    if not (same_dir(upper[0], upper[1]) and same_dir(work[0], work[1])):
+        from initfs.syscalls import MNT_DETACH, umount
+
+        umount(target, MNT_DETACH)
+        raise OSError(errno.ELOOP, f"{upper[0]} or {work[0]} changed while it was mounted")
+
+
+def persist_flags(allowed: tuple[str, ...]) -> int:
+    """A persistent path is mounted nosuid,nodev unless its signed entry allows setuid (suid) or device
+    nodes (dev): what someone writes into it offline must not become root or read the disk."""
+    return (0 if "suid" in allowed else MS_NOSUID) | (0 if "dev" in allowed else MS_NODEV)
+
+
+def mount_persistent(layout: Layout, image: str, persist: list[str], notes: list[str] | None = None) -> None:
     """A sealed image's persistent paths, each an overlay of the image's own directory with an upper of its
-    own under overlay/<id>/upper/<path>. Nothing else on the banks partition is ever seen by the image."""
-    for path in persist:
+    own under overlay/<id>/upper/<path>, nosuid,nodev unless the manifest allows either. Nothing else on the
+    banks partition is ever seen by the image: the upper and work directories are reached without following
+    a symlink (one planted there is replaced by an empty directory, and reported), and so are the image's
+    own directory and the mount point in the new root (signed, but a symlink there is refused)."""
+    from overlay_layout.manifest import split_persist
+    from overlay_layout.nofollow import check_dirs
+
+    for entry in persist:
+        path, allowed = split_persist(entry)
         rel = path.lstrip("/")
-        target = f"{NEWROOT}/{rel}"
-        if os.path.islink(f"{LOWER}/{rel}") or not os.path.isdir(f"{LOWER}/{rel}") or os.path.islink(target):
-            raise BootError(f"persistent path {path} is not a directory in the image")
-        lower = f"{LOWER}/{rel}"
+        target, lower = f"{NEWROOT}/{rel}", f"{LOWER}/{rel}"
         try:
-            upper, work = f"{layout.sub(image, 'upper')}/{rel}", f"{layout.sub(image, 'work')}/{rel}"
-            durable.make_dirs(upper)
-            durable.make_dirs(work)
-            mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+            check_dirs(LOWER, rel)
+            check_dirs(NEWROOT, rel)
+        except OSError as e:
+            raise BootError(f"persistent path {path} is not a directory in the image ({e.strerror})") from None
+        flags = persist_flags(allowed)
+        replaced: list[str] = []
+        try:
+            upper = layout.ensure_sub(image, "upper", replaced, rel)
+            work = layout.ensure_sub(image, "work", replaced, rel)
+            mount_overlay(target, lower, upper, work, flags)
         except OSError as e:
             log.error(f"image {image}: the upper of its persistent path {path} on the banks partition cannot be "
                       f"used ({e.strerror}); changes made there in this boot will not persist")
-            upper, work = _volatile(f"{image}.{rel.replace('/', '.')}")
-            mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+            up, wk = _volatile(f"{image}.{rel.replace('/', '.')}")
+            mount("overlay", target, "overlay", flags, f"lowerdir={lower},upperdir={up},workdir={wk}")
+        finally:
+            report_replaced(image, replaced, notes)
+
+
+def repair_userdata_dir(opts: Options, layout: Layout) -> list[str]:
+    """With bankboot.userdata=banks, the userdata directory made a real one before the boot record is written
+    (a symlink planted in its place is replaced: the notes say so). Failures are mount_userdata's to report."""
+    replaced: list[str] = []
+    if opts.get("bankboot.userdata") == "banks":
+        try:
+            layout.ensure_userdata_dir(replaced)
+        except (OSError, ValueError):
+            pass
+        for r in replaced:
+            log.error(r)
+    return replaced
 
 
 def mount_userdata(opts: Options, layout: Layout) -> str:
@@ -257,9 +322,18 @@ def mount_userdata(opts: Options, layout: Layout) -> str:
     try:
         os.makedirs(target, exist_ok=True)
         if spec == "banks":
-            src = layout.userdata_dir()
-            os.makedirs(src, exist_ok=True)
-            mount(src, target, None, MS_BIND)
+            from overlay_layout.nofollow import same_dir
+
+            replaced: list[str] = []
+            src, ident = layout.ensure_userdata_dir(replaced)  # repair_userdata_dir did any repair
+            for r in replaced:
+                log.error(r)
+            mount(src, target, None, MS_BIND)  # the banks partition's nosuid,nodev carry over to the bind
+            if not same_dir(src, ident):
+                from initfs.syscalls import MNT_DETACH, umount
+
+                umount(target, MNT_DETACH)
+                raise OSError(errno.ELOOP, f"{src} changed while it was mounted")
             return src
         dev = wait_for_device(spec, device_timeout(opts), "userdata partition")
         try:
@@ -318,7 +392,8 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
     from initfs.preflight import preflight, verify_ranges
     from overlay_layout.policy import below_floor
 
-    manifest = mount_image(layout, image, full_check=trial, keys=keys)
+    notes: list[str] = []
+    manifest = mount_image(layout, image, full_check=trial, notes=notes, keys=keys)
     if below_floor(manifest["version"], boot_floor):  # the signed version, checked again after the plan
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
     pinned = opts.get("bankboot.kexec")
@@ -337,7 +412,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
             n = preflight(NEWROOT, init)
             log.log(f"image {image}: {init} and the {n - 1} file(s) it needs read back fine")
     result: Prepared = {"signed_by": manifest["_signed_by"], "confirm_boots": manifest.get("confirm_boots") is True,
-              "sealed": persist is not None, "persist": persist}
+                        "sealed": persist is not None, "persist": persist, "notes": notes}
     if trial:
         from initfs.selftest import self_test
 
@@ -347,7 +422,7 @@ def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, c
         log.log(f"self-test of {image}: {result['selftest']}")
     if persist is not None:
         with log.step("mount persistent paths"):
-            mount_persistent(layout, image, persist)
+            mount_persistent(layout, image, persist, notes)
         log.log(f"image {image} is sealed: only {' '.join(persist)} keep changes")
     else:
         log.log(f"image {image} is UNSEALED: its whole root keeps changes on the banks partition, including "
@@ -409,7 +484,10 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
     for cand in plan.candidates:
         why = f"{how}: {cand.why}" if cand.why.startswith("selected") else cand.why
         log.log(f"booting image {cand.image} ({why})")
+        seen = len(banks.warnings)
         done = _quietly(f"factory reset of {cand.image}", banks.apply_reset, cand.image)
+        for w in banks.warnings[seen:]:  # a planted symlink the reset replaced
+            log.error(w)
         if done:
             log.log(f"{cand.image}: {done}")
         try:
@@ -485,7 +563,8 @@ def write_timeline(path: str = TIMELINE) -> None:
 
     log.mark("hand-over")
     with open(path, "w") as f:
-        f.write(jsontext.dumps({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline}))
+        f.write(jsontext.dumps({"clock": "seconds since the kernel started (CLOCK_BOOTTIME)", "steps": log.timeline},
+                               spaced=True))
 
 
 def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
@@ -524,8 +603,11 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
         record["tried"] = tried
     if prepared.get("kexec"):
         kexec_into(opts, image, trial, prepared, record)
-    removed = _quietly("removing kits from the banks partition", remove_old_kits, layout, layout.images()) or []
+    repairs = prepared.get("notes", []) + repair_userdata_dir(opts, layout)
+    removed = _quietly("removing kits from the banks partition", remove_old_kits, layout, layout.images(),
+                       repairs) or []
     notes = plan.notes + [f"removed {p} (a bankctl kit on the banks partition is never run)" for p in removed]
+    notes += repairs
     if notes:
         record["notes"] = "; ".join(notes)
     unconfirmed = None
@@ -547,10 +629,10 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
                    "kernel": {"running": os.uname().release,
                               "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
                               if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings}))
+                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}, spaced=True))
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):
-        if _quietly("mounting the bankctl kit", expose_kit, config):
+        if _quietly("mounting the bankctl kit", expose_kit):
             keep = _quietly("reading the kit list", read_kit_list) or []
     log_warnings: list[str] = []
     _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)

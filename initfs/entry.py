@@ -6,8 +6,10 @@ import sys
 
 
 def run() -> None:
+    # As PID 1 it is the init, whatever the environment says: the kernel turns words of its command line
+    # into the init's environment (BANKBOOT_ENTRY=bankctl on a changed command line must not choose).
     name = os.environ.get("BANKBOOT_ENTRY") or os.path.basename(sys.argv[0])
-    if name == "bankctl":
+    if name == "bankctl" and os.getpid() != 1:
         from initfs.bankctl import main as bankctl
 
         sys.exit(bankctl(sys.argv[1:]))

@@ -13,7 +13,7 @@ import os
 
 from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
 from overlay_layout import durable
-from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE
+from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE, TLS_PIECE
 from overlay_layout.hashing import copy_hashed
 
 TYPE_CHECKING = False
@@ -96,6 +96,8 @@ def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: s
     k = manifest["kernel"]
     files = [(lower + k["image"]["path"], kernel_name, k["image"]),
              (lower + k["initramfs"]["path"], INITRAMFS_NAME, k["initramfs"])]
+    if "tls" in k:  # the new initramfs's TLS piece goes beside it (initfs/tlskit.py reads it there)
+        files.append((lower + k["tls"]["path"], TLS_PIECE, k["tls"]))
     os.makedirs(BOOT, exist_ok=True)
     try:
         mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC)

@@ -25,6 +25,26 @@ def read_order(path: str = ORDER_FILE) -> list[str]:
         return []
 
 
+def fast_hashing(root: str = "") -> str:
+    """Hash with the kernel from now on (its crypto socket: the on-demand set `hash`, loaded from `root`, the
+    initramfs or bankctl's kit); returns a line saying with what, for the log."""
+    from overlay_layout import hashing
+    from overlay_layout.contract import modules_list
+
+    if hashing.accelerated():
+        return "hashing with OpenSSL or the kernel already"
+    try:
+        load_modules(os.uname().release, read_order(f"{root}{modules_list('hash')}"), root)
+    except ModuleLoadError as e:
+        return f"hashing with Python's SHA-256: {e}"
+    why = hashing.use_kernel()
+    if why is not None:
+        return f"hashing with Python's SHA-256: {why}"
+    from overlay_layout.kernelhash import implementation
+
+    return f"hashing with the kernel's SHA-256 ({implementation() or 'its best driver'})"
+
+
 def load_modules(release: str, order: list[str], root: str = "") -> int:
     """Load each module once; one that is already loaded (or built in) is fine. Returns how many were
     loaded. A module that fails is an error naming it and the kernel's reason. `root`: another tree holding

@@ -31,8 +31,9 @@ def give_up(reason: str, tried: list[Tried], mode: str) -> NoReturn:
     for t in tried:
         log.error(f"  tried {t['image']} ({t['why']}): {t['error']}")
     if mode == "reboot":
-        reboot_now(f"nothing could be booted; rebooting in {REBOOT_DELAY:g} s to try again "
-                   f"(bankboot.rescue=shell gives a shell instead)", REBOOT_DELAY)
+        # A sealed build never gives a shell, so it does not offer one.
+        offer = "" if _sealed() else " (bankboot.rescue=shell gives a shell instead)"
+        reboot_now(f"nothing could be booted; rebooting in {REBOOT_DELAY:g} s to try again{offer}", REBOOT_DELAY)
     rescue_shell("nothing could be booted")
 
 
@@ -53,6 +54,16 @@ def _spawn_shell(env: dict[str, str]) -> int:
     # setsid + cttyhack give the shell the real console device as its controlling terminal, so Ctrl-C
     # and job control work (/dev/console cannot be a controlling tty).
     return os.posix_spawn(BUSYBOX, [BUSYBOX, "setsid", BUSYBOX, "cttyhack", "/bin/sh", "-l"], env)
+
+
+def _install_applets(env: dict[str, str]) -> None:
+    """The initramfs carries busybox without its applet links (every boot would unpack four hundred): the
+    rescue shell makes them now, so `ls`, `mount`, `modprobe` work at its prompt. Best effort."""
+    try:
+        pid = os.posix_spawn(BUSYBOX, [BUSYBOX, "--install", "-s"], env)
+        os.waitpid(pid, 0)
+    except OSError as e:
+        log.error(f"cannot make busybox's applet links ({e.strerror}); call applets as `busybox NAME`")
 
 
 def _sealed() -> bool:
@@ -81,6 +92,7 @@ def rescue_shell(reason: str) -> NoReturn:
     env["PS1"] = PS1
     env.setdefault("HOME", "/")
     env.setdefault("TERM", "linux")
+    _install_applets(env)
     while True:
         log.log("starting a rescue shell on the console (exit it to start a new one)")
         try:

@@ -59,7 +59,7 @@ def _header(raw: bytes, where: str) -> tuple[str, int, bytes] | None:
 
 
 class Source:
-    """Where a bank file's bytes come from when it is not a local file (overlay_layout/download.py)."""
+    """Where a bank file's bytes come from when it is not a local file (overlay_layout/net/download.py)."""
 
     def pread(self, size: int, offset: int) -> bytes:
         raise NotImplementedError
@@ -72,10 +72,14 @@ class BankFile:
     """An open bank file: its manifest (parsed and checked for shape, NOT for its signature: that is the
     caller's, against its own trust policy) and its members. Use as a context manager."""
 
-    def __init__(self, path: str, source: Source | None = None) -> None:
+    def __init__(self, path: str, source: Source | None = None, derive: bool = False) -> None:
         """A local file or block device at `path`, or whatever `source` reads (a bank on a server: `path`
-        is then its URL, for messages)."""
+        is then its URL, for messages). derive: read only the first two headers (manifest, squashfs) and
+        place the members after the squashfs from the manifest's sizes, where the builder puts them (a
+        server without byte ranges would otherwise send the whole file to reach their headers; whoever
+        reads those members checks their headers with `check_header`)."""
         self.path = path
+        self.derive = derive
         self.fd = -1
         if source is None:
             try:
@@ -130,7 +134,7 @@ class BankFile:
         members: dict[str, Member] = {}
         offset = 0
         last = -1
-        while True:
+        while not (self.derive and len(members) == 2):
             raw = self._pread(HEADER, offset)
             if not raw and members:
                 break  # no end-of-archive blocks: still every member is whole (checked below)
@@ -151,12 +155,36 @@ class BankFile:
             offset += HEADER + (size + HEADER - 1) // HEADER * HEADER
         if MANIFEST not in members:
             raise BankFileError(f"{self.path}: not a bank file (it does not start with {MANIFEST})")
+        if not self.derive:
+            self._check_end(members)
+        return members
+
+    def _check_end(self, members: dict[str, Member]) -> None:
         final = list(members.values())[-1]
         end = self._size()
         if final.offset + final.size > end:
             raise BankFileError(f"{self.path} is truncated: {final.name} needs {final.offset + final.size} "
                                 f"bytes, the file has {end}")
-        return members
+
+    def _derive_tail(self, manifest: Manifest, sized: dict[str, int]) -> None:
+        """The members after the squashfs, where the builder writes them (see __init__); `sized`: an encrypted
+        bank's member sizes (each plain size and its tags)."""
+        sq = self.members[SQUASHFS]
+        offset = sq.offset + (sq.size + HEADER - 1) // HEADER * HEADER
+        for name, part in ((VERITY, manifest.get("verity")), (CHUNKS, manifest.get("chunks"))):
+            if part:
+                size = sized.get(name, part["size"])
+                self.members[name] = Member(name, offset + HEADER, size)
+                offset += HEADER + (size + HEADER - 1) // HEADER * HEADER
+        self._check_end(self.members)
+
+    def check_header(self, member: Member, raw: bytes) -> None:
+        """The 512 bytes before a derived member must be its ustar header."""
+        header = _header(raw, self.path)
+        if header is None or header[0] != member.name or header[1] != member.size:
+            found = f"{header[0]!r} of {header[1]} bytes" if header else "the end of the archive"
+            raise BankFileError(f"{self.path}: expected the header of {member.name} ({member.size} bytes) at byte "
+                                f"{member.offset - HEADER}, found {found}: not a bank file as bankboot writes them")
 
     def _read_manifest(self) -> Manifest:
         m = self.members[MANIFEST]
@@ -176,6 +204,8 @@ class BankFile:
             what = " encrypted" if sized else ""
             raise BankFileError(f"{self.path}:{what} squashfs is {sq.size} bytes, the manifest says "
                                 f"{sized.get(SQUASHFS, manifest['size'])}")
+        if self.derive:
+            self._derive_tail(manifest, sized)
         verity = manifest.get("verity")
         if verity and (VERITY not in self.members or self.members[VERITY].size != sized.get(VERITY, verity["size"])):
             raise BankFileError(f"{self.path}: {VERITY} of {sized.get(VERITY, verity['size'])} bytes must follow "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 
-from overlay_layout.hashing import sha256
+from overlay_layout import hashing
 
 MAGIC = b"bankboot-chunks 1\n"
 ENTRY = struct.Struct(">I32s")  # length, sha256
@@ -52,7 +52,7 @@ def index_of(data: bytes) -> list[tuple[int, bytes]]:
     """(length, sha256) of every chunk of `data`."""
     out, pos = [], 0
     for length in cut(data):
-        out.append((length, sha256(data[pos:pos + length]).digest()))
+        out.append((length, hashing.sha256(data[pos:pos + length]).digest()))
         pos += length
     return out
 
@@ -100,4 +100,4 @@ def read_chunk(where: tuple[str, int, int], digest: bytes) -> bytes | None:
             os.close(fd)
     except OSError:
         return None
-    return data if len(data) == length and sha256(data).digest() == digest else None
+    return data if len(data) == length and hashing.sha256(data).digest() == digest else None

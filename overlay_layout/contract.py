@@ -19,6 +19,9 @@ SELFTEST_DIR = ETC + "/selftest.d"  # an image's own first-boot checks (inside t
 # The device's X25519 private key for encrypted banks, where bankctl (in the booted image) reads it, unless the
 # board says otherwise (boot.device_key): a file on the userdata partition (docs/trust.md).
 DEVICE_KEY = "/userdata/bankboot/device.key"
+NETWORK_CA = ETC + "/ca.pem"  # the board file's network.ca: the CA bundle https downloads check servers with
+TLS_PIECE = "initramfs.tls"  # OpenSSL and Python's _ssl, beside initramfs.img (overlay_layout/net/tlspiece.py)
+IMAGE_BOOT = "/boot/bankboot"  # an image's own kernel, its initramfs and TLS piece, inside its squashfs
 
 RUN = "/run/bankboot"
 BANKS = RUN + "/banks"  # the banks partition while the init runs and in the booted image
@@ -26,7 +29,8 @@ BOOTED = RUN + "/booted"  # what this boot booted (JSON, read by bankctl and the
 TIMELINE = RUN + "/timeline.json"  # the init's steps in this boot
 WATCHDOG_STATE = RUN + "/watchdog"  # the watchdog the init armed for a trial (initfs/watchdog.py)
 KIT = RUN + "/kit"  # the initramfs, read-only, in the booted image
-BIN = RUN + "/bin"  # bankctl's launcher and busybox, in the booted image
+BIN = RUN + "/bin"  # bankctl (and busybox in development builds), in the booted image: links into the kit
+LAUNCHER = "/bin/bankctl"  # bankctl's launcher inside the initramfs, so in the kit too (builder/launcher.py)
 LOADER_SOURCE = RUN + "/loader-source"  # an image's squashfs while bankctl install-loader reads it
 BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader writes it
 
@@ -112,19 +116,20 @@ class InitramfsConf:
     """What an initramfs was built with and for. Field order is the file's line order; a missing key
     reads as its default (an initramfs from an older builder), an unknown key is kept in `extra`."""
 
-    __slots__ = ("arch", "bankboot", "board", "build", "console", "device_key", "downgrade", "extra", "image_modules",
-                 "init", "interp", "kernel", "kernel_name", "kexec", "libdirs", "rescue", "sealed", "threshold",
-                 "trusted", "unconfirmed_boots", "unsigned")
+    __slots__ = ("arch", "bankboot", "board", "build", "client_cert", "client_key", "console", "device_key",
+                 "downgrade", "extra", "image_modules", "init", "interp", "kernel", "kernel_name", "kexec", "libdirs",
+                 "rescue", "sealed", "threshold", "tls", "trusted", "unconfirmed_boots", "unsigned")
     FIELDS = ("board", "kernel", "arch", "console", "bankboot", "init", "image_modules", "rescue",
               "unconfirmed_boots", "sealed", "kernel_name", "trusted", "unsigned", "downgrade", "build", "interp",
-              "libdirs", "kexec", "threshold", "device_key")
+              "libdirs", "kexec", "tls", "client_cert", "client_key", "threshold", "device_key")
 
     def __init__(self, board: str = "", kernel: str = "", arch: str = "", console: str = "",
                  bankboot: str = "0.0.0", init: str = "frozen", image_modules: bool = False,
                  rescue: str = "reboot", unconfirmed_boots: int = DEFAULT_UNCONFIRMED_BOOTS, sealed: bool = False,
                  kernel_name: str = "vmlinuz", trusted: tuple[str, ...] = (), unsigned: bool = False,
                  downgrade: bool = False, build: str = "", interp: str = "", libdirs: tuple[str, ...] = ("/lib",),
-                 kexec: str = "none", threshold: int = 1, device_key: str = DEVICE_KEY,
+                 kexec: str = "none", tls: str = "", client_cert: str = "", client_key: str = "",
+                 threshold: int = 1, device_key: str = DEVICE_KEY,
                  extra: dict[str, str] | None = None) -> None:
         self.board = board  # the board file's name
         self.kernel = kernel  # the release of the kernel it was built for (its modules)
@@ -146,6 +151,9 @@ class InitramfsConf:
         self.kexec = kexec  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
         self.threshold = threshold  # how many of the trusted keys must sign an image (1: any one)
         self.device_key = device_key  # the device's decryption key for encrypted banks (a path in the booted image)
+        self.tls = tls  # sha256 of the TLS piece built with it (TLS_PIECE); empty: none
+        self.client_cert = client_cert  # https: the device's client certificate (a path on the device)
+        self.client_key = client_key  # ... and its key
         self.extra = extra or {}
 
     def render(self) -> str:

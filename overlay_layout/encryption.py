@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from overlay_layout import chunks, durable
+from overlay_layout.bankfile import HEADER
 from overlay_layout.hashing import sha256
 from overlay_layout.layout import SQUASHFS, VERITY, LayoutError
 
@@ -151,15 +152,14 @@ def _read(path: str) -> bytes:
 
 # -- the device's side ---------------------------------------------------------------------------------------
 def _fetch(bank: BankFile, offset: int, size: int) -> bytes:
-    """Bytes of the bank file; a network failure is a StageError a person can act on (resume)."""
+    """Bytes of the bank file. A network failure (net.errors.NetError) goes up as it is: the network stage
+    makes it a DownloadError that says whether the same command resumes (net/download.py)."""
     from overlay_layout.stage import StageError
 
     try:
         return bank.read(offset, size)
-    except LayoutError:
-        raise
-    except (RuntimeError, OSError) as e:  # http.FetchError, a read error
-        raise StageError(f"{e}; what was verified is kept: the same `bankctl stage` resumes") from None
+    except OSError as e:
+        raise StageError(f"cannot read {bank.path}: {e.strerror}") from None
 
 
 def _open(box: bytes, manifest: Mapping[str, Any], name: str, n: int, key: bytes, kind: int, where: str) -> bytes:
@@ -186,7 +186,13 @@ def _whole(bank: BankFile, name: str, key: bytes, work: str) -> bytes:
     except OSError:
         pass
     member = bank.members[name]
-    plain = _open(_fetch(bank, member.offset, member.size), bank.manifest, name, 0, key,
+    if bank.derive:  # placed from the manifest's sizes (a bank on a server): its header must be there too
+        raw = _fetch(bank, member.offset - HEADER, HEADER + member.size)
+        bank.check_header(member, raw[:HEADER])
+        box = raw[HEADER:]
+    else:
+        box = _fetch(bank, member.offset, member.size)
+    plain = _open(box, bank.manifest, name, 0, key,
                   NONCE_VERITY if name == VERITY else NONCE_INDEX, bank.path)
     if sha256(plain).hexdigest() != want:
         raise EncryptionError(f"{bank.path}: {name} decrypts, but not to what the signed manifest says")

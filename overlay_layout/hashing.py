@@ -12,16 +12,51 @@ from overlay_layout import durable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 # The frozen init and bankctl have no OpenSSL: hashlib.sha256 is the builtin module there, and importing
 # hashlib (which tries every OpenSSL and builtin algorithm) is a cost the boot need not pay. The host's
 # Python keeps OpenSSL's, the fastest it has.
 if getattr(sys, "frozen", False) and not TYPE_CHECKING:
-    from _sha256 import sha256
+    from _sha256 import sha256 as _default_sha256
 else:
-    from hashlib import sha256 as sha256
+    from hashlib import sha256 as _default_sha256
 
 BLOCK = 4 << 20  # one read, hash and write per 4 MB: large enough that Python's per-call cost vanishes
+
+# The SHA-256 every check of image data uses (read it as hashing.sha256 at the time of use, not imported by
+# name). The frozen program carries Python's own (plain C); once bankctl has loaded the TLS piece,
+# OpenSSL's, which uses the CPU's SHA-256 instructions where it has them (a tenth of the instructions on an
+# ARMv8 core: docs/lifecycle.md). Never switched at boot.
+sha256: Callable[..., Any] = _default_sha256
+
+
+def use_kernel() -> str | None:
+    """Hash with the kernel's crypto socket from now on (kernelhash.py: its fastest SHA-256, the CPU's own
+    instructions where the board has them). None when it does, else why not (hashing stays as it was)."""
+    global sha256
+    from overlay_layout import kernelhash
+
+    why = kernelhash.available()
+    if why is None:
+        sha256 = kernelhash.KernelSha256
+    return why
+
+
+def accelerated() -> bool:
+    """Whether hashing has moved off the frozen program's portable C (to the kernel or OpenSSL)."""
+    return sha256 is not _default_sha256 or not getattr(sys, "frozen", False)
+
+
+def use_openssl() -> bool:
+    """Hash with OpenSSL from now on, where its `_hashlib` extension is loaded (tlspiece.install)."""
+    global sha256
+    try:
+        import _hashlib
+    except ImportError:
+        return False
+    sha256 = _hashlib.openssl_sha256
+    return True
 
 
 class ShortRead(OSError):

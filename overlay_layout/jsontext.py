@@ -4,8 +4,9 @@ regular expressions when it is imported (json.decoder, json.scanner, json.encode
 
 loads() parses like json.loads (the C scanner json uses itself), except that NaN and Infinity are refused
 (no file of ours holds them) and bytes must be UTF-8. dumps() writes exactly what
-json.dumps(obj, sort_keys=..., separators=(",", ":")) writes: the same C encoder with the same settings (the
-canonical manifest bytes that signatures cover depend on it; tests/unit/test_jsontext.py checks both)."""
+json.dumps(obj, sort_keys=..., separators=(",", ":")) writes (spaced: what json.dumps(obj, sort_keys=...)
+writes): the same C encoder with the same settings (the canonical manifest bytes that signatures cover
+depend on it; tests/unit/test_jsontext.py checks both)."""
 
 from __future__ import annotations
 
@@ -52,11 +53,13 @@ def _unencodable(o: object) -> object:
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
 
-def dumps(obj: object, sort_keys: bool = False) -> str:
-    """Compact JSON (no spaces), ASCII only; keys sorted when asked. A fresh encoder each time, as json's:
-    its circular-reference markers must not outlive a failed call."""
+def dumps(obj: object, sort_keys: bool = False, spaced: bool = False) -> str:
+    """Compact JSON (no spaces), ASCII only; keys sorted when asked. spaced: json.dumps's default separators
+    (", " and ": "), for files other programs read with grep or sed (/run/bankboot/booted). A fresh encoder
+    each time, as json's: its circular-reference markers must not outlive a failed call."""
     if isinstance(obj, str):
         return str(_json.encode_basestring_ascii(obj))
-    encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ":", ",", sort_keys, False,
+    key, item = (": ", ", ") if spaced else (":", ",")
+    encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, key, item, sort_keys, False,
                                 True)
     return "".join(encode(obj, 0))

@@ -10,13 +10,17 @@
     userdata/                      /userdata when the board keeps it on this partition
 
 Every name read from disk is checked: ids are a safe charset, pointers are relative symlinks that name
-one image directory, and anything else is a LayoutError that names the path at fault."""
+one image directory, and anything else is a LayoutError that names the path at fault. Nothing else on the
+partition may be a symlink: an image directory and its files are refused when one is, and a directory the
+init makes (an upper, work, backups, utils, userdata) replaces one planted in its place (nofollow.py)."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 from overlay_layout import durable
+from overlay_layout.nofollow import Ident, check_dirs, ensure_dirs
 from overlay_layout.syntax import is_name
 
 OVERLAY = "overlay"
@@ -120,18 +124,48 @@ class Layout:
         return out
 
     def check_image(self, image_id: str) -> None:
-        """What must hold before an image can be mounted: its squashfs exists and is a squashfs."""
+        """What must hold before an image can be mounted: its directory is a real one, its files are regular
+        files (a symlink or a FIFO planted there is refused, never opened), and the squashfs is a squashfs."""
+        try:
+            check_dirs(self.root, f"{OVERLAY}/{check_id(image_id)}")
+        except OSError as e:
+            raise LayoutError(f"image {image_id}: {e.strerror}") from None
+        for path in (self.squashfs(image_id), self.verity(image_id), self.manifest_path(image_id)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if path != self.squashfs(image_id):
+                    continue  # the manifest's reader says what a missing one means
+                raise LayoutError(f"image {image_id}: {path} is missing") from None
+            except OSError as e:
+                raise LayoutError(f"image {image_id}: cannot read {path}: {e.strerror}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise LayoutError(f"image {image_id}: {path} is not a regular file "
+                                  f"({'a symlink' if stat.S_ISLNK(st.st_mode) else 'a special file'})")
         sq = self.squashfs(image_id)
         try:
             with open(sq, "rb") as f:
                 magic = f.read(4)
-        except FileNotFoundError:
-            raise LayoutError(f"image {image_id}: {sq} is missing") from None
         except OSError as e:
             raise LayoutError(f"image {image_id}: cannot read {sq}: {e.strerror}") from None
         if magic != b"hsqs":
             raise LayoutError(f"image {image_id}: {sq} is not a squashfs image (magic {magic!r})")
 
-    def prepare_image_dirs(self, image_id: str) -> None:
+    def ensure_sub(self, image_id: str, name: str, replaced: list[str], below: str = "") -> tuple[str, Ident]:
+        """overlay/<id>/<name>[/<below>] made a real directory, without following a symlink planted in place of
+        any part of it (each replaced by an empty directory and reported in `replaced`). The image directory
+        itself must already be a real one: it holds the image, so it is checked, never replaced. Returns the
+        path and the directory's identity (nofollow.same_dir checks it again after a mount)."""
+        if name not in IMAGE_DIRS:
+            raise ValueError(name)
+        check_dirs(self.root, f"{OVERLAY}/{check_id(image_id)}")
+        rel = f"{OVERLAY}/{image_id}/{name}" + (f"/{below.strip('/')}" if below.strip("/") else "")
+        return os.path.join(self.root, rel), ensure_dirs(self.root, rel, replaced)
+
+    def ensure_userdata_dir(self, replaced: list[str]) -> tuple[str, Ident]:
+        """userdata/ (bankboot.userdata=banks) made a real directory, a symlink in its place replaced."""
+        return self.userdata_dir(), ensure_dirs(self.root, USERDATA_DIR, replaced)
+
+    def prepare_image_dirs(self, image_id: str, replaced: list[str] | None = None) -> None:
         for name in IMAGE_DIRS:
-            durable.make_dirs(self.sub(image_id, name))
+            self.ensure_sub(image_id, name, [] if replaced is None else replaced)

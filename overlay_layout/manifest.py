@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from overlay_layout import jsontext
-from overlay_layout.contract import ETC
+from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE
 from overlay_layout.layout import LayoutError, check_id
 from overlay_layout.syntax import is_absolute_path, is_name
 
@@ -27,31 +27,64 @@ NEVER_PERSIST = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", ETC, "/boo
                  "/dev", "/run")
 
 
+# What a persistent path may allow beyond the default nosuid,nodev (bankboot image --persist /var:suid,dev).
+PERSIST_ALLOW = ("dev", "suid")
+
+
+def split_persist(entry: str) -> tuple[str, tuple[str, ...]]:
+    """A persistence policy entry (`/var` or `/var:suid,dev`): its path and what it allows beyond nosuid,nodev.
+    Entries come from check_persist, which wrote them canonically."""
+    path, _, allow = entry.partition(":")
+    return path, tuple(a for a in allow.split(",") if a)
+
+
+def persist_mount_options(entry: str) -> str:
+    """How the init mounts an entry's path, as mount(8) would say it: `nosuid,nodev`, `nodev`, ..."""
+    allow = split_persist(entry)[1]
+    return ",".join(o for o, a in (("nosuid", "suid"), ("nodev", "dev")) if a not in allow) or "suid,dev"
+
+
+def describe_persist(entries: list[str]) -> str:
+    """A policy for people (bankboot image, inspect, bankctl status): `/etc (nosuid,nodev) /var (nodev)`."""
+    return " ".join(f"{split_persist(e)[0]} ({persist_mount_options(e)})" for e in entries)
+
+
 def check_persist(paths: object, where: str) -> list[str]:
     """A persistence policy: absolute, normalised directory paths, none inside another, none holding signed
-    code the init relies on. Returns them sorted; LayoutError names the first one at fault."""
+    code the init relies on, each optionally allowing setuid files (`:suid`) or device nodes (`:dev`), which
+    a persistent path otherwise never honours. Returns the entries canonical (`/var:dev,suid`) and sorted by
+    path; LayoutError names the first one at fault."""
     if not isinstance(paths, list) or not paths or len(paths) > MAX_PERSIST:
         raise LayoutError(f"{where}: 'persist' must be a list of 1 to {MAX_PERSIST} absolute paths")
-    out: list[str] = []
-    for p in paths:
-        if not isinstance(p, str) or not is_absolute_path(p) or any(part in (".", "..") for part in p.split("/")):
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for entry in paths:
+        if not isinstance(entry, str):
+            raise LayoutError(f"{where}: persistent path {entry!r} must be an absolute path")
+        p, allow = split_persist(entry)
+        if not is_absolute_path(p) or any(part in (".", "..") for part in p.split("/")):
             raise LayoutError(f"{where}: persistent path {p!r} must be an absolute, normalised path of letters, "
                               f"digits and . _ + @ - (not / itself)")
+        unknown = [a for a in allow if a not in PERSIST_ALLOW]
+        if unknown or len(set(allow)) != len(allow) or (entry.count(":") and not allow):
+            raise LayoutError(f"{where}: persistent path {entry!r}: after the path, ':' and a comma-separated list "
+                              f"of {' and '.join(PERSIST_ALLOW)} (what it may hold beyond nosuid,nodev), each once")
         for bad in NEVER_PERSIST:
             if p == bad or p.startswith(bad + "/") or (bad.startswith(p + "/") and bad != ETC):
                 raise LayoutError(f"{where}: persistent path {p} would let files on the banks partition shadow "
                                   f"signed code ({bad}); persist data directories such as /etc, /var or /root")
-        out.append(p)
+        out.append((p, tuple(sorted(allow))))
     out.sort()
-    for a, b in itertools.pairwise(out):
+    for (a, _), (b, _) in itertools.pairwise(out):
         if a == b or b.startswith(a + "/"):
             raise LayoutError(f"{where}: persistent paths {a} and {b} overlap; keep the outer one")
-    return out
+    return [p + (":" + ",".join(allow) if allow else "") for p, allow in out]
 
 
 # An image's own kernel (kexec'd by the init on the boot partition, docs/lifecycle.md): its files live at
 # these paths inside the image's squashfs, so the signature and verity cover them.
-KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img"}
+# The TLS piece built with that initramfs goes beside it (overlay_layout/net/tlspiece.py).
+KERNEL_FILES = {"image": "/boot/bankboot/kernel", "initramfs": "/boot/bankboot/initramfs.img",
+                "tls": f"{IMAGE_BOOT}/{TLS_PIECE}"}
 
 
 def check_kernel(k: object, where: str) -> KernelInfo:

@@ -38,6 +38,7 @@ class _KernelRequired(TypedDict):
 
 class KernelInfo(_KernelRequired, total=False):
     initramfs: KernelFile
+    tls: KernelFile  # the initramfs's TLS piece
     append: str
 
 
@@ -171,6 +172,7 @@ class Prepared(TypedDict, total=False):
     sealed: bool
     persist: list[str] | None
     selftest: str
+    notes: list[str]  # what was repaired on the banks partition (a planted symlink replaced)
 
 
 # --- the boot policy's records (overlay_layout/policy.py) ---

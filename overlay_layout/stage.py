@@ -10,8 +10,9 @@ import stat
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import UnknownArch, arch_of_machine
-from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
-from overlay_layout.manifest import dump_manifest
+from overlay_layout.layout import MANIFEST, SQUASHFS, Layout, LayoutError
+from overlay_layout.manifest import dump_manifest, split_persist
+from overlay_layout.nofollow import check_dirs
 from overlay_layout.state import Banks, StateError
 from overlay_layout.trust import KeySet, Policy, TrustError, version_lt
 
@@ -26,7 +27,9 @@ DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit n
 
 
 class StageError(RuntimeError):
-    pass
+    """The image was not staged. `transient`: a retry may help (a download that failed on the way)."""
+
+    transient = False
 
 
 def tree_size(path: str) -> int:
@@ -130,7 +133,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
             fill = _decrypting(banks, policy, manifest, where, progress, remote=bank.source is not None)
         work = os.path.join(layout.overlay, f"{work_prefix}{image}")
         cur = layout.pointer("current")
-        copies = _upper_copies(layout.sub(cur, "upper"), manifest.get("persist")) if cur and upper == "copy" else []
+        copies = _upper_copies(layout, cur, manifest.get("persist")) if cur and upper == "copy" else []
         verity, index = manifest.get("verity"), manifest.get("chunks")
         need = manifest["size"] + (verity["size"] if verity else 0) + (index["size"] if index else 0)
         need += MARGIN + reserve + sum(tree_size(src) for src, _ in copies) - tree_size(work)
@@ -256,13 +259,25 @@ def _complete(work: str, manifest: Manifest, copies: list[tuple[str, str]]) -> N
         durable.fsync_dir(dirpath)
 
 
-def _upper_copies(upper: str, persist: list[str] | None) -> list[tuple[str, str]]:
+def _upper_copies(layout: Layout, image: str, persist: list[str] | None) -> list[tuple[str, str]]:
     """What `--upper copy` takes from current's upper: all of it for an unsealed image, only the persistent
-    paths for a sealed one (the same relative paths whichever kind current is): (source, path in upper)."""
-    if not os.path.isdir(upper):
+    paths for a sealed one (the same relative paths whichever kind current is): (source, path in upper). A
+    directory reached through a symlink (planted in place of the upper or of a persistent path) is not
+    copied: the link is never followed."""
+    upper = layout.sub(image, "upper")
+    rel = os.path.relpath(upper, layout.root)
+    try:
+        check_dirs(layout.root, rel)
+    except OSError:
         return []
     if persist is None:
         return [(upper, "")]
-    rels = [p.lstrip("/") for p in persist]
-    return [(os.path.join(upper, r), r) for r in rels if os.path.isdir(os.path.join(upper, r))
-            and not os.path.islink(os.path.join(upper, r))]
+    out = []
+    for entry in persist:
+        path = split_persist(entry)[0].lstrip("/")
+        try:
+            check_dirs(layout.root, f"{rel}/{path}")
+        except OSError:
+            continue
+        out.append((os.path.join(upper, path), path))
+    return out

@@ -23,6 +23,7 @@ import time
 from overlay_layout import durable, jsontext, policy
 from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 from overlay_layout.layout import Layout, LayoutError, check_id
+from overlay_layout.manifest import persist_mount_options, split_persist
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 
 TYPE_CHECKING = False
@@ -87,7 +88,8 @@ class Banks:
         self.layout = Layout(root)
         self.state_path = os.path.join(root, STATE_FILE)
         self.warnings: list[str] = []
-        self.rebuilt = False  # load() found the state file damaged and rebuilt it from the layout
+        self.rebuilt = False  # load() found the state file damaged or missing and rebuilt it from the layout
+        self.floor_lost = False  # floor.json was found damaged or missing: begin_boot rewrites it
         # Why an image's manifest can never verify under the keys in force (trust.KeySet.refusal), None when it
         # may: such images are no candidates at all (docs/trust.md, revocation). Set by whoever knows the keys.
         self.untrusted: Callable[[dict[str, Any]], str | None] | None = None
@@ -98,22 +100,29 @@ class Banks:
 
     # -- the state file ---------------------------------------------------------------------------------
     def load(self) -> StateFile:
-        """The state file. A missing one is empty; a damaged one (unreadable, not JSON, wrong shape, huge)
-        is kept aside for inspection and the state rebuilt from the layout."""
+        """The state file. A damaged one (unreadable, not JSON, wrong shape, huge) is kept aside for inspection
+        and the state rebuilt from the layout; so is a missing one on a partition that holds an image (every
+        installed image was recorded in it: it was deleted). Only an empty partition has none."""
         try:
             got = read_json(self.state_path, MAX_STATE_BYTES)
         except Damaged as e:
             return self._rebuild(str(e), e.raw)
         if got is None:
-            return _empty()
+            return self._rebuild(None, None) if self._holds_images() else _empty()
         try:
             return check_state(got[0])
         except ValueError as e:  # valid JSON of the wrong shape
             return self._rebuild(str(e)[:200], got[1])
 
-    def _rebuild(self, why: str, raw: bytes | None) -> StateFile:
+    def _holds_images(self) -> bool:
+        return bool(self.layout.images()) or any(os.path.lexists(os.path.join(self.layout.overlay, p))
+                                                 for p in ("current", "next", "previous"))
+
+    def _rebuild(self, why: str | None, raw: bytes | None) -> StateFile:
         """State from the layout alone: current and previous are good (they were committed); a pending
-        trial is dropped (stage it again); the floor is at least the highest committed version."""
+        trial is dropped (stage it again); the floors come from floor.json (and current's version), so
+        writing the rebuilt file back (begin_boot) keeps the two files backing each other up.
+        why=None: the file is missing."""
         st = _empty()
         for name in ("current", "previous"):
             image = self._pointer(name)
@@ -124,9 +133,13 @@ class Banks:
             st["floor"] = floor
         if boot_floor is not None:
             st["boot_floor"] = boot_floor
-        copy = keep_aside(self.state_path, raw, MAX_STATE_BYTES)
-        kept = f"; a copy is kept in {copy}" if copy else ""
-        self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
+        if why is None:
+            self._warn(f"{self.state_path} is missing; state rebuilt from the layout and {FLOOR_FILE} (a pending "
+                       f"trial is dropped: stage it again)")
+        else:
+            copy = keep_aside(self.state_path, raw, MAX_STATE_BYTES)
+            kept = f"; a copy is kept in {copy}" if copy else ""
+            self._warn(f"{self.state_path} is damaged ({why}); state rebuilt from the layout{kept}")
         self.rebuilt = True
         return st
 
@@ -147,17 +160,27 @@ class Banks:
         return floor, boot
 
     def _read_floor_file(self) -> dict[str, str]:
-        """floor.json's floors; a damaged file is a warning and counts for nothing (state.json still does)."""
+        """floor.json's floors; a damaged file is a warning and counts for nothing (state.json still does), and
+        so is a missing one on a partition that holds an image (`bankboot disk` wrote it). Either is rewritten
+        from the floors in force at the next boot (begin_boot)."""
         path = os.path.join(self.root, FLOOR_FILE)
         try:
             got = read_json(path, 4096)
         except Damaged as e:
             self._warn(f"{path} is damaged ({e}); the floors in {STATE_FILE} are used")
+            self.floor_lost = True
             return {}
-        if got is not None and not isinstance(got[0], dict):
+        if got is None:
+            if self._holds_images():
+                self._warn(f"{path} is missing; the floors in {STATE_FILE} and the current image's version are "
+                           f"used")
+                self.floor_lost = True
+            return {}
+        if not isinstance(got[0], dict):
             self._warn(f"{path} is damaged (not an object); the floors in {STATE_FILE} are used")
+            self.floor_lost = True
             return {}
-        value = got[0] if got is not None and isinstance(got[0], dict) else {}
+        value = got[0]
         return {k: v for k, v in value.items()
                 if k in ("floor", "boot_floor") and isinstance(v, str) and _is_version(v)}
 
@@ -267,12 +290,27 @@ class Banks:
                 if effect.kind == "spend_try":
                     plan.candidates = [c for c in plan.candidates if not c.trial]
                     self._warn(f"trial of {effect.image} skipped: its try could not be recorded")
+        self.repair(st)
+        return plan
+
+    def repair(self, st: StateFile) -> None:
+        """Write back what load() and floors() found lost or damaged, so the two floor files back each other up
+        again: floor.json first (from the floors in force, which a lost file never lowered), then state.json.
+        A write that fails is a warning; the next boot tries again."""
+        if self.floor_lost:
+            try:
+                self.set_floors(st, *self.floors(st))
+                self.floor_lost = False
+                if not self.rebuilt:
+                    self.save(st)
+            except OSError as e:
+                self._warn(f"cannot rewrite {os.path.join(self.root, FLOOR_FILE)} ({e.strerror})")
         if self.rebuilt:
             try:  # the repair, so the next boot (and bankctl) read a sound file again
                 self.save(st)
+                self.rebuilt = False
             except OSError as e:
                 self._warn(f"cannot write the rebuilt {self.state_path} ({e.strerror})")
-        return plan
 
     def _apply(self, st: StateFile, e: Effect) -> None:
         lay = self.layout
@@ -464,18 +502,23 @@ class Banks:
         req = st["reset"].get(image)
         if req is None:
             return None
-        upper = self.layout.sub(image, "upper")
-        backups = self.layout.sub(image, "backups")
-        durable.make_dirs(backups)
-        backup = None
-        if os.path.isdir(upper):
-            backup = _unused_name(os.path.join(backups, "upper-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime())))
-            durable.rename(upper, backup)
-        durable.make_dirs(upper)
-        work = self.layout.sub(image, "work")
-        if os.path.isdir(work):
+        # backups/ is reached without following a planted symlink (the upper is renamed into it, old ones
+        # removed from it); a symlinked upper or work is moved or removed as the link it is.
+        replaced: list[str] = []
+        try:
+            upper = self.layout.sub(image, "upper")
+            backups, _ = self.layout.ensure_sub(image, "backups", replaced)
+            backup = None
+            if os.path.lexists(upper):
+                backup = _unused_name(os.path.join(backups, "upper-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime())))
+                durable.rename(upper, backup)
+            self.layout.ensure_sub(image, "upper", replaced)
+            work = self.layout.sub(image, "work")
             durable.remove_tree(work)
-        durable.make_dirs(work)
+            self.layout.ensure_sub(image, "work", replaced)
+        finally:
+            for r in replaced:
+                self._warn(r)
         del st["reset"][image]
         self.save(st)
         if not req.get("keep_backup"):
@@ -541,6 +584,8 @@ class Banks:
                            "reset_pending": image in st["reset"], "confirm_boots": info.confirm,
                            "unconfirmed_boots": info.unconfirmed, "sealed": info.persist is not None,
                            "persist": list(info.persist) if info.persist is not None else None,
+                           "persist_mounts": {split_persist(e)[0]: persist_mount_options(e) for e in info.persist}
+                           if info.persist is not None else None,
                            "below_floor": policy.below_floor(info.version, snap.boot_floor),
                            "untrusted": dict(snap.untrusted).get(image)})
         floor, boot_floor = self.floors(st)

@@ -11,7 +11,8 @@ APT_PACKAGES=(
   busybox-static squashfs-tools e2fsprogs dosfstools mtools fdisk kmod cpio
   zstd lz4 xz-utils binutils binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf cryptsetup-bin
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
-  nginx-light
+  gcc-12 gcc-12-aarch64-linux-gnu
+  nginx-light openssl
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}

@@ -20,7 +20,9 @@ from tests.fixtures import BoardParts, KeyPair, board_parts
 
 TIERS = ("unit", "host", "vm")
 HOST_TOOLS = ["cpio", "zstd", "lz4", "depmod", "veritysetup", "mksquashfs", "unsquashfs", "mkfs.ext4", "mkfs.vfat",
-              "mcopy", "sfdisk", "debugfs", "e2fsck", "qemu-arm-static", "qemu-aarch64-static"]
+              "mcopy", "sfdisk", "debugfs", "e2fsck", "qemu-arm-static", "qemu-aarch64-static",
+              # bankctl's launcher (builder/launcher.py), in every initramfs
+              "x86_64-linux-gnu-gcc-12", "aarch64-linux-gnu-gcc-12", "arm-linux-gnueabihf-gcc-12"]
 SBIN = ("/sbin", "/usr/sbin")  # not on a non-root PATH
 VM_TOOLS = ["qemu-system-aarch64", "qemu-system-x86_64", "qemu-system-arm"]
 

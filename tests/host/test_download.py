@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import os
 import random
 import threading
@@ -13,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from builder.serve import Server, free_port
-from overlay_layout.download import stage_url
+from overlay_layout import chunks
+from overlay_layout.net.download import stage_url
+from overlay_layout.net.transport import Settings
 from overlay_layout.stage import StageError
 from overlay_layout.state import Banks
 from overlay_layout.trust import Policy
 from tests.banks import DEV, install_first_image, make_bank
+from tests.netfaults import ForwardProxy
 
 
 def payload(seed: int, size: int = 3 << 20) -> bytes:
@@ -38,7 +42,9 @@ def banks_at(tmp_path: Path) -> Banks:
 
 
 def stage(banks: Banks, url: str, policy: Policy = DEV, **kw):
-    return stage_url(banks, url, policy, "9.9.9", machine="x86_64", retries=kw.pop("retries", 1), **kw)
+    settings = Settings(retries=kw.pop("retries", 1), say=kw.pop("say", None), timeout=kw.pop("timeout", 20.0),
+                        tls=kw.pop("tls", None), environ=kw.pop("environ", {}))
+    return stage_url(banks, url, policy, "9.9.9", machine="x86_64", settings=settings, **kw)
 
 
 def test_full_download_becomes_next_with_its_chunk_index(served: Server, tmp_path: Path) -> None:
@@ -120,8 +126,6 @@ def test_errors_name_what_is_wrong(served: Server, tmp_path: Path, monkeypatch: 
     (served.root / "junk.bank").write_bytes(os.urandom(5000))
     with pytest.raises(StageError, match="not a bank file"):
         stage(banks, served.url("junk.bank"))
-    with pytest.raises(StageError, match="https needs a TLS client"):
-        stage(banks, "https://example.org/a.bank")
     with pytest.raises(StageError, match=r"cannot reach 127.0.0.1:\d+.*gave up after 1 retries"):
         stage(banks, f"http://127.0.0.1:{free_port()}/a.bank")
     make_bank(served.root / "unsigned.bank", "2.0.0", payload(6))
@@ -145,20 +149,86 @@ def test_errors_name_what_is_wrong(served: Server, tmp_path: Path, monkeypatch: 
     assert banks.layout.pointer("next") is None
 
 
-def test_a_server_without_ranges_still_works(tmp_path: Path) -> None:
-    """Python's http.server ignores Range: the whole file is read and the wanted bytes kept."""
-    root = tmp_path / "www"
+@pytest.fixture
+def no_ranges(tmp_path: Path):
+    """Python's http.server: no Range at all (every answer is the whole file), HTTP/1.0."""
+    root = tmp_path / "plain"
     root.mkdir()
-    image = make_bank(root / "a.bank", "2.0.0", payload(7), chunked=True)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-        said: list[str] = []
-        banks = banks_at(tmp_path)
-        manifest, _ = stage(banks, f"http://127.0.0.1:{srv.server_address[1]}/a.bank", say=said.append)
+        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
         srv.shutdown()
+
+
+def test_a_server_without_ranges_sends_the_file_once(no_ranges, tmp_path: Path) -> None:
+    root, base = no_ranges
+    image = make_bank(root / "a.bank", "2.0.0", payload(7), chunked=True)
+    said: list[str] = []
+    banks = banks_at(tmp_path)
+    manifest, stats = stage(banks, f"{base}/a.bank", say=said.append)
     assert manifest["id"] == image and banks.layout.pointer("next") == image
-    assert any("does not do ranges" in s for s in said)
+    assert any("does not do byte ranges (it answered `Range: bytes=0-65535` with 200" in s for s in said), said
+    size = (root / "a.bank").stat().st_size
+    assert size - 10240 <= stats.received <= size + 1024 and stats.requests == 1, stats.line()  # less tar padding
+
+
+def test_a_server_without_ranges_is_not_asked_for_a_whole_file_to_resume_a_little(no_ranges, tmp_path: Path) -> None:
+    root, base = no_ranges
+    image = make_bank(root / "a.bank", "2.0.0", payload(8, 6 << 20), chunked=True)
+    banks = banks_at(tmp_path)
+
+    def cut(done: int, total: int) -> None:
+        if done > total * 3 // 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stage(banks, f"{base}/a.bank", progress=cut)
+    with pytest.raises(StageError, match=r"does not do byte ranges .* needs [\d.]+ MB more, but the server can only "
+                                         r"send the whole file again .*--whole-file") as e:
+        stage(banks, f"{base}/a.bank")
+    assert not e.value.transient and banks.layout.pointer("next") is None
+    assert os.path.isdir(os.path.join(banks.layout.overlay, f".download-{image}"))  # kept for a better server
+    _, stats = stage(banks, f"{base}/a.bank", whole_file=True)
+    assert banks.layout.pointer("next") == image and stats.resumed > 0
+
+
+def test_one_kept_alive_connection_and_runs_with_small_gaps_in_one_request(served: Server, tmp_path: Path) -> None:
+    old = b"hsqs" + payload(9, 8 << 20)
+    starts = list(itertools.accumulate([0] + [n for n, _ in chunks.index_of(old)]))
+    k = next(k for k in range(100, len(starts) - 4) if starts[k + 3] - starts[k + 1] < 48 << 10)
+    new = bytearray(old)
+    # one byte in the middle of chunks far apart, and of two chunks with less than 48 KiB between them
+    pair = [(starts[k] + starts[k + 1]) // 2, (starts[k + 3] + starts[k + 4]) // 2]
+    for at in [*range(1 << 20, 7 << 20, 1 << 20), *pair]:
+        new[at] ^= 0xFF
+    first = make_bank(served.root / "old.bank", "2.0.0", old, chunked=True)
+    make_bank(served.root / "new.bank", "2.1.0", bytes(new), chunked=True)
+    counts = {}
+    for gap in (0, 64 << 10):
+        banks = banks_at(tmp_path / f"gap-{gap}")
+        stage(banks, served.url("old.bank"))
+        banks.mark_good(first)
+        before = len(served.requests())
+        manifest, stats = stage(banks, served.url("new.bank"), gap=gap)
+        log = served.requests()[before:]
+        assert Path(banks.layout.squashfs(manifest["id"])).read_bytes() == bytes(new)
+        assert len({line.split("conn=")[1].split()[0] for line in log}) == 1, log  # one connection
+        assert stats.requests == len(log) and stats.connections == 1, stats.line()
+        counts[gap] = (len(log), stats.network, stats.gap)
+    assert counts[64 << 10][0] == counts[0][0] - 1, counts  # the close pair went in one request
+    assert 0 < counts[64 << 10][2] < 64 << 10 and counts[0][2] == 0, counts  # for less than 64 KiB fetched twice
+
+
+def test_proxies_from_the_environment_as_curl(served: Server, tmp_path: Path) -> None:
+    make_bank(served.root / "a.bank", "2.0.0", payload(10), chunked=True)
+    with ForwardProxy() as proxy:
+        env = {"http_proxy": f"127.0.0.1:{proxy.port}"}
+        stage(banks_at(tmp_path / "via"), served.url("a.bank"), environ=env)
+        assert proxy.seen and all(line == f"GET {served.url('a.bank')}" for line in proxy.seen), proxy.seen
+        proxy.seen.clear()
+        stage(banks_at(tmp_path / "direct"), served.url("a.bank"), environ={**env, "no_proxy": "localhost,127.0.0.0/8"})
+        assert proxy.seen == []
 
 
 class _Flaky(http.server.BaseHTTPRequestHandler):

@@ -23,7 +23,8 @@ from builder.samplerootfs import build_sample_rootfs
 from builder.serve import Server
 from builder.signing import SigningError, sign_file
 from overlay_layout import encryption
-from overlay_layout.download import stage_url
+from overlay_layout.net.download import stage_url
+from overlay_layout.net.transport import Settings
 from overlay_layout.stage import StageError
 from overlay_layout.state import Banks
 from overlay_layout.trust import Policy, key_id, read_public_key
@@ -138,7 +139,7 @@ def test_an_encrypted_update_over_http_fetches_only_the_changed_chunks_and_resum
     banks = Banks(str(tmp_path / "banks"))
     policy = Policy({}, allow_unsigned=True, allow_downgrade=True, device_key=str(keys["dev1"][0]))
     with Server(www) as srv:
-        m, _ = stage_url(banks, srv.url("old.bank"), policy, "9.9.9", machine="x86_64", retries=1)
+        m, _ = stage_url(banks, srv.url("old.bank"), policy, "9.9.9", machine="x86_64", settings=Settings(retries=1))
         assert fetched(m)[0] > 6.0  # all of it, tags and all
         banks.mark_good(m["id"])
         real = encryption._Partial.write
@@ -152,17 +153,17 @@ def test_an_encrypted_update_over_http_fetches_only_the_changed_chunks_and_resum
 
         monkeypatch.setattr(encryption._Partial, "write", cut)
         with pytest.raises(KeyboardInterrupt):
-            stage_url(banks, srv.url("new.bank"), policy, "9.9.9", machine="x86_64", retries=1)
+            stage_url(banks, srv.url("new.bank"), policy, "9.9.9", machine="x86_64", settings=Settings(retries=1))
         monkeypatch.undo()
         assert banks.layout.pointer("next") is None
         assert any(n.startswith(".download-") for n in os.listdir(banks.layout.overlay))
-        m2, _ = stage_url(banks, srv.url("new.bank"), policy, "9.9.9", machine="x86_64", retries=1)
+        m2, _ = stage_url(banks, srv.url("new.bank"), policy, "9.9.9", machine="x86_64", settings=Settings(retries=1))
         network, local, resumed = fetched(m2)
         assert network < 0.6 and resumed > 1.0 and local + resumed + network > 6.0, m2["_fetched"]
         assert Path(banks.layout.squashfs(m2["id"])).read_bytes()[4:4 + len(new)] == new
         make_bank(www / "later.bank", "2.2.0", new + b"later", encrypt_to=(public,))
         with pytest.raises(StageError, match="a bank for another device"):
             stage_url(banks, srv.url("later.bank"), Policy({}, True, True, device_key=str(keys["dev3"][0])), "9.9.9",
-                      machine="x86_64", retries=1)
+                      machine="x86_64", settings=Settings(retries=1))
         assert not [n for n in os.listdir(banks.layout.overlay) if "2.2.0" in n]
     assert key_id(read_public_key(str(keys["a"][1]))) == keys["a"][2]

@@ -78,3 +78,17 @@ def test_log_reads_records_of_any_content(banks_root: Path, capsys) -> None:
     assert "(no time)" in out and "not booted: a (current): cannot boot it: EIO" in out and "a note" in out
     assert bankctl.main(["log", "--json"]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == ["z", "y", "x"]
+
+
+def test_a_failed_download_says_failed_and_a_refused_one_refused(banks_root: Path, capsys) -> None:
+    """By the error's type (may a retry help?), not by its words."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    assert bankctl.main(["stage", "--retries", "0", f"http://127.0.0.1:{port}/a.bank"]) == bankctl.EXIT_STAGE
+    assert f"bankctl stage: failed: cannot reach 127.0.0.1:{port}" in capsys.readouterr().err
+    assert bankctl.main(["stage", "http://[::1/a.bank"]) == bankctl.EXIT_STAGE
+    assert "bankctl stage: refused: 'http://[::1/a.bank' is not a valid URL: an IPv6 address opened with [ is never " \
+           "closed with ]" in capsys.readouterr().err

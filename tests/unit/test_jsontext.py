@@ -24,6 +24,7 @@ values = st.recursive(
 def test_dumps_is_json_dumps_compact_and_loads_reads_it_back(value: object) -> None:
     for sort in (False, True):
         assert jsontext.dumps(value, sort_keys=sort) == json.dumps(value, sort_keys=sort, separators=(",", ":"))
+        assert jsontext.dumps(value, sort_keys=sort, spaced=True) == json.dumps(value, sort_keys=sort)
     text = json.dumps(value, indent=1)
     assert jsontext.loads(text) == json.loads(text)
     assert jsontext.loads(text.encode()) == json.loads(text)

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+from builder import faultdisk
 from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
@@ -87,8 +88,6 @@ def reboot(vm: VM) -> None:
     vm.console.expect(r"Booting Linux", T)
 
 
-
-
 def update_to(vm: VM, version: str) -> None:
     """From the base image: stage the update disk, reboot, and see the update come up (it commits itself)."""
     assert up(vm) == "1.0.0"
@@ -96,6 +95,18 @@ def update_to(vm: VM, version: str) -> None:
     assert rc == 0, out
     reboot(vm)
     assert up(vm) == version
+
+
+def plant(disk: Path, files: dict[str, str]) -> None:
+    """Write files onto the banks partition offline, as someone holding the card would."""
+    with faultdisk.banks_partition(disk) as part:
+        for path, text in files.items():
+            faultdisk.plant_file(part, path, text.encode())
+
+
+def current_of(disk: Path) -> str:
+    with faultdisk.banks_partition(disk, write=False) as part:
+        return faultdisk.pointer(part, "current")
 
 
 def damage_squashfs(vm: VM, image: str, blocks: int) -> None:

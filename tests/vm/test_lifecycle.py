@@ -20,11 +20,17 @@ def test_good_update_commits_after_mark_good(device) -> None:
         assert up(vm) == "1.0.0"
         rc, out = sh(vm, "bankctl stage /dev/vdb --tries 2")
         assert rc == 0, out
+        # The stage hashed with the kernel: its crypto socket module is loaded, its sha256 is the ARMv8 one.
+        rc, out = sh(vm, "grep -c '^algif_hash ' /proc/modules; grep -A2 '^name *: sha256$' /proc/crypto")
+        assert rc == 0 and out.split()[0] == "1" and "sha256-ce" in out, out
         st = status(vm)
         assert state_of(st, "1.1.0")["state"] == "trial" and st["pointers"]["next"] == state_of(st, "1.1.0")["id"]
         reboot(vm)
         assert up(vm) == "1.1.0"
         assert "trial boot; marked good" in vm.console.text()
+        # The trial's first boot hashed the whole image with the kernel too (loaded before the hash).
+        rc, out = sh(vm, "grep -c '^algif_hash ' /proc/modules")
+        assert rc == 0 and out.strip() == "1", out
         st = status(vm)
         assert state_of(st, "1.1.0")["pointers"] == ["current"]
         assert state_of(st, "1.0.0")["pointers"] == ["previous"]

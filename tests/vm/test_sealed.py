@@ -4,7 +4,6 @@ persistence policy: /etc /var /root)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -17,21 +16,10 @@ from builder.disk import build_disk
 from builder.image import build_image, extract_image
 from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from overlay_layout.manifest import dump_manifest
-from tests.vm.devices import Device, T, reboot, sh, status, up, update_to
+from tests.vm.devices import Device, T, current_of, plant, reboot, sh, status, up, update_to
 
 pytestmark = pytest.mark.vm
 IMPLANT = "#!/bin/sh\necho IMPLANT-{what}-RAN > /dev/console\ntouch /implant-{what}-ran\nexit 0\n"
-
-
-def plant(disk: Path, files: dict[str, str]) -> None:
-    with faultdisk.banks_partition(disk) as part:
-        for path, text in files.items():
-            faultdisk.plant_file(part, path, text.encode())
-
-
-def current_of(disk: Path) -> str:
-    with faultdisk.banks_partition(disk, write=False) as part:
-        return faultdisk.pointer(part, "current")
 
 
 def test_implants_in_the_upper_never_run_init_or_selftest(device) -> None:
@@ -106,6 +94,8 @@ def plant_image(disk: Path, bank: Path) -> str:
 
 def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_state_deleted(
         device, test_dir: Path, signing_key) -> None:
+    """A floor file lost is rebuilt from the other and written back at that boot, so deleting state.json
+    and, a boot later, floor.json never lets an older signed image boot."""
     board, out = device.board, device.out
     rootfs = build_sample_rootfs(board.arch, out / "rootfs-old", version="0.9.0")
     old_bank = out / "old-sealed.bank"
@@ -134,19 +124,30 @@ def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_stat
         assert st["floor"] == "1.1.0" and st["boot_floor"] == "1.0.0", st
         rc, msg = sh(vm, "bankctl stage /dev/vdb 2>&1")
         assert rc == 4 and "below this device's floor 1.1.0" in msg, msg
+        rc, out = sh(vm, "cat /run/bankboot/banks/state.json")  # written back at that boot: a backup again
+        assert rc == 0 and json.loads(out)["floor"] == "1.1.0" and json.loads(out)["boot_floor"] == "1.0.0", out
+        assert "state.json is missing; state rebuilt from the layout and floor.json" in vm.console.text()
+        sh(vm, "sync")
+    with faultdisk.banks_partition(d.disk) as part:  # now floor.json deleted, current re-pointed once more
+        faultdisk.debugfs(part, "rm floor.json")
+        faultdisk.set_symlink(part, "current", old)
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) in ("1.1.0", "1.0.0")  # the rebuilt state.json kept the floors
+        st = status(vm)
+        assert st["floor"] == "1.1.0" and st["boot_floor"] == "1.0.0", st
+        rc, out = sh(vm, "cat /run/bankboot/banks/floor.json")
+        assert rc == 0 and json.loads(out)["floor"] == "1.1.0" and json.loads(out)["boot_floor"] == "1.0.0", out
+        assert "floor.json is missing" in vm.console.text()
 
 
-def test_a_sealed_build_obeys_no_init_and_gives_no_shell(device, test_dir: Path, trust_policy) -> None:
-    """init= and bankboot.rescue=shell on the command line are ignored; ESC ESC without previous boots
-    current; nothing bootable reboots; never a shell."""
-    from builder.initramfs import build_initramfs
-
-    board, out, banks = device.board, device.out, device.banks
-    sealed = dataclasses.replace(board, sealed=True)
-    initrd = build_initramfs(sealed, out / "sealed-initramfs.img", policy=trust_policy).path
+def test_a_sealed_build_obeys_no_init_and_gives_no_shell(device, sealed_initramfs: Path) -> None:
+    """init= and bankboot.rescue=shell on the command line are ignored, and so are the words the kernel makes
+    the init's environment (BANKBOOT_ENTRY=bankctl: the init stays the init); ESC ESC without previous boots
+    current; nothing bootable reboots, without offering a shell; never a shell."""
+    board, banks = device.board, device.banks
     d = Device(device, "sealed-build", None)
-    build_disk(board, banks["base"][0], d.disk, 256 << 20, initrd)
-    with d.vm(append="init=/bin/sh bankboot.rescue=shell") as vm:
+    build_disk(board, banks["base"][0], d.disk, 256 << 20, sealed_initramfs)
+    with d.vm(append="init=/bin/sh bankboot.rescue=shell BANKBOOT_ENTRY=bankctl PYTHONINSPECT=1") as vm:
         vm.console.expect(r"sealed build", T)
         vm.console.expect(r"init=/bin/sh on the kernel command line ignored: this is a sealed build", T)
         vm.console.expect(r"Press ESC for the boot menu", T)
@@ -161,5 +162,5 @@ def test_a_sealed_build_obeys_no_init_and_gives_no_shell(device, test_dir: Path,
         vm.console.sendline("reboot")
         vm.console.expect(r"nothing could be booted; rebooting", T)
         vm.console.expect(r"Booting Linux", 60)
-        assert "rescue shell" not in vm.console.text()
+        assert "rescue shell" not in vm.console.text() and "gives a shell" not in vm.console.text()
     shutil.rmtree(d.dir / "bootfiles", ignore_errors=True)

@@ -1,0 +1,148 @@
+"""A smaller libpython for the initramfs: Debian's own, linked again from the PIC archive Debian ships
+(libpython3.11-dev) without the builtin modules the init and bankctl never import. Debian builds some 60
+modules into libpython; `unicodedata` alone is 1.1 MB, and with the XML parsers (and the libexpat they
+pull in), the date, pickle and CSV modules and the hashes we do not use, a quarter of the library
+is code the device unpacks at every boot (the kernel decompresses the whole initramfs before /init runs)
+and carries for nothing. The objects are Debian's, compiled as Debian compiles them; only the table of
+builtin modules (_PyImport_Inittab, written here in assembler: no C compiler or target headers needed)
+and the link are ours. Every undefined symbol of the result must be defined by a library it names, or the
+build fails: a missing one would otherwise surface as a crash on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from builder import debian
+from builder.arch import Arch
+from builder.paths import cache_dir
+from builder.run import find_tool, run
+
+SONAME = "libpython3.11.so.1.0"
+DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev"]  # the PIC archive and config.c; libgcc.a for the link
+# Builtin modules left out, with the objects of the PIC archive that hold only them. Each import of one
+# of these raises ImportError; pure-Python stdlib modules that wrap them (datetime, pickle) fall back to
+# their Python code. The hashes stay: hashlib's import builds every guaranteed algorithm and, for one
+# that is missing, logs through `logging`, which the freeze leaves out. `array` stays: socket.py imports it
+# (for send_fds) where the platform has sendmsg, so without it `bankctl stage URL` and `poll` cannot start.
+DROPPED = {
+    "unicodedata": ("unicodedata.o",),
+    "pyexpat": ("pyexpat.o",),
+    "_elementtree": ("_elementtree.o",),
+    "_datetime": ("_datetimemodule.o",),
+    "_pickle": ("_pickle.o",),
+    "_csv": ("_csv.o",),
+    "cmath": ("cmathmodule.o",),
+    "_statistics": ("_statisticsmodule.o",),
+    "spwd": ("spwdmodule.o",),
+    "syslog": ("syslogmodule.o",),
+    "xxsubtype": ("xxsubtype.o",),
+    "_symtable": ("symtablemodule.o",),
+    "_tokenize": ("Python-tokenize.o",),
+    "_opcode": ("_opcode.o",),
+}
+# Objects of the archive that are not part of the library (the python program's main).
+NOT_LIBRARY = ("python.o", "config.o")
+
+
+class LeanPythonError(RuntimeError):
+    pass
+
+
+def _pointer(arch: Arch) -> tuple[str, int]:
+    return (".quad", 8) if arch.elf_class == 64 else (".word", 4)
+
+
+def inittab_assembly(modules: list[tuple[str, str]], arch: Arch) -> str:
+    """_PyImport_Inittab as config.c would define it: {name, init function or NULL} pairs and a sentinel."""
+    word, size = _pointer(arch)
+    lines = ['\t.section .data.rel.ro,"aw"', "\t.globl _PyImport_Inittab", "\t.type _PyImport_Inittab, %object",
+             f"\t.balign {size}", "_PyImport_Inittab:"]
+    for i, (_, init) in enumerate(modules):
+        lines.append(f"\t{word} .Lname{i}, {init if init != 'NULL' else 0}")
+    lines += [f"\t{word} 0, 0", f"\t.size _PyImport_Inittab, {2 * size * (len(modules) + 1)}",
+              '\t.section .rodata.str1.1,"aMS",%progbits,1']
+    lines += [f'.Lname{i}: .string "{name}"' for i, (name, _) in enumerate(modules)]
+    lines.append('\t.section .note.GNU-stack,"",%progbits')
+    return "\n".join(lines) + "\n"
+
+
+def read_inittab(config_c: Path) -> list[tuple[str, str]]:
+    """The (module, init function) pairs of Debian's config.c, in its order."""
+    found = re.findall(r'\{"([A-Za-z0-9_.]+)",\s*([A-Za-z0-9_]+)\}', config_c.read_text())
+    if not found:
+        raise LeanPythonError(f"{config_c}: no _PyImport_Inittab entries found")
+    return found
+
+
+def lean_libpython(arch: Arch) -> Path:
+    """The relinked, stripped libpython3.11.so.1.0 for `arch` (cached by what went into it)."""
+    versions = debian.package_versions(DEV_PACKAGES, arch.debian)
+    key = hashlib.sha256(repr((sorted(versions.items()), sorted(DROPPED.items()), NOT_LIBRARY,
+                               Path(__file__).read_bytes())).encode()).hexdigest()[:16]
+    out = cache_dir() / "leanpython" / arch.debian / key / SONAME
+    if out.is_file():
+        return out
+    debs = debian.download(DEV_PACKAGES, arch.debian, cache_dir() / "debs" / arch.debian)
+    dev = debian.unpack(debs, cache_dir() / "leanpython" / arch.debian / "dev",
+                        "".join(f"{n} {versions[n]}\n" for n in DEV_PACKAGES))
+    config = dev / f"usr/lib/python3.11/config-3.11-{arch.triplet}"
+    archive, libgcc = config / "libpython3.11-pic.a", next(iter(sorted(dev.glob("usr/lib/gcc/*/12/libgcc.a"))), None)
+    if not archive.is_file() or libgcc is None:
+        raise LeanPythonError(f"libpython3.11-dev or libgcc-12-dev for {arch.debian} lacks "
+                              f"{archive if not archive.is_file() else 'libgcc.a'}")
+    from builder.pysysroot import locate_sysroot
+
+    sysroot = locate_sysroot(arch).root
+    prefix = arch.cross_prefix
+    tool = {t: find_tool(f"{prefix}{t}", f"binutils-{prefix}".rstrip("-"), LeanPythonError)
+            for t in ("ar", "as", "ld", "strip", "nm")}
+    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent.parent))
+    try:
+        objs = work / "objs"
+        objs.mkdir()
+        run([tool["ar"], "x", str(archive)], cwd=objs, error=LeanPythonError, what="ar x libpython3.11-pic.a")
+        drop = {o for files in DROPPED.values() for o in files} | set(NOT_LIBRARY)
+        missing = sorted(o for files in DROPPED.values() for o in files if not (objs / o).is_file())
+        if missing:
+            raise LeanPythonError(f"{archive} has no {', '.join(missing)}: the drop list is for another Python")
+        for o in drop:
+            (objs / o).unlink(missing_ok=True)
+        keep = [m for m in read_inittab(config / "config.c") if m[0] not in DROPPED]
+        (work / "inittab.s").write_text(inittab_assembly(keep, arch))
+        run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
+        libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]
+        ld_so = sysroot / arch.device.ld_so.lstrip("/")
+        linked = work / SONAME
+        run([tool["ld"], "-shared", "-O1", "-Bsymbolic-functions", "-z", "relro", "-z", "noexecstack",
+             "--hash-style=gnu", "--eh-frame-hdr", "--build-id", "-soname", SONAME, "-o", str(linked),
+             *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *map(str, libs), str(ld_so),
+             str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
+        run([tool["strip"], "--strip-unneeded", str(linked)], error=LeanPythonError)
+        check_resolved(linked, [*libs, ld_so], tool["nm"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        linked.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _symbols(nm: str, path: Path, defined: bool) -> set[str]:
+    flag = "--defined-only" if defined else "--undefined-only"
+    text = run([nm, "-D", flag, str(path)], error=LeanPythonError).stdout
+    return {line.split()[-1].split("@")[0] for line in text.splitlines() if line.split()}
+
+
+def check_resolved(lib: Path, needed: list[Path], nm: str) -> None:
+    """Every symbol `lib` leaves undefined is defined by one of `needed` (weak ones excepted)."""
+    text = run([nm, "-D", "--undefined-only", str(lib)], error=LeanPythonError).stdout
+    undefined = {line.split()[-1].split("@")[0] for line in text.splitlines()
+                 if line.split() and line.split()[0] == "U"}
+    have = set().union(*(_symbols(nm, n, defined=True) for n in needed))
+    missing = sorted(undefined - have)
+    if missing:
+        raise LeanPythonError(f"{lib.name} would need {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}, "
+                              f"which no library it links provides: an object the drop list removed is still used")
