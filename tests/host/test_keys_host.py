@@ -167,3 +167,55 @@ def test_an_encrypted_update_over_http_fetches_only_the_changed_chunks_and_resum
                       machine="x86_64", settings=Settings(retries=1))
         assert not [n for n in os.listdir(banks.layout.overlay) if "2.2.0" in n]
     assert key_id(read_public_key(str(keys["a"][1]))) == keys["a"][2]
+
+
+def test_an_encrypted_download_through_a_stalling_then_dropping_link_resumes_and_completes(keys, tmp_path: Path
+                                                                                         ) -> None:
+    """The network stage's faults reach an encrypted stage as they reach a plain one: a link that stalls
+    is a transient DownloadError that keeps what was decrypted and checked; one that drops every 2 MB is
+    retried from the byte reached (the transport's ranges); a 404 is refused and leaves nothing."""
+    from overlay_layout.net.download import DownloadError
+    from tests.netfaults import FaultProxy, pump
+
+    www = tmp_path / "www"
+    www.mkdir()
+    _, public = encryption.read_recipient(str(keys["dev1"][1]))
+    make_bank(www / "big.bank", "2.0.0", random.Random(4).randbytes(8 << 20), encrypt_to=(public,))
+    install_first_image(tmp_path / "banks")
+    banks = Banks(str(tmp_path / "banks"))
+    policy = Policy({}, allow_unsigned=True, allow_downgrade=True, device_key=str(keys["dev1"][0]))
+
+    def stage(url: str, **kw):
+        return stage_url(banks, url, policy, "9.9.9", machine="x86_64",
+                         settings=Settings(connect_timeout=2, environ={}, **kw))
+
+    def stall(request, answer, up, client, state) -> bool:  # 8 bytes a second after 6 MB (a 4 MB run decrypted)
+        client.sendall(answer)
+        if int(state["body_sent"]) < (6 << 20):
+            pump(up, client, state, limit=(6 << 20) - int(state["body_sent"]))
+        pump(up, client, state, limit=64, rate=8)
+        return False
+
+    def drop(request, answer, up, client, state) -> bool:
+        client.sendall(answer)
+        pump(up, client, state, limit=2 << 20)
+        return False
+
+    with Server(www) as srv:
+        with FaultProxy(("127.0.0.1", srv.port), stall) as proxy, \
+                pytest.raises(DownloadError, match="resumes") as e:
+            stage(proxy.url("big.bank"), retries=1, timeout=1)
+        assert e.value.transient and banks.layout.pointer("next") is None
+        assert [n for n in os.listdir(banks.layout.overlay) if n.startswith(".download-")]
+        said: list[str] = []
+        with FaultProxy(("127.0.0.1", srv.port), drop) as proxy:
+            m, _ = stage(proxy.url("big.bank"), retries=3, say=said.append)
+        network, _local, resumed = fetched(m)
+        assert resumed > 2.0 and network < 6.5, m["_fetched"]  # the stalled attempt's verified part is kept
+        assert any("retrying in" in s for s in said), said
+        assert banks.layout.pointer("next") == m["id"]
+        assert Path(banks.layout.squashfs(m["id"])).read_bytes()[4:4 + (8 << 20)] == \
+            random.Random(4).randbytes(8 << 20)
+        with pytest.raises(DownloadError, match="404") as e:
+            stage(srv.url("missing.bank"), retries=1)
+        assert not e.value.transient
