@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import os
 
-from overlay_layout import chunks, durable
+from overlay_layout import chunks, durable, hashing
 from overlay_layout.bankfile import HEADER
-from overlay_layout.hashing import sha256
 from overlay_layout.layout import SQUASHFS, VERITY, LayoutError
 
 TYPE_CHECKING = False
@@ -181,7 +180,7 @@ def _whole(bank: BankFile, name: str, key: bytes, work: str) -> bytes:
     try:
         with open(path, "rb") as f:
             kept = f.read()
-        if sha256(kept).hexdigest() == want:
+        if hashing.sha256(kept).hexdigest() == want:
             return kept
     except OSError:
         pass
@@ -194,7 +193,7 @@ def _whole(bank: BankFile, name: str, key: bytes, work: str) -> bytes:
         box = _fetch(bank, member.offset, member.size)
     plain = _open(box, bank.manifest, name, 0, key,
                   NONCE_VERITY if name == VERITY else NONCE_INDEX, bank.path)
-    if sha256(plain).hexdigest() != want:
+    if hashing.sha256(plain).hexdigest() != want:
         raise EncryptionError(f"{bank.path}: {name} decrypts, but not to what the signed manifest says")
     durable.write_file(path, plain)
     return plain
@@ -223,7 +222,7 @@ class _Partial:
         self.pos, self.done = 0, 0  # bytes and chunks of the file that match the index, from an earlier attempt
         for length, digest in index:
             data = os.pread(self.fd, length, self.pos)
-            if len(data) != length or sha256(data).digest() != digest:
+            if len(data) != length or hashing.sha256(data).digest() != digest:
                 break
             self.pos += length
             self.done += 1
@@ -288,7 +287,7 @@ def fill(bank: BankFile, work: str, key: bytes, layout: Layout | None,
             for k in range(n, end):
                 plain = _open(run[offsets[k] - offsets[n]:offsets[k + 1] - offsets[n]], m, SQUASHFS, k, key,
                               NONCE_CHUNK, bank.path)
-                if sha256(plain).digest() != index[k][1]:
+                if hashing.sha256(plain).digest() != index[k][1]:
                     raise EncryptionError(f"{bank.path}: chunk {k} decrypts, but not to what the signed chunk index "
                                           f"says")
                 out.write(plain)
