@@ -57,6 +57,8 @@ def _boot(board: Board, initrd: Path, bank: Path, out: Path, name: str, runs: in
         totals.extend(got["later boots"]["Run /init -> image init"])
         for step, secs in _steps(timeline).items():
             steps.setdefault(step, []).append(secs)
+    for disk in (fresh, out / name / "disk-frozen-run.img"):  # 256 MB each, made again by the next run
+        disk.unlink(missing_ok=True)
     return statistics.median(totals), {step: statistics.median(v) for step, v in steps.items()}
 
 
@@ -133,6 +135,11 @@ def _stage(board: Board, out: Path, rootfs: Path, root: tuple[Path, Path], runs:
                                                       f"{BIN}/bankctl mark-bad >/dev/null && {BIN}/bankctl gc "
                                                       f">/dev/null"))
     size = plain.stat().st_size / 1e6
+    import shutil
+
+    for path in (disk, plain, sealed):  # a GB of disk and two 100 MB banks, made again by the next run
+        path.unlink(missing_ok=True)
+    shutil.rmtree(big, ignore_errors=True)
     print(f"\nbankctl stage of a {size:.0f} MB bank from /userdata, then mark-bad and gc ({clock} clock, median of "
           f"{runs}):")
     for kind, ts in times.items():
