@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -135,8 +136,6 @@ def _stage(board: Board, out: Path, rootfs: Path, root: tuple[Path, Path], runs:
                                                       f"{BIN}/bankctl mark-bad >/dev/null && {BIN}/bankctl gc "
                                                       f">/dev/null"))
     size = plain.stat().st_size / 1e6
-    import shutil
-
     for path in (disk, plain, sealed):  # a GB of disk and two 100 MB banks, made again by the next run
         path.unlink(missing_ok=True)
     shutil.rmtree(big, ignore_errors=True)
