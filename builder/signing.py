@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from overlay_layout import durable, ed25519
-from overlay_layout.chunks import MEMBER as CHUNKS
 from overlay_layout.keychain import extend, new_update, parse_chain, set_of, sign_update, verify_update
-from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
+from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
 from overlay_layout.manifest import dump_manifest, parse_manifest
 from overlay_layout.trust import KeySet, TrustError, key_id, read_private_key, read_public_key, sign_manifest
 
@@ -216,7 +215,8 @@ def check_encrypted(bank: Any, device_key: Path) -> None:
 def finish_manifest(manifest: dict[str, Any], files: list[Path], sign: tuple[Path, ...], key_updates: Path | None,
                     encrypt_to: tuple[Path, ...], tmp: Path) -> tuple[dict[str, Any], list[Path]]:
     """The manifest with its key updates, its encryption and its signatures (in that order: the signatures
-    cover the others), and the payload files to put in the bank (encrypted copies when encrypting)."""
+    cover the others), and the payload files to put in the bank (encrypted copies when encrypting, in
+    `tmp`/encrypted under the same names)."""
     from overlay_layout import encryption
 
     seeds = read_seeds(sign)
@@ -236,7 +236,8 @@ def finish_manifest(manifest: dict[str, Any], files: list[Path], sign: tuple[Pat
         except TrustError as e:
             raise SigningError(str(e)) from None
         key, manifest["encryption"] = encryption.seal_content_key(recipients)
-        out = [tmp / f"encrypted-{p.name}" for p in files]
+        (tmp / "encrypted").mkdir()
+        out = [tmp / "encrypted" / p.name for p in files]  # a member's name is its file's (pack.write_bank)
         encryption.encrypt_members(manifest, key, {p.name: str(p) for p in files},
                                    {p.name: str(q) for p, q in zip(files, out, strict=True)})
     try:
@@ -245,20 +246,3 @@ def finish_manifest(manifest: dict[str, Any], files: list[Path], sign: tuple[Pat
     except TrustError as e:
         raise SigningError(str(e)) from None
     return manifest, out
-
-
-def tar_name(path: Path) -> str:
-    """The bank member a (possibly encrypted) payload file is."""
-    for name in (SQUASHFS, VERITY, CHUNKS):
-        if path.name.endswith(name):
-            return name
-    raise SigningError(f"{path} is not a bank member")
-
-
-def add_members(tar: tarfile.TarFile, files: list[Path], mtime: int) -> None:
-    for path in files:
-        info = tarfile.TarInfo(tar_name(path))
-        info.size, info.mode, info.mtime = path.stat().st_size, 0o644, mtime
-        with open(path, "rb") as f:
-            tar.addfile(info, f)
-

@@ -199,7 +199,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
             except VerityError as e:
                 raise BootError(f"dm-verity: {e}") from None
-        elif "signature" in manifest:
+        elif "signatures" in manifest or "signature" in manifest:
             raise BootError("signed but without dm-verity data: refusing to read it unchecked")
         else:
             dev, fd = attach_readonly(squashfs)
@@ -641,7 +641,8 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
     with log.step("mount /userdata"):
         mount_userdata(opts, layout)
     _quietly("writing the timeline", write_timeline)
-    from initfs.menu import stop_listening
+    from initfs.menu import flush_input, stop_listening
 
     stop_listening()  # normally closed by the prompt already
+    flush_input()  # keys typed during a boot without a window (a kexec's second stage) are the boot's too
     switch_root(NEWROOT, init, argv, keep)

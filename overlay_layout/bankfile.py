@@ -226,6 +226,13 @@ class BankFile:
             return self.manifest["sha256"]
         return self.manifest["chunks"]["sha256"] if name == CHUNKS else self.manifest["verity"]["sha256"]
 
+    def expected_size(self, name: str) -> int:
+        """The size the manifest gives for a member: the plain file's, as a device stores it (an encrypted
+        bank's member is larger by its tags)."""
+        if name == SQUASHFS:
+            return int(self.manifest["size"])
+        return int(self.manifest["chunks"]["size"] if name == CHUNKS else self.manifest["verity"]["size"])
+
     def payload(self) -> list[Member]:
         """The members after the manifest: the squashfs, then the hash tree if any."""
         return [m for name, m in self.members.items() if name != MANIFEST]

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import Manifest
 
+    Decrypt = Callable[[str], None]  # decrypts the encrypted bank being staged into a work directory
+    Fill = Callable[[BankFile, str, Decrypt | None], None]
+
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 
@@ -87,7 +90,10 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
           allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
     """Stage a local bank file (or a block device holding one). `reserve`: bytes staging must leave free
     beyond MARGIN. `booted`: the running image, never replaced. The caller holds the banks lock (lock.py)."""
-    def extract(bank: BankFile, work: str) -> None:
+    def extract(bank: BankFile, work: str, decrypt: Decrypt | None) -> None:
+        if decrypt is not None:
+            decrypt(work)
+            return
         for member in bank.payload():
             try:
                 bank.extract(member, os.path.join(work, member.name), progress if member.name == SQUASHFS else None)
@@ -101,7 +107,7 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
                       allow_downgrade, reserve, booted, progress=progress)
 
 
-def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Callable[[BankFile, str], None],
+def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Fill,
                policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
                machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
                booted: str | None = None, work_prefix: str = ".staging-",
@@ -109,8 +115,10 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
     floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
     on the banks partition, add the rest of an image directory, rename it into place and make it `next` on
-    trial. An encrypted bank is decrypted instead of `fill`, with this device's key (opened before anything
-    is written), its chunks read from the bank's source or, from a server, taken from the installed images.
+    trial. For an encrypted bank `fill` is given `decrypt`, which decrypts it into the work directory with
+    this device's key (opened before anything is written, so a bank for another device is refused first),
+    its chunks read from the bank's source or, from a server, taken from the installed images; None for a
+    plain bank.
     A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one (`bankctl
     stage URL`) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
@@ -129,8 +137,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
         manifest = bank.manifest
         image = manifest["id"]
         downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
-        if bank.encrypted:
-            fill = _decrypting(banks, policy, manifest, where, progress, remote=bank.source is not None)
+        decrypt = _decrypting(banks, bank, policy, where, progress) if bank.encrypted else None
         work = os.path.join(layout.overlay, f"{work_prefix}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout, cur, manifest.get("persist")) if cur and upper == "copy" else []
@@ -149,7 +156,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
             durable.remove_tree(work)
         os.makedirs(work, exist_ok=True)
         try:
-            fill(bank, work)
+            fill(bank, work, decrypt)
             _complete(work, manifest, copies)
             durable.rename(work, layout.image_dir(image))
         except BaseException:
@@ -166,24 +173,27 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     return manifest
 
 
-def _decrypting(banks: Banks, policy: Policy, manifest: Manifest, where: str,
-                progress: Callable[[int, int], None] | None, remote: bool) -> Callable[[BankFile, str], None]:
-    """The fill of an encrypted bank: its content key opened now, with this device's key (an error naming
-    the recipients when it is not for this device), the members decrypted into the work directory later."""
+def _decrypting(banks: Banks, bank: BankFile, policy: Policy, where: str,
+                progress: Callable[[int, int], None] | None) -> Decrypt:
+    """The decryption of an encrypted bank: its content key opened now, with this device's key (an error
+    naming the recipients when it is not for this device), the members decrypted into a work directory
+    later (the chunks the installed images hold taken from them when the bank is on a server)."""
     from overlay_layout import encryption
 
+    manifest = bank.manifest
     try:
         key = encryption.content_key(manifest, policy.device_key, where)
     except LayoutError as e:
         raise StageError(str(e)) from None
+    remote = bank.source is not None
 
-    def fill(bank: BankFile, work: str) -> None:
+    def decrypt(work: str) -> None:
         try:
             manifest["_fetched"] = encryption.fill(bank, work, key, banks.layout if remote else None, progress)
         except LayoutError as e:
             raise StageError(str(e)) from None
 
-    return fill
+    return decrypt
 
 
 def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running_version: str,

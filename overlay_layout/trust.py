@@ -239,25 +239,28 @@ def sign_manifest(manifest: Mapping[str, object], seed: bytes) -> dict[str, obje
                          f"image {manifest.get('id')}")
 
 
-def verify_manifest(manifest: Manifest, keys: KeySet | dict[str, bytes], allow_unsigned: bool = False) -> str:
+def verify_manifest(manifest: Mapping[str, object], keys: KeySet | dict[str, bytes], allow_unsigned: bool = False,
+                    what: str | None = None) -> str:
     """Returns who signed it ("key <id>", "keys <id>, <id>" or "unsigned (allowed)"); anything else raises
-    TrustError with the reason."""
+    TrustError with the reason. `what` names the signed object in messages (default "image <id>"; a channel
+    document is signed the same way, overlay_layout/net/channel.py)."""
+    what = what or f"image {manifest.get('id')}"
     keyset = keys if isinstance(keys, KeySet) else KeySet(keys)
     sigs = signatures_of(manifest)
-    image = manifest.get("id")
     if not sigs:
         if allow_unsigned:
             return "unsigned (allowed by this initramfs)"
-        raise TrustError(f"image {image} is not signed and this device accepts only signed images")
+        raise TrustError(f"{what} is not signed and this device accepts only signed images")
     if not all(isinstance(k, str) and isinstance(s, str) for k, s in sigs):
-        raise TrustError(f"image {image}: malformed signature fields")
+        raise TrustError(f"{what}: malformed signature fields")
     valid, bad = keyset.count(signed_bytes(manifest), sigs)
     if len(valid) >= keyset.threshold:
         return f"key{'s' if len(valid) > 1 else ''} {', '.join(valid)}"
     signers = [str(k) for k, _ in sigs]
     twice = sorted({k for k in signers if signers.count(k) > 1})
     dup = f"; key {', '.join(twice)} signed more than once, counted once" if twice else ""
-    raise TrustError(f"image {image}: {_shortfall(set(signers), valid, bad, keyset, dup)}")
+    why = _shortfall(set(signers), valid, bad, keyset, dup)
+    raise TrustError(f"{what} is {why}" if why.startswith("signed ") else f"{what}: {why}")
 
 
 def check_manifest_version(manifest: Manifest, where: str) -> None:
