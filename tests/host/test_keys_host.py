@@ -219,3 +219,30 @@ def test_an_encrypted_download_through_a_stalling_then_dropping_link_resumes_and
         with pytest.raises(DownloadError, match="404") as e:
             stage(srv.url("missing.bank"), retries=1)
         assert not e.value.transient
+
+
+def test_an_encrypted_download_only_waits_plain_for_apply(keys, tmp_path: Path) -> None:
+    """`bankctl poll --download-only` of an encrypted bank: decrypted as it comes into `.download-<id>`, not
+    staged (no `next`); `apply` stages those plain files (checked against the manifest's plain sizes and
+    hashes, no network), and the image directory keeps none of the download's marks."""
+    from overlay_layout.net.downloaded import HEAD, NOTE, apply, find
+
+    www = tmp_path / "www"
+    www.mkdir()
+    _, public = encryption.read_recipient(str(keys["dev1"][1]))
+    _, new = served_pair(www, public)
+    install_first_image(tmp_path / "banks")
+    banks = Banks(str(tmp_path / "banks"))
+    policy = Policy({}, allow_unsigned=True, allow_downgrade=True, device_key=str(keys["dev1"][0]))
+    with Server(www) as srv:
+        m, stats = stage_url(banks, srv.url("new.bank"), policy, "9.9.9", machine="x86_64",
+                             settings=Settings(retries=1), download_only=True)
+    assert stats.downloaded and banks.layout.pointer("next") is None
+    note = find(banks)
+    assert note is not None and note["image"] == m["id"]
+    assert Path(note["dir"], "rootfs.squashfs").read_bytes()[4:4 + len(new)] == new  # plain
+    applied = apply(banks, policy, "9.9.9", machine="x86_64")
+    assert applied["id"] == m["id"] and banks.layout.pointer("next") == m["id"]
+    image_dir = Path(banks.layout.image_dir(m["id"]))
+    assert not (image_dir / HEAD).exists() and not (image_dir / NOTE).exists()
+    assert Path(banks.layout.squashfs(m["id"])).read_bytes()[4:4 + len(new)] == new
