@@ -277,3 +277,54 @@ def test_an_initramfs_threshold_its_keys_cannot_meet_is_refused(tmp_path: Path) 
     assert conf.threshold == 2 and len(conf.trusted) == 2
     with pytest.raises(ValueError, match="--threshold 3: an image must be signed by 1 to the 2 trusted key"):
         add_trust(FsTree(), TrustPolicy(pubs, threshold=3), InitramfsConf())
+
+
+def test_a_polled_channel_document_is_checked_against_the_keys_in_force(device, tmp_path, monkeypatch) -> None:
+    """After a rotation, bankctl poll takes a channel document signed by the new key and refuses one signed
+    only by the retired key, as it would an image (initfs/poll.py asks the keys in force, not the root's)."""
+    import time
+
+    from initfs import poll
+    from overlay_layout.net.channel import make_document
+    from overlay_layout.net.document import Fetched
+    from overlay_layout.net.transport import Settings
+    from overlay_layout.net.url import parse_url
+    from overlay_layout.utctime import format_utc
+
+    banks, policy, _ = device
+    rotate(banks, policy, tmp_path)
+    url = "http://h/stable.json"
+    now = time.time()
+    fields = {"channel": "stable", "version": "3.0.0", "image": "3.0.0-abcd", "arch": "amd64",
+              "boards": ["qemu-x86_64"], "bank": "banks/3.0.0-abcd.bank", "size": 1000, "manifest": "a" * 64,
+              "published": format_utc(now), "expires": format_utc(now + 86400)}
+    dev = poll.Device(banks, policy, "qemu-x86_64", "9.9.9", {}, Settings())
+
+    def fetch_channel(seed: bytes):
+        body = make_document(fields, seed)
+        monkeypatch.setattr(poll, "fetch_document", lambda *a: Fetched(200, body, None, parse_url(url), 1, len(body)))
+        return poll.fetch_channel(dev, poll.Options(url), {}, Settings(), lambda line: None)[0]
+
+    assert fetch_channel(SEEDS[1]).signed_by == f"key {ID[1]}"
+    with pytest.raises(poll.PollFailed, match=f"is signed only by retired key {ID[0]} \\(key update 1\\)"):
+        fetch_channel(SEEDS[0])
+
+
+@pytest.mark.parametrize("form", ["signatures", "signature"])
+def test_a_signed_image_without_its_hash_tree_is_never_mounted(form: str, tmp_path: Path, monkeypatch) -> None:
+    """A signed manifest (either form) promises dm-verity: without its hash tree the image is refused
+    before anything is attached or mounted, never read unchecked."""
+    from initfs import bootflow
+    from overlay_layout.layout import Layout
+
+    m = sign_manifest(BASE, SEEDS[0])
+    if form == "signature":  # the older single-signature form
+        m = {k: v for k, v in m.items() if k != "signatures"}
+        m.update({"key": ID[0], "signature": "00" * 64})
+    lay = Layout(str(tmp_path))
+    monkeypatch.setattr(lay, "check_image", lambda image: None)  # what is on disk is not the point here
+    monkeypatch.setattr(bootflow, "LOWER", str(tmp_path / "lower"))
+    monkeypatch.setattr(bootflow, "verify_image", lambda *a: m)
+    monkeypatch.setattr(bootflow, "mount", lambda *a: pytest.fail("mounted"))
+    with pytest.raises(bootflow.BootError, match="signed but without dm-verity data"):
+        bootflow.mount_image(lay, BASE["id"])
