@@ -244,7 +244,7 @@ def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tu
     m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
                          progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted, settings=settings,
                          whole_file=args.whole_file, **({} if args.gap is None else {"gap": args.gap}))
-    return m, m.get("_fetched") or stats.line()
+    return m, stats.line(m)
 
 
 def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:

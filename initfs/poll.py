@@ -293,7 +293,7 @@ def _stage(dev: Device, opts: Options, ch: Channel, say: Callable[[str], None],
                          machine=dev.machine, progress=progress, booted=dev.booted.get("image"),
                          settings=dev.settings, expect=bank_check(ch, where), announce=announce,
                          download_only=opts.download_only)
-    say(f"fetched: {stats.line()}")
+    say(f"fetched: {stats.line(m)}")
     if stats.downloaded:
         return Result("downloaded", f"downloaded {m['id']} (version {m['version']}): bankctl apply makes it next",
                       stats.requests, stats.received)

@@ -111,12 +111,16 @@ class Stats:
         self.requests += remote.requests
         self.connections += remote.connections
 
-    def line(self) -> str:
+    def line(self, manifest: Manifest | None = None) -> str:
+        """What the stage fetched, for the person; an encrypted bank's decryption (`manifest["_fetched"]`,
+        stage.py) says where its squashfs's bytes came from instead."""
         total = max(self.network + self.local + self.resumed, 1)
-        return (f"{self.network / 1e6:.1f} MB from the network ({100 * self.network / total:.0f}%), "
-                f"{self.local / 1e6:.1f} MB from images on this device, {self.resumed / 1e6:.1f} MB already "
-                f"downloaded by an earlier attempt; {self.received / 1e6:.1f} MB received in all, in "
-                f"{self.requests} requests on {self.connections} connection{'s' if self.connections != 1 else ''}")
+        where = manifest.get("_fetched") if manifest is not None else None
+        return (where or f"{self.network / 1e6:.1f} MB from the network ({100 * self.network / total:.0f}%), "
+                         f"{self.local / 1e6:.1f} MB from images on this device, {self.resumed / 1e6:.1f} MB "
+                         f"already downloaded by an earlier attempt") + \
+            (f"; {self.received / 1e6:.1f} MB received in all, in {self.requests} requests on {self.connections} "
+             f"connection{'s' if self.connections != 1 else ''}")
 
 
 def local_chunks(banks: Banks) -> dict[bytes, tuple[str, int, int]]:
