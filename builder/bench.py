@@ -318,6 +318,10 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
         print()
         for label, value in time_stage_and_trials(board, frozen.path, out, key.with_suffix(".key"), clock):
             print(f"{label:<66} {value:8.2f}")
+    if "trust" in wanted:  # only when asked for: several initramfs builds and a dozen boots
+        from builder.trustbench import run_trust_bench
+
+        run_trust_bench(board, out / "trust", runs, clock)
     if "kexec" in wanted:
         kexec = time_kexec(board, frozen.path, out, key.with_suffix(".key"), runs, clock)
         if kexec is None:
