@@ -237,6 +237,7 @@ class TrustPolicy:
     keys: tuple[Path, ...] = ()
     allow_unsigned: bool = False
     allow_downgrade: bool = False
+    threshold: int = 1  # how many of the keys must sign an image
 
 
 def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
@@ -251,7 +252,11 @@ def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
     if not ids and not policy.allow_unsigned:
         raise ValueError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
                          "every image; use --insecure-allow-unsigned only for development")
+    if not 1 <= policy.threshold <= max(1, len(set(ids))):
+        raise ValueError(f"--threshold {policy.threshold}: an image must be signed by 1 to the {len(set(ids))} "
+                         f"trusted key(s), or nothing could ever boot")
     conf.trusted, conf.unsigned, conf.downgrade = tuple(ids), policy.allow_unsigned, policy.allow_downgrade
+    conf.threshold = policy.threshold
 
 
 def add_network(tree: FsTree, board: Board, sysroot: PySysroot, conf: InitramfsConf) -> None:
@@ -289,7 +294,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
                          rescue="reboot" if board.sealed else board.rescue, unconfirmed_boots=board.unconfirmed_boots,
-                         sealed=board.sealed, kernel_name=board.kernel_name)
+                         sealed=board.sealed, kernel_name=board.kernel_name, device_key=board.device_key)
     if init == "frozen":
         add_trust(tree, policy or TrustPolicy(), conf)
         add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)

@@ -28,6 +28,11 @@ SONAME = "libpython3.11.so.1.0"
 # that every boot unpacks from the initramfs (13 ms on the instruction clock) and ld.so walks; packed, they
 # are a few kilobytes of bitmap.
 LLD = "ld.lld-16"
+# Unwind tables are dropped too (0.44 MB on arm64): nothing unwinds through libpython here. The init and
+# bankctl start no thread (threading is left out of the freeze, and nothing calls _thread), so no thread
+# exits through pthread_exit's forced unwind, and the library holds no C++. What is lost is a debugger's
+# backtrace through libpython on the device. INSERT keeps the linker's own layout for everything else.
+NO_UNWIND = "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n"
 DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev"]  # the PIC archive and config.c; libgcc.a for the link
 # Builtin modules left out, with the objects of the PIC archive that hold only them. Each import of one
 # of these raises ImportError; pure-Python stdlib modules that wrap them (datetime, pickle) fall back to
@@ -130,11 +135,12 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
         keep = [m for m in read_inittab(config / "config.c") if m[0] not in DROPPED]
         (work / "inittab.s").write_text(inittab_assembly(keep, arch))
         run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
+        (work / "no-unwind.ld").write_text(NO_UNWIND)
         libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]
         ld_so = sysroot / arch.device.ld_so.lstrip("/")
         linked = work / SONAME
         run([tool["ld"], "-shared", "-O1", "-Bsymbolic", "-z", "relro", "-z", "noexecstack",
-             "-z", "pack-relative-relocs", "--hash-style=gnu", "--eh-frame-hdr", "--build-id=sha1",
+             "-z", "pack-relative-relocs", "--hash-style=gnu", "--build-id=sha1", "-T", str(work / "no-unwind.ld"),
              "-soname", SONAME, "-o", str(linked),
              *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *map(str, libs), str(ld_so),
              str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
