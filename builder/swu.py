@@ -46,7 +46,7 @@ def write_swu(bank_file: Path, out: Path, boards: list[str], revisions: list[str
     for r in revisions:
         if not is_name(r, 64):
             raise PublishError(f"--hw-revision {r!r} is not a revision (letters, digits, . _ + -)")
-    manifest, raw, digest = read_release(bank_file)
+    manifest, raw, digest, checked = read_release(bank_file)
     names = []
     for b in boards:
         try:
@@ -100,6 +100,7 @@ def write_swu(bank_file: Path, out: Path, boards: list[str], revisions: list[str
         if tmp.exists():
             tmp.unlink()
     durable.fsync_dir(str(out.parent.resolve()))
-    return [f"{out}: {manifest['version']} (image {manifest['id']}) for {', '.join(names)} (hardware revision"
+    made = f"{out}: {manifest['version']} (image {manifest['id']}) for {', '.join(names)} (hardware revision"
+    return [*([checked] if checked else []), made +
             f"{'s' if len(revisions) > 1 else ''} {', '.join(revisions)}), {out.stat().st_size / 1e6:.1f} MB; upload "
             f"it to the rollout server (goosebit: PUT /api/v1/software), devices poll it with bankctl poll --hawkbit"]

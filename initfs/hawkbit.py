@@ -365,14 +365,14 @@ class _Poll:
             self.st["action"] = new
             save_state(self.root, self.st)
             self.send(fb, feedback(dep.action, "downloaded", "success" if dep.update == "skip" else "none", [
-                f"bankctl: downloaded and verified {m['id']}: {stats.line()}; not installed: {why}"], (1, 2)))
+                f"bankctl: downloaded and verified {m['id']}: {stats.line(m)}; not installed: {why}"], (1, 2)))
             return self.result("downloaded", f"downloaded {m['id']} (version {m['version']}) for action {dep.action}; "
                                              f"not staged: {why} (the next poll offering it to install stages it)")
         new.update({"phase": "staged", "image": m["id"]})
         self.st["action"] = new
         save_state(self.root, self.st)
         self.send(fb, feedback(dep.action, "downloaded", "none", [f"bankctl: downloaded and verified {m['id']}: "
-                                                                  f"{stats.line()}"], (1, 2)))
+                                                                  f"{stats.line(m)}"], (1, 2)))
         self.send(fb, feedback(dep.action, "proceeding", "none", [
             f"bankctl: staged {m['id']} ({m['version']}, {m['_signed_by']}) as next, on trial with {self.opts.tries} "
             f"tries; {'rebooting into the trial' if self.opts.reboot else 'the trial boots at the next reboot'}"],
