@@ -17,7 +17,8 @@ def _human(n: int) -> str:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Fetch what building for the boards needs: kernels, busybox, the target Python sysroots."""
-    from builder.parts import SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package, fetch_kexec_tools
+    from builder.parts import (SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package, fetch_kexec_tools,
+                               fetch_systemd_boot)
     from builder.pysysroot import fetch_sysroot
 
     names = board_names() if args.board == "all" else [args.board]
@@ -30,6 +31,8 @@ def cmd_deps(args: argparse.Namespace) -> int:
     for arch in arches.values():
         print(f"busybox {arch.debian:16} {fetch_busybox(arch)}")
         print(f"kexec   {arch.debian:16} {fetch_kexec_tools(arch)}")
+        if arch.debian in ("amd64", "arm64"):
+            print(f"sd-boot {arch.debian:16} {fetch_systemd_boot(arch)}")
         print(f"python  {arch.debian:16} {fetch_sysroot(arch).root}")
         if arch.debian in SECOND_KERNELS:  # what kexec tests put in images
             second = fetch_kernel_package(arch, SECOND_KERNELS[arch.debian])
@@ -102,8 +105,9 @@ def cmd_disk(args: argparse.Namespace) -> int:
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
                            userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
-                           boot_size=parse_size(args.boot_size))
-    print(f"{args.output}: {board.name} disk, {args.size}, image {m['id']} current; "
+                           boot_size=parse_size(args.boot_size), firmware=args.firmware or board.firmware)
+    print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size}, "
+          f"image {m['id']} current; "
           f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}")
     return 0
 
@@ -280,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--boot-size", default="64M",
                     help="size of the boot partition (default 64M; images with their own kernels need room for two "
                          "loaders to install one: 160M for Debian's arm64 kernel)")
-    dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
+    dk.add_argument("--append", default="", help="extra kernel command line (cmdline.txt, or the loader slot's)")
+    dk.add_argument("--firmware", choices=("direct", "uboot", "uefi"),
+                    help="what boots the disk: U-Boot distro boot (boot.scr, two loader slots), UEFI (systemd-boot "
+                         "entries on the ESP) or direct (QEMU's -kernel, cmdline.txt); default: the board file's")
     dk.add_argument("-o", "--output", required=True, metavar="DISK.img", help="the raw disk image to write")
     dk.set_defaults(func=cmd_disk)
 

@@ -140,9 +140,16 @@ def tls_piece_for(initramfs: Path) -> Path | None:
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
-               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE) -> tuple[DiskLayout, Manifest]:
+               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE,
+               firmware: str = "direct") -> tuple[DiskLayout, Manifest]:
     """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
-    two loaders when images carry their own kernels (bankctl install-loader keeps the old one)."""
+    two loaders when images carry their own kernels (bankctl install-loader keeps the old one). firmware:
+    what reads the boot partition (builder/firmware): `bankboot disk` passes the board's; this API defaults
+    to direct, what the tests of the init boot (the firmware chains have tests of their own)."""
+    from builder.firmware import FIRMWARES, boot_files
+
+    if firmware not in FIRMWARES:
+        raise DiskError(f"firmware {firmware!r} is not one of {', '.join(FIRMWARES)}")
     if board.power_of_two and size & (size - 1):
         raise DiskError(f"board {board.name} needs a power-of-two disk size (its SD card): 256M, 512M, 1G, ... "
                         f"not {size // MiB} MiB")
@@ -162,8 +169,14 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         # p1: boot
         boot = tmp / "boot.vfat"
         _run(["mkfs.vfat", "-C", "-n", "BOOT", "-i", f"{disk_id:08x}", str(boot), str(layout.parts[0][1] // 1024)])
-        (tmp / "cmdline.txt").write_text(cmdline_for(board, layout, extra_cmdline) + "\n")
-        files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt")]
+        cmdline = cmdline_for(board, layout, extra_cmdline)
+        if firmware == "direct":
+            (tmp / "cmdline.txt").write_text(cmdline + "\n")
+            files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"),
+                     (tmp / "cmdline.txt", "cmdline.txt")]
+        else:
+            files = boot_files(firmware, board.arch.debian, kernel.image, initramfs, cmdline, tmp,
+                               board.uboot_watchdog)
         tls = tls_piece_for(initramfs)
         if tls is not None:
             files.append((tls, TLS_PIECE))
@@ -174,8 +187,13 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             if kernel.dtb_dir is None or not (kernel.dtb_dir / board.dtb).is_file():
                 raise DiskError(f"board {board.name}: device tree {board.dtb} not found with the kernel")
             files.append((kernel.dtb_dir / board.dtb, Path(board.dtb).name))
+        mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        for d in sorted({str(Path(name).parent) for _, name in files} - {"."}, key=len):
+            for i in range(1, len(Path(d).parts) + 1):
+                _run(["mmd", "-D", "s", "-i", str(boot), "::" + "/".join(Path(d).parts[:i])], env=mtools,
+                     ok=(0, 1))
         for src, name in files:
-            _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+            _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env=mtools)
         # p2: banks, with the layout populated
         stage = tmp / "banks"
         lay = Layout(str(stage))
@@ -202,7 +220,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             new.truncate(size)
         script = f"label: dos\nlabel-id: 0x{disk_id:08x}\nunit: sectors\n" + "".join(
             f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
-            for i, ((s, n), t) in enumerate(zip(layout.parts, ("c", "83", "83"), strict=True)))
+            for i, ((s, n), t) in enumerate(zip(layout.parts, ("ef" if firmware == "uefi" else "c", "83", "83"), strict=True)))
         _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=script)
         with open(disk, "r+b") as out:
             for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):
@@ -212,6 +230,8 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             out.flush()
             os.fsync(out.fileno())
         disk.replace(output)
+    for stale in (".uboot-env", ".efivars"):  # a new device: its firmware storage starts afresh
+        output.with_name(output.name + stale).unlink(missing_ok=True)
     return layout, manifest
 
 
