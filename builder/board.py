@@ -114,7 +114,8 @@ KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel
               "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
               "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "boot.firmware", "boot.uboot_watchdog", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
+              "boot.config_txt", "boot.firmware", "boot.uboot_watchdog",
+              "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
               "qemu.net", "network.ca", "network.client_cert", "network.client_key")
 
 

@@ -17,8 +17,14 @@ def _human(n: int) -> str:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Fetch what building for the boards needs: kernels, busybox, the target Python sysroots."""
-    from builder.parts import (SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package, fetch_kexec_tools,
-                               fetch_systemd_boot)
+    from builder.parts import (
+        SECOND_KERNELS,
+        fetch_busybox,
+        fetch_kernel,
+        fetch_kernel_package,
+        fetch_kexec_tools,
+        fetch_systemd_boot,
+    )
     from builder.pysysroot import fetch_sysroot
 
     names = board_names() if args.board == "all" else [args.board]

@@ -218,9 +218,10 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         disk = tmp / "disk.img"
         with open(disk, "wb") as new:
             new.truncate(size)
+        p1_type = "ef" if firmware == "uefi" else "c"  # the ESP type for UEFI, FAT32 (LBA) for the others
         script = f"label: dos\nlabel-id: 0x{disk_id:08x}\nunit: sectors\n" + "".join(
             f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
-            for i, ((s, n), t) in enumerate(zip(layout.parts, ("ef" if firmware == "uefi" else "c", "83", "83"), strict=True)))
+            for i, ((s, n), t) in enumerate(zip(layout.parts, (p1_type, "83", "83"), strict=True)))
         _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=script)
         with open(disk, "r+b") as out:
             for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):

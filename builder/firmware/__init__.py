@@ -21,8 +21,16 @@ from importlib import resources
 from pathlib import Path
 
 from builder.run import run
-from overlay_layout.contract import (LOADER_DIR, LOADER_ENTRIES, LOADER_GOOD, LOADER_SLOTS, SLOT_CMDLINE,
-                                     SLOT_INITRD, SLOT_KERNEL, entry_name)
+from overlay_layout.contract import (
+    LOADER_DIR,
+    LOADER_ENTRIES,
+    LOADER_GOOD,
+    LOADER_SLOTS,
+    SLOT_CMDLINE,
+    SLOT_INITRD,
+    SLOT_KERNEL,
+    entry_name,
+)
 
 FIRMWARES = ("direct", "uboot", "uefi")
 ENV_FLASH = 64 << 20  # QEMU virt's second pflash bank, where Debian's U-Boot keeps its environment
