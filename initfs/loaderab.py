@@ -103,7 +103,7 @@ def entries(root: str) -> list[tuple[int, str, int | None, int | None, str]]:
             left = int(l_text) if l_text.isdigit() else 0
             done = int(d_text) if d_text.isdigit() else 0
         out.append((int(n_text), slot, left, done, name))
-    return sorted(out, reverse=True)
+    return sorted(out, key=lambda e: (e[0], e[4]), reverse=True)
 
 
 def status(root: str) -> dict[str, Any]:
