@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     banks = Banks(root)
     try:
-        with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
+        with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline", "loader")):
             return int(args.func(banks, args))
     except StageError as e:
         print(f"\nbankctl {args.command}: {'failed' if e.transient else 'refused'}: {e}", file=sys.stderr)
