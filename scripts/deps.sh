@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
   gcc-12 gcc-12-aarch64-linux-gnu
   nginx-light openssl
+  u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}
