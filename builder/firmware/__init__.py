@@ -84,7 +84,8 @@ def boot_script(dest: Path) -> Path:
     src = dest.parent / "boot.cmd"
     src.write_text(resources.files("builder.firmware").joinpath("boot.cmd").read_text())
     run(["mkimage", "-A", "arm", "-O", "linux", "-T", "script", "-C", "none", "-n", "bankboot loader A/B",
-         "-d", str(src), str(dest)], package="u-boot-tools", error=FirmwareError)
+         "-d", str(src), str(dest)], package="u-boot-tools", error=FirmwareError,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "0"})  # reproducible: mkimage stamps the time otherwise
     return dest
 
 
