@@ -203,7 +203,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
             print(f"bankboot faults: unknown disk-fault class {', '.join(unknown)}; known: {', '.join(DISK_CLASSES)}",
                   file=sys.stderr)
             return 2
-    report = run_campaign(load_board(args.board), out, seed, args.cuts, classes)
+    report = run_campaign(load_board(args.board), out, seed, args.cuts, classes, loader_rounds=args.loader_rounds)
     print(f"report: {out / 'report.json'}")
     return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
 
@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
     f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
     f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")
+    f.add_argument("--loader-rounds", type=int, default=3,
+                   help="rounds of the loader classes (a power cut in install-loader, a new loader that panics, is "
+                        "truncated or hangs) on a disk for the board's firmware (default 3; 0: none)")
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)

@@ -376,7 +376,9 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
 
 # -- the campaign -------------------------------------------------------------------------------------------------
 def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tuple[str, ...] = DISK_CLASSES,
-                 say=print) -> dict:
+                 say=print, loader_rounds: int = 0) -> dict:
+    """loader_rounds: that many rounds of the loader classes (builder/loaderfaults.py) on a disk made for the
+    board's firmware, after the rest; none for a board that boots direct."""
     say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
     rng = random.Random(seed)
     rig = prepare(board, out, rng, say)
@@ -391,6 +393,10 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
         mark = "ok" if o.recovered else "FAILED"
         say(f"faults: [{i}/{len(plan)}] {o.fault}: {o.detail}: {mark}, {o.boots} boot(s), up {o.version}"
             + (f": {o.error}" if o.error else ""))
+    if loader_rounds and board.firmware != "direct":
+        from builder.loaderfaults import run_loader_faults
+
+        outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say)
     report = summarize(outcomes, seed)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     say(format_table(report))
