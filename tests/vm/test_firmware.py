@@ -145,6 +145,22 @@ def test_uboot_loader_ab_commits_a_good_loader_and_falls_back_from_a_bad_one(tes
         st = _up(vm)
         assert st["booted"] == {"slot": good, "trial": False} and st["good"] == good
         assert "Kernel panic" not in vm.console.text()
+        # A loader that hangs before the init (a program that never returns runs in its place, before any
+        # watchdog driver loads): the i6300esb boot.scr armed for the trial resets it, the try is spent.
+        rc, msg = vm.console.run("bankctl install-loader current --tries 1", timeout=T)
+        assert rc == 0, msg
+        vm.console.sendline("poweroff -f")
+        vm.wait_exit(T)
+    env = fat_read(disk, f"{bad}/cmdline.env").decode().strip()
+    fat_write(disk, f"{bad}/cmdline.env", (env + " rdinit=/bin/sh\n").encode(), out)
+    with disk_vm(board, disk, out / "boot5", reboot=True) as vm:
+        vm.console.expect(rf"bankboot: trying loader {bad}, 0 tries left", T)
+        vm.console.expect(r"bankboot: watchdog i6300esb \(00:05.0\) armed", T)
+        vm.console.expect(r"Run /bin/sh as init process", T)
+        vm.console.expect(r"U-Boot 20\d\d", T)  # the hardware reset: nothing in the guest asked for it
+        vm.console.expect(rf"bankboot: loading loader {good}", T)
+        st = _up(vm)
+        assert st["booted"] == {"slot": good, "trial": False} and st["trial"] == {"slot": bad, "tries_left": 0}
     # the FAT is consistent after all of it (U-Boot's fatwrite and Linux's vfat both wrote it): fsck.vfat -n
     part = out / "p1.vfat"
     with open(disk, "rb") as d, open(part, "wb") as p:
