@@ -97,7 +97,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig
     from builder.initramfs import TrustPolicy, build_initramfs
     from builder.keys import keygen
     from builder.parts import locate_kernel
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 
     if board.firmware == "direct":
         raise RuntimeError(f"board {board.name} boots direct: it has no loader slots (boot.firmware)")
@@ -109,8 +109,10 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig
     say(f"faults: building a {board.firmware} device for the loader classes")
     initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
     rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
+    kernel = locate_kernel(board)
+    add_kernel_modules(rootfs, kernel, board.modules)
     build_image(rootfs, "1.0.0", out / "app.bank", sign_key=key.with_suffix(".key"), persist=SAMPLE_PERSIST,
-                kernel=locate_kernel(board).image, kernel_initramfs=initrd)
+                kernel=kernel.image, kernel_initramfs=initrd)
     disk = out / "device.img"
     build_disk(board, out / "app.bank", disk, 512 << 20, initrd, boot_size=160 << 20, firmware=board.firmware)
     probe = out / "probe.img"

@@ -21,7 +21,7 @@ from builder.board import load_board
 from builder.boot import disk_vm
 from builder.disk import FIRST, build_disk
 from builder.image import build_image
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import board_parts
 from tests.vm.devices import PROMPT
@@ -70,6 +70,7 @@ def _make(name: str, firmware: str, test_dir: Path, signing_key, built_initramfs
     out.mkdir()
     initrd = built_initramfs(base)  # the same kernel and modules on both boards
     rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
+    add_kernel_modules(rootfs, kernel, base.modules)
     build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key.private, persist=SAMPLE_PERSIST,
                 kernel=kernel.image, kernel_initramfs=initrd)
     disk = out / "disk.img"
