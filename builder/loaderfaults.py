@@ -132,7 +132,8 @@ def _install_then_break(rig: LoaderRig, disk: Path, name: str, fault: str) -> st
     with _vm(rig, disk, name) as vm:
         _up(vm)
         _sh(vm, "bankctl install-loader current --tries 2 >/dev/null")
-        trial = json.loads(_sh(vm, "bankctl loader --json"))["trial"]["slot"]
+        out = _sh(vm, "bankctl loader --json")
+        trial = json.loads(out[out.index("{"):])["trial"]["slot"]
         vm.console.sendline("poweroff -f")
         vm.wait_exit(60)
     tmp = rig.out / "runs" / name
@@ -147,11 +148,17 @@ def _install_then_break(rig: LoaderRig, disk: Path, name: str, fault: str) -> st
     if fault in ("loader-panic", "loader-hang"):
         # panic: the kernel finds no init and no root it can mount; hang: a program that never returns runs
         # instead of our /init (busybox's shell waiting on the console), before any watchdog driver loads
-        extra = " rdinit=/nonexistent" if fault == "loader-panic" else " rdinit=/bin/sh"
+        def broken(cmdline: str) -> str:
+            if fault == "loader-hang":
+                return cmdline + " rdinit=/bin/sh"
+            words = [w for w in cmdline.split() if not w.startswith("root=") and w != "rootwait"]
+            return " ".join([*words, "rdinit=/nonexistent"])
+
         if rig.board.firmware == "uboot":
-            text += extra
+            text = "bb_args=" + broken(text.removeprefix("bb_args="))
         else:
-            text = text.replace("\noptions ", "\noptions" + extra + " ", 1)
+            text = "\n".join(f"options {broken(line[8:])}" if line.startswith("options ") else line
+                             for line in text.split("\n"))
         _fat_write(disk, cmdline_file, (text + "\n").encode(), tmp)
     else:  # cut short, as a power cut on a card that reorders writes leaves it
         data = _fat_read(disk, f"{trial}/initrd.img")
@@ -201,7 +208,8 @@ def inject(rig: LoaderRig, fault: str) -> Outcome:
         problems = []
         version = _sh(up, "cat /etc/sample-version").strip().splitlines()[-1]
         booted = json.loads(_sh(up, f"cat {BOOTED}").strip().splitlines()[-1])
-        st = json.loads(_sh(up, "bankctl loader --json"))
+        out = _sh(up, "bankctl loader --json")
+        st = json.loads(out[out.index("{"):])  # after any FAT-fs warning the kernel printed while mounting
         if version != "1.0.0":
             problems.append(f"version {version} is up")
         if not booted.get("signed_by"):
