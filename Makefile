@@ -3,6 +3,8 @@ BOARD ?= qemu-aarch64
 VENV  := .venv/bin
 INITRAMFS := build/$(BOARD)/initramfs.img
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: two single-thread QEMU guests at once fit two cores.
+JOBS ?= 2
 # Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
 DEV_KEY := build/keys/dev
 TRUST ?= $(DEV_KEY).pub
@@ -46,7 +48,7 @@ demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img --net
 
 test: deps lint
-	$(VENV)/pytest $(PYTEST_ARGS)
+	$(VENV)/pytest -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The tiers (tests/conftest.py): unit needs only the venv, host the tools and parts `make deps` fetches,
 # vm boots QEMU. `make test` runs them all.

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from builder.cachelock import cache_lock
 from builder.run import run
 
 APT_TRIES = 4
@@ -68,9 +69,11 @@ def download(names: list[str], arch: str, dest: Path) -> list[Path]:
     # _apt drops privileges for the download: let it write here to avoid a noisy fallback warning.
     os.chmod(dest, 0o777)
     wanted = {n: _find_deb(dest, n, arch) for n in names}
-    missing = [f"{n}:{arch}" for n, p in wanted.items() if p is None]
-    if missing:
-        _run_apt(["apt-get", "download", *missing], cwd=dest)
+    if any(p is None for p in wanted.values()):
+        with cache_lock(dest / "download"):  # apt-get writes the .deb in place: one downloader per directory
+            missing = [f"{n}:{arch}" for n in names if _find_deb(dest, n, arch) is None]
+            if missing:
+                _run_apt(["apt-get", "download", *missing], cwd=dest)
     result = []
     for n in names:
         deb = _find_deb(dest, n, arch)
@@ -92,18 +95,20 @@ def unpack(debs: list[Path], root: Path, stamp_text: str) -> Path:
     stamp = root / ".bankboot-unpacked"
     if stamp.exists() and stamp.read_text() == stamp_text:
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    try:
-        for deb in debs:
-            run(["dpkg-deb", "-x", str(deb), str(tmp)], error=DebianError)
-        (tmp / ".bankboot-unpacked").write_text(stamp_text)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with cache_lock(root):
+        if stamp.exists() and stamp.read_text() == stamp_text:
+            return root  # unpacked by another process while this one waited
+        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+        try:
+            for deb in debs:
+                run(["dpkg-deb", "-x", str(deb), str(tmp)], error=DebianError)
+            (tmp / ".bankboot-unpacked").write_text(stamp_text)
+            if root.exists():
+                shutil.rmtree(root)
+            tmp.rename(root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return root
 
 

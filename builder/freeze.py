@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from builder.cachelock import cache_lock
 from builder.paths import PROJECT, cache_dir
 from builder.pysysroot import PySysroot
 from builder.run import run
@@ -102,14 +103,23 @@ def use_lean_libpython(contents: Path, libpython: Path, soname: str) -> None:
 
 def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
     """Return the onedir bundle (a directory holding `init` and `bankboot/`), freezing when needed."""
-    from builder.leanpython import SONAME, lean_libpython
+    from builder.leanpython import lean_libpython
 
     libpython = lean_libpython(sysroot.arch)
     key = input_hash(sysroot, libpython)
     out = cache_dir() / "frozen" / sysroot.arch.debian / key
     if (out / NAME / NAME).is_file():
         return out / NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(out):
+        if not (out / NAME / NAME).is_file():  # or another process froze it while this one waited
+            _freeze(sysroot, libpython, out, log)
+    return out / NAME
+
+
+def _freeze(sysroot: PySysroot, libpython: Path, out: Path, log: Path | None) -> None:
+    from builder.leanpython import SONAME
+
+    key = out.name
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent))
     launcher = work / "run_pyinstaller.py"
     # PyInstaller starts helper processes with sys.executable (and compat uses _base_executable):
@@ -144,4 +154,3 @@ def freeze_init(sysroot: PySysroot, log: Path | None = None) -> Path:
         shutil.rmtree(out)
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
-    return out / NAME

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from builder.arch import Arch
+from builder.cachelock import cache_lock
 from builder.elf import read_elf
 from builder.paths import cache_dir
 from builder.run import find_tool, run
@@ -50,8 +51,7 @@ def build_launcher(arch: Arch, interp: str, libdirs: tuple[str, ...], kit: str =
     out = cache_dir() / "launcher" / arch.debian / key.hexdigest()[:16] / "bankctl"
     if out.is_file():
         return out.read_bytes()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    with cache_lock(out), tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         built = Path(tmp) / "bankctl"
         run([gcc, *FLAGS, *own_flags, *defines, "-o", str(built), str(SOURCE)], error=LauncherError,
             what=f"compiling bankctl's launcher for {arch.debian}")

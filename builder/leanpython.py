@@ -18,6 +18,7 @@ from pathlib import Path
 
 from builder import debian
 from builder.arch import Arch
+from builder.cachelock import cache_lock
 from builder.paths import cache_dir
 from builder.run import find_tool, run
 
@@ -86,6 +87,13 @@ def lean_libpython(arch: Arch) -> Path:
     out = cache_dir() / "leanpython" / arch.debian / key / SONAME
     if out.is_file():
         return out
+    with cache_lock(out):
+        if not out.is_file():  # or another process linked it while this one waited
+            _link(arch, key, versions, out)
+    return out
+
+
+def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
     debs = debian.download(DEV_PACKAGES, arch.debian, cache_dir() / "debs" / arch.debian)
     dev = debian.unpack(debs, cache_dir() / "leanpython" / arch.debian / "dev",
                         "".join(f"{n} {versions[n]}\n" for n in DEV_PACKAGES))
@@ -127,7 +135,6 @@ def lean_libpython(arch: Arch) -> Path:
         linked.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 def _symbols(nm: str, path: Path, defined: bool) -> set[str]:

@@ -9,6 +9,7 @@ not go green by skipping, and a pure-Python change must not need QEMU to be test
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def test_dir() -> Path:
-    d = build_dir() / "tests"
+    """build/tests, one directory per pytest-xdist worker (`make test` runs two): each builds its own disks,
+    keys and initramfs; what they share (build/cache) is made under builder/cachelock.py's locks."""
+    d = build_dir() / "tests" / os.environ.get("PYTEST_XDIST_WORKER", "main")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
