@@ -25,7 +25,7 @@ if test -n "${bb_try}" && test "${bb_try}" != "${bb_good}" && test "${bb_left}" 
   env export -t ${bb_tmp} bb_left bb_try
   if fatwrite ${bb_part} ${bb_tmp} /loader/try.env ${filesize}; then
     setenv bb_slot ${bb_try}
-    setenv bb_trial " bankboot.loader_trial"
+    setenv bb_trial bankboot.loader_trial
     echo "bankboot: trying loader ${bb_try}, ${bb_left} tries left after this one"
   else
     echo "bankboot: cannot record the try; booting the good loader ${bb_good}"
@@ -34,7 +34,7 @@ fi
 setenv bb_verify 'setexpr bb_sum ${bb_addr} + ${filesize}; setexpr bb_sum ${bb_sum} + 0x100; setexpr bb_sum ${bb_sum} / 0x100; setexpr bb_sum ${bb_sum} * 0x100; setexpr bb_exp ${bb_sum} + 0x10; setexpr bb_exp2 ${bb_sum} + 0x14; crc32 ${bb_addr} ${filesize} ${bb_sum} && load ${bb_part} ${bb_exp} /${bb_slot}/${bb_file}.crc32 && run bb_cmp'
 setenv bb_cmp 'cmp.b ${bb_sum} ${bb_exp} 4 || cmp.b ${bb_sum} ${bb_exp2} 4'
 setenv bb_load 'load ${bb_part} ${bb_addr} /${bb_slot}/${bb_file} && setenv bb_size ${filesize} && run bb_verify'
-setenv bb_boot_slot 'echo "bankboot: loading loader ${bb_slot}"; setenv bb_args; if load ${bb_part} ${bb_tmp} /${bb_slot}/cmdline.env; then env import -t ${bb_tmp} ${filesize} bb_args; fi; setenv bb_addr ${kernel_addr_r}; setenv bb_file vmlinuz; if run bb_load; then setenv bb_addr ${ramdisk_addr_r}; setenv bb_file initrd.img; if run bb_load; then setenv bootargs "${bb_args} bankboot.loader_slot=${bb_slot}${bb_trial}"; if test "${cpu}" = armv8; then booti ${kernel_addr_r} ${ramdisk_addr_r}:${bb_size} ${fdt_addr}; else bootz ${kernel_addr_r} ${ramdisk_addr_r}:${bb_size} ${fdt_addr}; fi; fi; fi; echo "bankboot: loader ${bb_slot}: ${bb_file} failed to load, verify or start"'
+setenv bb_boot_slot 'echo "bankboot: loading loader ${bb_slot}"; setenv bb_args; if load ${bb_part} ${bb_tmp} /${bb_slot}/cmdline.env; then env import -t ${bb_tmp} ${filesize} bb_args; fi; setenv bb_addr ${kernel_addr_r}; setenv bb_file vmlinuz; if run bb_load; then setenv bb_addr ${ramdisk_addr_r}; setenv bb_file initrd.img; if run bb_load; then setenv bootargs "${bb_args} bankboot.loader_slot=${bb_slot} ${bb_trial}"; if test "${cpu}" = armv8; then booti ${kernel_addr_r} ${ramdisk_addr_r}:${bb_size} ${fdt_addr}; else bootz ${kernel_addr_r} ${ramdisk_addr_r}:${bb_size} ${fdt_addr}; fi; fi; fi; echo "bankboot: loader ${bb_slot}: ${bb_file} failed to load, verify or start"'
 # the watchdog only for a loader on trial: a committed loader is never reset by it
 if test -n "${bb_trial}" && test -n "${bb_wdt_arm}"; then run bb_wdt_arm; fi
 run bb_boot_slot
