@@ -82,13 +82,10 @@ def other(slot: str) -> str:
     return LOADER_SLOTS[1] if slot == LOADER_SLOTS[0] else LOADER_SLOTS[0]
 
 
-def entries(root: str) -> list[tuple[int, str, int | None, int | None, str]]:
-    """systemd-boot entries of ours: (n, slot, tries left or None, tries done or None, file name)."""
+def parse_entries(names: list[str]) -> list[tuple[int, str, int | None, int | None, str]]:
+    """Our systemd-boot entries among file names, newest first: (n, slot, tries left or None, tries done or
+    None, file name)."""
     out = []
-    try:
-        names = os.listdir(os.path.join(root, LOADER_ENTRIES))
-    except OSError:
-        return []
     for name in names:
         if not (name.startswith(ENTRY_PREFIX) and name.endswith(".conf")):
             continue
@@ -104,6 +101,13 @@ def entries(root: str) -> list[tuple[int, str, int | None, int | None, str]]:
             done = int(d_text) if d_text.isdigit() else 0
         out.append((int(n_text), slot, left, done, name))
     return sorted(out, key=lambda e: (e[0], e[4]), reverse=True)
+
+
+def entries(root: str) -> list[tuple[int, str, int | None, int | None, str]]:
+    try:
+        return parse_entries(os.listdir(os.path.join(root, LOADER_ENTRIES)))
+    except OSError:
+        return []
 
 
 def status(root: str) -> dict[str, Any]:

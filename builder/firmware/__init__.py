@@ -152,10 +152,10 @@ def boot_files(kind: str, arch: str, kernel: Path, initrd: Path, cmdline: str, t
     """The boot FAT's files for a firmware (source, path on the FAT), loader slot a holding the pair."""
     assert kind in ("uboot", "uefi")
     files = slot_files(LOADER_SLOTS[0], kernel, initrd, cmdline, tmp)
-    good = tmp / "good.env"
-    good.write_text(f"bb_good={LOADER_SLOTS[0]}\n")
-    files.append((good, f"{LOADER_DIR}/{LOADER_GOOD}"))
     if kind == "uboot":
+        good = tmp / "good.env"
+        good.write_text(f"bb_good={LOADER_SLOTS[0]}\n")
+        files.append((good, f"{LOADER_DIR}/{LOADER_GOOD}"))
         files.append((boot_script(tmp / "boot.scr"), "boot.scr"))
         if watchdog:
             board_env = tmp / "board.env"
@@ -213,3 +213,26 @@ def firmware_of(disk: Path) -> str:
         return "uboot"
     efi = run(["mdir", "-b", "-i", img, "::/EFI/BOOT"], env=env, check=False).stdout
     return "uefi" if ".EFI" in efi.upper() else "direct"
+
+
+def committed_loader(disk: Path, kind: str, dest: Path) -> tuple[Path, str]:
+    """The committed loader's initramfs (copied into dest) and command line, read as the firmware would:
+    U-Boot's good.env, or the first systemd-boot entry without a boot counter (bankboot inspect)."""
+    from builder.disk import partitions, read_boot_file
+    from initfs.loaderab import parse_entries, read_env
+
+    fat = f"{disk}@@{partitions(disk)[0]['start'] * 512}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    if kind == "uboot":
+        text = run(["mtype", "-i", fat, f"::/{LOADER_DIR}/{LOADER_GOOD}"], env=env, check=False).stdout
+        slot = text.strip().removeprefix("bb_good=")
+    else:
+        listing = run(["mdir", "-b", "-i", fat, f"::/{LOADER_ENTRIES}"], env=env, check=False).stdout
+        blessed = [e for e in parse_entries([line.rsplit("/", 1)[-1].strip() for line in listing.splitlines()])
+                   if e[2] is None]
+        slot = blessed[0][1] if blessed else LOADER_SLOTS[0]
+    slot = slot if slot in LOADER_SLOTS else LOADER_SLOTS[0]
+    (dest / slot).mkdir(parents=True, exist_ok=True)
+    initrd = read_boot_file(disk, f"{slot}/{SLOT_INITRD}", dest)
+    args = read_env(str(read_boot_file(disk, f"{slot}/{SLOT_CMDLINE}", dest)))
+    return initrd, args.get("bb_args", "")

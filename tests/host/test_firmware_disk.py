@@ -62,6 +62,10 @@ def test_uboot_disk_has_the_script_two_slot_layout_and_crcs(aarch64, built_initr
     env_block = flash.read_bytes()[:0x40000]
     assert int.from_bytes(env_block[:4], "little") == zlib.crc32(env_block[4:])  # U-Boot accepts it
     assert b"bootdelay=0\0" in env_block and b"boot_targets=virtio0\0" in env_block
+    # bankboot inspect checks the image against the committed loader slot's initramfs
+    from builder.inspect import inspect_file
+
+    assert inspect_file(disk, (), None)["ok"]
     with pytest.raises(ValueError, match="reads its command line from the disk"):
         from builder.boot import firmware_args
         firmware_args(board, disk, "bankboot.debug")
@@ -78,6 +82,9 @@ def test_uefi_disk_has_an_esp_with_systemd_boot_and_one_entry(aarch64, built_ini
     entry = _read(disk, "loader/entries/bankboot-1-a.conf").decode()
     assert "linux /a/vmlinuz\ninitrd /a/initrd.img\n" in entry and "bankboot.loader_slot=a" in entry
     assert "+" not in entry
+    from builder.inspect import inspect_file
+
+    assert inspect_file(disk, (), None)["ok"]
     args = qemu_args("uefi", "arm64", disk)
     assert "-bios" not in args and any("AAVMF_CODE.fd" in a for a in args)
     template = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
