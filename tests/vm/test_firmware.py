@@ -190,8 +190,8 @@ def test_uefi_systemd_boot_counts_a_new_loader_and_falls_back(test_dir: Path, si
         vm.console.expect(r"EFI stub: Booting Linux Kernel", T)  # started by systemd-boot from the ESP
         st = _up(vm)
         assert st["firmware"] == "uefi" and st["good"] == "a" and st["booted"] == {"slot": "a", "trial": False}
-        rc, efi = vm.console.run("ls /sys/firmware/efi", timeout=T)
-        assert rc == 0 and "runtime" in efi, efi
+        rc, efi = vm.console.run("test -d /sys/firmware/efi", timeout=T)  # the kernel was started by UEFI
+        assert rc == 0, efi
         rc, msg = vm.console.run("bankctl install-loader current --tries 1", timeout=T)
         assert rc == 0 and "bankboot-2-b+1.conf" in msg, msg
         vm.console.sendline("reboot")
