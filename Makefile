@@ -75,7 +75,8 @@ bench: deps
 bench-net: deps
 	$(VENV)/bankboot bench-net --board $(BOARD)
 
-# The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
+# The never-brick campaign: 100 real power cuts (QEMU killed), every disk-fault class and two rounds of the loader
+# classes on the board's firmware (builder/loaderfaults.py); about 40 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
 SEED ?=
 faults: deps

@@ -359,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
     f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
     f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")
-    f.add_argument("--loader-rounds", type=int, default=3,
+    f.add_argument("--loader-rounds", type=int, default=2,
                    help="rounds of the loader classes (a power cut in install-loader, a new loader that panics, is "
-                        "truncated or hangs) on a disk for the board's firmware (default 3; 0: none)")
+                        "truncated or hangs) on a disk for the board's firmware (default 2; 0: none)")
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)
