@@ -381,11 +381,12 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
     board's firmware, after the rest; none for a board that boots direct."""
     say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
     rng = random.Random(seed)
-    rig = prepare(board, out, rng, say)
     outcomes: list[Outcome] = []
     plan = [("cut", POWER_CLASSES[i % len(POWER_CLASSES)]) for i in range(cuts)] + [("disk", d) for d in disk_classes]
+    rig = prepare(board, out, rng, say) if plan else None  # --cuts 0 --no-disk-faults: the loader classes only
     for i, (kind, fault) in enumerate(plan, 1):
         try:
+            assert rig is not None
             o = cut_during(rig, fault) if kind == "cut" else disk_fault(rig, fault)
         except Exception as e:  # the harness itself: reported as a failure of that injection
             o = Outcome(fault, "", False, 0, error=f"{type(e).__name__}: {str(e)[-800:]}")
