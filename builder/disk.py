@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.bmap import copy_sparse, mkfs_env, write_bmap
 from builder.board import Board
 from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
@@ -93,7 +94,7 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     cmd = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"]
     if content is not None:
         cmd += ["-d", str(content)]
-    _run([*cmd, str(path)])
+    _run([*cmd, str(path)], env=mkfs_env())
 
 
 def check_bootable(bank: Path, manifest: Manifest, initramfs: Path) -> None:
@@ -223,17 +224,21 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
             for i, ((s, n), t) in enumerate(zip(layout.parts, (p1_type, "83", "83"), strict=True)))
         _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=script)
-        with open(disk, "r+b") as out:
+        with open(disk, "r+b") as out:  # only the blocks the filesystems use: the rest stays a hole
             for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):
-                out.seek(start)
-                with open(part, "rb") as piece:
-                    shutil.copyfileobj(piece, out, 4 * MiB)
-            out.flush()
+                copy_sparse(part, out.fileno(), start)
             os.fsync(out.fileno())
+        bmap = write_bmap(disk, tmp / "disk.bmap", DiskError)
         disk.replace(output)
+        bmap.replace(bmap_path(output))
     for stale in (".uboot-env", ".efivars"):  # a new device: its firmware storage starts afresh
         output.with_name(output.name + stale).unlink(missing_ok=True)
     return layout, manifest
+
+
+def bmap_path(disk: Path) -> Path:
+    """Where `bankboot disk` puts the block map: beside the image, as Yocto names it (bmaptool finds it)."""
+    return disk.with_name(disk.name + ".bmap")
 
 
 def partitions(disk: Path) -> list[dict]:

@@ -13,11 +13,12 @@ import tempfile
 from pathlib import Path
 
 from builder.cachelock import cache_lock
-from builder.paths import PROJECT, cache_dir
+from builder.paths import cache_dir, package_root
 from builder.pysysroot import PySysroot
 from builder.run import run
 
-ENTRY = PROJECT / "initfs" / "entry.py"
+ENTRY = "initfs/entry.py"  # relative to the package root (a checkout, or an installed wheel's site-packages)
+FROZEN_PACKAGES = ("initfs", "overlay_layout")
 NAME = "init"
 CONTENTS_DIR = "bankboot"  # the bundle's libraries and Python modules, at /bankboot in the initramfs
 
@@ -58,7 +59,10 @@ KEEP_ENCODINGS = ("__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig
 FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "9"}
 # -OO: no docstrings or asserts in the bundle's bytecode (nothing here reads a docstring at run time).
 OPTIONS = ["--optimize", "2"]
-HIDDEN_IMPORTS: list[str] = []
+# Imported by the TLS piece's ssl.py (overlay_layout/net/tlspiece.py runs it from source), which PyInstaller
+# never sees, and by nothing the init carries: without it `bankctl stage URL` died in the guest with
+# "No module named 'base64'" (tests/host/test_lean_imports.py reads ssl.py for what it needs).
+HIDDEN_IMPORTS: list[str] = ["base64"]
 # Shared libraries loaded with ctypes, which PyInstaller cannot see: (path in the sysroot, bundle dir).
 BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
 
@@ -70,8 +74,10 @@ def excluded_encodings(sysroot: PySysroot) -> list[str]:
 
 
 def freeze_inputs() -> list[Path]:
-    """The files whose content decides the frozen result."""
-    return sorted([*(PROJECT / "initfs").glob("*.py"), *(PROJECT / "overlay_layout").rglob("*.py"), Path(__file__)])
+    """The files whose content decides the frozen result, found from the installed packages (a checkout's
+    and a wheel's give the same hash for the same sources, so they share frozen inits in one cache)."""
+    root = package_root()
+    return sorted([*(f for pkg in FROZEN_PACKAGES for f in (root / pkg).rglob("*.py")), Path(__file__)])
 
 
 def input_hash(sysroot: PySysroot, libpython: Path) -> str:
@@ -80,8 +86,19 @@ def input_hash(sysroot: PySysroot, libpython: Path) -> str:
     h.update(libpython.read_bytes())
     h.update(repr((EXCLUDES, KEEP_ENCODINGS, OPTIONS, HIDDEN_IMPORTS, BINARIES, FREEZE_ENV)).encode())
     for f in freeze_inputs():
-        h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(str(f.relative_to(package_root())).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def stage_sources(dest: Path) -> Path:
+    """Copy the frozen packages' sources into `dest`: PyInstaller then searches only them (and the target's
+    own stdlib), never the host's site-packages next to an installed bankboot."""
+    for pkg in FROZEN_PACKAGES:
+        root = package_root() / pkg
+        for f in sorted(root.rglob("*.py")):  # subpackages too (overlay_layout/net)
+            (dest / pkg / f.parent.relative_to(root)).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest / pkg / f.relative_to(root))
+    return dest
 
 
 class FreezeError(RuntimeError):
@@ -121,6 +138,7 @@ def _freeze(sysroot: PySysroot, libpython: Path, out: Path, log: Path | None) ->
 
     key = out.name
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent))
+    sources = stage_sources(work / "src")
     launcher = work / "run_pyinstaller.py"
     # PyInstaller starts helper processes with sys.executable (and compat uses _base_executable):
     # both must be the host-executable wrapper, not the target binary.
@@ -134,11 +152,11 @@ def _freeze(sysroot: PySysroot, libpython: Path, out: Path, log: Path | None) ->
         str(sysroot.python), str(launcher), "--noconfirm", "--onedir", "--name", NAME,
         "--contents-directory", CONTENTS_DIR, "--strip", "--log-level", "WARN",
         "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
-        "--paths", str(PROJECT), *OPTIONS,
+        "--paths", str(sources), *OPTIONS,
         *[f"--exclude-module={m}" for m in [*EXCLUDES, *excluded_encodings(sysroot)]],
         *[f"--hidden-import={m}" for m in HIDDEN_IMPORTS],
         *[f"--add-binary={sysroot.root / src.format(triplet=sysroot.arch.triplet)}:{dest}" for src, dest in BINARIES],
-        str(ENTRY),
+        str(sources / ENTRY),
     ]
     proc = run(args, env={**sysroot.env(), **FREEZE_ENV}, cwd=work, check=False)
     if log is not None:

@@ -1,17 +1,20 @@
-"""`bankboot image`: a root filesystem directory becomes a bank file: an uncompressed tar holding
-manifest.json first, then rootfs.squashfs and rootfs.verity (its dm-verity hash tree), so a device can
-read and check what it is about to copy before copying it, in one pass. The squashfs is zstd, all files
-owned by root, timestamps fixed: the same rootfs gives the same bytes. With a key, the manifest is signed
-(ed25519); the signature covers the squashfs and hash tree through their hashes and the verity root hash."""
+"""`bankboot image`: a root filesystem (a directory, an image's layers, a tarball: builder/source.py)
+becomes a bank file: an uncompressed tar holding manifest.json first, then rootfs.squashfs, rootfs.verity
+(its dm-verity hash tree) and rootfs.chunks (its chunk index), so a device can read and check what it is
+about to copy before copying it, in one pass. The squashfs is zstd; the same source gives the same bytes
+(builder/imagetree.py says how for each kind). With a key, the manifest is signed (ed25519); the signature
+covers the squashfs, hash tree and chunk index through their hashes and the verity root hash. Nothing is
+held in memory whole: the parts are files in a temporary directory beside the output, renamed into place
+at the end, so a failure leaves no output."""
 
 from __future__ import annotations
 
 import hashlib
-import io
+import os
 import shlex
 import sys
-import tarfile
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -19,33 +22,35 @@ from builder.arch import ARCHES
 from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
+from builder.imageerror import ImageError
 from builder.run import find_tool, run
 from initfs.version import VERSION
-from overlay_layout import chunks, durable
+from overlay_layout import chunks
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
-from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError, check_id
-from overlay_layout.manifest import FORMAT, KERNEL_FILES, check_persist, dump_manifest, parse_manifest, split_persist
+from overlay_layout.layout import SQUASHFS, VERITY, LayoutError, check_id
+from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest, split_persist
 from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from overlay_layout.records import Manifest
 
+__all__ = ["ImageError", "build_image", "check_persist_paths", "make_squashfs", "preflight_ranges", "rootfs_arch"]
+
 _ARCH_BY_MACHINE = {(a.elf_machine, a.elf_class): a.debian for a in ARCHES.values()}
 
 
-class ImageError(RuntimeError):
-    pass
-
-
-def rootfs_arch(rootfs: Path, init: str = "/sbin/init") -> str:
+def rootfs_arch(rootfs: Path, init: str = "/sbin/init", fill: Callable[[Path], None] | None = None) -> str:
     """The Debian architecture of the rootfs's init (symlinks followed inside the rootfs; a script's `#!`
-    interpreter followed too, up to four levels, as the kernel would)."""
+    interpreter followed too, up to four levels, as the kernel would). fill: gives a skeleton's file its
+    bytes before it is read."""
     chain: list[str] = []
     for _ in range(5):
         real = resolve_in_root(rootfs, init)
         path = rootfs / real.lstrip("/")
+        if fill is not None:
+            fill(path)
         if not path.is_file():
             what = f"{init} (looked at {real})" + (f", the interpreter of {' -> '.join(chain)}" if chain else "")
             raise ImageError(f"{rootfs} has no {what}: an image must have an init to boot")
@@ -95,6 +100,8 @@ def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = No
     """extra: files added at these absolute paths (parents made), without touching the rootfs."""
     mksquashfs = find_tool("mksquashfs", "squashfs-tools", ImageError)
     epoch = str(source_date_epoch())
+    # mksquashfs refuses SOURCE_DATE_EPOCH beside -mkfs-time/-all-time; the options carry it.
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     cmd = [mksquashfs, str(rootfs), str(output), "-comp", "zstd", "-all-root", "-noappend", "-no-progress",
            "-quiet", "-mkfs-time", epoch, "-all-time", epoch, "-processors", "1"]
     dirs = sorted({str(p) for path in (extra or {}) for p in PurePosixPath(path).parents if str(p) != "/"})
@@ -102,10 +109,11 @@ def make_squashfs(rootfs: Path, output: Path, extra: dict[str, Path] | None = No
         cmd += ["-p", f"{d} d 755 0 0"]
     for path, src in sorted((extra or {}).items()):
         cmd += ["-p", f"{path} f 644 0 0 cat {shlex.quote(str(src))}"]
-    run(cmd, error=ImageError, package="squashfs-tools", what="mksquashfs")
+    run(cmd, error=ImageError, package="squashfs-tools", what="mksquashfs", env=env)
 
 
-def preflight_ranges(rootfs: Path, squashfs: Path, arch: str, init: str = "/sbin/init") -> dict:
+def preflight_ranges(rootfs: Path, squashfs: Path, arch: str, init: str = "/sbin/init",
+                     fetch: Callable[[str], None] | None = None) -> dict:
     """The manifest's `preflight`: the squashfs's byte ranges holding the init and every file it needs to
     start (found as the device's preflight would find them), so each boot can prove they read back through
     dm-verity without decompressing them. An init that could not start is refused here, naming why."""
@@ -114,7 +122,7 @@ def preflight_ranges(rootfs: Path, squashfs: Path, arch: str, init: str = "/sbin
     from overlay_layout.contract import arch_named
 
     try:
-        files = init_files(str(rootfs), init, arch_named(arch).uname, whole=False)
+        files = init_files(str(rootfs), init, arch_named(arch).uname, whole=False, fetch=fetch)
     except PreflightError as e:
         raise ImageError(f"{rootfs}: the image's init cannot start: {e}") from None
     try:
@@ -141,165 +149,120 @@ def make_verity(squashfs: Path, output: Path, salt: str) -> dict:
             "hash_block_size": 4096, "size": output.stat().st_size, "sha256": sha256_file(output)}
 
 
-def prepare_kernel(rootfs: Path, arch: str, kernel: Path, initramfs: Path | None, board: str | Board | None,
-                   sign_key: Path | None, trust: tuple[Path, ...], append: str, tmp: Path) -> tuple[dict, dict]:
-    """The image's own kernel: (manifest `kernel` object, {path in the squashfs: file}). `board`: build the
-    bankboot initramfs for this kernel (that board's settings, modules from the rootfs's own
-    /lib/modules/<release>), trusting the signing key and `trust`."""
-    from builder.kernelfile import KEXEC_FILE_ARCHES, KernelFileError, read_kernel
-
-    if (rootfs / KERNEL_FILES["image"].lstrip("/")).parent.exists():
-        raise ImageError(f"{rootfs}/boot/bankboot exists: that directory is where bankboot puts the image's "
-                         f"kernel (give the kernel with --kernel instead)")
-    try:
-        k = read_kernel(kernel)
-    except KernelFileError as e:
-        raise ImageError(str(e)) from None
-    if k.arch != arch:
-        raise ImageError(f"--kernel {kernel} is an {k.arch} kernel; the image is {arch}")
-    if arch not in KEXEC_FILE_ARCHES:
-        raise ImageError(f"--kernel: bankboot kexecs kernels on {', '.join(KEXEC_FILE_ARCHES)} only, not {arch}")
-    if (initramfs is None) == (board is None):
-        raise ImageError("--kernel needs exactly one of --initramfs FILE (a bankboot initramfs for that kernel) "
-                         "and --board BOARD (build one)")
-    modules = rootfs / "lib/modules" / k.release
-    if not (modules / "modules.dep").is_file():
-        raise ImageError(f"--kernel {kernel} is release {k.release}, but {modules}/modules.dep does not exist: "
-                         f"an image with its own kernel carries that kernel's modules (and runs depmod)")
-    files: dict[str, Path] = {"image": tmp / "kernel"}
-    files["image"].write_bytes(k.data)
-    if board is not None:
-        files["initramfs"] = build_kernel_initramfs(board, kernel, k.release, modules, arch, sign_key, trust,
-                                                    tmp / "initramfs.img")
-    elif initramfs is not None:
-        files["initramfs"] = initramfs
-    from builder.tls import piece_path
-
-    if piece_path(files["initramfs"]).is_file():  # https for that initramfs's bankctl (builder/tls.py)
-        files["tls"] = piece_path(files["initramfs"])
-    obj: dict = {"release": k.release, "version": k.version}
-    for name, src in files.items():
-        obj[name] = {"path": KERNEL_FILES[name], "size": src.stat().st_size, "sha256": sha256_file(src)}
-    if append:
-        obj["append"] = append
-    return obj, {KERNEL_FILES[name]: src for name, src in files.items()}
-
-
-def build_kernel_initramfs(board_or_name: str | Board, kernel: Path, release: str, modules: Path, arch: str,
-                           sign_key: Path | None, trust: tuple[Path, ...], out: Path) -> Path:
-    import dataclasses
-
-    from builder.board import BoardError, Kernel, load_board
-    from builder.initramfs import TrustPolicy, build_initramfs
-    from builder.keys import public_key_text
-
-    try:
-        board = load_board(board_or_name) if isinstance(board_or_name, str) else board_or_name
-    except BoardError as e:
-        raise ImageError(str(e)) from None
-    if board.arch.debian != arch:
-        raise ImageError(f"--board {board.name} is {board.arch.debian}; the image is {arch}")
-    keys = list(trust)
-    if sign_key is not None:  # the second stage must accept the image it was shipped in
-        pub = out.parent / "signer.pub"
-        pub.write_text(public_key_text(read_private_key(str(sign_key)), "image signer"))
-        keys.append(pub)
-    if not keys:
-        raise ImageError("--board builds an initramfs that checks signatures: sign the image (--sign) or --trust KEY")
-    from builder.kmod import ModuleError, module_closure
-
-    have = []
-    for m in board.modules:  # another flavour of kernel may lack some (Debian's cloud kernels: i6300esb)
-        try:
-            module_closure(modules, [m])
-            have.append(m)
-        except ModuleError:
-            print(f"warning: board {board.name}'s module {m} is not in kernel {release} (neither a module in the "
-                  f"rootfs nor built in): left out of the image's initramfs", file=sys.stderr)
-    board = dataclasses.replace(board, modules=tuple(have),
-                                kernel=Kernel(image=kernel, modules_dir=modules, version=release))
-    build_initramfs(board, out, policy=TrustPolicy(tuple(keys)))
-    return out
-
-
 def sha256_file(path: Path) -> str:
     return hash_file(str(path))[1]
 
 
-def build_image(rootfs: Path, version: str, output: Path, image_id: str | None = None,
+def build_image(rootfs: Path | None, version: str, output: Path, image_id: str | None = None,
                 sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
-                persist: list[str] | None = None, arch: str | None = None, kernel: Path | None = None,
+                persist: list[str] | None = None, arch: str | None = None, kernel: Path | str | None = None,
                 kernel_initramfs: Path | None = None, kernel_board: str | Board | None = None, kernel_append: str = "",
-                trust: tuple[Path, ...] = ()) -> dict:
-    """confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
+                trust: tuple[Path, ...] = (), source: str | None = None, strict: bool = False,
+                say: Callable[[str], None] | None = None) -> dict:
+    """rootfs: a root filesystem directory, or None with `source` (`--from SOURCE`, builder/source.py).
+    confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
     persist: the image's persistence policy (a sealed image): only these directories keep changes on the
     banks partition; the rest of the root is the verified squashfs under a tmpfs. None: the whole root
     keeps changes (unsealed).
-    kernel: the image carries its own kernel (and a bankboot initramfs for it: kernel_initramfs, or built for
-    kernel_board), which the init on the boot partition kexecs when it differs from the running one."""
-    if not rootfs.is_dir():
-        raise ImageError(f"rootfs {rootfs} is not a directory")
+    kernel: the image carries its own kernel, a file or "image" (the one in its /usr/lib/modules), with a
+    bankboot initramfs for it (kernel_initramfs, or built for kernel_board), which the init on the boot
+    partition kexecs when it differs from the running one.
+    strict: lint warnings refuse the image. say: where warnings and notes go (stderr)."""
+    from builder.imagetree import KernelRequest, tree_from_dir, tree_from_layers
+    from builder.lint import lint
+    from builder.pack import index_file, write_bank
+    from builder.source import SourceError, open_source
+
+    say = say or (lambda line: print(line, file=sys.stderr))
+    if (rootfs is None) == (source is None):
+        raise ImageError("give the root filesystem as exactly one of --rootfs DIR and --from SOURCE")
     try:
         parse_version(version)
         parse_version(min_bankboot)
         seed = read_private_key(str(sign_key)) if sign_key else None
     except TrustError as e:
         raise ImageError(str(e)) from None
-    if arch is None:
-        arch = rootfs_arch(rootfs)
-    elif arch not in {a.debian for a in ARCHES.values()}:
-        raise ImageError(f"--arch {arch!r} is not one of {', '.join(sorted({a.debian for a in ARCHES.values()}))}")
-    paths = check_persist_paths(rootfs, persist) if persist else None
+    if arch is not None and arch not in ARCHES:
+        raise ImageError(f"--arch {arch!r} is not one of {', '.join(sorted(ARCHES))}")
     if kernel is None and (kernel_initramfs or kernel_board or kernel_append):
         raise ImageError("--initramfs, --board and --kernel-append describe the image's own kernel: give --kernel")
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
-        sq = Path(tmp) / SQUASHFS
-        kobj, extra = (prepare_kernel(rootfs, arch, kernel, kernel_initramfs, kernel_board, sign_key, trust,
-                                      kernel_append, Path(tmp)) if kernel else (None, {}))
-        make_squashfs(rootfs, sq, extra)
+    if persist:
+        check_persist_paths_syntax(persist)
+    k = KernelRequest(kernel, kernel_initramfs, kernel_board, kernel_append, sign_key, trust)
+    with tempfile.TemporaryDirectory(dir=existing_parent(output), prefix=".bankboot-image-") as tmpdir:
+        tmp = Path(tmpdir)
+        sq = tmp / SQUASHFS
+        if rootfs is not None:
+            if not rootfs.is_dir():
+                raise ImageError(f"rootfs {rootfs} is not a directory")
+            tree = tree_from_dir(rootfs, sq, arch, k, tmp)
+        else:
+            assert source is not None
+            try:
+                src = open_source(source, arch, tmp / "source")
+            except SourceError as e:
+                raise ImageError(str(e)) from None
+            if src.pin:
+                say(f"{source}: pulled {src.pin} (give that to build the same image again)")
+            tree = tree_from_dir(src.rootfs, sq, arch, k, tmp) if src.rootfs else \
+                tree_from_layers(src, sq, arch, k, tmp, say)
+        paths = check_persist_paths(tree.root, persist) if persist else None
+        findings = lint(tree.root, k.from_image)
+        for f in findings:
+            say(str(f))
+        refused = [f for f in findings if f.severity == "error" or strict]
+        if refused:
+            raise ImageError(f"{len(refused)} problem(s) in the image" + (" (--strict)" if strict else "") + ":\n" +
+                             "\n".join(f"  {f}" for f in refused))
         digest = sha256_file(sq)
         salt = hashlib.sha256(b"bankboot-verity" + bytes.fromhex(digest)).hexdigest()  # reproducible
-        verity = make_verity(sq, Path(tmp) / VERITY, salt=salt)
-        index = Path(tmp) / chunks.MEMBER
-        index.write_bytes(chunks.dump(chunks.index_of(sq.read_bytes())))
+        verity = make_verity(sq, tmp / VERITY, salt=salt)
+        index = tmp / chunks.MEMBER
+        index.write_bytes(index_file(sq))
         manifest = {
             "format": FORMAT,
             "id": check_id(image_id or f"{version}-{digest[:12]}"),
             "version": version,
-            "arch": arch,
+            "arch": tree.arch,
             "size": sq.stat().st_size,
             "sha256": digest,
-            "created": datetime.fromtimestamp(source_date_epoch(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": datetime.fromtimestamp(tree.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "min_bankboot": min_bankboot,
             "verity": verity,
             "chunks": {"size": index.stat().st_size, "sha256": sha256_file(index),
                        "count": (index.stat().st_size - len(chunks.MAGIC)) // chunks.ENTRY.size},
         }
-        manifest["preflight"] = preflight_ranges(rootfs, sq, arch)
+        manifest["preflight"] = preflight_ranges(tree.root, sq, tree.arch, fetch=tree.fetch)
         if confirm_boots:
             manifest["confirm_boots"] = True
         if paths:
             manifest["persist"] = paths
-        if kobj:
-            manifest["kernel"] = kobj
+        if tree.kernel:
+            manifest["kernel"] = tree.kernel
         if seed is not None:
             manifest = sign_manifest(manifest, seed)
         data = dump_manifest(manifest)
         parse_manifest(data, "new manifest")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            info = tarfile.TarInfo(MANIFEST)
-            info.size, info.mode, info.mtime = len(data), 0o644, source_date_epoch()
-            tar.addfile(info, io.BytesIO(data))
-            for path in (sq, Path(tmp) / VERITY, index):
-                info = tarfile.TarInfo(path.name)
-                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, source_date_epoch()
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        durable.write_file(str(output), buf.getvalue())
+        write_bank(output, data, [sq, tmp / VERITY, index], tree.created)
     return manifest
+
+
+def check_persist_paths_syntax(persist: list[str]) -> None:
+    """The policy's own rules, before anything is built (check_persist_paths checks it against the image)."""
+    try:
+        check_persist(list(persist), "--persist")
+    except LayoutError as e:
+        raise ImageError(str(e)) from None
+
+
+def existing_parent(path: Path) -> Path:
+    """The nearest directory above `path` that exists (the temporary files go there, on the output's
+    filesystem, and nothing is created where the output goes until it is written)."""
+    parent = path.absolute().parent
+    while not parent.is_dir():
+        parent = parent.parent
+    return parent
 
 
 def read_bank(path: Path) -> BankFile:

@@ -13,7 +13,7 @@ from builder import debian
 from builder.arch import Arch
 from builder.board import Board
 from builder.kmod import run_depmod
-from builder.paths import cache_dir
+from builder.paths import cache_dir, fetch_hint
 from builder.run import run
 
 
@@ -81,14 +81,14 @@ def locate_kernel(board: Board) -> KernelParts:
         return KernelParts(k.version or k.modules_dir.name, k.image, k.modules_dir, None)
     if not _record(board.arch, k.package).is_file():
         raise PartsError(f"the kernel for board {board.name} ({k.package}:{board.arch.debian}) is not "
-                         f"fetched yet: run `make deps`")
+                         f"fetched yet ({fetch_hint()})")
     return locate_kernel_package(board.arch, k.package)
 
 
 def locate_kernel_package(arch: Arch, package: str) -> KernelParts:
     rec = _record(arch, package)
     if not rec.is_file():
-        raise PartsError(f"kernel package {package}:{arch.debian} is not fetched yet: run `make deps`")
+        raise PartsError(f"kernel package {package}:{arch.debian} is not fetched yet ({fetch_hint()})")
     return _kernel_parts(rec, rec.stat().st_mtime_ns)
 
 
@@ -137,7 +137,7 @@ def fetch_kexec_tools(arch: Arch) -> Path:
 def locate_kexec_tools(arch: Arch) -> Path:
     path = cache_dir() / "kexec-tools" / arch.debian / "sbin" / "kexec"
     if not path.is_file():
-        raise PartsError(f"kexec-tools for {arch.debian} is not fetched yet: run `make deps`")
+        raise PartsError(f"kexec-tools for {arch.debian} is not fetched yet ({fetch_hint()})")
     return path
 
 
@@ -174,7 +174,7 @@ def locate_busybox(arch: Arch, dynamic: bool = False) -> Path:
     """Debian's static busybox, or (dynamic) the one linked against libc, half the size."""
     path = cache_dir() / ("busybox-dynamic" if dynamic else "busybox") / arch.debian / "bin" / "busybox"
     if not path.is_file():
-        raise PartsError(f"busybox for {arch.debian} is not fetched yet: run `make deps`")
+        raise PartsError(f"busybox for {arch.debian} is not fetched yet ({fetch_hint()})")
     return path
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from builder import debian
 from builder.arch import Arch
 from builder.elf import read_elf, resolve_in_root
-from builder.paths import cache_dir
+from builder.paths import cache_dir, fetch_hint
 from builder.run import find_tool, run, target_runner
 
 PYTHON_PACKAGES = [
@@ -89,7 +89,7 @@ def fetch_sysroot(arch: Arch) -> PySysroot:
 def locate_sysroot(arch: Arch) -> PySysroot:
     base = sysroot_dir(arch)
     if not (base / "stamp").is_file():
-        raise SysrootError(f"the Python sysroot for {arch.debian} is not set up yet: run `make deps`")
+        raise SysrootError(f"the Python sysroot for {arch.debian} is not set up yet ({fetch_hint()})")
     return PySysroot(arch, base / "root", base / "site", base / "tools", (base / "stamp").read_text())
 
 

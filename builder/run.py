@@ -43,6 +43,18 @@ def run(cmd: list[str], *, error: type[Exception] = CommandError, package: str |
     return proc
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 5.0) -> None:
+    """A server we started (nginx, SeaweedFS): SIGTERM, then SIGKILL after `grace` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def target_runner(arch: Arch, root: Path | None = None) -> list[str]:
     """How the host starts a program built for `arch`: directly, or under qemu-user (with `root` as the
     sysroot its dynamic loader and libraries come from)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from builder.arch import Arch
 from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.parts import KernelParts, busybox_links, locate_busybox
+from builder.pollservice import INIT_SCRIPT
 from builder.run import target_runner
 from overlay_layout.contract import BIN, BOOTED, SELFTEST_DIR, archive_path
 
@@ -57,6 +58,10 @@ elif [ -x {BIN}/bankctl ] && {BIN}/bankctl boot-ok >/dev/null; then
 else
   echo "sample-rootfs: boot-ok FAILED"
 fi
+# The device's identity (bankctl poll sends an id derived from it): made once, kept in the persistent /etc.
+[ -s /etc/machine-id ] || tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
+# The channel poller, when the image names a channel (/etc/bankboot/poll.conf, builder/pollservice.py).
+[ -x {INIT_SCRIPT} ] && {INIT_SCRIPT} start
 echo "sample-rootfs: ready"
 """
 
@@ -71,10 +76,13 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin:{BIN}
 
 
 def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_good: bool = True,
-                        failing_selftest: bool = False, boot_ok: bool = True) -> Path:
+                        failing_selftest: bool = False, boot_ok: bool = True, cmdline_selftest: bool = False) -> Path:
     """mark_good=False: a trial of this image never commits itself. failing_selftest: the image ships a
     /etc/bankboot/selftest.d check that fails (the init must fall back before switching to it).
-    boot_ok=False: it never runs `bankctl boot-ok` (an image that comes up broken)."""
+    boot_ok=False: it never runs `bankctl boot-ok` (an image that comes up broken). cmdline_selftest: a check
+    that fails on a device whose kernel command line says sample.selftest=fail (a hardware variant the
+    release does not work on, for the fleet lab). It starts the channel poller of
+    builder/pollservice.install_poll_service when that is installed in it."""
     if dest.exists():
         shutil.rmtree(dest)
     for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp",
@@ -103,6 +111,12 @@ def build_sample_rootfs(arch: Arch, dest: Path, version: str = "1.0.0", mark_goo
         bad.write_text("#!/bin/sh\nsleep 600 </dev/null >/dev/null 2>&1 &\n"
                        "echo 'sample self-test: deliberately failing' >&2\nexit 7\n")
         bad.chmod(0o755)
+    if cmdline_selftest:
+        variant = checks / "20-hardware"
+        variant.write_text("#!/bin/sh\n# This release does not work on the variant whose command line says so.\n"
+                           "if grep -q 'sample.selftest=fail' /proc/cmdline; then\n"
+                           "  echo 'sample self-test: this hardware variant is not supported' >&2; exit 3\nfi\n")
+        variant.chmod(0o755)
     if not mark_good:
         (dest / "etc/sample-no-mark-good").write_text("")
     if not boot_ok:

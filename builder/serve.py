@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.run import find_tool
+from builder.run import find_tool, stop_process
 
 
 class ServeError(RuntimeError):
@@ -33,6 +33,13 @@ class ServeTls:
 
 # What the tests read back: the request, its status and bytes, which connection and its how-manyth request.
 LOG_FORMAT = '$remote_addr "$request" $status $body_bytes_sent conn=$connection n=$connection_requests'
+# What a fleet's server learns of each request (the headers `bankctl poll` sends, initfs/identity.py), one JSON
+# object a line: the fleet lab and simulation count requests and bytes per device from it.
+FLEET_LOG_FORMAT = ('{"time":$msec,"device":"$http_bankboot_device","board":"$http_bankboot_board",'
+                    '"image":"$http_bankboot_image","version":"$http_bankboot_version",'
+                    '"state":"$http_bankboot_state","fallback":"$http_bankboot_fallback","uri":"$uri",'
+                    '"status":$status,"sent":$bytes_sent,"body":$body_bytes_sent,"received":$request_length,'
+                    '"conn":$connection}')
 
 
 def nginx_config(root: Path, bind: str, port: int, work: Path, rate: str | None = None,
@@ -49,7 +56,8 @@ def nginx_config(root: Path, bind: str, port: int, work: Path, rate: str | None 
             ssl += f"        ssl_client_certificate {tls.client_ca.resolve()};\n        ssl_verify_client on;\n"
     return (f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {work}/nginx.pid;\n"
             f"error_log {work}/error.log warn;\nevents {{ worker_connections 64; }}\n"
-            f"http {{\n    log_format bankboot '{LOG_FORMAT}';\n    access_log {work}/access.log bankboot;\n{temps}"
+            f"http {{\n    log_format bankboot '{LOG_FORMAT}';\n    access_log {work}/access.log bankboot;\n"
+            f"    log_format fleet escape=json '{FLEET_LOG_FORMAT}';\n    access_log {work}/fleet.log fleet;\n{temps}"
             f"    default_type application/octet-stream;\n    sendfile on;\n"
             f"    server {{\n        listen {listen}:{port}{' ssl' if tls else ''};\n{ssl}"
             f"        root {root.resolve()};\n        autoindex on;\n"
@@ -99,19 +107,21 @@ class Server:
         return f"{'https' if self.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}/{name}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def requests(self) -> list[str]:
         """The access log's lines: what devices asked for (with the status and bytes sent)."""
         log = self.work / "access.log"
         return log.read_text().splitlines() if log.exists() else []
+
+    def fleet_log(self) -> list[dict]:
+        """The JSON access log's records (FLEET_LOG_FORMAT), oldest first."""
+        import json
+
+        log = self.work / "fleet.log"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
     def __enter__(self) -> Server:
         return self.start()

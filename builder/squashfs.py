@@ -6,6 +6,8 @@ fragments; metadata in any compression the builder writes (zstd), or stored."""
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 from pathlib import PurePosixPath
 
@@ -41,10 +43,10 @@ def _decompress(method: str, data: bytes) -> bytes:
 class Squashfs:
     def __init__(self, path: str) -> None:
         self.path = path
-        with open(path, "rb") as f:
-            self.data = f.read()
-        if len(self.data) < _SUPER.size:
-            raise SquashfsError(f"{path}: too short for a squashfs")
+        with open(path, "rb") as f:  # mapped, not read: an image of any size costs only the pages looked at
+            if os.fstat(f.fileno()).st_size < _SUPER.size:
+                raise SquashfsError(f"{path}: too short for a squashfs")
+            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         (magic, _inodes, _mtime, self.block_size, _frags, comp, _log, _flags, _ids, major, _minor, self.root,
          self.bytes_used, _id_table, _xattr, self.inode_table, self.dir_table, self.fragment_table,
          _export) = _SUPER.unpack_from(self.data)
@@ -178,7 +180,7 @@ class Squashfs:
         count = size // self.block_size if frag != NO_FRAGMENT else -(-size // self.block_size)
         block, offset = ref >> 16, ref & 0xFFFF
         table = self._read(self.inode_table, block, offset + len(body), 4 * count)
-        out, pos = b"", start
+        out, pos = bytearray(), start
         for s in struct.unpack_from(f"<{count}I", table):
             length = s & (UNCOMPRESSED_BLOCK - 1)
             raw = self.data[pos:pos + length]
@@ -192,7 +194,7 @@ class Squashfs:
             raw = self.data[fstart:fstart + (fsize & (UNCOMPRESSED_BLOCK - 1))]
             tail = raw if fsize & UNCOMPRESSED_BLOCK else self._data_block(raw)
             out += tail[frag_off:frag_off + size - len(out)]
-        return out[:size]
+        return bytes(out[:size])
 
     def _data_block(self, raw: bytes) -> bytes:
         if self.compression == "zstd":

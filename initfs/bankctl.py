@@ -15,7 +15,17 @@ import time
 
 from initfs.version import VERSION
 from overlay_layout import bootlog
-from overlay_layout.contract import BANKS, BOOTED, CONF, RUN, TIMELINE, InitramfsConf, archive_path, modules_list
+from overlay_layout.contract import (
+    BANKS,
+    BOOTED,
+    CONF,
+    INHIBIT,
+    RUN,
+    TIMELINE,
+    InitramfsConf,
+    archive_path,
+    modules_list,
+)
 from overlay_layout.layout import LayoutError
 from overlay_layout.lock import LockError, lock_banks
 from overlay_layout.manifest import describe_persist
@@ -95,6 +105,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     if pol.allow_unsigned:
         status["warnings"].insert(0, "THIS DEVICE ACCEPTS UNSIGNED IMAGES (initramfs built with "
                                      "--insecure-allow-unsigned): anyone who can write a bank file can run code here")
+    from initfs.poll import status_of
+
+    status.update(status_of(banks.root))
     if args.json:
         print(json.dumps(status, indent=1, sort_keys=True))
         return EXIT_OK
@@ -127,6 +140,9 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'} "
           f"(boots nothing below {t['boot_floor'] or 'none'}); "
           f"{'sealed' if t['sealed_build'] else 'development'} build")
+    last = status["poll"]
+    if last:
+        print(f"last poll: {last.get('checked_utc')} {last.get('url')}: {last.get('result')}")
     for w in status["warnings"]:
         print(f"WARNING: {w}" if "UNSIGNED" in w else f"warning: {w}")
     return EXIT_OK
@@ -174,9 +190,11 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tuple[Any, str]:
+def network_settings(banks: Banks, args: argparse.Namespace) -> Any:
+    """The transport.Settings of `stage URL` and `poll`: the command line's, then the board file's (TLS)."""
     from overlay_layout.contract import NETWORK_CA
-    from overlay_layout.net.download import stage_url
+    from overlay_layout.net.bearer import BearerAuth, TokenError
+    from overlay_layout.net.download import DownloadError
     from overlay_layout.net.tls import TlsOptions
     from overlay_layout.net.transport import Settings
 
@@ -194,12 +212,50 @@ def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tu
     tls = TlsOptions(ca=args.ca or (built_in_ca if os.path.isfile(built_in_ca) else None),
                      cert=args.cert or conf.client_cert or None, key=args.key or conf.client_key or None,
                      load=load_tls)
-    settings = Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
-                        say=say)
+    try:
+        auth = BearerAuth(args.token_file)
+    except TokenError as e:
+        raise DownloadError(str(e), False) from None
+    return Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
+                    say=say, auth=auth)
+
+
+def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tuple[Any, str]:
+    from overlay_layout.net.download import stage_url
+
+    settings = network_settings(banks, args)
     m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
                          progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted, settings=settings,
                          whole_file=args.whole_file, **({} if args.gap is None else {"gap": args.gap}))
     return m, stats.line()
+
+
+def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
+    """The channel at URL, once or every --every (initfs/poll.py, pollcmd.py); it takes the lock itself."""
+    from initfs.poll import Device, Options
+    from initfs.pollcmd import run_poll
+
+    conf, pol, booted = kit_conf(), policy(), booted_info()
+    opts = Options(args.url, args.tries, args.upper, args.reboot, args.download_only,
+                   (run_path(INHIBIT), *args.inhibit), args.channel)
+
+    def make_device() -> Device:
+        fresh = Banks(banks.root)
+        return Device(fresh, pol, conf.board, VERSION, booted, network_settings(fresh, args))
+
+    return run_poll(make_device, opts, args, Progress())
+
+
+def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.pollcmd import run_apply
+    from overlay_layout.net.downloaded import apply
+
+    def stage_download() -> Any:
+        return apply(banks, policy(), VERSION, tries=args.tries, upper=args.upper, booted=booted_info().get("image"))
+
+    with lock_banks(banks.root, exclusive=True):
+        m = stage_download()
+    return run_apply(lambda: m, args)
 
 
 def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
@@ -381,20 +437,7 @@ def _when(stamp: object) -> str:
         return "(no time)          "
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bankctl", description="bankboot's device-side tool")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("status", help="images, versions, states; what boots next and why")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=cmd_status)
-    s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
-    s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
-                                "interrupted download; takes the chunks this device already holds from its images)")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
-    s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
-                   help="start the new image with a copy of current's changes (default) or with none")
-    s.add_argument("--allow-downgrade", action="store_true",
-                   help="accept a version below the anti-rollback floor, where the initramfs allows it")
+def add_network_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--timeout", type=float, default=20.0, help="URL: seconds an answer's header may take, and in "
                                                                 "which a body must bring 1 KiB, before a retry "
                                                                 "(default 20)")
@@ -409,6 +452,27 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "file's network.client_cert)")
     s.add_argument("--key", metavar="FILE", help="https: the client certificate's key (PEM, unencrypted; default: "
                                                  "the board file's network.client_key, else in --cert)")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="URL: a registry's bearer token, read from FILE, sent to the URL's server only (default: an "
+                        "anonymous token from the registry's token service, when it asks for one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bankctl", description="bankboot's device-side tool")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status", help="images, versions, states; what boots next and why")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser("stage", help="copy in a bank file, verify it, make it next on trial")
+    s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
+                                "interrupted download; takes the chunks this device already holds from its images), "
+                                "such as the blob URL `bankboot publish --oci` prints for a registry")
+    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
+                   help="start the new image with a copy of current's changes (default) or with none")
+    s.add_argument("--allow-downgrade", action="store_true",
+                   help="accept a version below the anti-rollback floor, where the initramfs allows it")
+    add_network_options(s)
     s.add_argument("--whole-file", action="store_true",
                    help="URL: from a server without byte ranges, download the whole file even when only a small "
                         "part is missing")
@@ -416,6 +480,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="URL: fetch two runs of missing chunks in one request when at most this many bytes lie "
                         "between them (default 64 KiB; 0: never)")
     s.set_defaults(func=cmd_stage)
+    s = sub.add_parser("poll", help="check a channel (bankboot publish) and stage what it offers: once, or --every "
+                                    "DURATION (docs/fleet.md)")
+    s.add_argument("url", help="the channel document's URL (http:// or https://.../<channel>.json)")
+    s.add_argument("--every", metavar="DURATION", help="poll in a loop, this far apart (30s, 15m, 6h, 1d), with "
+                                                       "random jitter; for a service")
+    s.add_argument("--jitter", type=float, default=0.2, metavar="FRACTION",
+                   help="with --every: each wait is the interval +- this fraction of it, at random (default 0.2)")
+    s.add_argument("--reboot", action="store_true", help="reboot into the trial once it is staged")
+    s.add_argument("--reboot-command", default="reboot", metavar="CMD",
+                   help="how --reboot reboots (default: reboot)")
+    s.add_argument("--download-only", action="store_true",
+                   help="stop once the download is complete and verified; `bankctl apply` stages it later")
+    s.add_argument("--inhibit", action="append", default=[], metavar="FILE",
+                   help=f"do nothing while FILE exists (repeatable; {INHIBIT} always counts)")
+    s.add_argument("--channel", metavar="NAME", help="the channel the document must be for (default: its file "
+                                                     "name, NAME.json)")
+    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
+                   help="start the new image with a copy of current's changes (default) or with none")
+    add_network_options(s)
+    s.set_defaults(func=cmd_poll, own_lock=True)
+    s = sub.add_parser("apply", help="make the download `poll --download-only` completed next on trial "
+                                     "(no network needed)")
+    s.add_argument("--reboot", action="store_true", help="reboot into the trial once it is staged")
+    s.add_argument("--reboot-command", default="reboot", metavar="CMD", help="how --reboot reboots (default: "
+                                                                               "reboot)")
+    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
+                   help="start the new image with a copy of current's changes (default) or with none")
+    s.set_defaults(func=cmd_apply, own_lock=True)
     s = sub.add_parser("mark-good", help="the running trial is healthy: commit it")
     s.set_defaults(func=cmd_mark_good)
     s = sub.add_parser("boot-ok", help="the running image is up: confirm this boot (images that ask for it "
@@ -463,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     banks = Banks(root)
     try:
+        if getattr(args, "own_lock", False):  # poll: for each poll, never while it waits; apply: around the stage
+            return int(args.func(banks, args))
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline", "loader")):
             return int(args.func(banks, args))
     except StageError as e:

@@ -656,7 +656,8 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
     with log.step("mount /userdata"):
         mount_userdata(opts, layout)
     _quietly("writing the timeline", write_timeline)
-    from initfs.menu import stop_listening
+    from initfs.menu import flush_input, stop_listening
 
     stop_listening()  # normally closed by the prompt already
+    flush_input()  # keys typed during a boot without a window (a kexec's second stage) are the boot's too
     switch_root(NEWROOT, init, argv, keep)

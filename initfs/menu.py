@@ -81,16 +81,23 @@ def console_devices() -> list[str]:
     return devs or ["/dev/console"]
 
 
+def open_consoles() -> list[int]:
+    """The console devices that open (read-write, not as our controlling tty, non-blocking)."""
+    fds = []
+    for dev in console_devices():
+        try:
+            fds.append(os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK))
+        except OSError:
+            continue
+    return fds
+
+
 class RawConsoles:
     def __init__(self) -> None:
         import termios
 
         self.fds: dict[int, list[Any] | None] = {}
-        for dev in console_devices():
-            try:
-                fd = os.open(dev, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
+        for fd in open_consoles():
             try:
                 saved = termios.tcgetattr(fd)
                 raw = termios.tcgetattr(fd)
@@ -193,6 +200,21 @@ def listen(timeout: float) -> None:
         cons = RawConsoles()
         cons.write(f"Press ESC for the boot menu ({timeout:g}s)\n")
         _early = (cons, time.monotonic() + timeout)
+
+
+def flush_input() -> None:
+    """Drop what was typed at the consoles and not read: ESC pressed for a menu this boot does not offer (a
+    kexec's second stage, a window of 0) must not reach the image's shell or getty as the start of an escape
+    sequence that eats its next keys."""
+    import termios
+
+    for fd in open_consoles():
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except termios.error:
+            pass
+        finally:
+            os.close(fd)
 
 
 def stop_listening() -> None:

@@ -20,6 +20,7 @@ from initfs.switchroot import resolve_in
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import BinaryIO
 
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
@@ -147,10 +148,12 @@ def preflight(newroot: str, init: str) -> int:
     return len(init_files(newroot, init))
 
 
-def init_files(newroot: str, init: str, machine: str | None = None, whole: bool = True) -> list[str]:
+def init_files(newroot: str, init: str, machine: str | None = None, whole: bool = True,
+               fetch: Callable[[str], None] | None = None) -> list[str]:
     """The files `init` needs to start in newroot (paths inside it, symlinks resolved), first the init;
     PreflightError names the first that is missing or not for `machine` (default: this one's). whole: read
-    each file to its end (the boot's check), else only its head (the builder's)."""
+    each file to its end (the boot's check), else only its head (the builder's). fetch: called with each
+    file's path before it is read (the builder fills in files of an image it never unpacked)."""
     machine = machine or os.uname().machine
     triplet = TRIPLETS.get(machine, "")
     search = [d.format(t=triplet) for d in LIB_DIRS] + _ld_so_conf(newroot)
@@ -166,6 +169,8 @@ def init_files(newroot: str, init: str, machine: str | None = None, whole: bool 
         seen.append(host[len(newroot):])
         if len(seen) > MAX_FILES:
             raise PreflightError(f"{init} needs more than {MAX_FILES} files")
+        if fetch is not None:
+            fetch(host)
         if not os.path.isfile(host):
             raise PreflightError(f"{path} ({why}) is missing from the image")
         shown = f"{path} ({why})"

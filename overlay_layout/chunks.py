@@ -19,6 +19,10 @@ import struct
 
 from overlay_layout import hashing
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAGIC = b"bankboot-chunks 1\n"
 ENTRY = struct.Struct(">I32s")  # length, sha256
 ANCHORS = (b"\x9e\x37", b"\x51\xc4", b"\x2b\xe8", b"\xd6\x0a")
@@ -55,6 +59,31 @@ def index_of(data: bytes) -> list[tuple[int, bytes]]:
         out.append((length, hashing.sha256(data[pos:pos + length]).digest()))
         pos += length
     return out
+
+
+WINDOW = 8 << 20  # how much of a file index_of_stream holds at once
+
+
+def index_of_stream(read: Callable[[int], bytes]) -> list[tuple[int, bytes]]:
+    """index_of() of a file read piece by piece (`read(n)`, b"" at its end), in memory that does not grow
+    with it: where a chunk ends depends only on the MAX_CHUNK bytes after where it starts, so each window is
+    cut whole and the chunks that start a full MAX_CHUNK before its end are the whole file's."""
+    out: list[tuple[int, bytes]] = []
+    buf, eof = b"", False
+    while True:
+        while not eof and len(buf) < WINDOW + MAX_CHUNK:
+            piece = read(WINDOW)
+            eof = not piece
+            buf += piece
+        pos = 0
+        for length in cut(buf):
+            if not eof and pos + MAX_CHUNK > len(buf):
+                break
+            out.append((length, hashing.sha256(buf[pos:pos + length]).digest()))
+            pos += length
+        buf = buf[pos:]
+        if eof and not buf:
+            return out
 
 
 def dump(index: list[tuple[int, bytes]]) -> bytes:

@@ -30,6 +30,8 @@ BIN = RUN + "/bin"  # bankctl (and busybox in development builds), in the booted
 LAUNCHER = "/bin/bankctl"  # bankctl's launcher inside the initramfs, so in the kit too (builder/launcher.py)
 LOADER_SOURCE = RUN + "/loader-source"  # an image's squashfs while bankctl install-loader reads it
 BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader writes it
+INHIBIT = RUN + "/inhibit"  # while it exists, bankctl poll does nothing (an application's "not now")
+POLL_CONF = ETC + "/poll.conf"  # an image's channel URL and poll settings (its service reads it: docs/fleet.md)
 
 # --- The loader A/B on the boot FAT of a disk made for firmware (builder/firmware, initfs/loaderab.py). ---
 LOADER_SLOTS = ("a", "b")  # a slot is a directory: SLOT_KERNEL, SLOT_INITRD, SLOT_CMDLINE, <file>.crc32

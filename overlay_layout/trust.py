@@ -121,19 +121,22 @@ def sign_manifest(manifest: Mapping[str, object], seed: bytes) -> dict[str, obje
     return {**body, "signature": sig.hex()}
 
 
-def verify_manifest(manifest: Manifest, trusted: dict[str, bytes], allow_unsigned: bool = False) -> str:
+def verify_manifest(manifest: Mapping[str, object], trusted: dict[str, bytes], allow_unsigned: bool = False,
+                    what: str | None = None) -> str:
     """Returns who signed it ("key <id>" or "unsigned (allowed)"); anything else raises TrustError with
-    the reason."""
+    the reason. `what` names the signed object in messages (default "image <id>"; a channel document is
+    signed the same way, overlay_layout/net/channel.py)."""
+    what = what or f"image {manifest.get('id')}"
     sig = manifest.get("signature")
     if sig is None:
         if allow_unsigned:
             return "unsigned (allowed by this initramfs)"
-        raise TrustError(f"image {manifest.get('id')} is not signed and this device accepts only signed images")
+        raise TrustError(f"{what} is not signed and this device accepts only signed images")
     kid = manifest.get("key")
     if not isinstance(kid, str) or not isinstance(sig, str):
-        raise TrustError(f"image {manifest.get('id')}: malformed signature fields")
+        raise TrustError(f"{what}: malformed signature fields")
     if kid not in trusted:
-        raise TrustError(f"image {manifest.get('id')} is signed by key {kid}, which this device does not trust "
+        raise TrustError(f"{what} is signed by key {kid}, which this device does not trust "
                          f"(trusted: {', '.join(sorted(trusted)) or 'none'})")
     from overlay_layout import ed25519
 
@@ -142,9 +145,9 @@ def verify_manifest(manifest: Manifest, trusted: dict[str, bytes], allow_unsigne
     except ValueError:
         good = False
     except ed25519.SodiumError as e:
-        raise TrustError(f"image {manifest.get('id')}: cannot check its signature: {e}") from None
+        raise TrustError(f"{what}: cannot check its signature: {e}") from None
     if not good:
-        raise TrustError(f"image {manifest.get('id')}: the signature by key {kid} does not match the manifest "
+        raise TrustError(f"{what}: the signature by key {kid} does not match the manifest "
                          f"(tampered or corrupted)")
     return f"key {kid}"
 

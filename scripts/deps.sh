@@ -14,6 +14,9 @@ APT_PACKAGES=(
   gcc-12 gcc-12-aarch64-linux-gnu
   nginx-light openssl
   u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
+  # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and
+  # Debian rootfs (docker-registry is a daemon: not started, see policy-rc.d below)
+  skopeo umoci squashfs-tools-ng bmap-tools docker-registry mmdebstrap
 )
 FOREIGN_ARCHES=(arm64 armhf)
 PYTHON=${PYTHON:-python3}

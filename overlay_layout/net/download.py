@@ -57,6 +57,15 @@ WHOLE_SLACK = 1 << 20  # ... or at most this much more
 FAST_HASH_FROM = 24 << 20
 
 
+class Downloaded(Exception):
+    """A download_only stage is complete (not an error: it stops the staging sequence before the image is
+    made, and stage_url returns)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__("downloaded")
+        self.manifest = manifest
+
+
 class DownloadError(StageError):
     """A stage URL that failed on the way. `transient`: a retry may help (the same command resumes)."""
 
@@ -94,6 +103,7 @@ class Stats:
         self.received = 0  # everything that came over the network: headers, manifest, index, hash tree too
         self.requests = 0
         self.connections = 0
+        self.downloaded = False  # download_only: complete in .download-<id>, not staged
 
     def add_transport(self, remote: RemoteFile) -> None:
         self.received += remote.received
@@ -177,12 +187,14 @@ def _verified_prefix(path: str, index: list[tuple[int, bytes]] | None, h: Any) -
 
 
 class Download:
-    """One attempt at the bytes of one bank file (the caller restarts it when the file changes)."""
+    """One attempt at the bytes of one bank file (the caller restarts it when the file changes). `announce`
+    is told, before the squashfs is filled, how many of its bytes will come from the network, from images on
+    this device and from an earlier attempt (exact, unless a local copy of a chunk turns out damaged)."""
 
     def __init__(self, remote: RemoteFile, stats: Stats, progress: Callable[[int, int], None] | None,
-                 whole_file: bool, gap: int) -> None:
+                 whole_file: bool, gap: int, announce: Callable[[int, int, int], None] | None = None) -> None:
         self.remote, self.stats, self.progress = remote, stats, progress
-        self.whole_file, self.gap = whole_file, gap
+        self.whole_file, self.gap, self.announce = whole_file, gap, announce
 
     def fill(self, bank: BankFile, work: str, have: dict[bytes, tuple[str, int, int]]) -> None:
         if bank.manifest["size"] >= FAST_HASH_FROM and not hashing.accelerated():
@@ -244,6 +256,9 @@ class Download:
         self.stats.resumed = prefix
         if prefix:
             self.remote.say(f"resuming: {prefix / 1e6:.1f} MB of {size / 1e6:.1f} MB already here and checked")
+        if self.announce is not None:
+            fetch = size - prefix if index is None else self._planned(index, first, have)
+            self.announce(fetch, size - prefix - fetch, prefix)
         out = _Writer(part, prefix, h, self.progress, size)
         try:
             if index is None:
@@ -285,6 +300,17 @@ class Download:
             self.stats.gap += run.held
             pos += size
             i = j
+
+    def _planned(self, index: list[tuple[int, bytes]], i: int, have: dict[bytes, tuple[str, int, int]]) -> int:
+        """The bytes _fill_chunks will fetch from chunk i on, when every local copy reads back good."""
+        fetch = 0
+        while i < len(index):
+            if index[i][1] in have:
+                i += 1
+                continue
+            i, size = self._run(index, i, have)
+            fetch += size
+        return fetch
 
     def _run(self, index: list[tuple[int, bytes]], i: int, have: dict[bytes, tuple[str, int, int]]) -> tuple[int, int]:
         """The chunks fetched in one request from chunk i (which is missing): (end, bytes). Missing chunks
@@ -364,8 +390,14 @@ def _complete(bank: BankFile, work: str, name: str) -> bool:
 def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
               machine: str | None = None, progress: Callable[[int, int], None] | None = None,
               allow_downgrade: bool = False, booted: str | None = None, settings: Settings | None = None,
-              whole_file: bool = False, gap: int = GAP) -> tuple[Manifest, Stats]:
-    """Stage the bank file at `url` (see the module's docstring). The caller holds the banks lock."""
+              whole_file: bool = False, gap: int = GAP, expect: Callable[[BankFile], None] | None = None,
+              announce: Callable[[int, int, int], None] | None = None,
+              download_only: bool = False) -> tuple[Manifest, Stats]:
+    """Stage the bank file at `url` (see the module's docstring). The caller holds the banks lock.
+    `expect`: called with the bank once its manifest is read, before anything is written (it raises
+    StageError for a bank that is not the one wanted: a channel document's). `announce`: see Download.
+    `download_only`: stop once the download is complete and verified; it stays in `.download-<id>` (never
+    an image, never booted) until `bankctl apply` stages it (downloaded.py), and `stats.downloaded` says so."""
     settings = settings or Settings()
     stats = Stats()
     for attempt in range(MAX_RESTARTS + 1):
@@ -374,9 +406,13 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
         except NetError as e:
             raise DownloadError(str(e), e.transient) from e
         try:
-            manifest = _attempt(banks, remote, Download(remote, stats, progress, whole_file, gap), policy,
+            manifest = _attempt(banks, remote, Download(remote, stats, progress, whole_file, gap, announce), policy,
                                 running_version, {"tries": tries, "upper": upper, "machine": machine,
-                                                  "allow_downgrade": allow_downgrade, "booted": booted})
+                                                  "allow_downgrade": allow_downgrade, "booted": booted},
+                                expect, download_only)
+        except Downloaded as done:
+            stats.downloaded = True
+            return done.manifest, stats  # after the `finally` below
         except FileChanged as e:
             if attempt == MAX_RESTARTS:
                 raise DownloadError(f"{e}; it changed {attempt + 1} times: try again once the server's file is "
@@ -392,18 +428,25 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
 
 
 def _attempt(banks: Banks, remote: RemoteFile, download: Download, policy: Policy, running_version: str,
-             options: dict[str, Any]) -> Manifest:
+             options: dict[str, Any], expect: Callable[[BankFile], None] | None = None,
+             download_only: bool = False) -> Manifest:
     """One pass of the stage over `remote`; NetErrors become DownloadErrors, except FileChanged."""
     lay = banks.layout
     held: dict[str, str] = {}
 
     def open_bank() -> BankFile:
         try:
-            return BankFile(remote.url.display, RemoteSource(remote), derive=True)
+            bank = BankFile(remote.url.display, RemoteSource(remote), derive=True)
         except FileChanged:
             raise
         except NetError as e:
             raise _failed(e, remote, None) from e
+        if expect is not None:
+            try:
+                expect(bank)
+            except NetError as e:
+                raise _failed(e, remote, None) from e
+        return bank
 
     def fill(bank: BankFile, work: str) -> None:
         image = bank.manifest["id"]
@@ -419,6 +462,13 @@ def _attempt(banks: Banks, remote: RemoteFile, download: Download, policy: Polic
             raise _failed(e, remote, work) from e
         except LayoutError as e:
             raise StageError(str(e)) from e
+        from overlay_layout.net import downloaded
+
+        if download_only:
+            assert isinstance(bank.source, RemoteSource)
+            downloaded.keep(work, bank, bank.source.head, remote)
+            raise Downloaded(bank.manifest)
+        downloaded.forget(work)
 
     try:
         return stage_from(banks, remote.url.display, open_bank, fill, policy, running_version, work_prefix=PREFIX,

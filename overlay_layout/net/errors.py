@@ -65,3 +65,7 @@ class FileChanged(NetError):
 class RangesRefused(NetError):
     """The server does not serve byte ranges and sending the whole file would cost far more than what is
     missing (the message says what the server did and how to go on)."""
+
+
+class TooLarge(NetError):
+    """A small file (a channel document) whose answer is bigger than the reader's limit: not that file."""

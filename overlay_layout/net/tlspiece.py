@@ -110,6 +110,10 @@ def install(files: list[tuple[str, bytes]]) -> None:
         sys.modules[mod] = module
         try:
             exec(code, module.__dict__)
+        except ImportError as e:  # a module ssl.py needs that the frozen program does not carry
+            del sys.modules[mod]
+            raise PieceError(f"its {mod}.py needs the module {e.name}, which this bankctl does not carry "
+                             f"(a build fault: builder/freeze.py's HIDDEN_IMPORTS)") from None
         except BaseException:
             del sys.modules[mod]
             raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 
+from overlay_layout.net.bearer import MAX_TOKEN, BearerAuth
 from overlay_layout.net.errors import FileChanged, HttpStatus, LinkError, NetError, ProtocolError, UrlError
 from overlay_layout.net.http import Connection, Limits, Response, error_text
 from overlay_layout.net.proxy import proxy_for
@@ -29,7 +30,7 @@ from overlay_layout.net.url import Url, parse_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 MAX_REDIRECTS = 10
 BACKOFF_CAP = 30.0
@@ -40,17 +41,21 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 class Settings:
     """How a stage talks to the network: time limits, retries, TLS, the environment proxies are read from,
-    and `say` for a line a person should see (a retry, a server without ranges)."""
+    `say` for a line a person should see (a retry, a server without ranges), and `headers` sent with every
+    request (what `bankctl poll` tells a fleet's servers about the device, initfs/identity.py)."""
 
-    __slots__ = ("environ", "limits", "retries", "say", "tls")
+    __slots__ = ("auth", "environ", "headers", "limits", "retries", "say", "tls")
 
     def __init__(self, connect_timeout: float = 10.0, timeout: float = 20.0, retries: int = 5,
                  tls: TlsOptions | None = None, environ: Mapping[str, str] | None = None,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, headers: Sequence[tuple[str, str]] = (),
+                 auth: BearerAuth | None = None) -> None:
         self.limits = Limits(connect_timeout, timeout)
+        self.auth = auth  # bearer tokens for a registry's blob URL (overlay_layout/net/bearer.py)
         self.retries, self.tls = retries, tls or TlsOptions()
         self.environ = os.environ if environ is None else environ
         self.say = say or (lambda _line: None)
+        self.headers = list(headers)
 
 
 class RemoteFile:
@@ -74,6 +79,8 @@ class RemoteFile:
         self.requests = 0
         self.connections = 0
         self._received = 0  # on connections closed for good
+        if self.settings.auth is not None:
+            self.settings.auth.bind(self.url)
 
     @property
     def received(self) -> int:
@@ -95,15 +102,14 @@ class RemoteFile:
         if conn is not None and (conn.origin, conn.proxy.origin if conn.proxy else None) == key:
             return conn
         self.close()
-        if url.scheme == "https" and self.tls is None:
-            self.tls = Tls(self.settings.tls)
-        self.conn = Connection(url, self.settings.limits, proxy, self.tls if url.scheme == "https" else None)
+        self.conn = Connection(url, self.settings.limits, proxy, self._tls() if url.scheme == "https" else None)
         return self.conn
 
     def _request(self, url: Url, headers: list[tuple[str, str]]) -> Response:
         conn = self._connection(url)
         if conn.sock is None:
             self.connections += 1
+        headers = [*self.settings.headers, *headers]
         try:
             resp = conn.request(url, headers)
         except LinkError as e:
@@ -119,9 +125,10 @@ class RemoteFile:
         """An answer holding the file from byte `start` (to `end`, inclusive, where ranges work): (the
         answer, the file offset of its first body byte)."""
         seen = [self.location]
-        went_back = False
+        went_back = asked_token = False
+        auth = self.settings.auth
         while True:
-            headers = []
+            headers = auth.headers(self.location) if auth is not None else []
             ranged = self.ranges is not False
             if ranged:
                 headers.append(("Range", f"bytes={start}-{'' if end is None else end}"))
@@ -132,6 +139,11 @@ class RemoteFile:
             if status in REDIRECTS and resp.headers.get("location"):
                 resp.done()
                 seen.append(self._redirect(resp.headers["location"], seen))
+                continue
+            if status == 401 and auth is not None and not asked_token and \
+                    auth.answer(self.location, resp.headers.get("www-authenticate", ""), self._fetch_token):
+                resp.done()  # a registry's blob: a (new) anonymous token, and the same request again
+                asked_token = True
                 continue
             if status in (401, 403, 404, 410) and self.location != self.url and not went_back:
                 resp.done()  # where a redirect pointed no longer answers (an expired presigned URL): ask again
@@ -163,6 +175,23 @@ class RemoteFile:
                 self._no_ranges("answered a range request with 501 Not Implemented")
                 continue
             raise self._status_error(resp)
+
+    def _fetch_token(self, url: Url) -> tuple[int, bytes]:
+        """GET a registry's token service (bearer.py): (status, body), on a connection of its own."""
+        conn = Connection(url, self.settings.limits, proxy_for(url, self.settings.environ),
+                          self._tls() if url.scheme == "https" else None)
+        try:
+            resp = conn.request(url, [])
+            self.requests += 1
+            return resp.status, resp.read_some(MAX_TOKEN + 1)
+        finally:
+            conn.close()
+            self._received += conn.received
+
+    def _tls(self) -> Tls:
+        if self.tls is None:
+            self.tls = Tls(self.settings.tls)
+        return self.tls
 
     def _redirect(self, location: str, seen: list[Url]) -> Url:
         try:
@@ -247,7 +276,9 @@ class RemoteFile:
         if status >= 500:
             what = "the server failed"
         hint = ""
-        if url.scheme == "https" and status in (400, 401, 403):
+        if status == 401 and self.settings.auth is not None and self.settings.auth.anonymous:
+            hint = "; a registry's blob: give a bearer token with --token-file FILE"
+        elif url.scheme == "https" and status in (400, 401, 403):
             cert = self.settings.tls.cert
             hint = (f"; the server may have refused this device's client certificate {cert}" if cert else
                     "; if the server wants a client certificate, give one with --cert and --key")

