@@ -108,15 +108,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_disk(args: argparse.Namespace) -> int:
-    from builder.disk import bmap_path, build_disk, parse_size
+    from builder.disk import MiB, bmap_path, build_disk, parse_size
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
                            userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
-                           boot_size=parse_size(args.boot_size), firmware=args.firmware or board.firmware)
-    print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size}, "
-          f"image {m['id']} current; "
+                           boot_size=None if args.boot_size == "auto" else parse_size(args.boot_size),
+                           firmware=args.firmware or board.firmware)
+    print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size} "
+          f"(boot partition {layout.parts[0][1] // MiB} MiB), image {m['id']} current; "
           f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}; block map "
           f"{bmap_path(Path(args.output))} (bmaptool copy {args.output} /dev/sdX)")
     return 0
@@ -368,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     dk.add_argument("--size", default="512M", help="the whole disk's size (default 512M)")
     dk.add_argument("--userdata-size", default="64M", help="size of the userdata partition (default 64M)")
-    dk.add_argument("--boot-size", default="64M",
-                    help="size of the boot partition (default 64M; images with their own kernels need room for two "
-                         "loaders to install one: 160M for Debian's arm64 kernel)")
+    dk.add_argument("--boot-size", default="auto",
+                    help="size of the boot partition (default auto: room for two loaders of this kernel and "
+                         "initramfs with half again to spare, so bankctl install-loader works: 128M with Debian's "
+                         "arm64 kernel, 64M at least)")
     dk.add_argument("--append", default="", help="extra kernel command line (cmdline.txt, or the loader slot's)")
     dk.add_argument("--firmware", choices=("direct", "uboot", "uefi"),
                     help="what boots the disk: U-Boot distro boot (boot.scr, two loader slots), UEFI (systemd-boot "

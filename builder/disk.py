@@ -80,6 +80,18 @@ def plan(size: int, userdata: int, disk_id: int, boot: int = BOOT_SIZE) -> DiskL
     return DiskLayout(disk_id, [p1, p2, p3])
 
 
+def loader_room(kernel: Path, initramfs: Path, extra: int = 0) -> int:
+    """The boot partition `bankboot disk` makes when no --boot-size is given: room for two loaders, so that
+    `bankctl install-loader` works on the disk as made (the new pair goes into the other loader slot, or beside
+    the old pair kept as .previous on a direct disk). Each loader is this disk's kernel, initramfs and the
+    firmware's own files (`extra`) with half as much again to spare, for an image whose kernel or initramfs is
+    a release larger; rounded up to 32 MiB, never under BOOT_SIZE. Debian's arm64 kernel (33 MB) and a
+    bankboot initramfs make 128 MiB; amd64 and armhf stay at 64 MiB."""
+    pair = kernel.stat().st_size + initramfs.stat().st_size + extra
+    room = 2 * pair * 3 // 2 + 4 * MiB  # + the FAT's own tables and the small files (cmdline, CRCs, entries)
+    return max(BOOT_SIZE, -(-room // (32 * MiB)) * 32 * MiB)
+
+
 def cmdline_for(board: Board, layout: DiskLayout, extra: str = "") -> str:
     parts = [board.cmdline, f"root=PARTUUID={layout.partuuid(2)}", "rootwait",
              f"bankboot.userdata=PARTUUID={layout.partuuid(3)}", extra]
@@ -141,10 +153,11 @@ def tls_piece_for(initramfs: Path) -> Path | None:
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
-               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE,
+               userdata_files: list[Path] | None = None, boot_size: int | None = BOOT_SIZE,
                firmware: str = "direct") -> tuple[DiskLayout, Manifest]:
     """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
-    two loaders when images carry their own kernels (bankctl install-loader keeps the old one). firmware:
+    two loaders when images carry their own kernels (bankctl install-loader keeps the old one); None: as much
+    as that takes for this kernel and initramfs (loader_room, what `bankboot disk` does by default). firmware:
     what reads the boot partition (builder/firmware): `bankboot disk` passes the board's; this API defaults
     to direct, what the tests of the init boot (the firmware chains have tests of their own)."""
     from builder.firmware import FIRMWARES, boot_files
@@ -163,6 +176,9 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
     check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
+    tls = tls_piece_for(initramfs)
+    if boot_size is None:
+        boot_size = loader_room(kernel.image, initramfs, tls.stat().st_size if tls is not None else 0)
     layout = plan(size, userdata_size, disk_id, boot_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
@@ -178,7 +194,6 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         else:
             files = boot_files(firmware, board.arch.debian, kernel.image, initramfs, cmdline, tmp,
                                board.uboot_watchdog)
-        tls = tls_piece_for(initramfs)
         if tls is not None:
             files.append((tls, TLS_PIECE))
         if board.config_txt:

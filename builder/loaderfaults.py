@@ -114,7 +114,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig
     build_image(rootfs, "1.0.0", out / "app.bank", sign_key=key.with_suffix(".key"), persist=SAMPLE_PERSIST,
                 kernel=kernel.image, kernel_initramfs=initrd)
     disk = out / "device.img"
-    build_disk(board, out / "app.bank", disk, 512 << 20, initrd, boot_size=160 << 20, firmware=board.firmware)
+    build_disk(board, out / "app.bank", disk, 512 << 20, initrd, boot_size=None, firmware=board.firmware)
     probe = out / "probe.img"
     _copy_device(disk, probe)
     with _vm(LoaderRig(board, out, rng, disk, 0), probe, "prep") as vm:

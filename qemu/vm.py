@@ -46,6 +46,7 @@ class VM:
         for f in [self.initrd, self.kernel, *self.disks]:
             if f is not None and not Path(f).is_file():
                 raise FileNotFoundError(f"{f} does not exist")
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # a firmware boot reads nothing into it first
         sock = self.tmp / "serial.sock"
         self._console = SerialConsole(sock, self.log_dir / "console.log")
         serial = ["-chardev", f"socket,id=ser0,path={sock},server=off", "-serial", "chardev:ser0"]

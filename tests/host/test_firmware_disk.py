@@ -104,3 +104,25 @@ def test_firmware_is_checked_in_the_board_file_and_on_the_command_line(aarch64, 
     with pytest.raises(RuntimeError, match="no uefi firmware for armhf"):
         from builder.firmware import firmware_for
         firmware_for("uefi", "armhf")
+
+
+def test_bankboot_disk_with_defaults_has_room_for_a_second_loader(aarch64, built_initramfs, bank: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    """`bankboot disk` as `make demo` runs it (no --boot-size, the board's firmware): the boot FAT has room for
+    a second loader slot as large as the first with half again to spare, so `bankctl install-loader` of an
+    image carrying the same kernel (or a release larger) fits. 64 MiB did not hold two of Debian's arm64 pair."""
+    from builder.cli import main
+
+    board, kernel, _ = aarch64
+    initrd = built_initramfs(board)
+    disk = tmp_path / "disk.img"
+    assert main(["disk", "--board", board.name, "--image", str(bank), "--initramfs", str(initrd),
+                 "-o", str(disk)]) == 0
+    assert "boot partition 128 MiB" in capsys.readouterr().out
+    assert firmware_of(disk) == board.firmware == "uboot"
+    listing = subprocess.run(["mdir", "-i", f"{disk}@@{FIRST}", "::/"], env=ENV, check=True, capture_output=True,
+                             text=True).stdout
+    line = next(x for x in listing.splitlines() if "bytes free" in x)  # "   85 356 544 bytes free"
+    free = int("".join(c for c in line.split("bytes free")[0] if c.isdigit()))
+    pair = kernel.image.stat().st_size + initrd.stat().st_size
+    assert free >= pair * 3 // 2, listing

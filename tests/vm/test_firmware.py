@@ -81,7 +81,7 @@ def _make(name: str, firmware: str, test_dir: Path, signing_key, built_initramfs
     build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key.private, persist=SAMPLE_PERSIST,
                 kernel=kernel.image, kernel_initramfs=initrd)
     disk = out / "disk.img"
-    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, boot_size=160 << 20, firmware=firmware)
+    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, boot_size=None, firmware=firmware)
     return out, disk
 
 
