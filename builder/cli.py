@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
     b.add_argument("--clock", choices=("icount", "host"), default="icount",
                    help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
-    b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec")
+    b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec, firmware")
     b.set_defaults(func=cmd_bench)
     bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
                                           "delta with and without gap coalescing (QEMU, instruction clock)")
