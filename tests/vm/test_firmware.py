@@ -1,8 +1,10 @@
 """Booting through real firmware (Debian's U-Boot for qemu_arm64; AAVMF with systemd-boot) and the loader A/B
 `bankctl install-loader` arms in it: a new loader boots on trial and the init commits it; one that panics before
 /init, whose initramfs is cut short, or that is cut by a power cut while it is written falls back to the
-committed loader without anyone's help. What the guest reports (/proc/cmdline as the firmware built it,
-/sys/firmware/efi, `bankctl loader`, the mount table) is the evidence, with the firmware's own console lines."""
+committed loader without anyone's help. This is the loader slice of the never-brick campaign in `make test`;
+`make faults` runs every loader class (a hang before the init too) in rounds (builder/loaderfaults.py). What
+the guest reports (/proc/cmdline as the firmware built it, /sys/firmware/efi, `bankctl loader`, the mount
+table) is the evidence, with the firmware's own console lines."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 
 from builder.board import load_board
 from builder.boot import disk_vm
-from builder.disk import FIRST, build_disk
+from builder.disk import FIRST, build_disk, partitions
 from builder.image import build_image
 from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
@@ -116,11 +118,7 @@ def test_uboot_loader_ab_commits_a_good_loader_and_falls_back_from_a_bad_one(tes
         st = _up(vm)
         # the init committed it: the guest booted the new slot on trial, and the FAT now names it
         assert st["booted"] == {"slot": new, "trial": True} and st["good"] == new and "trial" not in st, st
-        vm.console.sendline("reboot")
-        vm.console.expect(rf"bankboot: loading loader {new}", T)
-        st = _up(vm)
-        assert st["booted"] == {"slot": new, "trial": False}
-        good = new
+        good = new  # every later boot starts it without a trial (boot3 and boot4 below)
         bad = first
         # Next: a loader whose kernel panics before /init on this board (here: its command line names no
         # init, so the kernel cannot mount a root); written, then the disk edited while powered off.
@@ -153,28 +151,16 @@ def test_uboot_loader_ab_commits_a_good_loader_and_falls_back_from_a_bad_one(tes
         st = _up(vm)
         assert st["booted"] == {"slot": good, "trial": False} and st["good"] == good
         assert "Kernel panic" not in vm.console.text()
-        # A loader that hangs before the init (a program that never returns runs in its place, before any
-        # watchdog driver loads): the i6300esb boot.scr armed for the trial resets it, the try is spent.
-        rc, msg = vm.console.run("bankctl install-loader current --tries 1", timeout=T)
-        assert rc == 0, msg
         vm.console.sendline("poweroff -f")
         vm.wait_exit(T)
-    env = fat_read(disk, f"{bad}/cmdline.env").decode().strip()
-    fat_write(disk, f"{bad}/cmdline.env", (env + " rdinit=/bin/sh\n").encode(), out)
-    with disk_vm(board, disk, out / "boot5", reboot=True) as vm:
-        vm.console.expect(rf"bankboot: trying loader {bad}, 0 tries left", T)
-        vm.console.expect(r"bankboot: watchdog i6300esb \(00:05.0\) armed", T)
-        vm.console.expect(r"Run /bin/sh as init process", T)
-        vm.console.expect(r"U-Boot 20\d\d", T)  # the hardware reset: nothing in the guest asked for it
-        vm.console.expect(rf"bankboot: loading loader {good}", T)
-        st = _up(vm)
-        assert st["booted"] == {"slot": good, "trial": False} and st["trial"] == {"slot": bad, "tries_left": 0}
+    # A loader that hangs before the init (the watchdog boot.scr arms resets it) is make faults' loader-hang
+    # class (builder/loaderfaults.py): ~40 s of boots and a 10 s watchdog, left out of make test.
     # the FAT's directories are intact after all of it (U-Boot's fatwrite and Linux's vfat both wrote it; a
     # power cut may leave lost clusters, which fsck.vfat -n reports but which are only space)
     part = out / "p1.vfat"
     with open(disk, "rb") as d, open(part, "wb") as p:
         d.seek(FIRST)
-        p.write(d.read(160 << 20))
+        p.write(d.read(partitions(disk)[0]["size"] * 512))
     check = subprocess.run(["fsck.vfat", "-n", str(part)], capture_output=True, text=True)
     assert check.returncode in (0, 1) and not re.search(r"(?i)cross-linked|bad directory|duplicate|invalid",
                                                          check.stdout), check.stdout + check.stderr
@@ -227,7 +213,7 @@ def test_the_other_qemu_boards_boot_through_their_firmware(name: str, test_dir: 
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 384 << 20, built_initramfs(board), firmware=board.firmware)
     with disk_vm(board, disk, out / "boot", reboot=True) as vm:
-        vm.console.expect(r"U-Boot 20\d\d\.\d\d" if board.firmware == "uboot" else r"EFI stub: Booting Linux", T)
+        vm.console.expect(r"U-Boot 20\d\d\.\d\d" if board.firmware == "uboot" else r"EFI stub: ", T)
         st = _up(vm)
         assert st["firmware"] == board.firmware and st["good"] == "a"
         assert st["booted"] == {"slot": "a", "trial": False} and "bankboot.loader_slot=a" in st["cmdline"]
