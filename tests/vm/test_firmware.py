@@ -200,22 +200,5 @@ def test_uefi_systemd_boot_counts_a_new_loader_and_falls_back(test_dir: Path, si
         assert "bankboot-3-a+0-1.conf" in st["entries"], st
 
 
-@pytest.mark.parametrize("name", ["qemu-armv7", "qemu-x86_64"])
-def test_the_other_qemu_boards_boot_through_their_firmware(name: str, test_dir: Path, signing_key,
-                                                          built_initramfs) -> None:
-    """qemu-armv7 through U-Boot (bootz), qemu-x86_64 through OVMF and systemd-boot: the board files' defaults."""
-    board, _, _ = board_parts(name)
-    out = test_dir / f"firmware-{name}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
-    build_image(rootfs, "1.0.0", out / "app-1.0.0.bank", sign_key=signing_key.private, persist=SAMPLE_PERSIST)
-    disk = out / "disk.img"
-    build_disk(board, out / "app-1.0.0.bank", disk, 384 << 20, built_initramfs(board), firmware=board.firmware)
-    with disk_vm(board, disk, out / "boot", reboot=True) as vm:
-        vm.console.expect(r"U-Boot 20\d\d\.\d\d" if board.firmware == "uboot" else r"EFI stub: ", T)
-        st = _up(vm)
-        assert st["firmware"] == board.firmware and st["good"] == "a"
-        assert st["booted"] == {"slot": "a", "trial": False} and "bankboot.loader_slot=a" in st["cmdline"]
-        rc, _ = vm.console.run("test -d /sys/firmware/efi", timeout=T)
-        assert (rc == 0) == (board.firmware == "uefi")
+# qemu-armv7 (U-Boot, bootz) and qemu-x86_64 (OVMF + systemd-boot) boot through their firmware in
+# tests/vm/test_boards.py, whose disks are made for each board's own firmware.
