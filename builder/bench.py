@@ -63,10 +63,15 @@ def phases_of(marks: dict[str, float]) -> dict[str, float]:
     return {label: marks[end] - (marks[start] if start else 0.0) for label, start, end in PHASES}
 
 
+FLUSHES = "disk flushes (to image up)"  # a count, not seconds: the instruction clock's disks ignore them
+
+
 def boot_and_read(vm, kind: str, timeline: Path | None = None) -> tuple[dict[str, float], float]:
-    """The phases of the boot `vm` is in (guest clock), and QEMU start -> image up on the wall clock."""
+    """The phases of the boot `vm` is in (guest clock), and QEMU start -> image up on the wall clock. The
+    flushes the guest sent up to then are among the phases (FLUSHES): what a board's storage would wait for."""
     vm.console.expect(r"sample-rootfs: up", BOOT_TIMEOUT)
     wall = time.monotonic() - vm.started_at
+    flushes = vm.flushes()
     vm.console.expect(PROMPT, BOOT_TIMEOUT)
     rc, text = vm.console.run("dmesg", timeout=120)
     if rc != 0:
@@ -75,7 +80,7 @@ def boot_and_read(vm, kind: str, timeline: Path | None = None) -> tuple[dict[str
         rc, text2 = vm.console.run(f"cat {TIMELINE}", timeout=60)
         if rc == 0:
             timeline.write_text(text2.strip() + "\n")
-    return phases_of(read_marks(text, kind)), wall
+    return {**phases_of(read_marks(text, kind)), FLUSHES: float(flushes)}, wall
 
 
 def time_boots(board: Board, fresh: Path, kind: str, out: Path, runs: int, clock: str,
@@ -269,9 +274,11 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
                   f"{result.unpacked / 1e6:.2f} MB unpacked")
         print(f"\n{'phase (seconds)':<34}" + "".join(f"{k[:9] + ' ' + w.split()[0]:>16}" for k in medians
                                                       for w in BOOTS) + "   ratio first / later")
-        for label in [p[0] for p in PHASES] + ["wall: QEMU start -> image up"]:
-            cells = "".join(f"{medians[k][w][label]:>16.3f}" for k in medians for w in BOOTS)
-            ratio = "  ".join(f"{medians['frozen'][w][label] / medians['busybox-sh'][w][label]:.2f}x" for w in BOOTS)
+        for label in [p[0] for p in PHASES] + ["wall: QEMU start -> image up", FLUSHES]:
+            cells = "".join(f"{medians[k][w][label]:>16.3f}" if label != FLUSHES else f"{medians[k][w][label]:>16.0f}"
+                            for k in medians for w in BOOTS)
+            ratio = "  ".join(f"{medians['frozen'][w][label] / medians['busybox-sh'][w][label]:.2f}x"
+                              if medians["busybox-sh"][w][label] else "-" for w in BOOTS)
             goal = f" (target {TARGETS[label]}x)" if label in TARGETS else ""
             print(f"{label:<34}{cells}   {ratio}{goal}")
         # Idle time (waiting for the disk) passes at real speed on the instruction clock: a loaded host can
@@ -318,6 +325,10 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
             print("firmware: measured on the instruction clock only (QEMU's instruction count)")
         else:
             bench_firmware(board, out / "sample.bank", policy, out)
+    if "trust" in wanted:  # only when asked for: several initramfs builds and a dozen boots
+        from builder.trustbench import run_trust_bench
+
+        run_trust_bench(board, out / "trust", runs, clock)
     if "kexec" in wanted:
         kexec = time_kexec(board, frozen.path, out, key.with_suffix(".key"), runs, clock)
         if kexec is None:

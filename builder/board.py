@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from builder.arch import Arch, get_arch
+from overlay_layout.contract import DEVICE_KEY
 
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_BOARD = "qemu-aarch64"
@@ -53,6 +54,7 @@ class Board:
     rescue: str = "reboot"  # when no image boots: reboot and try again (field devices), or a shell
     unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
     sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
+    device_key: str = DEVICE_KEY  # where the device's key for encrypted banks is (docs/trust.md)
     network_ca: Path | None = None  # https: the CA bundle built into the initramfs (a file on the build host)
     client_cert: str = ""  # https: the device's client certificate, a path on the device (e.g. under /userdata)
     client_key: str = ""  # ... and its key
@@ -114,7 +116,7 @@ KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel
               "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
               "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "boot.firmware", "boot.uboot_watchdog",
+              "boot.config_txt", "boot.device_key", "boot.firmware", "boot.uboot_watchdog",
               "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
               "qemu.net", "network.ca", "network.client_cert", "network.client_key")
 
@@ -196,6 +198,9 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         raise BoardError(f"{path}: network.client_cert and network.client_key go together")
     if sealed and "rescue" in data.get("boot", {}) and rescue != "reboot":
         raise BoardError(f"{path}: boot.sealed = true has no rescue shell; boot.rescue must be reboot (or unset)")
+    device_key = _get(data, path, "boot.device_key", str, DEVICE_KEY)
+    if not device_key.startswith("/") or "\n" in device_key or "=" in device_key:
+        raise BoardError(f"{path}: boot.device_key must be an absolute path on the device, not {device_key!r}")
     return Board(
         name=name,
         path=path,
@@ -220,6 +225,7 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         rescue=rescue,
         unconfirmed_boots=unconfirmed,
         sealed=sealed,
+        device_key=device_key,
         network_ca=network_ca,
         client_cert=device_paths["client_cert"],
         client_key=device_paths["client_key"],

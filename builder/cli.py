@@ -56,8 +56,8 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
 
     board = load_board(args.board)
     out = Path(args.output) if args.output else default_initramfs_path(board.name)
-    keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
-    policy = TrustPolicy(keys, args.insecure_allow_unsigned, args.allow_downgrade)
+    keys = paths(args.trust)
+    policy = TrustPolicy(keys, args.insecure_allow_unsigned, args.allow_downgrade, args.threshold)
     if args.sealed:
         board = dataclasses.replace(board, sealed=True)
     if args.insecure_allow_unsigned:
@@ -78,6 +78,11 @@ def cmd_qemu(args: argparse.Namespace) -> int:
                            from_disk=args.from_disk, net=args.net)
 
 
+def paths(args: list[str]) -> tuple[Path, ...]:
+    """Files given with a repeatable option, each time one or several (comma or space separated)."""
+    return tuple(Path(k) for arg in args for k in arg.replace(",", " ").split())
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from builder.image import build_image
     from builder.imagetree import IMAGE_KERNEL
@@ -85,12 +90,19 @@ def cmd_image(args: argparse.Namespace) -> int:
 
     kernel = None if not args.kernel else IMAGE_KERNEL if args.kernel == IMAGE_KERNEL else Path(args.kernel)
     m = build_image(Path(args.rootfs) if args.rootfs else None, args.version, Path(args.output), image_id=args.id,
-                    sign_key=Path(args.sign) if args.sign else None, confirm_boots=args.confirm_boots,
+                    sign_key=paths(args.sign), confirm_boots=args.confirm_boots,
                     persist=args.persist or None, arch=args.arch, kernel=kernel,
                     kernel_initramfs=Path(args.initramfs) if args.initramfs else None, kernel_board=args.board,
                     kernel_append=args.kernel_append, trust=tuple(Path(t) for t in args.trust),
-                    source=args.source, strict=args.strict)
-    signed = f"signed by key {m['key']}" if "signature" in m else "UNSIGNED"
+                    source=args.source, strict=args.strict, encrypt_to=paths(args.encrypt_to),
+                    key_updates=Path(args.key_updates) if args.key_updates else None)
+    signers = [s["key"] for s in m.get("signatures", [])]
+    signed = f"signed by key{'s' if len(signers) > 1 else ''} {', '.join(signers)}" if signers else "UNSIGNED"
+    if "key_updates" in m:
+        signed += f", carrying key updates 1-{len(m['key_updates'])}"
+    if "encryption" in m:
+        signed += f", encrypted for key{'s' if len(m['encryption']['recipients']) > 1 else ''} " + \
+            ", ".join(r["key"] for r in m["encryption"]["recipients"])
     sealed = f"sealed, persistent: {describe_persist(m['persist'])}" if "persist" in m else \
         "UNSEALED (the whole root keeps changes; --persist DIR seals it)"
     own = f", kernel {m['kernel']['release']}" if "kernel" in m else ""
@@ -102,8 +114,31 @@ def cmd_image(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from builder.keys import keygen
 
-    private, public, kid = keygen(Path(args.output), args.comment)
-    print(f"{private} (private: keep it secret), {public} (public: give it to `make initramfs TRUST=`); key id {kid}")
+    private, public, kid = keygen(Path(args.output), args.comment, encryption=args.encryption)
+    if args.encryption:
+        print(f"{private} (private: the device's, where its board's device_key says), {public} (public: give it to "
+              f"`bankboot image --encrypt-to`); key id {kid}")
+    else:
+        print(f"{private} (private: keep it secret), {public} (public: give it to `make initramfs TRUST=`); key id "
+              f"{kid}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """One more signature on a bank file (nothing else in it changes), or on a chain file's last key update."""
+    from builder.signing import sign_file
+
+    print(sign_file(Path(args.file), paths(args.key), Path(args.device_key) if args.device_key else None))
+    return 0
+
+
+def cmd_key_update(args: argparse.Namespace) -> int:
+    from builder.signing import add_key_update
+
+    update, how = add_key_update(Path(args.chain), paths(args.keys), args.threshold, paths(args.sign),
+                                 paths(args.root), args.root_threshold)
+    print(f"{args.chain}: key update {update['serial']}: keys {', '.join(sorted(update['keys']))}, threshold "
+          f"{update['threshold']}; {how}")
     return 0
 
 
@@ -115,7 +150,8 @@ def cmd_disk(args: argparse.Namespace) -> int:
     layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
                            userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
                            boot_size=None if args.boot_size == "auto" else parse_size(args.boot_size),
-                           firmware=args.firmware or board.firmware)
+                           firmware=args.firmware or board.firmware,
+                           device_key=Path(args.device_key) if args.device_key else None)
     print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size} "
           f"(boot partition {layout.parts[0][1] // MiB} MiB), image {m['id']} current; "
           f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}; block map "
@@ -128,8 +164,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     0 when it verifies (a disk: its current image), 1 when it does not."""
     from builder.inspect import describe, inspect_file, to_json
 
-    keys = tuple(Path(k) for arg in args.trust for k in arg.replace(",", " ").split())
-    report = inspect_file(Path(args.file), keys, Path(args.initramfs) if args.initramfs else None)
+    report = inspect_file(Path(args.file), paths(args.trust), Path(args.initramfs) if args.initramfs else None,
+                          Path(args.device_key) if args.device_key else None)
     print(to_json(report) if args.json else "\n".join(describe(Path(args.file), report)))
     return 0 if report["ok"] else 1
 
@@ -147,8 +183,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from builder.publish import publish
     from overlay_layout.utctime import parse_duration
 
-    report = publish(Path(args.bank), args.channel, args.dest, Path(args.sign), args.board, args.min_version,
-                     parse_duration(args.expires), args.endpoint_url)
+    report = publish(Path(args.bank), args.channel, args.dest, paths(args.sign), args.board, args.min_version,
+                     parse_duration(args.expires), args.endpoint_url,
+                     device_key=Path(args.device_key) if args.device_key else None)
     for line in report.lines:
         print(line)
     print(f"devices poll: bankctl poll {report.document_url}")
@@ -200,7 +237,7 @@ def cmd_fleet_sim(args: argparse.Namespace) -> int:
 def cmd_delta(args: argparse.Namespace) -> int:
     from builder.delta import delta
 
-    need, size = delta([Path(p) for p in args.old], Path(args.new))
+    need, size = delta([Path(p) for p in args.old], Path(args.new), Path(args.device_key) if args.device_key else None)
     print(f"{args.new}: {need / 1e6:.2f} MB of {size / 1e6:.2f} MB ({100 * need / max(size, 1):.1f}%) come from "
           f"the network to a device holding {', '.join(args.old)}; the rest from its own images")
     return 0
@@ -301,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the board's compression")
     i.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
                    help="public key(s) whose signed images the device accepts (repeatable, or comma-separated)")
+    i.add_argument("--threshold", type=int, default=1, metavar="N",
+                   help="an image must be signed by at least N of the --trust keys (default 1: any one)")
     i.add_argument("--insecure-allow-unsigned", action="store_true",
                    help="also accept unsigned images (development only; bankctl status says so loudly)")
     i.add_argument("--allow-downgrade", action="store_true",
@@ -333,7 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--version", required=True, help="the image's semantic version (MAJOR.MINOR.PATCH); "
                                                      "anti-rollback compares it")
     im.add_argument("--id", help="image id (default: VERSION-<sha256 prefix>)")
-    im.add_argument("--sign", metavar="KEY.key", help="sign the manifest with this private key")
+    im.add_argument("--sign", action="append", default=[], metavar="KEY.key",
+                    help="sign the manifest with this private key (repeatable: each adds a signature)")
+    im.add_argument("--key-updates", metavar="CHAIN.json",
+                    help="carry the key updates of this chain file (bankboot key-update): committed on a device, "
+                         "they change the keys it trusts")
+    im.add_argument("--encrypt-to", action="append", default=[], metavar="KEY.pub",
+                    help="encrypt the bank for this device's or fleet's X25519 key (bankboot keygen --encryption; "
+                         "repeatable)")
     im.add_argument("--confirm-boots", action="store_true",
                     help="the image runs `bankctl boot-ok` once up; boots without it count towards a fallback")
     im.add_argument("--persist", action="append", default=[], metavar="DIR[:suid][,dev]",
@@ -361,7 +407,31 @@ def build_parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="make an ed25519 key pair: PREFIX.key (private) and PREFIX.pub")
     kg.add_argument("-o", "--output", required=True, metavar="PREFIX", help="writes PREFIX.key and PREFIX.pub")
     kg.add_argument("--comment", default="", help="a note stored in both files (who the key is for)")
+    kg.add_argument("--encryption", action="store_true",
+                    help="an X25519 key pair for encrypted banks (a device's or a fleet's), not a signing key")
     kg.set_defaults(func=cmd_keygen)
+
+    sg = sub.add_parser("sign", help="add a signature to a bank file (nothing else in it changes) or to a chain "
+                                     "file's last key update")
+    sg.add_argument("file", help="a bank file, or a chain file (bankboot key-update)")
+    sg.add_argument("--key", action="append", required=True, metavar="KEY.key", help="the private key (repeatable)")
+    sg.add_argument("--device-key", metavar="KEY", help="an encrypted bank: a recipient's private key, to check "
+                                                        "its files before signing")
+    sg.set_defaults(func=cmd_sign)
+
+    ku = sub.add_parser("key-update", help="append the next key update to a chain file: the whole set of keys "
+                                           "devices trust after it (docs/trust.md, rotation)")
+    ku.add_argument("chain", metavar="CHAIN.json", help="the chain file (made with --root when it does not exist)")
+    ku.add_argument("--keys", action="append", required=True, metavar="KEY.pub",
+                    help="the public keys trusted after this update (repeatable, or comma-separated)")
+    ku.add_argument("--threshold", type=int, default=1, metavar="N", help="how many of them must sign (default 1)")
+    ku.add_argument("--sign", action="append", default=[], metavar="KEY.key",
+                    help="sign it (keys of the set before it and of the new set; more with bankboot sign)")
+    ku.add_argument("--root", action="append", default=[], metavar="KEY.pub",
+                    help="starting a chain: the keys the devices' initramfs trusts (bankboot initramfs --trust)")
+    ku.add_argument("--root-threshold", type=int, default=1, metavar="N",
+                    help="starting a chain: the initramfs's --threshold (default 1)")
+    ku.set_defaults(func=cmd_key_update)
 
     dk = sub.add_parser("disk", help="make a partitioned disk image (boot, banks, userdata)")
     dk.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
@@ -377,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--firmware", choices=("direct", "uboot", "uefi"),
                     help="what boots the disk: U-Boot distro boot (boot.scr, two loader slots), UEFI (systemd-boot "
                          "entries on the ESP) or direct (QEMU's -kernel, cmdline.txt); default: the board file's")
+    dk.add_argument("--device-key", metavar="KEY", help="an encrypted --image: a recipient's private key")
     dk.add_argument("-o", "--output", required=True, metavar="DISK.img", help="the raw disk image to write")
     dk.set_defaults(func=cmd_disk)
 
@@ -387,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
                      help="check the signature against these public keys (repeatable, or comma-separated)")
     ins.add_argument("--initramfs", help="check it as this initramfs would at boot (its keys and settings)")
+    ins.add_argument("--device-key", metavar="KEY",
+                     help="an encrypted bank: a recipient's private key, to check its files")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
 
@@ -396,8 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("bank", help="the bank file to publish")
     pb.add_argument("dest", nargs="?", help="a directory (for any web server or CDN) or s3://BUCKET/PREFIX")
     pb.add_argument("--channel", help="the channel's name: the document is DEST/NAME.json")
-    pb.add_argument("--sign", metavar="KEY.key", help="the release key the document is signed with "
-                                                                     "(devices check it as they check images)")
+    pb.add_argument("--sign", metavar="KEY.key", action="append", default=[],
+                    help="a release key the document is signed with (repeatable, or comma-separated: as many as "
+                         "the devices' threshold; devices check it as they check images, against the keys in force)")
+    pb.add_argument("--device-key", metavar="KEY",
+                    help="an encrypted bank: a recipient's private key, to check its files before publishing")
     pb.add_argument("--board", action="append", default=[], metavar="BOARD",
                     help="a board this release is for (repeatable): a board file's name or path")
     pb.add_argument("--min-version", metavar="VERSION", help="the lowest running version this release may replace")
@@ -441,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "network (bankctl stage URL)")
     dl.add_argument("old", nargs="+", help="bank file(s) the device holds (current, previous)")
     dl.add_argument("new", help="the update's bank file")
+    dl.add_argument("--device-key", metavar="KEY", help="encrypted banks: a recipient's private key")
     dl.set_defaults(func=cmd_delta)
 
 
@@ -478,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=3, help="boots per measurement; the median is reported (default 3)")
     b.add_argument("--clock", choices=("icount", "host"), default="icount",
                    help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
-    b.add_argument("--only", metavar="PART,...", help="only these parts: boot, size, unpack, stage, kexec, firmware")
+    b.add_argument("--only", metavar="PART,...",
+                   help="only these parts: boot, size, unpack, stage, kexec, firmware; and trust (not by default): N "
+                        "signatures, rotated keys, encrypted staging")
     b.set_defaults(func=cmd_bench)
     bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
                                           "delta with and without gap coalescing (QEMU, instruction clock)")

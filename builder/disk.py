@@ -32,6 +32,7 @@ from overlay_layout.state import Banks
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from overlay_layout.records import Manifest
+    from overlay_layout.trust import KeySet
 
 MiB = 1 << 20
 BOOT_SIZE = 64 * MiB
@@ -109,15 +110,16 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     _run([*cmd, str(path)], env=mkfs_env())
 
 
-def check_bootable(bank: Path, manifest: Manifest, initramfs: Path) -> None:
-    """Refuse a disk whose image its initramfs would refuse at boot (unsigned, signed by a key it does not
-    trust, needing a newer bankboot, another architecture): that disk's first boot would end in the rescue
-    policy. The baseline busybox-sh initramfs checks nothing, so nothing is checked for it."""
+def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet | None = None) -> None:
+    """Refuse a disk whose image its initramfs would refuse at boot (unsigned, signed by keys it does not
+    trust or not enough of them, needing a newer bankboot, another architecture): that disk's first boot
+    would end in the rescue policy. `keys`: the keys in force instead of the initramfs's own (a rotated
+    disk). The baseline busybox-sh initramfs checks nothing, so nothing is checked for it."""
     from builder.initramfs import read_settings
     from overlay_layout.trust import Policy, TrustError
 
     try:
-        conf, keys = read_settings(initramfs)
+        conf, trusted = read_settings(initramfs)
     except (ValueError, TrustError) as e:
         raise DiskError(str(e)) from None
     if conf.init != "frozen":
@@ -125,7 +127,12 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path) -> None:
     if conf.arch and conf.arch != manifest["arch"]:
         raise DiskError(f"{initramfs} is for {conf.arch}; {bank} is an {manifest['arch']} image")
     try:
-        Policy.of(conf, keys).check(manifest, conf.bankboot)
+        policy = Policy.of(conf, trusted)
+        if keys is None and manifest.get("key_updates"):  # as its first boot would: the chain it carries
+            from overlay_layout.keychain import extend
+
+            keys = extend(policy.root, manifest["key_updates"], str(bank))
+        policy.check(manifest, conf.bankboot, keys)
     except TrustError as e:
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
 
@@ -154,12 +161,13 @@ def tls_piece_for(initramfs: Path) -> Path | None:
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
                userdata_files: list[Path] | None = None, boot_size: int | None = BOOT_SIZE,
-               firmware: str = "direct") -> tuple[DiskLayout, Manifest]:
+               firmware: str = "direct", device_key: Path | None = None) -> tuple[DiskLayout, Manifest]:
     """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
     two loaders when images carry their own kernels (bankctl install-loader keeps the old one); None: as much
     as that takes for this kernel and initramfs (loader_room, what `bankboot disk` does by default). firmware:
     what reads the boot partition (builder/firmware): `bankboot disk` passes the board's; this API defaults
-    to direct, what the tests of the init boot (the firmware chains have tests of their own)."""
+    to direct, what the tests of the init boot (the firmware chains have tests of their own). device_key:
+    a recipient's private key, for an encrypted bank (installed plain, as a device stages it)."""
     from builder.firmware import FIRMWARES, boot_files
 
     if firmware not in FIRMWARES:
@@ -215,7 +223,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         lay = Layout(str(stage))
         image_id = manifest["id"]
         os.makedirs(lay.image_dir(image_id))
-        extract_image(bank, Path(lay.image_dir(image_id)))
+        extract_image(bank, Path(lay.image_dir(image_id)), device_key)
         Path(lay.manifest_path(image_id)).write_bytes(dump_manifest(manifest))
         lay.prepare_image_dirs(image_id)
         Banks(str(stage)).install_first(image_id)  # current, and the anti-rollback floors from the start

@@ -24,13 +24,14 @@ from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.imageerror import ImageError
 from builder.run import find_tool, run
+from builder.signing import SigningError, finish_manifest
 from initfs.version import VERSION
 from overlay_layout import chunks
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import SQUASHFS, VERITY, LayoutError, check_id
 from overlay_layout.manifest import FORMAT, check_persist, dump_manifest, parse_manifest, split_persist
-from overlay_layout.trust import TrustError, parse_version, read_private_key, sign_manifest
+from overlay_layout.trust import TrustError, parse_version, read_private_key
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,11 +155,13 @@ def sha256_file(path: Path) -> str:
 
 
 def build_image(rootfs: Path | None, version: str, output: Path, image_id: str | None = None,
-                sign_key: Path | None = None, min_bankboot: str = VERSION, confirm_boots: bool = False,
-                persist: list[str] | None = None, arch: str | None = None, kernel: Path | str | None = None,
+                sign_key: Path | tuple[Path, ...] | None = None, min_bankboot: str = VERSION,
+                confirm_boots: bool = False, persist: list[str] | None = None, arch: str | None = None,
+                kernel: Path | str | None = None,
                 kernel_initramfs: Path | None = None, kernel_board: str | Board | None = None, kernel_append: str = "",
                 trust: tuple[Path, ...] = (), source: str | None = None, strict: bool = False,
-                say: Callable[[str], None] | None = None) -> dict:
+                say: Callable[[str], None] | None = None, encrypt_to: tuple[Path, ...] = (),
+                key_updates: Path | None = None) -> dict:
     """rootfs: a root filesystem directory, or None with `source` (`--from SOURCE`, builder/source.py).
     confirm_boots: the image promises to run `bankctl boot-ok` once it is up; a device that sees it boot
     that many times in a row without one (the board's limit) falls back to the previous image.
@@ -168,19 +171,23 @@ def build_image(rootfs: Path | None, version: str, output: Path, image_id: str |
     kernel: the image carries its own kernel, a file or "image" (the one in its /usr/lib/modules), with a
     bankboot initramfs for it (kernel_initramfs, or built for kernel_board), which the init on the boot
     partition kexecs when it differs from the running one.
-    strict: lint warnings refuse the image. say: where warnings and notes go (stderr)."""
+    strict: lint warnings refuse the image. say: where warnings and notes go (stderr).
+    sign_key: one private key or several (each adds a signature); key_updates: a chain file whose key
+    updates the image carries (builder/signing.py); encrypt_to: X25519 public keys the bank is encrypted for."""
     from builder.imagetree import KernelRequest, tree_from_dir, tree_from_layers
     from builder.lint import lint
     from builder.pack import index_file, write_bank
     from builder.source import SourceError, open_source
 
+    sign_keys = (sign_key,) if isinstance(sign_key, Path) else tuple(sign_key or ())
     say = say or (lambda line: print(line, file=sys.stderr))
     if (rootfs is None) == (source is None):
         raise ImageError("give the root filesystem as exactly one of --rootfs DIR and --from SOURCE")
     try:
         parse_version(version)
         parse_version(min_bankboot)
-        seed = read_private_key(str(sign_key)) if sign_key else None
+        for key in sign_keys:
+            read_private_key(str(key))
     except TrustError as e:
         raise ImageError(str(e)) from None
     if arch is not None and arch not in ARCHES:
@@ -189,7 +196,8 @@ def build_image(rootfs: Path | None, version: str, output: Path, image_id: str |
         raise ImageError("--initramfs, --board and --kernel-append describe the image's own kernel: give --kernel")
     if persist:
         check_persist_paths_syntax(persist)
-    k = KernelRequest(kernel, kernel_initramfs, kernel_board, kernel_append, sign_key, trust)
+    k = KernelRequest(kernel, kernel_initramfs, kernel_board, kernel_append, sign_keys[0] if sign_keys else None,
+                      trust)  # the second stage trusts the first signer
     with tempfile.TemporaryDirectory(dir=existing_parent(output), prefix=".bankboot-image-") as tmpdir:
         tmp = Path(tmpdir)
         sq = tmp / SQUASHFS
@@ -240,11 +248,14 @@ def build_image(rootfs: Path | None, version: str, output: Path, image_id: str |
             manifest["persist"] = paths
         if tree.kernel:
             manifest["kernel"] = tree.kernel
-        if seed is not None:
-            manifest = sign_manifest(manifest, seed)
+        try:
+            manifest, files = finish_manifest(manifest, [sq, tmp / VERITY, index], sign_keys, key_updates,
+                                              encrypt_to, tmp)
+        except SigningError as e:
+            raise ImageError(str(e)) from None
         data = dump_manifest(manifest)
         parse_manifest(data, "new manifest")
-        write_bank(output, data, [sq, tmp / VERITY, index], tree.created)
+        write_bank(output, data, files, tree.created)
     return manifest
 
 
@@ -274,9 +285,21 @@ def read_bank(path: Path) -> BankFile:
         raise ImageError(str(e)) from None
 
 
-def extract_image(path: Path, dest_dir: Path) -> Manifest:
-    """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest."""
+def extract_image(path: Path, dest_dir: Path, device_key: Path | None = None) -> Manifest:
+    """Copy the bank's squashfs and verity tree into dest_dir, checking each against its manifest (an encrypted
+    bank decrypted with `device_key`, a recipient's private key)."""
     with read_bank(path) as bank:
+        if bank.encrypted:
+            from overlay_layout import encryption
+
+            if device_key is None:
+                raise ImageError(f"{path} is encrypted: give --device-key KEY (a recipient's private key)")
+            try:
+                encryption.fill(bank, str(dest_dir), encryption.content_key(bank.manifest, str(device_key), str(path)),
+                                None)
+            except LayoutError as e:
+                raise ImageError(str(e)) from None
+            return bank.manifest
         for member in bank.payload():
             try:
                 bank.extract(member, str(dest_dir / member.name))

@@ -21,6 +21,7 @@ from builder.kmod import ModuleError, module_closure, run_depmod
 from builder.launcher import build_launcher
 from builder.parts import KernelParts, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
+from builder.xenshim import build_xen_shim
 from initfs.version import VERSION
 from overlay_layout import durable
 from overlay_layout.contract import (
@@ -184,8 +185,12 @@ def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> str:
         root = kexec.parent.parent  # the packages unpacked together (parts.KEXEC_TOOLS_PACKAGES)
         tree.add_file("sbin/kexec", src=kexec, mode=0o755)
         resolver = LibraryResolver(root, board.arch)
-        resolver.add_program(kexec, "/sbin/kexec")
+        shim = build_xen_shim(board.arch, kexec)
+        # The shim stands in for libxenctrl, whose own libraries are then not followed (builder/xenshim.py).
+        resolver.add_program(kexec, "/sbin/kexec", provided=[shim.parent] if shim else None)
         add_closure(tree, resolver, root)
+        if shim is not None:
+            tree.add_file(f"usr/lib/{board.arch.triplet}/{shim.name}", src=shim, mode=0o644)
     return method
 
 
@@ -232,6 +237,7 @@ class TrustPolicy:
     keys: tuple[Path, ...] = ()
     allow_unsigned: bool = False
     allow_downgrade: bool = False
+    threshold: int = 1  # how many of the keys must sign an image
 
 
 def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
@@ -246,7 +252,11 @@ def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
     if not ids and not policy.allow_unsigned:
         raise ValueError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
                          "every image; use --insecure-allow-unsigned only for development")
+    if not 1 <= policy.threshold <= max(1, len(set(ids))):
+        raise ValueError(f"--threshold {policy.threshold}: an image must be signed by 1 to the {len(set(ids))} "
+                         f"trusted key(s), or nothing could ever boot")
     conf.trusted, conf.unsigned, conf.downgrade = tuple(ids), policy.allow_unsigned, policy.allow_downgrade
+    conf.threshold = policy.threshold
 
 
 def add_network(tree: FsTree, board: Board, sysroot: PySysroot, conf: InitramfsConf) -> None:
@@ -284,7 +294,7 @@ def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = No
     conf = InitramfsConf(board=board.name, kernel=kernel.version, arch=board.arch.debian, console=board.console,
                          bankboot=VERSION, init=init, image_modules=board.image_needs_modules,
                          rescue="reboot" if board.sealed else board.rescue, unconfirmed_boots=board.unconfirmed_boots,
-                         sealed=board.sealed, kernel_name=board.kernel_name)
+                         sealed=board.sealed, kernel_name=board.kernel_name, device_key=board.device_key)
     if init == "frozen":
         add_trust(tree, policy or TrustPolicy(), conf)
         add_frozen_init(tree, locate_sysroot(board.arch), conf, on_demand)

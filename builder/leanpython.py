@@ -23,6 +23,16 @@ from builder.paths import cache_dir
 from builder.run import find_tool, run
 
 SONAME = "libpython3.11.so.1.0"
+# LLVM's linker, for one thing Debian 12's GNU ld cannot do on ARM: pack the relative relocations (DT_RELR,
+# which glibc 2.36 reads). libpython's 37,000 of them are 0.9 MB of .rela.dyn as RELA entries, 24 bytes each,
+# that every boot unpacks from the initramfs (13 ms on the instruction clock) and ld.so walks; packed, they
+# are a few kilobytes of bitmap.
+LLD = "ld.lld-16"
+# Unwind tables are dropped too (0.44 MB on arm64): nothing unwinds through libpython here. The init and
+# bankctl start no thread (threading is left out of the freeze, and nothing calls _thread), so no thread
+# exits through pthread_exit's forced unwind, and the library holds no C++. What is lost is a debugger's
+# backtrace through libpython on the device. INSERT keeps the linker's own layout for everything else.
+NO_UNWIND = "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n"
 DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev"]  # the PIC archive and config.c; libgcc.a for the link
 # Builtin modules left out, with the objects of the PIC archive that hold only them. Each import of one
 # of these raises ImportError; pure-Python stdlib modules that wrap them (datetime, pickle) fall back to
@@ -82,7 +92,9 @@ def read_inittab(config_c: Path) -> list[tuple[str, str]]:
 def lean_libpython(arch: Arch) -> Path:
     """The relinked, stripped libpython3.11.so.1.0 for `arch` (cached by what went into it)."""
     versions = debian.package_versions(DEV_PACKAGES, arch.debian)
-    key = hashlib.sha256(repr((sorted(versions.items()), sorted(DROPPED.items()), NOT_LIBRARY,
+    linker = run([find_tool(LLD, LLD.removeprefix("ld."), LeanPythonError), "--version"],
+                 error=LeanPythonError).stdout.strip()
+    key = hashlib.sha256(repr((sorted(versions.items()), sorted(DROPPED.items()), NOT_LIBRARY, linker,
                                Path(__file__).read_bytes())).encode()).hexdigest()[:16]
     out = cache_dir() / "leanpython" / arch.debian / key / SONAME
     if out.is_file():
@@ -107,7 +119,8 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
     sysroot = locate_sysroot(arch).root
     prefix = arch.cross_prefix
     tool = {t: find_tool(f"{prefix}{t}", f"binutils-{prefix}".rstrip("-"), LeanPythonError)
-            for t in ("ar", "as", "ld", "strip", "nm")}
+            for t in ("ar", "as", "strip", "nm")}
+    tool["ld"] = find_tool(LLD, LLD.removeprefix("ld."), LeanPythonError)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=out.parent.parent))
     try:
         objs = work / "objs"
@@ -122,11 +135,13 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
         keep = [m for m in read_inittab(config / "config.c") if m[0] not in DROPPED]
         (work / "inittab.s").write_text(inittab_assembly(keep, arch))
         run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
+        (work / "no-unwind.ld").write_text(NO_UNWIND)
         libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]
         ld_so = sysroot / arch.device.ld_so.lstrip("/")
         linked = work / SONAME
-        run([tool["ld"], "-shared", "-O1", "-Bsymbolic-functions", "-z", "relro", "-z", "noexecstack",
-             "--hash-style=gnu", "--eh-frame-hdr", "--build-id", "-soname", SONAME, "-o", str(linked),
+        run([tool["ld"], "-shared", "-O1", "-Bsymbolic", "-z", "relro", "-z", "noexecstack",
+             "-z", "pack-relative-relocs", "--hash-style=gnu", "--build-id=sha1", "-T", str(work / "no-unwind.ld"),
+             "-soname", SONAME, "-o", str(linked),
              *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *map(str, libs), str(ld_so),
              str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
         run([tool["strip"], "--strip-unneeded", str(linked)], error=LeanPythonError)

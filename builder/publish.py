@@ -227,12 +227,26 @@ def open_target(dest: str, endpoint_url: str | None = None) -> DirTarget | S3Tar
     return DirTarget(Path(dest))
 
 
-def read_release(bank_file: Path) -> tuple[dict, bytes, str]:
-    """(manifest, the manifest's bytes as stored, sha256 of the whole file); every member checked against
-    the manifest first, so nothing damaged reaches devices."""
+def read_release(bank_file: Path, device_key: Path | None = None) -> tuple[dict, bytes, str, str]:
+    """(manifest, the manifest's bytes as stored, sha256 of the whole file, a line on how an encrypted bank
+    was checked); every member checked against the manifest first, so nothing damaged reaches devices. An
+    encrypted bank is checked by decrypting it with `device_key`; without one only its layout is (sizes,
+    headers), and each device checks every chunk's tag and hash as it decrypts, before writing it."""
+    checked = ""
     try:
         with BankFile(str(bank_file)) as bank:
-            for member in bank.payload():
+            if bank.encrypted and device_key is not None:
+                from builder.signing import SigningError, check_encrypted
+
+                try:
+                    check_encrypted(bank, device_key)
+                except SigningError as e:
+                    raise PublishError(f"{e}: not published") from None
+                checked = f"{bank_file}: encrypted; decrypted with {device_key} and checked against its manifest"
+            elif bank.encrypted:
+                checked = (f"{bank_file}: encrypted; its files were not checked here (--device-key KEY checks them); "
+                           f"devices check every chunk before they write it")
+            for member in [] if bank.encrypted else bank.payload():
                 if not bank.verify(member):
                     raise PublishError(f"{bank_file}: {member.name} does not match its manifest (damaged or changed "
                                        f"after signing): not published")
@@ -241,12 +255,18 @@ def read_release(bank_file: Path) -> tuple[dict, bytes, str]:
             manifest = dict(bank.manifest)
     except LayoutError as e:
         raise PublishError(str(e)) from None
-    return manifest, raw, hashing.hash_file(str(bank_file))[1]
+    return manifest, raw, hashing.hash_file(str(bank_file))[1], checked
 
 
-def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[str], min_version: str | None = None,
-            expires: float = DEFAULT_EXPIRES, endpoint_url: str | None = None, now: float | None = None) -> Report:
-    """See the module's docstring. Returns what was done, line by line."""
+def publish(bank_file: Path, channel: str, dest: str, key: Path | tuple[Path, ...], boards: list[str],
+            min_version: str | None = None, expires: float = DEFAULT_EXPIRES, endpoint_url: str | None = None,
+            now: float | None = None, device_key: Path | None = None) -> Report:
+    """See the module's docstring. Returns what was done, line by line. `key`: the key(s) the document is
+    signed with (each adds a signature: as many as the devices' threshold). `device_key`: an encrypted bank's
+    recipient key, to check its files before they are published."""
+    keys = (key,) if isinstance(key, Path) else key
+    if not keys:
+        raise PublishError("a channel document is signed: give --sign KEY.key")
     if not is_name(channel, 64, alnum_first=True):
         raise PublishError(f"--channel {channel!r} is not a name (letters, digits, . _ + -, at most 64)")
     if not boards:
@@ -254,12 +274,12 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[st
     if expires < 3600:
         raise PublishError("--expires must be at least 1h (devices refuse a document once it has expired)")
     try:
-        seed = read_private_key(str(key))
+        seeds = [read_private_key(str(k)) for k in keys]
         if min_version is not None:
             parse_version(min_version)
     except TrustError as e:
         raise PublishError(str(e)) from None
-    manifest, raw, digest = read_release(bank_file)
+    manifest, raw, digest, checked = read_release(bank_file, device_key)
     names = []
     for b in boards:
         try:
@@ -273,6 +293,8 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[st
     target, report = open_target(dest, endpoint_url), Report()
     for gone in target.clean():
         report.lines.append(f"removed {gone} (left by a cut publish)")
+    if checked:
+        report.lines.append(checked)
     image, size = manifest["id"], bank_file.stat().st_size
     name = bank_path(image)
     there = target.stat(name)
@@ -292,12 +314,12 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path, boards: list[st
     now = time.time() if now is None else now
     fields = channel_fields(manifest, raw, size, channel, names, now, expires, min_version)
     doc_name = document_name(channel)
-    if _still_good(target.read(doc_name), fields, seed, now, expires):
+    if _still_good(target.read(doc_name), fields, seeds, now, expires):
         report.lines.append(f"channel document: {target.where(doc_name)} unchanged (it offers {manifest['version']} "
                             f"and is good for more than half of {expires / 86400:g} days)")
     else:
         try:
-            data = make_document(fields, seed)
+            data = make_document(fields, seeds)
         except ChannelError as e:
             raise PublishError(str(e)) from None
         target.put_document(doc_name, data)
@@ -318,15 +340,17 @@ def channel_fields(manifest: dict, raw: bytes, size: int, channel: str, boards: 
     return fields
 
 
-def _still_good(old: bytes | None, fields: dict, seed: bytes, now: float, expires: float) -> bool:
-    """The published document says what `fields` says, under this key, and has more than half its time left."""
+def _still_good(old: bytes | None, fields: dict, seeds: list[bytes], now: float, expires: float) -> bool:
+    """The published document says what `fields` says, signed by every one of these keys, and has more than
+    half its time left."""
     if old is None:
         return False
     from overlay_layout import ed25519
+    from overlay_layout.trust import KeySet
 
-    public = ed25519.keypair(seed)[0]
+    publics = {key_id(p): p for p in (ed25519.keypair(seed)[0] for seed in seeds)}
     try:
-        ch = parse_document(old, "the published document", {key_id(public): public}, False)
+        ch = parse_document(old, "the published document", KeySet(publics, len(publics)), False)
     except ChannelError:
         return False
     same = all(ch.doc.get(k) == v for k, v in fields.items() if k not in ("published", "expires"))

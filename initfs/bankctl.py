@@ -37,6 +37,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from overlay_layout.trust import KeySet
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
 
@@ -62,6 +64,14 @@ def policy() -> Policy:
     return Policy.load(kit_root())
 
 
+def keys_in_force(banks: Banks, pol: Policy | None = None) -> KeySet:
+    """The keys in force on this device (the kit's root keys advanced by the committed key updates); banks
+    then knows which images they can never verify (status, rollback)."""
+    keys = (pol or policy()).in_force(banks)
+    banks.untrusted = keys.refusal
+    return keys
+
+
 def booted_info() -> dict[str, Any]:
     path = run_path(BOOTED)
     try:
@@ -83,14 +93,16 @@ def unconfirmed_limit() -> int:
 
 
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
+    pol = policy()
+    keys = keys_in_force(banks, pol)
     status = banks.status(unconfirmed_limit())
     status["booted"] = booted_info()
     plan = status["plan"]
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
-    pol = policy()
-    status["trust"] = {"keys": sorted(pol.keys), "unsigned_allowed": pol.allow_unsigned,
-                       "downgrade_allowed": pol.allow_downgrade, "floor": status["floor"],
-                       "boot_floor": status["boot_floor"], "sealed_build": pol.sealed}
+    status["trust"] = {"keys": sorted(keys.keys), "threshold": keys.threshold, "serial": keys.serial,
+                       "retired": keys.retired, "root_keys": sorted(pol.keys), "root_threshold": pol.root.threshold,
+                       "unsigned_allowed": pol.allow_unsigned, "downgrade_allowed": pol.allow_downgrade,
+                       "floor": status["floor"], "boot_floor": status["boot_floor"], "sealed_build": pol.sealed}
     running = status["booted"].get("image")
     for img in status["images"]:
         if img["id"] == running and not img["sealed"]:
@@ -127,6 +139,7 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
         extra = f"  ({img['reason']})" if img.get("reason") else ""
         extra += "  (reset at next boot)" if img.get("reset_pending") else ""
         extra += f"  ({img['unconfirmed_boots']} unconfirmed boots)" if img.get("unconfirmed_boots") else ""
+        extra += f"  (never boots: {img['untrusted']})" if img.get("untrusted") else ""
         sealed = "yes" if img["sealed"] else "NO"
         kernel = img.get("kernel") or "(the loader's)"
         print(f"{img['id']:<28} {img['version'] or '?':<12} {img['state']:<7} {tries:>5}  {sealed:<8} {kernel:<22} "
@@ -137,8 +150,10 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     order = ", then ".join(f"{c['image']} ({c['why']})" for c in plan[:3]) or "nothing"
     print(f"next boot: {order}")
     t = status["trust"]
-    print(f"trusted keys: {', '.join(t['keys']) or 'none'}; version floor: {t['floor'] or 'none'} "
-          f"(boots nothing below {t['boot_floor'] or 'none'}); "
+    rotated = f" (key update {t['serial']}; the initramfs's own: {', '.join(t['root_keys'])})" if t["serial"] else ""
+    retired = f"; retired: {', '.join(sorted(t['retired']))}" if t["retired"] else ""
+    print(f"trusted keys: {keys.describe() if keys.keys else 'none'}{rotated}{retired}; version floor: "
+          f"{t['floor'] or 'none'} (boots nothing below {t['boot_floor'] or 'none'}); "
           f"{'sealed' if t['sealed_build'] else 'development'} build")
     last = status["poll"]
     if last:
@@ -187,6 +202,8 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
                   allow_downgrade=args.allow_downgrade, booted=booted)
     print(f"staged {m['id']} (version {m['version']}, {m['_signed_by']}) as next, on trial with {args.tries} "
           f"tries; reboot to try it")
+    if m.get("_keys"):
+        print(f"{m['_keys']}: in force once this image is committed (mark-good)")
     return EXIT_OK
 
 
@@ -227,7 +244,7 @@ def _stage_url(banks: Banks, args: argparse.Namespace, booted: str | None) -> tu
     m, stats = stage_url(banks, args.file, policy(), VERSION, tries=args.tries, upper=args.upper,
                          progress=Progress(), allow_downgrade=args.allow_downgrade, booted=booted, settings=settings,
                          whole_file=args.whole_file, **({} if args.gap is None else {"gap": args.gap}))
-    return m, stats.line()
+    return m, stats.line(m)
 
 
 def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
@@ -259,13 +276,19 @@ def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
+    from overlay_layout.keychain import commit
+
     booted = booted_info().get("image")
-    image = banks.mark_good(booted)
+    image, change = commit(banks, policy(), booted)
     from initfs.watchdog import disarm
 
     disarm()
     bootlog.set_outcome(banks.root, "marked good")
     print(f"{image} is good and current")
+    if change:
+        print(f"{change}: in force now")
+    for w in banks.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -289,6 +312,7 @@ def cmd_mark_bad(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(banks: Banks, args: argparse.Namespace) -> int:
+    keys_in_force(banks)  # an image the keys in force cannot verify would not boot: rollback refuses it
     image = banks.rollback()
     print(f"{image} (previous) boots next time and becomes current")
     return EXIT_OK
@@ -362,7 +386,8 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     with open(layout.manifest_path(image), "rb") as f:
         manifest = parse_manifest(f.read(65536), layout.manifest_path(image))
     try:
-        who = policy().check(manifest, VERSION)
+        pol = policy()
+        who = pol.check(manifest, VERSION, keys_in_force(banks, pol))
     except TrustError as e:
         raise LoaderError(f"image {image}: {e}") from None
     if "initramfs" not in manifest.get("kernel", {}):

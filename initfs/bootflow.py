@@ -15,7 +15,7 @@ from initfs.blockdev import wait_for_device
 from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
 from overlay_layout import durable
-from overlay_layout.contract import BANKS, BOOTED, RUN, TIMELINE, TRUST_DIR, InitramfsConf
+from overlay_layout.contract import BANKS, BOOTED, RUN, TIMELINE, InitramfsConf
 from overlay_layout.layout import Layout
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from overlay_layout.policy import Candidate, Plan
     from overlay_layout.records import BootRecord, Manifest, Prepared, Tried
     from overlay_layout.state import Banks
+    from overlay_layout.trust import KeySet
 
     T = TypeVar("T")
 
@@ -73,15 +74,12 @@ def mount_banks(opts: Options) -> Layout:
 
 
 def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[dict[str, Any]]:
-    """What the console menu offers: images signed by a key this initramfs trusts (unless it accepts unsigned
+    """What the console menu offers: images signed by the keys in force (unless the initramfs accepts unsigned
     ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
-    try:
-        trusted = {n.removesuffix(".pub") for n in os.listdir(TRUST_DIR) if n.endswith(".pub")}
-    except OSError:
-        trusted = set()
-    unsigned_ok = config.unsigned
-    return [e for e in banks.status(limit)["images"] if not e["below_floor"]
-            and (unsigned_ok or banks.manifest(e["id"]).get("key") in trusted)]
+    from overlay_layout.trust import signatures_of
+
+    return [e for e in banks.status(limit)["images"] if not e["below_floor"] and not e["untrusted"]
+            and (config.unsigned or signatures_of(banks.manifest(e["id"])))]
 
 
 def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsConf) -> tuple[str | None, str]:
@@ -112,9 +110,10 @@ def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsCon
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
 
 
-def verify_image(layout: Layout, image: str, full: bool) -> Manifest:
-    """The image's manifest must be signed by a trusted key (checked every boot: cheap); on a trial's first
-    boot the whole squashfs and hash tree are also hashed against it. Later reads are checked by dm-verity."""
+def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = None) -> Manifest:
+    """The image's manifest must be signed by the keys in force, enough of them (checked every boot: cheap);
+    on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
+    checked by dm-verity."""
     from initfs.version import VERSION
     from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import parse_manifest
@@ -132,7 +131,7 @@ def verify_image(layout: Layout, image: str, full: bool) -> Manifest:
         raise BootError(f"{path} describes image {manifest['id']}")
     try:
         with log.step("verify manifest signature"):
-            who = Policy.load().check(manifest, VERSION)
+            who = Policy.load().check(manifest, VERSION, keys)
     except TrustError as e:
         raise BootError(f"verification failed: {e}") from None
     manifest["_signed_by"] = who
@@ -180,7 +179,8 @@ def _volatile(image: str) -> tuple[str, str]:
     return f"{base}/upper", f"{base}/work"
 
 
-def mount_image(layout: Layout, image: str, full_check: bool = False, notes: list[str] | None = None) -> Manifest:
+def mount_image(layout: Layout, image: str, full_check: bool = False, notes: list[str] | None = None,
+                keys: KeySet | None = None) -> Manifest:
     """The image's verified squashfs under an overlay on NEWROOT. A sealed image (its signed manifest has a
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
@@ -188,7 +188,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
     from initfs.loop import attach_readonly
 
     layout.check_image(image)
-    manifest = verify_image(layout, image, full_check)
+    manifest = verify_image(layout, image, full_check, keys)
     squashfs = layout.squashfs(image)
     os.makedirs(LOWER, exist_ok=True)
     with log.step(f"mount {squashfs}"):
@@ -199,7 +199,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
             except VerityError as e:
                 raise BootError(f"dm-verity: {e}") from None
-        elif "signature" in manifest:
+        elif "signatures" in manifest or "signature" in manifest:
             raise BootError("signed but without dm-verity data: refusing to read it unchecked")
         else:
             dev, fd = attach_readonly(squashfs)
@@ -387,13 +387,13 @@ def _mounts_under(top: str) -> list[str]:
 
 
 def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: InitramfsConf,
-            boot_floor: str | None = None) -> Prepared:
-    """Mount the image (verified), read its init through verity and, for a trial, self-test it."""
+            boot_floor: str | None = None, keys: KeySet | None = None) -> Prepared:
+    """Mount the image (verified against `keys`), read its init through verity and, for a trial, self-test it."""
     from initfs.preflight import preflight, verify_ranges
     from overlay_layout.policy import below_floor
 
     notes: list[str] = []
-    manifest = mount_image(layout, image, full_check=trial, notes=notes)
+    manifest = mount_image(layout, image, full_check=trial, notes=notes, keys=keys)
     if below_floor(manifest["version"], boot_floor):  # the signed version, checked again after the plan
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
     pinned = opts.get("bankboot.kexec")
@@ -470,6 +470,7 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
 
     banks = Banks(BANKS)
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
+    keys = _quietly("reading the keys in force", trusted_keys, banks)
     limit = opts.get("bankboot.unconfirmed_boots") or config.unconfirmed_boots
     try:
         select, how = menu_selection(opts, banks, limit, config)
@@ -490,7 +491,7 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
         if done:
             log.log(f"{cand.image}: {done}")
         try:
-            prepared = prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor)
+            prepared = prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor, keys)
         except Exception as e:
             from initfs.selftest import SelfTestError
 
@@ -507,6 +508,18 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
             continue
         return cand, why, prepared, tried, banks, plan
     return None, "", {}, tried, banks, plan
+
+
+def trusted_keys(banks: Banks) -> KeySet:
+    """The keys this boot checks images against: the initramfs's root keys advanced by the key updates the
+    device committed (overlay_layout/keychain.py); the plan leaves out images they can never verify."""
+    from overlay_layout.trust import Policy, boot_keys
+
+    with log.step("keys in force"):
+        keys = boot_keys(banks, Policy.load())
+    if keys.serial:
+        log.log(f"keys in force: key update {keys.serial}, {keys.describe()}")
+    return keys
 
 
 def kexec_into(opts: Options, image: str, trial: bool, prepared: Prepared, record: BootRecord) -> NoReturn:
@@ -650,7 +663,8 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
         if _quietly("mounting the bankctl kit", expose_kit):
             keep = _quietly("reading the kit list", read_kit_list) or []
     log_warnings: list[str] = []
-    _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings)
+    _quietly("writing the boot log", bootlog.append_record, BANKS, record, log_warnings,
+             not bootlog.is_plain(record))
     for w in log_warnings:
         log.error(w)
     with log.step("mount /userdata"):

@@ -177,7 +177,8 @@ def fetch_channel(dev: Device, opts: Options, st: dict[str, Any], settings: Sett
         say("the channel document is unchanged (304 Not Modified)")
     where = parse_url(opts.url).display
     try:
-        ch = parse_document(raw, where, dev.policy.keys, dev.policy.allow_unsigned)
+        # signed as images are: by the keys in force on this device (a rotated set, its threshold)
+        ch = parse_document(raw, where, dev.policy.in_force(dev.banks), dev.policy.allow_unsigned)
         want = opts.channel or _channel_from_url(where)
         if want and ch.channel != want:
             raise ChannelError(f"the channel document {where} is for channel {ch.channel}, not {want} (a document "
@@ -292,7 +293,7 @@ def _stage(dev: Device, opts: Options, ch: Channel, say: Callable[[str], None],
                          machine=dev.machine, progress=progress, booted=dev.booted.get("image"),
                          settings=dev.settings, expect=bank_check(ch, where), announce=announce,
                          download_only=opts.download_only)
-    say(f"fetched: {stats.line()}")
+    say(f"fetched: {stats.line(m)}")
     if stats.downloaded:
         return Result("downloaded", f"downloaded {m['id']} (version {m['version']}): bankctl apply makes it next",
                       stats.requests, stats.received)

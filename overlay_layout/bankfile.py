@@ -59,7 +59,7 @@ def _header(raw: bytes, where: str) -> tuple[str, int, bytes] | None:
 
 
 class Source:
-    """Where a bank file's bytes come from when it is not a local file (overlay_layout/download.py)."""
+    """Where a bank file's bytes come from when it is not a local file (overlay_layout/net/download.py)."""
 
     def pread(self, size: int, offset: int) -> bytes:
         raise NotImplementedError
@@ -101,6 +101,18 @@ class BankFile:
             return os.pread(self.fd, size, offset)
         except OSError as e:
             raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Exactly `size` bytes of the bank file from `offset`; fewer is a truncated file."""
+        data = self._pread(size, offset)
+        if len(data) != size:
+            raise BankFileError(f"{self.path} is truncated: {size} bytes wanted at {offset}, {len(data)} there")
+        return data
+
+    @property
+    def encrypted(self) -> bool:
+        """Its members are encrypted (overlay_layout/encryption.py): only a recipient's key reads them."""
+        return "encryption" in self.manifest
 
     def _size(self) -> int:
         if self.source is not None:
@@ -154,14 +166,16 @@ class BankFile:
             raise BankFileError(f"{self.path} is truncated: {final.name} needs {final.offset + final.size} "
                                 f"bytes, the file has {end}")
 
-    def _derive_tail(self, manifest: Manifest) -> None:
-        """The members after the squashfs, where the builder writes them (see __init__)."""
+    def _derive_tail(self, manifest: Manifest, sized: dict[str, int]) -> None:
+        """The members after the squashfs, where the builder writes them (see __init__); `sized`: an encrypted
+        bank's member sizes (each plain size and its tags)."""
         sq = self.members[SQUASHFS]
         offset = sq.offset + (sq.size + HEADER - 1) // HEADER * HEADER
         for name, part in ((VERITY, manifest.get("verity")), (CHUNKS, manifest.get("chunks"))):
             if part:
-                self.members[name] = Member(name, offset + HEADER, part["size"])
-                offset += HEADER + (part["size"] + HEADER - 1) // HEADER * HEADER
+                size = sized.get(name, part["size"])
+                self.members[name] = Member(name, offset + HEADER, size)
+                offset += HEADER + (size + HEADER - 1) // HEADER * HEADER
         self._check_end(self.members)
 
     def check_header(self, member: Member, raw: bytes) -> None:
@@ -178,21 +192,30 @@ class BankFile:
         if len(raw) != m.size:
             raise BankFileError(f"{self.path} is truncated in {MANIFEST}")
         manifest = parse_manifest(raw, f"{self.path}:{MANIFEST}")
+        sized: dict[str, int] = {}
+        if "encryption" in manifest:  # the members' sizes in the bank: the plain ones and the tags
+            from overlay_layout.encryption import member_size
+
+            sized = {name: member_size(manifest, name) for name in (SQUASHFS, VERITY, CHUNKS)}
         sq = self.members.get(SQUASHFS)
         if sq is None:
             raise BankFileError(f"{self.path}: {SQUASHFS} must follow {MANIFEST}")
-        if sq.size != manifest["size"]:
-            raise BankFileError(f"{self.path}: squashfs is {sq.size} bytes, the manifest says {manifest['size']}")
+        if sq.size != sized.get(SQUASHFS, manifest["size"]):
+            what = " encrypted" if sized else ""
+            raise BankFileError(f"{self.path}:{what} squashfs is {sq.size} bytes, the manifest says "
+                                f"{sized.get(SQUASHFS, manifest['size'])}")
         if self.derive:
-            self._derive_tail(manifest)
+            self._derive_tail(manifest, sized)
         verity = manifest.get("verity")
-        if verity and (VERITY not in self.members or self.members[VERITY].size != verity["size"]):
-            raise BankFileError(f"{self.path}: {VERITY} of {verity['size']} bytes must follow {SQUASHFS}")
+        if verity and (VERITY not in self.members or self.members[VERITY].size != sized.get(VERITY, verity["size"])):
+            raise BankFileError(f"{self.path}: {VERITY} of {sized.get(VERITY, verity['size'])} bytes must follow "
+                                f"{SQUASHFS}")
         if not verity and VERITY in self.members:
             raise BankFileError(f"{self.path}: has {VERITY} but its manifest describes no hash tree")
         chunks = manifest.get("chunks")
-        if chunks and (CHUNKS not in self.members or self.members[CHUNKS].size != chunks["size"]):
-            raise BankFileError(f"{self.path}: {CHUNKS} of {chunks['size']} bytes must end the bank file")
+        if chunks and (CHUNKS not in self.members or self.members[CHUNKS].size != sized.get(CHUNKS, chunks["size"])):
+            raise BankFileError(f"{self.path}: {CHUNKS} of {sized.get(CHUNKS, chunks['size'])} bytes must end the "
+                                f"bank file")
         if not chunks and CHUNKS in self.members:
             raise BankFileError(f"{self.path}: has {CHUNKS} but its manifest describes no chunk index")
         return manifest
@@ -202,6 +225,13 @@ class BankFile:
         if name == SQUASHFS:
             return self.manifest["sha256"]
         return self.manifest["chunks"]["sha256"] if name == CHUNKS else self.manifest["verity"]["sha256"]
+
+    def expected_size(self, name: str) -> int:
+        """The size the manifest gives for a member: the plain file's, as a device stores it (an encrypted
+        bank's member is larger by its tags)."""
+        if name == SQUASHFS:
+            return int(self.manifest["size"])
+        return int(self.manifest["chunks"]["size"] if name == CHUNKS else self.manifest["verity"]["size"])
 
     def payload(self) -> list[Member]:
         """The members after the manifest: the squashfs, then the hash tree if any."""
@@ -214,7 +244,10 @@ class BankFile:
                                 f"manifest's {want}: the file is damaged or was changed after signing")
 
     def verify(self, member: Member) -> bool:
-        """Whether a member's bytes are what the manifest says (reads all of it)."""
+        """Whether a member's bytes are what the manifest says (reads all of it; an encrypted bank's are checked
+        by decrypting them, encryption.fill)."""
+        if self.encrypted:
+            raise BankFileError(f"{self.path} is encrypted: its files are checked by decrypting them")
         try:
             return hashing.hash_fd(self.fd, member.offset, member.size)[1] == self.expected(member.name)
         except hashing.ShortRead:
@@ -223,6 +256,8 @@ class BankFile:
     def extract(self, member: Member, dest: str, progress: Callable[[int, int], None] | None = None) -> None:
         """Copy a member into the new file `dest`, fsynced, checked against the manifest while copying;
         nothing is left at `dest` when it does not match."""
+        if self.encrypted:
+            raise BankFileError(f"{self.path} is encrypted: its files are copied by decrypting them")
         try:
             result = hashing.copy_hashed(self.fd, member.offset, member.size, dest, progress)
         except hashing.ShortRead as e:

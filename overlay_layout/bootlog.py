@@ -62,13 +62,23 @@ def dump_log(records: list[BootRecord]) -> bytes:
     return ("[\n" + ",\n".join(jsontext.dumps(r) for r in records) + "\n]\n").encode()
 
 
-def append_record(root: str, record: BootRecord, warnings: list[str] | None = None) -> None:
+def is_plain(record: BootRecord) -> bool:
+    """A boot of the committed image that changed nothing: no trial, no fallback, nothing repaired or noted,
+    no unconfirmed boot counted. Its record is the one write of that boot and nothing decides on it, so the
+    init does not wait for it to reach the disk (append_record's `wait`)."""
+    return (not record.get("trial") and not record.get("tried") and not record.get("fallback_from")
+            and "notes" not in record and "unconfirmed_boots" not in record)
+
+
+def append_record(root: str, record: BootRecord, warnings: list[str] | None = None, wait: bool = True) -> None:
+    """wait=False (durable.write_file): for a boot that changed nothing, whose record a power cut in the next
+    seconds may lose (never the log)."""
     records = read_log(root, warnings)
     if records:
         last = records[-1]
         record.setdefault("previous_boot", last.get("outcome", "unknown (no word from that boot)"))
     records.append(record)
-    durable.write_file(log_path(root), dump_log(records[-KEEP:]))
+    durable.write_file(log_path(root), dump_log(records[-KEEP:]), wait=wait)
 
 
 def set_outcome(root: str, outcome: str) -> None:

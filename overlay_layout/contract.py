@@ -16,6 +16,9 @@ KIT_LIST = ETC + "/kit"  # the initramfs paths bankctl's kit keeps (initfs/kit.p
 MODULES = ETC + "/modules"  # the boot's module load order; MODULES + ".<use>" each on-demand set's
 OPTIONAL_MARK = "?"  # a line of MODULES that starts with it: load if the kernel takes it, skip if not
 SELFTEST_DIR = ETC + "/selftest.d"  # an image's own first-boot checks (inside the image, not the initramfs)
+# The device's X25519 private key for encrypted banks, where bankctl (in the booted image) reads it, unless the
+# board says otherwise (boot.device_key): a file on the userdata partition (docs/trust.md).
+DEVICE_KEY = "/userdata/bankboot/device.key"
 NETWORK_CA = ETC + "/ca.pem"  # the board file's network.ca: the CA bundle https downloads check servers with
 TLS_PIECE = "initramfs.tls"  # OpenSSL and Python's _ssl, beside initramfs.img (overlay_layout/net/tlspiece.py)
 IMAGE_BOOT = "/boot/bankboot"  # an image's own kernel, its initramfs and TLS piece, inside its squashfs
@@ -124,19 +127,19 @@ DEFAULT_UNCONFIRMED_BOOTS = 3  # boots a trial gets when the board does not say
 _FLAGS = {"image_modules": ("yes", "no"), "sealed": ("yes", "no"), "unsigned": ("allowed", "refused"),
           "downgrade": ("allowed", "refused")}
 _LISTS = {"trusted": ",", "libdirs": ":"}
-_INTS = ("unconfirmed_boots",)
+_INTS = ("unconfirmed_boots", "threshold")
 
 
 class InitramfsConf:
     """What an initramfs was built with and for. Field order is the file's line order; a missing key
     reads as its default (an initramfs from an older builder), an unknown key is kept in `extra`."""
 
-    __slots__ = ("arch", "bankboot", "board", "build", "client_cert", "client_key", "console", "downgrade", "extra",
-                 "image_modules", "init", "interp", "kernel", "kernel_name", "kexec", "libdirs", "rescue", "sealed",
-                 "tls", "trusted", "unconfirmed_boots", "unsigned")
+    __slots__ = ("arch", "bankboot", "board", "build", "client_cert", "client_key", "console", "device_key",
+                 "downgrade", "extra", "image_modules", "init", "interp", "kernel", "kernel_name", "kexec", "libdirs",
+                 "rescue", "sealed", "threshold", "tls", "trusted", "unconfirmed_boots", "unsigned")
     FIELDS = ("board", "kernel", "arch", "console", "bankboot", "init", "image_modules", "rescue",
               "unconfirmed_boots", "sealed", "kernel_name", "trusted", "unsigned", "downgrade", "build", "interp",
-              "libdirs", "kexec", "tls", "client_cert", "client_key")
+              "libdirs", "kexec", "tls", "client_cert", "client_key", "threshold", "device_key")
 
     def __init__(self, board: str = "", kernel: str = "", arch: str = "", console: str = "",
                  bankboot: str = "0.0.0", init: str = "frozen", image_modules: bool = False,
@@ -144,6 +147,7 @@ class InitramfsConf:
                  kernel_name: str = "vmlinuz", trusted: tuple[str, ...] = (), unsigned: bool = False,
                  downgrade: bool = False, build: str = "", interp: str = "", libdirs: tuple[str, ...] = ("/lib",),
                  kexec: str = "none", tls: str = "", client_cert: str = "", client_key: str = "",
+                 threshold: int = 1, device_key: str = DEVICE_KEY,
                  extra: dict[str, str] | None = None) -> None:
         self.board = board  # the board file's name
         self.kernel = kernel  # the release of the kernel it was built for (its modules)
@@ -163,6 +167,8 @@ class InitramfsConf:
         self.interp = interp  # the bundle's ld.so, inside the initramfs (bankctl's launcher runs it)
         self.libdirs = libdirs  # where the bundle's libraries are (LD_LIBRARY_PATH inside the kit)
         self.kexec = kexec  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
+        self.threshold = threshold  # how many of the trusted keys must sign an image (1: any one)
+        self.device_key = device_key  # the device's decryption key for encrypted banks (a path in the booted image)
         self.tls = tls  # sha256 of the TLS piece built with it (TLS_PIECE); empty: none
         self.client_cert = client_cert  # https: the device's client certificate (a path on the device)
         self.client_key = client_key  # ... and its key

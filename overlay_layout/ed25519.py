@@ -45,6 +45,11 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
+def library() -> ctypes.CDLL:
+    """libsodium, loaded once (x25519.py binds its box and AEAD calls on the same library)."""
+    return _load()
+
+
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """True when `signature` is `public`'s ed25519 signature of `message`."""
     if len(public) != PUBLIC_BYTES or len(signature) != SIGNATURE_BYTES:

@@ -200,7 +200,66 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     for key in ("min_bankboot", "key", "signature"):
         if key in m and not isinstance(m[key], str):
             raise LayoutError(f"{where}: {key!r} must be a string")
+    if "signatures" in m:
+        if "signature" in m or "key" in m:
+            raise LayoutError(f"{where}: a manifest has either 'signatures' or the older 'key' and 'signature', "
+                              f"not both")
+        check_signatures(m["signatures"], where)
+    if "key_updates" in m:
+        from overlay_layout.keychain import parse_chain
+        from overlay_layout.trust import TrustError
+
+        try:
+            parse_chain(m["key_updates"], where)
+        except TrustError as e:
+            raise LayoutError(str(e)) from None
+    if "encryption" in m:
+        check_encryption(m["encryption"], m, where)
+    private = [k for k in m if k.startswith("_")]
+    if private:
+        raise LayoutError(f"{where}: field {private[0]!r}: names starting with _ are never stored in a manifest")
     return m  # type: ignore[return-value]  # checked field by field above
+
+
+MAX_SIGNATURES = 16
+
+
+def _is_hex(text: object, digits: int) -> bool:
+    return isinstance(text, str) and len(text) == digits and all(c in "0123456789abcdef" for c in text)
+
+
+def check_signatures(sigs: object, where: str) -> None:
+    """A `signatures` list (a manifest's, a key update's): 1 to MAX_SIGNATURES objects {key: 16 hex digits,
+    signature: 128}. The same key twice is allowed here and counted once by the verifier."""
+    if not isinstance(sigs, list) or not 0 < len(sigs) <= MAX_SIGNATURES or not all(
+            isinstance(s, dict) and set(s) == {"key", "signature"} and _is_hex(s["key"], 16)
+            and _is_hex(s["signature"], 128) for s in sigs):
+        raise LayoutError(f"{where}: 'signatures' must be a list of 1 to {MAX_SIGNATURES} objects with a 'key' "
+                          f"(16 hex digits) and a 'signature' (128)")
+
+
+CIPHER = "xchacha20poly1305-chunks"  # overlay_layout/encryption.py
+MAX_RECIPIENTS = 64
+SEALED_KEY_HEX = 160  # a libsodium sealed box of a 32-byte key: 48 + 32 bytes
+
+
+def check_encryption(e: object, m: dict[str, object], where: str) -> None:
+    """`encryption`: the cipher, and the content key sealed to each recipient's X25519 key. An encrypted
+    image has a hash tree and a chunk index (its squashfs is encrypted chunk by chunk)."""
+    if not isinstance(e, dict) or set(e) != {"cipher", "recipients"} or e["cipher"] != CIPHER:
+        raise LayoutError(f"{where}: 'encryption' must be an object with 'cipher' {CIPHER!r} and 'recipients' "
+                          f"(this bankboot reads no other cipher)")
+    r = e["recipients"]
+    if not isinstance(r, list) or not 0 < len(r) <= MAX_RECIPIENTS or not all(
+            isinstance(x, dict) and set(x) == {"key", "sealed"} and _is_hex(x["key"], 16)
+            and _is_hex(x["sealed"], SEALED_KEY_HEX) for x in r):
+        raise LayoutError(f"{where}: 'encryption.recipients' must be 1 to {MAX_RECIPIENTS} objects with a 'key' "
+                          f"(16 hex digits) and its 'sealed' content key ({SEALED_KEY_HEX} hex digits); for more "
+                          f"devices, encrypt to a fleet key")
+    if len({x["key"] for x in r}) != len(r):
+        raise LayoutError(f"{where}: 'encryption.recipients' names a key twice")
+    if "chunks" not in m or "verity" not in m:
+        raise LayoutError(f"{where}: an encrypted image must have a hash tree and a chunk index")
 
 
 def dump_manifest(m: Mapping[str, object]) -> bytes:

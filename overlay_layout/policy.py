@@ -15,7 +15,9 @@ boots, and so that the hypothesis model can run it on any state, damaged ones in
 No image whose version is below the boot floor is ever a candidate (anti-rollback, docs/trust.md): the
 boot floor is the version of the image that was current when the newest one was committed, so `previous`
 stays reachable (bankctl rollback, ESC) and nothing older is. A `current` pointer that names an image
-below it (re-pointed by someone with the card) is replaced by the newest good image.
+below it (re-pointed by someone with the card) is replaced by the newest good image. Nor is an image the
+keys in force can never verify (signed only by retired or unknown keys; the snapshot's `untrusted`), not
+even as a last resort: revoking a key must hold against whoever holds it and can also break the others.
 
 The init walks that list; any failure preparing a candidate (mount, verity, signature, preflight,
 self-test, a write) moves to the next one."""
@@ -46,7 +48,8 @@ if TYPE_CHECKING:
 else:
     ImageInfo = make_record("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
                             defaults=(None, 0, None, None, 0, False, 0, None))
-    Snapshot = make_record("Snapshot", "current next previous images damaged boot_floor", defaults=((), None))
+    Snapshot = make_record("Snapshot", "current next previous images damaged boot_floor untrusted",
+                           defaults=((), None, ()))
     Candidate = make_record("Candidate", "image why trial", defaults=(False,))
     Effect = make_record("Effect", "kind image reason", defaults=(None, ""))
 
@@ -95,6 +98,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     plan = Plan(boot_floor=snap.boot_floor)
     cur, nxt, prev = snap.current, snap.next, snap.previous
     low = {i for i, v in snap.images.items() if below_floor(v.version, snap.boot_floor)}
+    untrusted = dict(snap.untrusted)
     for name in snap.damaged:
         plan.effects.append(Effect("drop_pointer", reason=name))
     for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
@@ -108,12 +112,16 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         plan.effects.append(Effect("clear_next"))
         nxt = None
     for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
-        if image in low:
+        if image in untrusted:
+            plan.notes.append(f"{name} points at {image}, which is {untrusted[image]}: it is not booted")
+        elif image in low:
             plan.notes.append(f"{name} points at {image} (version {snap.images[image].version or 'unknown'}), below "
                               f"the anti-rollback floor {snap.boot_floor}: it is not booted")
+    low |= set(untrusted) & set(snap.images)  # never a candidate, not even a last resort (docs/trust.md)
     if nxt in low:
         if _state(snap, nxt) == TRIAL:
-            plan.effects.append(Effect("mark_bad", nxt, f"below the anti-rollback floor {snap.boot_floor}"))
+            why = untrusted.get(nxt) or f"below the anti-rollback floor {snap.boot_floor}"
+            plan.effects.append(Effect("mark_bad", nxt, why))
         else:
             plan.effects.append(Effect("clear_next"))
         nxt = None
@@ -127,7 +135,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         # loader chose (anything else would reboot to the loader, which would choose it again).
         if pinned not in snap.images or pinned in low:
             plan.notes.append(f"bankboot.kexec={pinned} ignored: not an image on the banks partition at or above "
-                              f"the anti-rollback floor")
+                              f"the anti-rollback floor and signed by the keys in force")
             pinned = None
         else:
             select = None  # the person's choice was made in the loader's menu
@@ -237,8 +245,8 @@ def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, pre
                           f"{', '.join(sorted(snap.images)) or 'none'}): booting as usual")
         return None
     if image in low:
-        plan.notes.append(f"selected image {image} is below the anti-rollback floor {snap.boot_floor}: "
-                          f"booting as usual")
+        why = dict(snap.untrusted).get(image) or f"below the anti-rollback floor {snap.boot_floor}"
+        plan.notes.append(f"selected image {image} is {why}: booting as usual")
         return None
     if trial is not None and image == trial.image:
         return Candidate(image, f"selected ({select}), trial", True)

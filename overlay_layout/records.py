@@ -63,6 +63,32 @@ class PreflightInfo(TypedDict):
     ranges: list[list[int]]  # [offset, length] in the squashfs, whole verity blocks, sorted and apart
 
 
+class Signature(TypedDict):
+    key: str  # key id
+    signature: str  # ed25519, hex
+
+
+class KeyUpdate(TypedDict):
+    """overlay_layout/keychain.py"""
+
+    serial: int
+    threshold: int
+    keys: dict[str, str]  # key id -> base64 public key
+    signatures: list[Signature]
+
+
+class Recipient(TypedDict):
+    key: str  # id of the recipient's X25519 key
+    sealed: str  # the content key, a libsodium sealed box to that key, hex
+
+
+class Encryption(TypedDict):
+    """overlay_layout/encryption.py"""
+
+    cipher: str
+    recipients: list[Recipient]
+
+
 class Manifest(_ManifestRequired, total=False):
     verity: Verity
     chunks: ChunkIndex  # the squashfs's chunk index (overlay_layout/chunks.py)
@@ -70,11 +96,16 @@ class Manifest(_ManifestRequired, total=False):
     kernel: KernelInfo
     confirm_boots: bool
     min_bankboot: str
-    key: str  # id of the signing key
-    signature: str
+    signatures: list[Signature]
+    key: str  # id of the signing key (the single-signature form of older builds)
+    signature: str  # (older builds)
+    key_updates: list[KeyUpdate]  # the chain of key updates from the root keys (keychain.py)
+    encryption: Encryption  # the bank's squashfs, hash tree and chunk index are encrypted
     preflight: PreflightInfo  # the byte ranges of the squashfs holding the init and its libraries
     _signed_by: str  # set by the reader that checked the signature, never stored
     _device: str  # set by the init: the block device the image's squashfs is mounted from, never stored
+    _fetched: str  # set by an encrypted stage: where its bytes came from, never stored
+    _keys: str  # set by stage: the key update that commits with it (keychain.changes), never stored
 
 
 # --- state.json (overlay_layout/state.py) ---
@@ -163,7 +194,8 @@ class ImageInfo(NamedTuple):
 
 class Snapshot(NamedTuple):
     """The pointers (image ids or None), images by id, damaged: pointers that exist but could not be
-    followed, boot_floor: no image below this version boots (anti-rollback)."""
+    followed, boot_floor: no image below this version boots (anti-rollback), untrusted: (image, why) for
+    images the keys in force can never verify (signed only by retired or unknown keys): none of them boots."""
 
     current: str | None
     next: str | None
@@ -171,6 +203,7 @@ class Snapshot(NamedTuple):
     images: dict[str, ImageInfo]
     damaged: tuple[str, ...] = ()
     boot_floor: str | None = None
+    untrusted: tuple[tuple[str, str], ...] = ()
 
 
 class Candidate(NamedTuple):

@@ -14,13 +14,16 @@ from overlay_layout.layout import MANIFEST, SQUASHFS, Layout, LayoutError
 from overlay_layout.manifest import dump_manifest, split_persist
 from overlay_layout.nofollow import check_dirs
 from overlay_layout.state import Banks, StateError
-from overlay_layout.trust import Policy, TrustError, version_lt
+from overlay_layout.trust import KeySet, Policy, TrustError, version_lt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from overlay_layout.records import Manifest
+
+    Decrypt = Callable[[str], None]  # decrypts the encrypted bank being staged into a work directory
+    Fill = Callable[[BankFile, str, Decrypt | None], None]
 
 MARGIN = 4 << 20  # left free on the partition after staging, for state.json and the boot log
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
@@ -87,7 +90,10 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
           allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
     """Stage a local bank file (or a block device holding one). `reserve`: bytes staging must leave free
     beyond MARGIN. `booted`: the running image, never replaced. The caller holds the banks lock (lock.py)."""
-    def extract(bank: BankFile, work: str) -> None:
+    def extract(bank: BankFile, work: str, decrypt: Decrypt | None) -> None:
+        if decrypt is not None:
+            decrypt(work)
+            return
         for member in bank.payload():
             try:
                 bank.extract(member, os.path.join(work, member.name), progress if member.name == SQUASHFS else None)
@@ -98,18 +104,23 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
         return BankFile(bank_file)
 
     return stage_from(banks, bank_file, open_bank, extract, policy, running_version, tries, upper, machine,
-                      allow_downgrade, reserve, booted)
+                      allow_downgrade, reserve, booted, progress=progress)
 
 
-def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Callable[[BankFile, str], None],
+def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Fill,
                policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
                machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
-               booted: str | None = None, work_prefix: str = ".staging-") -> Manifest:
+               booted: str | None = None, work_prefix: str = ".staging-",
+               progress: Callable[[int, int], None] | None = None) -> Manifest:
     """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
     floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
     on the banks partition, add the rest of an image directory, rename it into place and make it `next` on
-    trial. A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one
-    (`bankctl stage URL`) is kept so the next attempt resumes."""
+    trial. For an encrypted bank `fill` is given `decrypt`, which decrypts it into the work directory with
+    this device's key (opened before anything is written, so a bank for another device is refused first),
+    its chunks read from the bank's source or, from a server, taken from the installed images; None for a
+    plain bank.
+    A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one (`bankctl
+    stage URL`) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -126,6 +137,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
         manifest = bank.manifest
         image = manifest["id"]
         downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
+        decrypt = _decrypting(banks, bank, policy, where, progress) if bank.encrypted else None
         work = os.path.join(layout.overlay, f"{work_prefix}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout, cur, manifest.get("persist")) if cur and upper == "copy" else []
@@ -144,7 +156,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
             durable.remove_tree(work)
         os.makedirs(work, exist_ok=True)
         try:
-            fill(bank, work)
+            fill(bank, work, decrypt)
             _complete(work, manifest, copies)
             durable.rename(work, layout.image_dir(image))
         except BaseException:
@@ -161,12 +173,38 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     return manifest
 
 
+def _decrypting(banks: Banks, bank: BankFile, policy: Policy, where: str,
+                progress: Callable[[int, int], None] | None) -> Decrypt:
+    """The decryption of an encrypted bank: its content key opened now, with this device's key (an error
+    naming the recipients when it is not for this device), the members decrypted into a work directory
+    later (the chunks the installed images hold taken from them when the bank is on a server)."""
+    from overlay_layout import encryption
+
+    manifest = bank.manifest
+    try:
+        key = encryption.content_key(manifest, policy.device_key, where)
+    except LayoutError as e:
+        raise StageError(str(e)) from None
+    remote = bank.source is not None
+
+    def decrypt(work: str) -> None:
+        try:
+            manifest["_fetched"] = encryption.fill(bank, work, key, banks.layout if remote else None, progress)
+        except LayoutError as e:
+            raise StageError(str(e)) from None
+
+    return decrypt
+
+
 def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running_version: str,
            machine: str | None, allow_downgrade: bool, booted: str | None) -> bool:
     """Everything that decides whether this image may be staged, before a byte of it is written. Returns
     whether it is an allowed downgrade."""
     try:
-        who = policy.check(manifest, running_version)
+        keys = policy.in_force(banks)
+        who = policy.check(manifest, running_version, keys)
+        if manifest.get("key_updates"):
+            _check_key_updates(manifest, keys, policy, running_version)
         floor = banks.floors(banks.load())[0]
         downgrade = bool(floor and version_lt(manifest["version"], floor))
         if downgrade:
@@ -194,6 +232,24 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
         durable.remove_tree(layout.image_dir(image))
         durable.fsync_dir(layout.overlay)
     return downgrade
+
+
+def _check_key_updates(manifest: Manifest, keys: KeySet, policy: Policy, running_version: str) -> None:
+    """A bank that carries key updates: they must follow the chain in force (never a second update with one
+    serial), each signed by enough keys of the set before and after it, and the image must verify under the
+    set it leads to, or committing it would leave it unbootable."""
+    from overlay_layout.keychain import changes, extend
+
+    where = f"image {manifest['id']}"
+    new = extend(keys, manifest["key_updates"], where)
+    if new.serial == keys.serial:
+        return
+    try:
+        policy.check(manifest, running_version, new)
+    except TrustError as e:
+        raise TrustError(f"{e}, under the keys its own key update {new.serial} puts in force: committing it would "
+                         f"leave it unbootable (sign the bank with keys of the new set too)") from None
+    manifest["_keys"] = changes(keys, new)
 
 
 def _complete(work: str, manifest: Manifest, copies: list[tuple[str, str]]) -> None:

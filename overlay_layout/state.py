@@ -28,6 +28,7 @@ from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from overlay_layout.records import ImageEntry, StateFile
@@ -89,6 +90,9 @@ class Banks:
         self.warnings: list[str] = []
         self.rebuilt = False  # load() found the state file damaged or missing and rebuilt it from the layout
         self.floor_lost = False  # floor.json was found damaged or missing: begin_boot rewrites it
+        # Why an image's manifest can never verify under the keys in force (trust.KeySet.refusal), None when it
+        # may: such images are no candidates at all (docs/trust.md, revocation). Set by whoever knows the keys.
+        self.untrusted: Callable[[dict[str, Any]], str | None] | None = None
 
     def _warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -247,9 +251,13 @@ class Banks:
                 pointers[name] = None
                 damaged.append(name)
         images = {}
+        untrusted = []
         for image in self.layout.images():
             entry = self.image_state(st, image)
             m = self.manifest(image)
+            why = self.untrusted(m) if self.untrusted is not None else None
+            if why is not None:
+                untrusted.append((image, why))
             version = m.get("version") if isinstance(m.get("version"), str) else None
             persist = m.get("persist")
             images[image] = ImageInfo(image, entry.get("state"), entry.get("tries", 0), entry.get("reason"),
@@ -257,7 +265,7 @@ class Banks:
                                       entry.get("unconfirmed", 0),
                                       tuple(map(str, persist)) if isinstance(persist, list) else None)
         return Snapshot(pointers["current"], pointers["next"], pointers["previous"], images, tuple(damaged),
-                        self.floors(st)[1])
+                        self.floors(st)[1], tuple(untrusted))
 
     def plan(self, select: str | None = None, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Plan:
         """What the next boot would try, without writing anything (bankctl status, the console menu)."""
@@ -465,6 +473,9 @@ class Banks:
         st = self.load()
         if self.image_state(st, prev).get("state") == BAD:
             raise StateError(f"previous image {prev} is marked bad")
+        refused = self.untrusted(self.manifest(prev)) if self.untrusted is not None else None
+        if refused is not None:
+            raise StateError(f"previous image {prev} is {refused}: it would not boot")
         boot_floor = self.floors(st)[1]
         if policy.below_floor(self._version(prev), boot_floor):
             raise StateError(f"previous image {prev} (version {self._version(prev) or 'unknown'}) is below the "
@@ -575,7 +586,8 @@ class Banks:
                            "persist": list(info.persist) if info.persist is not None else None,
                            "persist_mounts": {split_persist(e)[0]: persist_mount_options(e) for e in info.persist}
                            if info.persist is not None else None,
-                           "below_floor": policy.below_floor(info.version, snap.boot_floor)})
+                           "below_floor": policy.below_floor(info.version, snap.boot_floor),
+                           "untrusted": dict(snap.untrusted).get(image)})
         floor, boot_floor = self.floors(st)
         return {"pointers": pointers, "images": images, "floor": floor, "boot_floor": boot_floor,
                 "plan": [{"image": c.image, "why": c.why, "trial": c.trial} for c in plan.candidates],

@@ -89,6 +89,11 @@ class VM:
             self._qmp = q
         return self._qmp
 
+    def flushes(self) -> int:
+        """How many flushes the guest has sent to its disks since QEMU started (QMP query-blockstats)."""
+        stats: list[dict[str, dict[str, int]]] = self.qmp.cmd("query-blockstats")  # type: ignore[assignment]
+        return sum(int(d["stats"]["flush_operations"]) for d in stats)
+
     def status(self) -> str:
         return str(self.qmp.cmd("query-status")["status"])  # type: ignore[index]
 

@@ -11,7 +11,7 @@ APT_PACKAGES=(
   busybox-static squashfs-tools e2fsprogs dosfstools mtools fdisk kmod cpio
   zstd lz4 xz-utils binutils binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf cryptsetup-bin
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
-  gcc-12 gcc-12-aarch64-linux-gnu
+  gcc-12 gcc-12-aarch64-linux-gnu lld-16
   nginx-light openssl
   u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
   # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and

@@ -20,10 +20,15 @@ DEV = Policy({}, allow_unsigned=True, allow_downgrade=True)
 
 
 def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", persist: list[str] | None = None,
-              chunked: bool = False, seed: bytes | None = None) -> str:
+              chunked: bool = False, seed: bytes | None = None, seeds: tuple[bytes, ...] = (),
+              key_updates: list[dict] | None = None, encrypt_to: tuple[bytes, ...] = ()) -> str:
     """An unsigned bank file with `payload` as its squashfs (a stand-in: "hsqs" and the bytes). chunked: with a
-    chunk index; seed: sign it with this ed25519 seed."""
+    chunk index; seed/seeds: sign it with these ed25519 seeds; key_updates: the chain it carries; encrypt_to:
+    encrypted for these X25519 public keys (with a chunk index and a stand-in hash tree, padded to 4 KiB)."""
     payload = payload if payload.startswith(b"hsqs") else b"hsqs" + payload
+    if encrypt_to:
+        payload += bytes(-len(payload) % 4096)
+        chunked = True
     digest = hashlib.sha256(payload).hexdigest()
     image_id = f"{version}-{digest[:8]}"
     fields: dict[str, object] = {"format": 1, "id": image_id, "version": version, "arch": arch, "size": len(payload),
@@ -36,13 +41,44 @@ def make_bank(path: Path, version: str, payload: bytes, arch: str = "amd64", per
         fields["chunks"] = {"size": len(index), "sha256": hashlib.sha256(index).hexdigest(),
                             "count": (len(index) - len(chunks.MAGIC)) // chunks.ENTRY.size}
         members.append((chunks.MEMBER, index))
-    manifest = dump_manifest(sign_manifest(fields, seed) if seed else fields)
+    if key_updates:
+        fields["key_updates"] = key_updates
+    if encrypt_to:
+        members = _encrypted(fields, payload, members, encrypt_to, path)
+    for s in ([seed] if seed else []) + list(seeds):
+        fields = sign_manifest(fields, s)
+    manifest = dump_manifest(fields)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in (("manifest.json", manifest), *members):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return image_id
+
+
+def _encrypted(fields: dict, payload: bytes, members: list[tuple[str, bytes]], recipients: tuple[bytes, ...],
+               path: Path) -> list[tuple[str, bytes]]:
+    """The members of an encrypted bank (overlay_layout/encryption.py), a stand-in hash tree included."""
+    from overlay_layout import encryption
+
+    tree = hashlib.sha256(payload).digest() * 128
+    fields["verity"] = {"root_hash": "a" * 64, "salt": "00", "hash_algorithm": "sha256", "data_block_size": 4096,
+                        "hash_block_size": 4096, "size": len(tree), "sha256": hashlib.sha256(tree).hexdigest()}
+    plain = {"rootfs.squashfs": payload, "rootfs.verity": tree, **dict(members)}
+    key, fields["encryption"] = encryption.seal_content_key(list(recipients))
+    tmp = path.with_name(path.name + ".parts")
+    tmp.mkdir(exist_ok=True)
+    files = {name: str(tmp / name) for name in plain}
+    for name, data in plain.items():
+        Path(files[name]).write_bytes(data)
+    out = {name: str(tmp / f"{name}.enc") for name in plain}
+    encryption.encrypt_members(fields, key, files, out)
+    order = ("rootfs.squashfs", "rootfs.verity", chunks.MEMBER)
+    result = [(name, Path(out[name]).read_bytes()) for name in order]
+    for f in [*files.values(), *out.values()]:
+        os.unlink(f)
+    tmp.rmdir()
+    return result
 
 
 def is_complete(root: Path, image: str) -> bool:

@@ -51,7 +51,7 @@ def bank_fields(bank: Path, image: str, channel: str = "stable") -> dict:
 
     from builder.publish import channel_fields, read_release
 
-    manifest, raw, _ = read_release(bank)
+    manifest, raw, _, _ = read_release(bank)
     assert manifest["id"] == image
     return channel_fields(manifest, raw, bank.stat().st_size, channel, [BOARD], time.time(), 86400)
 

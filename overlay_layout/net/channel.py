@@ -1,8 +1,9 @@
 """The channel document: what a channel on static storage offers. `bankboot publish` writes it beside the
 bank files (builder/publish.py), `bankctl poll` reads it (initfs/poll.py); this module owns its format.
 
-One small JSON object, signed with the release key by the same ed25519 code and in the same form as an
-image's manifest (trust.py: the canonical JSON without its signature fields is what is signed):
+One small JSON object, signed with the release key(s) by the same ed25519 code and in the same form as an
+image's manifest (trust.py: the canonical JSON without its signature fields is what is signed; a device
+checks it against the keys in force, with their threshold, as it checks images):
 
     format       1
     kind         "bankboot-channel"
@@ -30,7 +31,7 @@ from overlay_layout.contract import UnknownArch, arch_named
 from overlay_layout.layout import LayoutError, check_id
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import is_name
-from overlay_layout.trust import TrustError, parse_version, sign_manifest, verify_manifest
+from overlay_layout.trust import KeySet, TrustError, parse_version, sign_manifest, verify_manifest
 from overlay_layout.utctime import format_utc, parse_utc
 
 TYPE_CHECKING = False
@@ -92,14 +93,21 @@ class Channel:
                 f"{self.signed_by}")
 
 
-def make_document(fields: Mapping[str, object], seed: bytes) -> bytes:
-    """The signed document's bytes, for publish: the fields checked as a device checks them, then signed."""
-    doc = {"format": FORMAT, "kind": KIND, **{k: v for k, v in fields.items() if k not in SIGNATURE_FIELDS}}
+def make_document(fields: Mapping[str, object], seed: bytes | list[bytes]) -> bytes:
+    """The signed document's bytes, for publish: the fields checked as a device checks them, then signed
+    by each key (a fleet whose keys need several signatures, trust.py's threshold)."""
+    doc: dict[str, object] = {"format": FORMAT, "kind": KIND,
+                              **{k: v for k, v in fields.items() if k not in SIGNATURE_FIELDS}}
     check_fields(doc, "the channel document")
-    return dump_manifest(sign_manifest(doc, seed))
+    try:
+        for one in [seed] if isinstance(seed, bytes) else seed:
+            doc = sign_manifest(doc, one)
+    except TrustError as e:
+        raise ChannelError(str(e)) from None
+    return dump_manifest(doc)
 
 
-def parse_document(raw: bytes, where: str, keys: dict[str, bytes], allow_unsigned: bool) -> Channel:
+def parse_document(raw: bytes, where: str, keys: KeySet | dict[str, bytes], allow_unsigned: bool) -> Channel:
     """The channel document in `raw` (fetched from `where`): shape, then signature, then fields. Device-
     specific checks (expiry, board, versions) are check_for's."""
     what = f"the channel document {where}"

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from overlay_layout.records import Manifest
+    from overlay_layout.stage import Decrypt
     from overlay_layout.state import Banks
     from overlay_layout.trust import Policy
 
@@ -110,12 +111,16 @@ class Stats:
         self.requests += remote.requests
         self.connections += remote.connections
 
-    def line(self) -> str:
+    def line(self, manifest: Manifest | None = None) -> str:
+        """What the stage fetched, for the person; an encrypted bank's decryption (`manifest["_fetched"]`,
+        stage.py) says where its squashfs's bytes came from instead."""
         total = max(self.network + self.local + self.resumed, 1)
-        return (f"{self.network / 1e6:.1f} MB from the network ({100 * self.network / total:.0f}%), "
-                f"{self.local / 1e6:.1f} MB from images on this device, {self.resumed / 1e6:.1f} MB already "
-                f"downloaded by an earlier attempt; {self.received / 1e6:.1f} MB received in all, in "
-                f"{self.requests} requests on {self.connections} connection{'s' if self.connections != 1 else ''}")
+        where = manifest.get("_fetched") if manifest is not None else None
+        return (where or f"{self.network / 1e6:.1f} MB from the network ({100 * self.network / total:.0f}%), "
+                         f"{self.local / 1e6:.1f} MB from images on this device, {self.resumed / 1e6:.1f} MB "
+                         f"already downloaded by an earlier attempt") + \
+            (f"; {self.received / 1e6:.1f} MB received in all, in {self.requests} requests on {self.connections} "
+             f"connection{'s' if self.connections != 1 else ''}")
 
 
 def local_chunks(banks: Banks) -> dict[bytes, tuple[str, int, int]]:
@@ -408,7 +413,8 @@ def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, trie
         try:
             manifest = _attempt(banks, remote, Download(remote, stats, progress, whole_file, gap, announce), policy,
                                 running_version, {"tries": tries, "upper": upper, "machine": machine,
-                                                  "allow_downgrade": allow_downgrade, "booted": booted},
+                                                  "allow_downgrade": allow_downgrade, "booted": booted,
+                                                  "progress": progress},  # an encrypted bank's, as it decrypts
                                 expect, download_only)
         except Downloaded as done:
             stats.downloaded = True
@@ -448,14 +454,20 @@ def _attempt(banks: Banks, remote: RemoteFile, download: Download, policy: Polic
                 raise _failed(e, remote, None) from e
         return bank
 
-    def fill(bank: BankFile, work: str) -> None:
+    def fill(bank: BankFile, work: str, decrypt: Decrypt | None) -> None:
+        """The bank's files into `work`: downloaded (resumed, deltas), or decrypted as they are fetched (an
+        encrypted bank, overlay_layout/encryption.py: resumed and deltas too); then kept for `apply`
+        (download_only) or staged."""
         image = bank.manifest["id"]
         held["work"] = work
         for name in os.listdir(lay.overlay):  # one download at a time: an older one only takes room
             if name.startswith(PREFIX) and name != PREFIX + image:
                 durable.remove_tree(os.path.join(lay.overlay, name))
         try:
-            download.fill(bank, work, local_chunks(banks))
+            if decrypt is not None:
+                decrypt(work)
+            else:
+                download.fill(bank, work, local_chunks(banks))
         except FileChanged:
             raise
         except NetError as e:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.net.transport import RemoteFile
     from overlay_layout.records import Manifest
+    from overlay_layout.stage import Decrypt
     from overlay_layout.state import Banks
     from overlay_layout.trust import Policy
 
@@ -100,7 +101,8 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
             raise StageError(f"{work} holds the start of image {bank.manifest['id']}'s bank, not {note['image']}'s")
         return bank
 
-    def check(bank: BankFile, into: str) -> None:
+    def check(bank: BankFile, into: str, decrypt: Decrypt | None) -> None:
+        # the download holds plain files (an encrypted bank's decrypted as it came): checked, never decrypted
         for member in bank.payload():
             path = os.path.join(into, member.name)
             try:
@@ -108,7 +110,7 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
             except OSError as e:
                 raise StageError(f"{where}: {member.name}: {e.strerror or e}; download it again (bankctl poll)") \
                     from None
-            if got != (member.size, bank.expected(member.name)):
+            if got != (bank.expected_size(member.name), bank.expected(member.name)):
                 raise StageError(f"{where}: {member.name} on the banks partition does not match the signed manifest "
                                  f"(damaged since it was downloaded); download it again (bankctl poll)")
         forget(into)

@@ -166,7 +166,7 @@ def test_inspect_reports_the_signer_and_verifies_like_the_device(bank, built_ini
     board, _, _ = aarch64
     path, m = bank.path, bank.manifest
     good = inspect_bank(path, (signing_key.public,))
-    assert good["ok"] and good["files_ok"] and good["signed"] == f"key {m['key']}"
+    assert good["ok"] and good["files_ok"] and good["signed"] == f"key {m['signatures'][0]['key']}"
     assert "yes: signed by" in good["verdict"]
     assert inspect_bank(path, (), built_initramfs(board))["ok"]
     keygen(tmp_path / "other", "not trusted")

@@ -134,3 +134,44 @@ def test_a_registry_that_refuses_or_lacks_the_image_is_a_clear_error(sources, re
     with pytest.raises(ImageError, match="name unknown|manifest unknown"):
         build(f"docker://{registry.host}/bankboot/nothing:1", tmp_path / "x.bank")
     assert not (tmp_path / "x.bank").exists()
+
+
+def test_an_image_from_an_archive_signed_twice_and_encrypted_is_published_and_staged(sources, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """Issue 28's options on an image source (--from docker-archive: two --sign, --encrypt-to), published to
+    a channel signed by both keys (its bank's signatures kept byte for byte), polled by a device that needs
+    both signatures on the document and the image, staged over HTTP by decrypting."""
+    from builder.cli import main
+    from builder.keys import keygen
+    from builder.serve import Server
+    from overlay_layout.net.channel import parse_document
+    from overlay_layout.net.download import stage_url
+    from overlay_layout.net.transport import Settings
+    from overlay_layout.state import Banks
+    from overlay_layout.trust import KeySet, Policy, read_public_key
+    from tests.banks import install_first_image
+
+    a, b = keygen(tmp_path / "a"), keygen(tmp_path / "b")
+    dev, other = keygen(tmp_path / "dev", encryption=True), keygen(tmp_path / "other", encryption=True)
+    bank, www = tmp_path / "app.bank", tmp_path / "www"
+    assert main(["image", "--from", f"docker-archive:{sources['docker-archive']}", "--version", "3.0.0", "-o",
+                 str(bank), "--sign", str(a[0]), "--sign", str(b[0]), "--encrypt-to", str(dev[1])]) == 0
+    said = capsys.readouterr().out
+    assert f"signed by keys {', '.join(sorted([a[2], b[2]]))}" in said and f"encrypted for key {dev[2]}" in said
+    assert main(["publish", str(bank), str(www), "--channel", "stable", "--board", "qemu-aarch64",
+                 "--sign", f"{a[0]},{b[0]}", "--device-key", str(other[0])]) == 1  # not a recipient: refused
+    assert "not for this device's key" in capsys.readouterr().err and not (www / "stable.json").exists()
+    assert main(["publish", str(bank), str(www), "--channel", "stable", "--board", "qemu-aarch64",
+                 "--sign", f"{a[0]},{b[0]}", "--device-key", str(dev[0])]) == 0
+    assert "decrypted with" in capsys.readouterr().out
+    published = next((www / "banks").iterdir())
+    assert published.read_bytes() == bank.read_bytes()
+    both = KeySet({k[2]: read_public_key(str(k[1])) for k in (a, b)}, 2)
+    doc = parse_document((www / "stable.json").read_bytes(), "stable.json", both, False)
+    assert doc.signed_by == f"keys {', '.join(sorted([a[2], b[2]]))}"
+    install_first_image(tmp_path / "banks")
+    banks = Banks(str(tmp_path / "banks"))
+    policy = Policy(both.keys, False, True, threshold=2, device_key=str(dev[0]))
+    with Server(www) as srv:
+        m, _ = stage_url(banks, srv.url(doc.bank), policy, "9.9.9", machine="aarch64", settings=Settings(retries=1))
+    assert banks.layout.pointer("next") == m["id"] and "MB of ciphertext read" in m["_fetched"]

@@ -53,7 +53,7 @@ def poll_rc(root: Path, release: Release, url: str, capsys, **kw) -> tuple[int, 
 
 def unsigned(release: Release) -> bytes:
     d = json.loads(document(release))
-    del d["key"], d["signature"]
+    del d["signatures"]
     return json.dumps(d).encode()
 
 

@@ -28,6 +28,8 @@ def test_unknown_board_lists_the_known_ones() -> None:
     ('arch = "arm64"\n[kernel]\npackage = "x"\n[boot]\nconsole = "ttyS0"\n[qemu]\nsystem = "q"\nargs = [1]',
      "'qemu.args' must be a list of strings"),
     ("arch = ", "not valid TOML"),
+    ('arch = "arm64"\n[kernel]\npackage = "x"\n[boot]\nconsole = "ttyS0"\ndevice_key = "device.key"\n[qemu]\n'
+     'system = "q"\nargs = []\ndisk = []', "boot.device_key must be an absolute path on the device"),
 ])
 def test_bad_board_files_name_the_key_at_fault(tmp_path: Path, body: str, message: str) -> None:
     f = tmp_path / "mine.toml"

@@ -49,7 +49,7 @@ def test_a_good_document_is_taken() -> None:
 
 def unsigned() -> bytes:
     d = json.loads(doc())
-    del d["signature"], d["key"]
+    del d["signatures"]
     return json.dumps(d).encode()
 
 

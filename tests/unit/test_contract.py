@@ -13,7 +13,7 @@ def test_conf_round_trips_every_field() -> None:
                          bankboot="0.9.0", image_modules=True, rescue="shell", unconfirmed_boots=5, sealed=True,
                          kernel_name="Image", trusted=("ab12", "cd34"), unsigned=True, downgrade=True,
                          build="init-x", interp="/lib/ld-linux-aarch64.so.1", libdirs=("/lib", "/usr/lib"),
-                         kexec="tools")
+                         kexec="tools", threshold=2, device_key="/run/tpm/device.key")
     back = InitramfsConf.parse(conf.render())
     for field in InitramfsConf.FIELDS:
         assert getattr(back, field) == getattr(conf, field), field

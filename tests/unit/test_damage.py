@@ -133,3 +133,25 @@ def test_two_bankctl_commands_cannot_interleave(tmp_path: Path) -> None:
         holder.wait()
     with lock_banks(str(tmp_path), wait=0.3):  # a killed holder's lock is gone with it
         pass
+
+
+@pytest.mark.parametrize(("record", "waits"), [
+    ({"image": "a", "trial": False, "why": "current"}, False),
+    ({"image": "a", "trial": True}, True),
+    ({"image": "a", "trial": False, "tried": [{"image": "b", "error": "bad"}]}, True),
+    ({"image": "a", "trial": False, "fallback_from": {"image": "b", "reason": "bad"}}, True),
+    ({"image": "a", "trial": False, "notes": "removed a kit"}, True),
+    ({"image": "a", "trial": False, "unconfirmed_boots": 1}, True),
+])
+def test_only_a_plain_boots_record_is_not_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      record: dict, waits: bool) -> None:
+    """The init does not wait for the disk for a boot that changed nothing; every other record is fsynced
+    (file and directory) before the hand-over, and both kinds replace the log whole (temp file renamed)."""
+    bootlog.append_record(str(tmp_path), {"image": "old"})
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    bootlog.append_record(str(tmp_path), dict(record), None, not bootlog.is_plain(record))
+    assert (len(synced) == 2) is waits and (not synced) is (not waits)
+    assert [r["image"] for r in bootlog.read_log(str(tmp_path))] == ["old", "a"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

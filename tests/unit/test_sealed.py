@@ -186,11 +186,18 @@ def test_switch_root_frees_the_initramfs_but_the_kit(tmp_path: Path) -> None:
     for rel in ("init", "bankboot/lib.so", "lib/ld.so", "lib/modules/x.ko", "etc/bankboot/kit", "bin/sh"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "precious").write_text("not the initramfs's")
+    (tmp_path / "lib64").symlink_to("lib")  # links go by their entry's type: never followed
+    (tmp_path / "mnt").symlink_to(outside)
     keep = frozenset({"init", "bankboot", "lib/ld.so", "etc/bankboot"})
     _free_initramfs(os.lstat(tmp_path).st_dev, str(tmp_path), frozenset(f"{str(tmp_path).lstrip('/')}/{k}"
                                                                         for k in keep))
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["bankboot/lib.so", "etc/bankboot/kit", "init", "lib/ld.so"]
+    assert not (tmp_path / "lib64").is_symlink() and not (tmp_path / "mnt").is_symlink()
+    assert (outside / "precious").read_text() == "not the initramfs's"
 
 
 def test_rollback_to_a_previous_below_the_boot_floor_is_refused(tmp_path: Path) -> None:

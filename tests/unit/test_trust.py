@@ -47,7 +47,7 @@ def trusted(*pubs: Path) -> dict[str, bytes]:
 def test_sign_verify_round_trip_names_the_key(keys) -> None:
     (apriv, apub, aid), _ = keys
     m = sign_manifest(BASE, read_private_key(str(apriv)))
-    assert m["key"] == aid
+    assert [s["key"] for s in m["signatures"]] == [aid] and "key" not in m
     again = parse_manifest(dump_manifest(m), "m")
     assert verify_manifest(again, trusted(apub)) == f"key {aid}"
 
@@ -75,7 +75,8 @@ def test_wrong_key_and_unknown_key_and_unsigned(keys) -> None:
     m = sign_manifest(BASE, read_private_key(str(bpriv)))
     with pytest.raises(TrustError, match=f"signed by key {bid}, which this device does not trust"):
         verify_manifest(m, trusted(apub))
-    forged = {**m, "key": key_id(read_public_key(str(apub)))}  # claims key a, signed by b
+    # claims key a, signed by b
+    forged = {**m, "signatures": [{**m["signatures"][0], "key": key_id(read_public_key(str(apub)))}]}
     with pytest.raises(TrustError, match="does not match"):
         verify_manifest(forged, trusted(apub))
     with pytest.raises(TrustError, match="not signed"):
