@@ -35,8 +35,9 @@ qemu: initramfs
 
 DEMO := build/demo/$(BOARD)
 
-# The sample rootfs becomes image 1.0.0, installed as `current` on a disk whose boot partition carries
-# the kernel, our initramfs and cmdline.txt; QEMU then boots that disk the way firmware would.
+# The sample rootfs becomes image 1.0.0, installed as `current` on a disk whose boot partition carries what the
+# board's firmware reads (qemu-aarch64: U-Boot's boot.scr and loader slot a, with room for slot b; docs/firmware.md);
+# QEMU then boots that disk through that firmware.
 demo: initramfs $(if $(filter $(DEV_KEY).key,$(SIGN)),$(DEV_KEY).key)
 	$(VENV)/bankboot sample-rootfs --board $(BOARD) -o $(DEMO)/rootfs
 	$(VENV)/bankboot image --rootfs $(DEMO)/rootfs --version 1.0.0 --confirm-boots --persist /etc --persist /var \
@@ -100,7 +101,8 @@ bench-net: deps
 bench-image: deps
 	$(VENV)/python scripts/image_figures.py build/figures
 
-# The never-brick campaign: 100 real power cuts (QEMU killed) and every disk-fault class; about 30 min.
+# The never-brick campaign: 100 real power cuts (QEMU killed), every disk-fault class and two rounds of the loader
+# classes on the board's firmware (builder/loaderfaults.py); about 40 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
 SEED ?=
 faults: deps

@@ -237,7 +237,7 @@ def time_stage_and_trials(board: Board, initrd: Path, out: Path, key: Path, cloc
 def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[str, ...] = ()) -> int:
     """Default settings (the ESC window in place), each run on a disk fresh from `bankboot disk`: its first
     boot, then a later one; medians of `runs`. parts: run only these of "boot", "size", "unpack", "stage",
-    "kexec" (all by default)."""
+    "kexec", "firmware" (all by default)."""
     from builder.disk import build_disk
     from builder.image import build_image
     from builder.initramfs import TrustPolicy
@@ -246,7 +246,7 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
     from builder.timeline import phases, read_timeline, render_svg
     from qemu.machine import ICOUNT
 
-    wanted = set(parts or ("boot", "size", "unpack", "stage", "kexec"))
+    wanted = set(parts or ("boot", "size", "unpack", "stage", "kexec", "firmware"))
     out = build_dir() / "bench" / board.name
     out.mkdir(parents=True, exist_ok=True)
     flags = " ".join(ICOUNT) if clock == "icount" else "the host clock (KVM or TCG, wall time)"
@@ -318,6 +318,13 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
         print()
         for label, value in time_stage_and_trials(board, frozen.path, out, key.with_suffix(".key"), clock):
             print(f"{label:<66} {value:8.2f}")
+    if "firmware" in wanted:
+        from builder.benchfirmware import bench_firmware
+
+        if clock != "icount":
+            print("firmware: measured on the instruction clock only (QEMU's instruction count)")
+        else:
+            bench_firmware(board, out / "sample.bank", policy, out)
     if "trust" in wanted:  # only when asked for: several initramfs builds and a dozen boots
         from builder.trustbench import run_trust_bench
 

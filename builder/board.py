@@ -58,6 +58,10 @@ class Board:
     network_ca: Path | None = None  # https: the CA bundle built into the initramfs (a file on the build host)
     client_cert: str = ""  # https: the device's client certificate, a path on the device (e.g. under /userdata)
     client_key: str = ""  # ... and its key
+    # How the board's firmware finds the loader: "direct" (QEMU -kernel, or firmware that cannot run under
+    # QEMU), "uboot" (distro boot of boot.scr) or "uefi" (systemd-boot); builder/firmware.
+    firmware: str = "direct"
+    uboot_watchdog: str = ""  # U-Boot commands boot.scr runs to arm the board's watchdog before any kernel
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -112,8 +116,9 @@ KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel
               "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
               "boot.console", "boot.cmdline", "boot.rescue",
               "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "boot.device_key", "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk",
-              "qemu.serial_index", "qemu.net", "network.ca", "network.client_cert", "network.client_key")
+              "boot.config_txt", "boot.device_key", "boot.firmware", "boot.uboot_watchdog",
+              "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
+              "qemu.net", "network.ca", "network.client_cert", "network.client_key")
 
 
 def check_keys(data: dict, path: Path) -> None:
@@ -172,6 +177,11 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
     if not 1 <= unconfirmed <= 100:
         raise BoardError(f"{path}: boot.unconfirmed_boots must be from 1 to 100, not {unconfirmed}")
     sealed = _get(data, path, "boot.sealed", bool, False)
+    from builder.firmware import FIRMWARES
+
+    firmware = _get(data, path, "boot.firmware", str, "direct")
+    if firmware not in FIRMWARES:
+        raise BoardError(f"{path}: boot.firmware {firmware!r} must be one of {', '.join(FIRMWARES)}")
     network_ca = None
     if "ca" in data.get("network", {}):
         network_ca = (base / _get(data, path, "network.ca", str)).resolve()
@@ -219,5 +229,7 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         network_ca=network_ca,
         client_cert=device_paths["client_cert"],
         client_key=device_paths["client_key"],
+        firmware=firmware,
+        uboot_watchdog=_get(data, path, "boot.uboot_watchdog", str, ""),
         extra=data,
     )

@@ -46,10 +46,29 @@ def board_vm(board: Board, initrd: Path, disks: list[Path] | None = None, append
               _join(board.cmdline if cmdline is None else cmdline, append), disks, log_dir, reboot, clock=clock)
 
 
+def firmware_args(board: Board, disk: Path, append: str = "") -> list[str] | None:
+    """The QEMU arguments of the firmware the disk was made for (builder/firmware), None for a direct boot.
+    A firmware reads the command line from the disk, so nothing can be appended here."""
+    from builder.firmware import firmware_of, qemu_args
+
+    kind = firmware_of(disk)
+    if kind == "direct":
+        return None
+    if append:
+        raise ValueError(f"{disk} boots through {kind}, which reads its command line from the disk: give "
+                         f"`{append}` to bankboot disk --append instead")
+    return qemu_args(kind, board.arch.debian, disk)
+
+
 def disk_vm(board: Board, disk: Path, log_dir: Path, append: str = "", reboot: bool = False,
             net: bool = False, clock: str = "host") -> VM:
-    """Boot a disk as firmware would: kernel, initramfs and cmdline.txt from its boot partition. net: with
-    a NIC on QEMU's user-mode network. clock: qemu.machine.CLOCKS ("icount" for measuring)."""
+    """Boot a disk as its firmware does: through U-Boot or UEFI when it was made for one (reboot=True keeps
+    QEMU running across the guest's resets, as a board's firmware starts again), else with the kernel,
+    initramfs and cmdline.txt from its boot partition. net: with a NIC on QEMU's user-mode network. clock:
+    qemu.machine.CLOCKS ("icount" for measuring)."""
+    firmware = firmware_args(board, disk, append)
+    if firmware is not None:
+        return VM(machine_for(board), None, None, "", [disk], log_dir, reboot, net, clock, firmware)
     kernel, initrd, cmdline = firmware_files(board, disk, log_dir / "bootfiles")
     return VM(machine_for(board), kernel, initrd, _join(cmdline, append), [disk], log_dir, reboot, net, clock)
 
@@ -60,6 +79,9 @@ def run_interactive(board: Board, initrd: Path, disks: list[Path], append: str =
     `initrd`. The serial console is this process's stdin/stdout."""
     from qemu.interactive import exec_console
 
+    firmware = firmware_args(board, disks[0], append) if disks and from_disk else None
+    if firmware is not None:
+        return exec_console(machine_for(board), None, None, "", disks, net, firmware)
     if disks and from_disk:
         kernel, initrd, cmdline = firmware_files(board, disks[0], Path(tempfile.mkdtemp(prefix="bankboot-boot-")))
         cmdline = _join(cmdline, append)

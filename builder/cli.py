@@ -18,7 +18,14 @@ def _human(n: int) -> str:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Fetch what building for the boards needs: kernels, busybox, the target Python sysroots."""
-    from builder.parts import SECOND_KERNELS, fetch_busybox, fetch_kernel, fetch_kernel_package, fetch_kexec_tools
+    from builder.parts import (
+        SECOND_KERNELS,
+        fetch_busybox,
+        fetch_kernel,
+        fetch_kernel_package,
+        fetch_kexec_tools,
+        fetch_systemd_boot,
+    )
     from builder.pysysroot import fetch_sysroot
 
     names = board_names() if args.board == "all" else [args.board]
@@ -31,6 +38,8 @@ def cmd_deps(args: argparse.Namespace) -> int:
     for arch in arches.values():
         print(f"busybox {arch.debian:16} {fetch_busybox(arch)}")
         print(f"kexec   {arch.debian:16} {fetch_kexec_tools(arch)}")
+        if arch.debian in ("amd64", "arm64"):
+            print(f"sd-boot {arch.debian:16} {fetch_systemd_boot(arch)}")
         print(f"python  {arch.debian:16} {fetch_sysroot(arch).root}")
         if arch.debian in SECOND_KERNELS:  # what kexec tests put in images
             second = fetch_kernel_package(arch, SECOND_KERNELS[arch.debian])
@@ -134,15 +143,17 @@ def cmd_key_update(args: argparse.Namespace) -> int:
 
 
 def cmd_disk(args: argparse.Namespace) -> int:
-    from builder.disk import bmap_path, build_disk, parse_size
+    from builder.disk import MiB, bmap_path, build_disk, parse_size
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     layout, m = build_disk(board, Path(args.image), Path(args.output), parse_size(args.size), initrd,
                            userdata_size=parse_size(args.userdata_size), extra_cmdline=args.append,
-                           boot_size=parse_size(args.boot_size),
+                           boot_size=None if args.boot_size == "auto" else parse_size(args.boot_size),
+                           firmware=args.firmware or board.firmware,
                            device_key=Path(args.device_key) if args.device_key else None)
-    print(f"{args.output}: {board.name} disk, {args.size}, image {m['id']} current; "
+    print(f"{args.output}: {board.name} disk for {args.firmware or board.firmware} boot, {args.size} "
+          f"(boot partition {layout.parts[0][1] // MiB} MiB), image {m['id']} current; "
           f"banks PARTUUID={layout.partuuid(2)}, userdata PARTUUID={layout.partuuid(3)}; block map "
           f"{bmap_path(Path(args.output))} (bmaptool copy {args.output} /dev/sdX)")
     return 0
@@ -322,7 +333,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
             print(f"bankboot faults: unknown disk-fault class {', '.join(unknown)}; known: {', '.join(DISK_CLASSES)}",
                   file=sys.stderr)
             return 2
-    report = run_campaign(load_board(args.board), out, seed, args.cuts, classes)
+    report = run_campaign(load_board(args.board), out, seed, args.cuts, classes, loader_rounds=args.loader_rounds)
     print(f"report: {out / 'report.json'}")
     return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
 
@@ -453,10 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     dk.add_argument("--initramfs", help="default: build/<board>/initramfs.img")
     dk.add_argument("--size", default="512M", help="the whole disk's size (default 512M)")
     dk.add_argument("--userdata-size", default="64M", help="size of the userdata partition (default 64M)")
-    dk.add_argument("--boot-size", default="64M",
-                    help="size of the boot partition (default 64M; images with their own kernels need room for two "
-                         "loaders to install one: 160M for Debian's arm64 kernel)")
-    dk.add_argument("--append", default="", help="extra kernel command line for cmdline.txt")
+    dk.add_argument("--boot-size", default="auto",
+                    help="size of the boot partition (default auto: room for two loaders of this kernel and "
+                         "initramfs with half again to spare, so bankctl install-loader works: 128M with Debian's "
+                         "arm64 kernel, 64M at least)")
+    dk.add_argument("--append", default="", help="extra kernel command line (cmdline.txt, or the loader slot's)")
+    dk.add_argument("--firmware", choices=("direct", "uboot", "uefi"),
+                    help="what boots the disk: U-Boot distro boot (boot.scr, two loader slots), UEFI (systemd-boot "
+                         "entries on the ESP) or direct (QEMU's -kernel, cmdline.txt); default: the board file's")
     dk.add_argument("--device-key", metavar="KEY", help="an encrypted --image: a recipient's private key")
     dk.add_argument("-o", "--output", required=True, metavar="DISK.img", help="the raw disk image to write")
     dk.set_defaults(func=cmd_disk)
@@ -586,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clock", choices=("icount", "host"), default="icount",
                    help="icount: QEMU's instruction clock, deterministic (default); host: wall time under TCG/KVM")
     b.add_argument("--only", metavar="PART,...",
-                   help="only these parts: boot, size, unpack, stage, kexec; and trust (not by default): N "
+                   help="only these parts: boot, size, unpack, stage, kexec, firmware; and trust (not by default): N "
                         "signatures, rotated keys, encrypted staging")
     b.set_defaults(func=cmd_bench)
     bn = sub.add_parser("bench-net", help="stage throughput over https and http against curl, a one-package "
@@ -599,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="repeat a campaign (default: a new random seed, printed)")
     f.add_argument("--cuts", type=int, default=100, help="power cuts, spread over stage, mark-good, boot, reset, gc")
     f.add_argument("--no-disk-faults", action="store_true", help="only the power cuts")
+    f.add_argument("--loader-rounds", type=int, default=2,
+                   help="rounds of the loader classes (a power cut in install-loader, a new loader that panics, is "
+                        "truncated or hangs) on a disk for the board's firmware (default 2; 0: none)")
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)

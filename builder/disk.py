@@ -81,6 +81,18 @@ def plan(size: int, userdata: int, disk_id: int, boot: int = BOOT_SIZE) -> DiskL
     return DiskLayout(disk_id, [p1, p2, p3])
 
 
+def loader_room(kernel: Path, initramfs: Path, extra: int = 0) -> int:
+    """The boot partition `bankboot disk` makes when no --boot-size is given: room for two loaders, so that
+    `bankctl install-loader` works on the disk as made (the new pair goes into the other loader slot, or beside
+    the old pair kept as .previous on a direct disk). Each loader is this disk's kernel, initramfs and the
+    firmware's own files (`extra`) with half as much again to spare, for an image whose kernel or initramfs is
+    a release larger; rounded up to 32 MiB, never under BOOT_SIZE. Debian's arm64 kernel (33 MB) and a
+    bankboot initramfs make 128 MiB; amd64 and armhf stay at 64 MiB."""
+    pair = kernel.stat().st_size + initramfs.stat().st_size + extra
+    room = 2 * pair * 3 // 2 + 4 * MiB  # + the FAT's own tables and the small files (cmdline, CRCs, entries)
+    return max(BOOT_SIZE, -(-room // (32 * MiB)) * 32 * MiB)
+
+
 def cmdline_for(board: Board, layout: DiskLayout, extra: str = "") -> str:
     parts = [board.cmdline, f"root=PARTUUID={layout.partuuid(2)}", "rootwait",
              f"bankboot.userdata=PARTUUID={layout.partuuid(3)}", extra]
@@ -148,11 +160,18 @@ def tls_piece_for(initramfs: Path) -> Path | None:
 
 def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Path,
                userdata_size: int = 64 * MiB, extra_cmdline: str = "",
-               userdata_files: list[Path] | None = None, boot_size: int = BOOT_SIZE,
-               device_key: Path | None = None) -> tuple[DiskLayout, Manifest]:
+               userdata_files: list[Path] | None = None, boot_size: int | None = BOOT_SIZE,
+               firmware: str = "direct", device_key: Path | None = None) -> tuple[DiskLayout, Manifest]:
     """userdata_files are copied into the userdata partition (an update to stage, say). boot_size: room for
-    two loaders when images carry their own kernels (bankctl install-loader keeps the old one). device_key:
+    two loaders when images carry their own kernels (bankctl install-loader keeps the old one); None: as much
+    as that takes for this kernel and initramfs (loader_room, what `bankboot disk` does by default). firmware:
+    what reads the boot partition (builder/firmware): `bankboot disk` passes the board's; this API defaults
+    to direct, what the tests of the init boot (the firmware chains have tests of their own). device_key:
     a recipient's private key, for an encrypted bank (installed plain, as a device stages it)."""
+    from builder.firmware import FIRMWARES, boot_files
+
+    if firmware not in FIRMWARES:
+        raise DiskError(f"firmware {firmware!r} is not one of {', '.join(FIRMWARES)}")
     if board.power_of_two and size & (size - 1):
         raise DiskError(f"board {board.name} needs a power-of-two disk size (its SD card): 256M, 512M, 1G, ... "
                         f"not {size // MiB} MiB")
@@ -165,6 +184,9 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
     check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
+    tls = tls_piece_for(initramfs)
+    if boot_size is None:
+        boot_size = loader_room(kernel.image, initramfs, tls.stat().st_size if tls is not None else 0)
     layout = plan(size, userdata_size, disk_id, boot_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
@@ -172,9 +194,14 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         # p1: boot
         boot = tmp / "boot.vfat"
         _run(["mkfs.vfat", "-C", "-n", "BOOT", "-i", f"{disk_id:08x}", str(boot), str(layout.parts[0][1] // 1024)])
-        (tmp / "cmdline.txt").write_text(cmdline_for(board, layout, extra_cmdline) + "\n")
-        files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"), (tmp / "cmdline.txt", "cmdline.txt")]
-        tls = tls_piece_for(initramfs)
+        cmdline = cmdline_for(board, layout, extra_cmdline)
+        if firmware == "direct":
+            (tmp / "cmdline.txt").write_text(cmdline + "\n")
+            files = [(kernel.image, board.kernel_name), (initramfs, "initramfs.img"),
+                     (tmp / "cmdline.txt", "cmdline.txt")]
+        else:
+            files = boot_files(firmware, board.arch.debian, kernel.image, initramfs, cmdline, tmp,
+                               board.uboot_watchdog)
         if tls is not None:
             files.append((tls, TLS_PIECE))
         if board.config_txt:
@@ -184,8 +211,13 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             if kernel.dtb_dir is None or not (kernel.dtb_dir / board.dtb).is_file():
                 raise DiskError(f"board {board.name}: device tree {board.dtb} not found with the kernel")
             files.append((kernel.dtb_dir / board.dtb, Path(board.dtb).name))
+        mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        for d in sorted({str(Path(name).parent) for _, name in files} - {"."}, key=len):
+            for i in range(1, len(Path(d).parts) + 1):
+                _run(["mmd", "-D", "s", "-i", str(boot), "::" + "/".join(Path(d).parts[:i])], env=mtools,
+                     ok=(0, 1))
         for src, name in files:
-            _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+            _run(["mcopy", "-i", str(boot), "-o", str(src), f"::{name}"], env=mtools)
         # p2: banks, with the layout populated
         stage = tmp / "banks"
         lay = Layout(str(stage))
@@ -210,9 +242,10 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         disk = tmp / "disk.img"
         with open(disk, "wb") as new:
             new.truncate(size)
+        p1_type = "ef" if firmware == "uefi" else "c"  # the ESP type for UEFI, FAT32 (LBA) for the others
         script = f"label: dos\nlabel-id: 0x{disk_id:08x}\nunit: sectors\n" + "".join(
             f"start={s // 512}, size={n // 512}, type={t}{', bootable' if i == 0 else ''}\n"
-            for i, ((s, n), t) in enumerate(zip(layout.parts, ("c", "83", "83"), strict=True)))
+            for i, ((s, n), t) in enumerate(zip(layout.parts, (p1_type, "83", "83"), strict=True)))
         _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)], input=script)
         with open(disk, "r+b") as out:  # only the blocks the filesystems use: the rest stays a hole
             for (start, _), part in zip(layout.parts, (boot, banks, data), strict=True):
@@ -221,6 +254,8 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         bmap = write_bmap(disk, tmp / "disk.bmap", DiskError)
         disk.replace(output)
         bmap.replace(bmap_path(output))
+    for stale in (".uboot-env", ".efivars"):  # a new device: its firmware storage starts afresh
+        output.with_name(output.name + stale).unlink(missing_ok=True)
     return layout, manifest
 
 

@@ -376,14 +376,17 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
 
 # -- the campaign -------------------------------------------------------------------------------------------------
 def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tuple[str, ...] = DISK_CLASSES,
-                 say=print) -> dict:
+                 say=print, loader_rounds: int = 0) -> dict:
+    """loader_rounds: that many rounds of the loader classes (builder/loaderfaults.py) on a disk made for the
+    board's firmware, after the rest; none for a board that boots direct."""
     say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
     rng = random.Random(seed)
-    rig = prepare(board, out, rng, say)
     outcomes: list[Outcome] = []
     plan = [("cut", POWER_CLASSES[i % len(POWER_CLASSES)]) for i in range(cuts)] + [("disk", d) for d in disk_classes]
+    rig = prepare(board, out, rng, say) if plan else None  # --cuts 0 --no-disk-faults: the loader classes only
     for i, (kind, fault) in enumerate(plan, 1):
         try:
+            assert rig is not None
             o = cut_during(rig, fault) if kind == "cut" else disk_fault(rig, fault)
         except Exception as e:  # the harness itself: reported as a failure of that injection
             o = Outcome(fault, "", False, 0, error=f"{type(e).__name__}: {str(e)[-800:]}")
@@ -391,6 +394,10 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
         mark = "ok" if o.recovered else "FAILED"
         say(f"faults: [{i}/{len(plan)}] {o.fault}: {o.detail}: {mark}, {o.boots} boot(s), up {o.version}"
             + (f": {o.error}" if o.error else ""))
+    if loader_rounds and board.firmware != "direct":
+        from builder.loaderfaults import run_loader_faults
+
+        outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say)
     report = summarize(outcomes, seed)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     say(format_table(report))

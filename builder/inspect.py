@@ -179,8 +179,14 @@ def inspect_disk(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
     with tempfile.TemporaryDirectory(prefix="bankboot-") as name:
         tmp = Path(name)
         try:
-            own = read_boot_file(path, "initramfs.img", tmp)
-            cmdline = read_boot_file(path, "cmdline.txt", tmp).read_text().strip()
+            from builder.firmware import committed_loader, firmware_of
+
+            kind = firmware_of(path)
+            if kind == "direct":
+                own = read_boot_file(path, "initramfs.img", tmp)
+                cmdline = read_boot_file(path, "cmdline.txt", tmp).read_text().strip()
+            else:  # the committed loader slot's (docs/firmware.md)
+                own, cmdline = committed_loader(path, kind, tmp)
         except (DiskError, IndexError) as e:
             raise ImageError(f"{path} is not a bankboot disk (no boot partition with initramfs.img and "
                              f"cmdline.txt): {e}") from None

@@ -141,6 +141,23 @@ def locate_kexec_tools(arch: Arch) -> Path:
     return path
 
 
+def fetch_systemd_boot(arch: Arch) -> Path:
+    """systemd-boot's EFI program for UEFI boards: Debian's systemd-boot-efi for the architecture, unpacked
+    into the cache (on amd64 the host's package has only the x86 one, and an arm64 install would clash)."""
+    _fetch_packages(["systemd-boot-efi"], arch, "systemd-boot")
+    return locate_systemd_boot(arch.debian)
+
+
+SYSTEMD_BOOT_NAMES = {"amd64": "systemd-bootx64.efi", "arm64": "systemd-bootaa64.efi", "armhf": "systemd-bootarm.efi"}
+
+
+def locate_systemd_boot(debian_arch: str) -> Path:
+    path = cache_dir() / "systemd-boot" / debian_arch / "usr/lib/systemd/boot/efi" / SYSTEMD_BOOT_NAMES[debian_arch]
+    if not path.is_file():
+        raise PartsError(f"systemd-boot for {debian_arch} is not fetched yet: run `make deps`")
+    return path
+
+
 def kexec_method(kernel: KernelParts, arch: Arch) -> str:
     """How this kernel kexecs: `file` (the kexec_file_load syscall), `tools` (kexec_load, through
     kexec-tools) or `none`, from the kernel's config when its package ships one."""

@@ -458,13 +458,52 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     boot = args.boot or boot_partition(banks.root)
     mount_source(layout.squashfs(image))
     try:
-        lines = install_loader(SOURCE, manifest, boot, kit_conf().kernel_name)
+        lines = install_loader(SOURCE, manifest, boot, kit_conf().kernel_name, args.tries)
     finally:
         umount(SOURCE)
     for line in lines:
         print(line)
     print(f"the loader is now kernel {manifest['kernel']['release']} with the initramfs of image {image} ({who}); "
           f"images on that kernel boot without a kexec")
+    return EXIT_OK
+
+
+def _load_fat() -> None:
+    from initfs.modules import load_modules, read_order
+
+    with open("/proc/filesystems") as f:
+        if "vfat" in f.read().split():
+            return
+    kit = kit_root()
+    load_modules(os.uname().release, read_order(os.path.join(kit, archive_path(modules_list("vfat")))), root=kit)
+
+
+def cmd_loader(banks: Banks, args: argparse.Namespace) -> int:
+    from initfs.loader import BOOT, boot_partition, mount_boot
+    from initfs.loaderab import status
+    from initfs.syscalls import umount
+
+    _load_fat()
+    boot = args.boot or boot_partition(banks.root)
+    mount_boot(boot, readonly=True)
+    try:
+        st = status(BOOT)
+    finally:
+        umount(BOOT)
+    from initfs.cmdline import Cmdline
+
+    cmd = Cmdline.from_proc()
+    st["booted"] = {"slot": cmd.get("bankboot.loader_slot"), "trial": cmd.has("bankboot.loader_trial")}
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+        return EXIT_OK
+    if st["firmware"] == "direct":
+        print(f"{boot}: one loader (a disk made for direct boot: no loader slots, no fallback)")
+        return EXIT_OK
+    print(f"{boot}: {st['firmware']}, committed loader {st['good']}; booted loader {st['booted']['slot'] or '?'}")
+    if "trial" in st:
+        t = st["trial"]
+        print(f"loader {t['slot']} on trial, {t['tries_left']} tries left")
     return EXIT_OK
 
 
@@ -577,10 +616,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gc", help="remove images that are neither previous, current nor next")
     s.set_defaults(func=cmd_gc)
     s = sub.add_parser("install-loader", help="make an image's own kernel and initramfs the loader on the boot "
-                                              "partition (the one write that is not A/B: docs/lifecycle.md)")
+                                              "partition: into the other loader slot, on trial until it has booted "
+                                              "an image (disks made for U-Boot or UEFI; docs/firmware.md)")
     s.add_argument("image", help="a committed image with a kernel: its id, or current/previous")
     s.add_argument("--boot", metavar="DEVICE", help="the boot partition (default: partition 1 of the banks disk)")
+    s.add_argument("--tries", type=int, default=3, help="boots the firmware gives the new loader (default 3)")
     s.set_defaults(func=cmd_install_loader)
+    s = sub.add_parser("loader", help="the loader slots on the boot partition: the committed one, the one on "
+                                      "trial and its tries")
+    s.add_argument("--boot", metavar="DEVICE", help="the boot partition (default: partition 1 of the banks disk)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_loader)
     s = sub.add_parser("timeline", help="how long each step of this boot's init took")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_timeline)
@@ -603,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "own_lock", False):  # poll: for each poll, never while it waits; apply: around the stage
             return int(args.func(banks, args))
-        with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline")):
+        with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline", "loader")):
             return int(args.func(banks, args))
     except StageError as e:
         print(f"\nbankctl {args.command}: {'failed' if e.transient else 'refused'}: {e}", file=sys.stderr)

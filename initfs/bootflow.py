@@ -567,6 +567,31 @@ def write_timeline(path: str = TIMELINE) -> None:
                                spaced=True))
 
 
+def commit_loader(banks_root: str, slot: str | None) -> str:
+    """A loader on trial (bankboot.loader_trial, set by the firmware) has booted far enough to choose and
+    check an image: it becomes the committed one on the boot FAT (initfs/loaderab.py), so later boots start it.
+    Until this runs every reset returns to the committed loader once the firmware's tries are spent."""
+    from initfs.loader import BOOT, boot_partition, mount_boot
+    from initfs.loaderab import bless
+    from initfs.modules import load_modules, read_order
+    from initfs.syscalls import umount
+
+    if slot not in ("a", "b"):
+        raise BootError(f"bankboot.loader_trial without a loader slot (bankboot.loader_slot={slot})")
+    with open("/proc/filesystems") as f:
+        if "vfat" not in f.read().split():
+            from overlay_layout.contract import archive_path, modules_list
+
+            load_modules(os.uname().release, read_order("/" + archive_path(modules_list("vfat"))))
+    mount_boot(boot_partition(banks_root))
+    try:
+        done = bless(BOOT, slot)
+    finally:
+        os.sync()
+        umount(BOOT)
+    return done or f"loader {slot} was committed already"
+
+
 def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
     import time
 
@@ -594,6 +619,9 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
                        f"back", 2.0)
         give_up(f"no image on {BANKS} could be booted ({len(tried)} tried)", tried, rescue)
     image, trial = cand.image, cand.trial
+    if opts.get("bankboot.loader_trial"):
+        log.log(_quietly("committing the loader", commit_loader, layout.root, opts.get("bankboot.loader_slot"))
+                or "the loader on trial is not committed: the firmware's count goes on")
     record: BootRecord = {"time": int(time.time()), "kernel": os.uname().release, "image": image, "why": why,
                     "trial": trial, "selftest": prepared.get("selftest", "not run (not a trial)"),
                     "outcome": "trial not confirmed" if trial else "booted", "sealed": prepared.get("sealed"),

@@ -90,21 +90,66 @@ def _keep_previous(path: str) -> None:
     os.replace(f"{path}.previous.new", f"{path}.previous")
 
 
-def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str) -> list[str]:
+def mount_boot(boot_dev: str, readonly: bool = False) -> None:
+    os.makedirs(BOOT, exist_ok=True)
+    try:
+        mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if readonly else 0))
+    except OSError as e:
+        raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from None
+
+
+def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> list[str]:
+    """A boot FAT with two loader slots (initfs/loaderab.py): the new pair into the slot the firmware does not
+    boot by default, then a one-shot try of it armed in the firmware's own way; the init commits it once it
+    booted an image, and until then every reset returns to the committed loader."""
+    from initfs.loaderab import LoaderABError, good_slot, install_slot, other, slot_cmdline, status
+    from overlay_layout.contract import SLOT_INITRD, SLOT_KERNEL
+
+    k = manifest["kernel"]
+    wants = {lower + k["image"]["path"]: k["image"], lower + k["initramfs"]["path"]: k["initramfs"]}
+    st = status(BOOT)
+    good = st.get("good") or good_slot(BOOT)
+    slot = other(good)
+    cmdline = slot_cmdline(BOOT, good)
+    if not cmdline:
+        raise LoaderError(f"the committed loader {good} has no command line on {boot_dev}: nothing installed")
+    old = sum(os.path.getsize(os.path.join(BOOT, slot, n)) for n in (SLOT_KERNEL, SLOT_INITRD)
+              if os.path.exists(os.path.join(BOOT, slot, n)))
+    need = sum(w["size"] for w in wants.values()) - old
+    fs = os.statvfs(BOOT)
+    if need > fs.f_bavail * fs.f_frsize:
+        raise LoaderError(f"the boot partition has {fs.f_bavail * fs.f_frsize / 1e6:.1f} MB free; loader slot {slot} "
+                          f"needs {need / 1e6:.1f} MB more: nothing installed (bankboot disk --boot-size)")
+    try:
+        done = install_slot(BOOT, slot, lambda src, dest: _copy_checked(src, dest, wants[src]),
+                            [(lower + k["image"]["path"], SLOT_KERNEL), (lower + k["initramfs"]["path"], SLOT_INITRD)],
+                            cmdline, tries)
+    except LoaderABError as e:
+        raise LoaderError(str(e)) from None
+    if "tls" in k:  # beside the slot's initramfs (initfs/tlskit.py looks there too)
+        _copy_checked(lower + k["tls"]["path"], f"{BOOT}/{slot}/.{TLS_PIECE}.new", k["tls"])
+        os.replace(f"{BOOT}/{slot}/.{TLS_PIECE}.new", f"{BOOT}/{slot}/{TLS_PIECE}")
+        durable.fsync_dir(f"{BOOT}/{slot}")
+    return [f"{boot_dev}:{line}" for line in done] + [
+        f"loader {good} stays the default until loader {slot} has booted an image"]
+
+
+def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str, tries: int = 3) -> list[str]:
     """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
-    boot_dev as kernel_name and initramfs.img. Returns what was done, a line each."""
+    boot_dev: into the loader slot not booted by default, on a disk made for firmware (install_ab); else as
+    kernel_name and initramfs.img. Returns what was done, a line each."""
+    from initfs.loaderab import firmware_on
+
     k = manifest["kernel"]
     files = [(lower + k["image"]["path"], kernel_name, k["image"]),
              (lower + k["initramfs"]["path"], INITRAMFS_NAME, k["initramfs"])]
     if "tls" in k:  # the new initramfs's TLS piece goes beside it (initfs/tlskit.py reads it there)
         files.append((lower + k["tls"]["path"], TLS_PIECE, k["tls"]))
-    os.makedirs(BOOT, exist_ok=True)
-    try:
-        mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError as e:
-        raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from None
+    mount_boot(boot_dev)
     done = []
     try:
+        if firmware_on(BOOT) != "direct":
+            return install_ab(lower, manifest, boot_dev, tries)
         check_room(files)
         for src, name, want in files:  # both new files complete before anything in place changes
             _copy_checked(src, f"{BOOT}/{name}.new", want)

@@ -54,6 +54,11 @@ OPTIONS = (
            help="set by bankboot's loader on the command line of an image's own kernel (never by hand)"),
     Option("bankboot.loader", "str", None,
            help="set with bankboot.kexec: the release of the loader's kernel, for bankctl status"),
+    Option("bankboot.loader_slot", "str", None,
+           help="set by the firmware's boot script or entry: the loader slot (a or b) this boot came from"),
+    Option("bankboot.loader_trial", "flag", False,
+           help="set by the firmware with bankboot.loader_slot for a loader on trial: the init commits it once it "
+                "has chosen an image (docs/firmware.md)"),
     Option("bankboot.debug", "flag", False, help="timings of every step on the console"),
     Option("bankboot.step", "flag", False, help="wait for Enter before each step"),
 )

@@ -24,7 +24,9 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _from_boot_partition(banks_root: str, kit: str) -> tuple[str, bytes | None]:
+def _from_boot_partition(banks_root: str, kit: str, want: str = "") -> tuple[str, bytes | None]:
+    """The piece at the FAT's root (bankboot disk) or in a loader slot (bankctl install-loader on a disk with
+    two): the one whose sha256 is `want`, else the root's."""
     from initfs.loader import LoaderError, boot_partition
     from initfs.modules import load_modules, read_order
     from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
@@ -43,6 +45,10 @@ def _from_boot_partition(banks_root: str, kit: str) -> tuple[str, bytes | None]:
     except (OSError, RuntimeError) as e:
         return f"{dev} (cannot mount it: {e})", None
     try:
+        for name in (f"a/{TLS_PIECE}", f"b/{TLS_PIECE}"):
+            data = _read(os.path.join(BOOT_MOUNT, name))
+            if data is not None and want and digest(data) == want:
+                return f"{dev}:{name}", data
         return f"{dev}:{TLS_PIECE}", _read(os.path.join(BOOT_MOUNT, TLS_PIECE))
     finally:
         umount(BOOT_MOUNT)
@@ -61,7 +67,7 @@ def load_tls(conf: InitramfsConf, banks_root: str, kit: str, image_root: str = "
         return f"{in_image} in the running image", _read(in_image)
 
     def boot_copy() -> tuple[str, bytes | None]:
-        return _from_boot_partition(banks_root, kit)
+        return _from_boot_partition(banks_root, kit, conf.tls)
 
     for place in (image_copy, boot_copy):
         where, data = place()

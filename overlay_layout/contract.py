@@ -36,6 +36,22 @@ BOOT_MOUNT = RUN + "/boot"  # the boot partition while bankctl install-loader wr
 INHIBIT = RUN + "/inhibit"  # while it exists, bankctl poll does nothing (an application's "not now")
 POLL_CONF = ETC + "/poll.conf"  # an image's channel URL and poll settings (its service reads it: docs/fleet.md)
 
+# --- The loader A/B on the boot FAT of a disk made for firmware (builder/firmware, initfs/loaderab.py). ---
+LOADER_SLOTS = ("a", "b")  # a slot is a directory: SLOT_KERNEL, SLOT_INITRD, SLOT_CMDLINE, <file>.crc32
+SLOT_KERNEL = "vmlinuz"
+SLOT_INITRD = "initrd.img"
+SLOT_CMDLINE = "cmdline.env"  # "bb_args=<command line>" (U-Boot's env import text)
+LOADER_DIR = "loader"  # U-Boot's state files, and systemd-boot's loader.conf and entries
+LOADER_GOOD = "good.env"  # "bb_good=<slot>": the committed loader, written only by the OS
+LOADER_TRY = "try.env"  # "bb_left=<n>\nbb_try=<slot>\n\0": a loader on trial; U-Boot rewrites it in place
+LOADER_ENTRIES = LOADER_DIR + "/entries"  # systemd-boot's type #1 entries: ENTRY_PREFIX<n>-<slot>[+tries].conf
+ENTRY_PREFIX = "bankboot-"
+
+
+def entry_name(n: int, slot: str, tries: int | None = None) -> str:
+    """A systemd-boot entry's file name: a higher n sorts first (newest loader), `+tries` is its boot counter."""
+    return f"{ENTRY_PREFIX}{n}-{slot}" + (f"+{tries}" if tries is not None else "") + ".conf"
+
 
 def archive_path(path: str) -> str:
     """Where a device path sits inside the initramfs archive (no leading slash)."""

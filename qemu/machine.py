@@ -59,9 +59,12 @@ def _without_accel(args: tuple[str, ...]) -> list[str]:
     return out
 
 
-def qemu_command(machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path],
-                 serial: list[str], qmp: str | None = None, net: bool = False, clock: str = "host") -> list[str]:
-    """clock: "host" (KVM where usable, else TCG at full speed) or "icount" (ICOUNT, for measuring)."""
+def qemu_command(machine: Machine, kernel: Path | None, initrd: Path | None, cmdline: str, disks: list[Path],
+                 serial: list[str], qmp: str | None = None, net: bool = False, clock: str = "host",
+                 firmware: list[str] | None = None) -> list[str]:
+    """clock: "host" (KVM where usable, else TCG at full speed) or "icount" (ICOUNT, for measuring).
+    firmware: arguments that start a firmware (-bios, pflash) which loads the kernel from the disks itself;
+    then kernel and initrd are None and the device tree is QEMU's own."""
     binary = shutil.which(machine.system)
     if binary is None:
         raise RuntimeError(f"{machine.system} is not installed (make deps installs it)")
@@ -73,10 +76,16 @@ def qemu_command(machine: Machine, kernel: Path, initrd: Path, cmdline: str, dis
         cmd = [binary, *machine.args]
         if "-accel" not in machine.args:
             cmd += ["-accel", "kvm" if kvm_usable() and machine.guest_machine == os.uname().machine else "tcg"]
-    if machine.dtb is not None:
-        cmd += ["-dtb", str(machine.dtb)]
-    cmd += ["-display", "none", "-nodefaults", "-no-user-config", "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", cmdline, *["-serial", "null"] * machine.serial_index, *serial]
+    cmd += ["-display", "none", "-nodefaults", "-no-user-config"]
+    if firmware:
+        cmd += firmware
+    else:
+        if kernel is None or initrd is None:
+            raise ValueError("a boot without firmware needs a kernel and an initramfs")
+        if machine.dtb is not None:
+            cmd += ["-dtb", str(machine.dtb)]
+        cmd += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
+    cmd += [*["-serial", "null"] * machine.serial_index, *serial]
     if qmp:
         cmd += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     for i, disk in enumerate(disks):

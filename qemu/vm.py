@@ -22,8 +22,11 @@ class VM:
     """`with VM(machine, kernel, initrd, cmdline) as vm: vm.console.expect(...)`; builder/boot.py makes
     one for a board."""
 
-    def __init__(self, machine: Machine, kernel: Path, initrd: Path, cmdline: str, disks: list[Path] | None = None,
-                 log_dir: Path | None = None, reboot: bool = False, net: bool = False, clock: str = "host") -> None:
+    def __init__(self, machine: Machine, kernel: Path | None, initrd: Path | None, cmdline: str,
+                 disks: list[Path] | None = None, log_dir: Path | None = None, reboot: bool = False, net: bool = False,
+                 clock: str = "host", firmware: list[str] | None = None) -> None:
+        """firmware: QEMU arguments of a firmware that loads the kernel from the disk (kernel, initrd None)."""
+        self.firmware = firmware
         self.net = net
         self.clock = clock  # qemu.machine.CLOCKS
         self.machine = machine
@@ -41,13 +44,15 @@ class VM:
 
     def start(self, connect_timeout: float = 30.0) -> VM:
         for f in [self.initrd, self.kernel, *self.disks]:
-            if not Path(f).is_file():
+            if f is not None and not Path(f).is_file():
                 raise FileNotFoundError(f"{f} does not exist")
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # a firmware boot reads nothing into it first
         sock = self.tmp / "serial.sock"
         self._console = SerialConsole(sock, self.log_dir / "console.log")
         serial = ["-chardev", f"socket,id=ser0,path={sock},server=off", "-serial", "chardev:ser0"]
         cmd = qemu_command(self.machine, self.kernel, self.initrd, self.cmdline, self.disks, serial,
-                           qmp=str(self.tmp / "qmp.sock"), net=self.net, clock=self.clock)
+                           qmp=str(self.tmp / "qmp.sock"), net=self.net, clock=self.clock,
+                           firmware=self.firmware)
         if not self.reboot:
             cmd.append("-no-reboot")
         (self.log_dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")

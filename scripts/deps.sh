@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gcc-12-arm-linux-gnueabihf libc6-dev-armhf-cross libsodium23
   gcc-12 gcc-12-aarch64-linux-gnu lld-16
   nginx-light openssl
+  u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
   # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and
   # Debian rootfs (docker-registry is a daemon: not started, see policy-rc.d below)
   skopeo umoci squashfs-tools-ng bmap-tools docker-registry mmdebstrap

@@ -1,10 +1,13 @@
 """One smoke scenario per board besides qemu-aarch64 (which has the full suites): boot into the sample
 image, stage an update, commit it, then ESC at the console boots the previous image. The update reaches
-the device on its userdata partition."""
+the device on its userdata partition. Each disk is made for the board's own firmware (`boot.firmware`:
+qemu-armv7 through U-Boot, qemu-x86_64 through OVMF and systemd-boot, the Pis direct), so the same boots show
+that firmware starting the loader; the loader A/B itself is tests/vm/test_firmware.py."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,9 +38,21 @@ def test_board_boots_stages_commits_and_falls_back_with_esc(name: str, test_dir:
         build_image(rootfs, version, out / f"app-{version}.bank", sign_key=signing_key.private,
                     persist=SAMPLE_PERSIST)
     disk = out / "disk.img"
-    build_disk(board, out / "app-1.0.0.bank", disk, 256 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"])
+    build_disk(board, out / "app-1.0.0.bank", disk, 256 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"],
+               firmware=board.firmware)
     with disk_vm(board, disk, out, reboot=True) as vm:
         assert up(vm, T) == "1.0.0"
+        if board.firmware != "direct":  # the firmware started loader slot a from the disk, not QEMU's -kernel
+            assert re.search({"uboot": r"U-Boot 20\d\d\.\d\d", "uefi": r"EFI stub: "}[board.firmware],
+                             vm.console.text()), vm.console.text()[:2000]
+            rc, out_ = vm.console.run("bankctl loader --json", timeout=T)
+            assert rc == 0, out_
+            st = json.loads(out_[out_.index("{"):])  # after any FAT-fs warning the kernel prints while it mounts
+            assert st["firmware"] == board.firmware and st["booted"] == {"slot": "a", "trial": False}, st
+            rc, cmdline = vm.console.run("cat /proc/cmdline", timeout=T)
+            assert "bankboot.loader_slot=a" in cmdline, cmdline
+        rc, _ = vm.console.run("test -d /sys/firmware/efi", timeout=T)  # a kernel started by UEFI
+        assert (rc == 0) == (board.firmware == "uefi")
         rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank", timeout=T)
         assert rc == 0, msg
         vm.console.sendline("reboot")

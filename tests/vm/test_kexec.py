@@ -218,9 +218,12 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
         assert rc == 0, msg
         vm.console.sendline("reboot")
         vm.console.expect(r"watchdog armed for 10 s", T)
-        vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T)
-        vm.console.expect(r"Run /bin/busybox as init process", T)  # busybox cat: nothing more from this kernel
-        vm.console.expect(r"Booting Linux", T)  # the hardware reset, not anything the guest did
+        start = vm.console.expect(r"kexec: starting kernel " + re.escape(second.version), T).end()
+        # busybox cat: nothing more from this kernel once it runs ("Run /bin/busybox as init process"); on a
+        # loaded 2-core host the 10 s may run out while it still unpacks its initramfs: a hang all the same
+        reset = vm.console.expect(r"Booting Linux", T).start()  # the hardware reset
+        second_boot = bytes(vm.console.buffer[start:reset]).decode(errors="replace")  # nothing asked for a reset
+        assert not re.search(r"reboot: Restarting|Kernel panic|bankboot: ", second_boot), second_boot[-2000:]
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         reason = _image(_status(vm), "1.1.0")["reason"]
         assert "no tries left" in reason, reason
