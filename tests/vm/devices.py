@@ -73,10 +73,20 @@ def up(vm: VM, timeout: float = T) -> str:
     return m.group(1)
 
 
+# A line the kernel printed on the console (a warning under load: "hrtimer: interrupt took ..."), which can
+# land between the lines of what a command printed.
+_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
+
+
+def guest_json(out: str):
+    """The JSON a guest command printed, without the kernel's console lines interleaved with it."""
+    return json.loads(_KERNEL_LINE.sub("", out))
+
+
 def status(vm: VM) -> dict:
     rc, out = sh(vm, "bankctl status --json")
     assert rc == 0, out
-    return json.loads(out)
+    return guest_json(out)
 
 
 def state_of(st: dict, version: str) -> dict:
