@@ -258,6 +258,21 @@ def read_release(bank_file: Path, device_key: Path | None = None) -> tuple[dict,
     return manifest, raw, hashing.hash_file(str(bank_file))[1], checked
 
 
+def release_boards(boards: list[str], manifest: dict, bank_file: Path) -> list[str]:
+    """The board names a release is for, each checked to load and to match the image's architecture."""
+    names = []
+    for b in boards:
+        try:
+            board = load_board(b)
+        except (BoardError, OSError, ValueError) as e:
+            raise PublishError(f"--board {b}: {e}") from None
+        if board.arch.debian != manifest["arch"]:
+            raise PublishError(f"--board {b} is an {board.arch.debian} board; {bank_file} is an {manifest['arch']} "
+                               f"image")
+        names.append(board.name)
+    return names
+
+
 def publish(bank_file: Path, channel: str, dest: str, key: Path | tuple[Path, ...], boards: list[str],
             min_version: str | None = None, expires: float = DEFAULT_EXPIRES, endpoint_url: str | None = None,
             now: float | None = None, device_key: Path | None = None) -> Report:
@@ -280,16 +295,7 @@ def publish(bank_file: Path, channel: str, dest: str, key: Path | tuple[Path, ..
     except TrustError as e:
         raise PublishError(str(e)) from None
     manifest, raw, digest, checked = read_release(bank_file, device_key)
-    names = []
-    for b in boards:
-        try:
-            board = load_board(b)
-        except (BoardError, OSError, ValueError) as e:
-            raise PublishError(f"--board {b}: {e}") from None
-        if board.arch.debian != manifest["arch"]:
-            raise PublishError(f"--board {b} is an {board.arch.debian} board; {bank_file} is an {manifest['arch']} "
-                               f"image")
-        names.append(board.name)
+    names = release_boards(boards, manifest, bank_file)
     target, report = open_target(dest, endpoint_url), Report()
     for gone in target.clean():
         report.lines.append(f"removed {gone} (left by a cut publish)")

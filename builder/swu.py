@@ -11,9 +11,8 @@ import os
 import stat
 from pathlib import Path
 
-from builder.board import BoardError, load_board
 from builder.cpio import TRAILER, source_date_epoch, write_entry
-from builder.publish import PublishError, read_release
+from builder.publish import PublishError, read_release, release_boards
 from overlay_layout import durable
 from overlay_layout.net.channel import manifest_digest
 from overlay_layout.net.swu import BANK_SUFFIX, FORMAT, INFO, KIND, MAX_FILE, SW_DESCRIPTION
@@ -47,16 +46,7 @@ def write_swu(bank_file: Path, out: Path, boards: list[str], revisions: list[str
         if not is_name(r, 64):
             raise PublishError(f"--hw-revision {r!r} is not a revision (letters, digits, . _ + -)")
     manifest, raw, digest, checked = read_release(bank_file)
-    names = []
-    for b in boards:
-        try:
-            board = load_board(b)
-        except (BoardError, OSError, ValueError) as e:
-            raise PublishError(f"--board {b}: {e}") from None
-        if board.arch.debian != manifest["arch"]:
-            raise PublishError(f"--board {b} is an {board.arch.debian} board; {bank_file} is an {manifest['arch']} "
-                               f"image")
-        names.append(board.name)
+    names = release_boards(boards, manifest, bank_file)
     if not names:
         raise PublishError("--board: name the board(s) this release is for (a board file's name or path)")
     size = bank_file.stat().st_size

@@ -35,7 +35,7 @@ import time
 from initfs.identity import device_id
 from initfs.poll import NotNow, PollFailed, Result, check_ready, running_image
 from overlay_layout import bootlog, durable, jsontext
-from overlay_layout.jsonfile import Damaged, read_json
+from overlay_layout.pollstate import read_record
 from overlay_layout.layout import MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import manifest_digest
@@ -90,15 +90,7 @@ def state_path(root: str) -> str:
 
 def load_state(root: str) -> dict[str, Any]:
     """The record; a missing or damaged file reads as a fresh start."""
-    try:
-        got = read_json(state_path(root), MAX_STATE)
-    except Damaged:
-        got = None
-    st = got[0] if got is not None else None
-    if not isinstance(st, dict) or st.get("format") != FORMAT:
-        return {"format": FORMAT, "failed": {}}
-    if not isinstance(st.get("failed"), dict):
-        st["failed"] = {}
+    st = read_record(state_path(root), MAX_STATE, FORMAT)
     if not isinstance(st.get("action"), dict):
         st.pop("action", None)
     return st

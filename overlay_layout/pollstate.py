@@ -34,17 +34,24 @@ def poll_path(root: str) -> str:
     return os.path.join(root, POLL_FILE)
 
 
-def load(root: str) -> dict[str, Any]:
-    """The poll state; a missing or damaged file reads as empty (the next poll fetches the document whole)."""
+def read_record(path: str, max_bytes: int, fmt: int) -> dict[str, Any]:
+    """A poller's record file (this one, the hawkBit client's): a missing, damaged or other-format file reads
+    as a fresh record, and its `failed` map is always a dict."""
     try:
-        got = read_json(poll_path(root), MAX_BYTES)
+        got = read_json(path, max_bytes)
     except Damaged:
         got = None
     st = got[0] if got is not None else None
-    if not isinstance(st, dict) or st.get("format") != FORMAT:
-        return {"format": FORMAT, "failed": {}}
+    if not isinstance(st, dict) or st.get("format") != fmt:
+        return {"format": fmt, "failed": {}}
     if not isinstance(st.get("failed"), dict):
         st["failed"] = {}
+    return st
+
+
+def load(root: str) -> dict[str, Any]:
+    """The poll state; a missing or damaged file reads as empty (the next poll fetches the document whole)."""
+    st = read_record(poll_path(root), MAX_BYTES, FORMAT)
     for key, kind in (("url", str), ("etag", str), ("document", str), ("clock", int), ("published", int)):
         if key in st and not isinstance(st[key], kind):
             del st[key]
