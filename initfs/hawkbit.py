@@ -35,7 +35,6 @@ import time
 from initfs.identity import device_id
 from initfs.poll import NotNow, PollFailed, Result, check_ready, running_image
 from overlay_layout import bootlog, durable, jsontext
-from overlay_layout.pollstate import read_record
 from overlay_layout.layout import MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import manifest_digest
@@ -52,6 +51,7 @@ from overlay_layout.net.ddi import (
 from overlay_layout.net.errors import FileChanged, HttpStatus, NetError
 from overlay_layout.net.swu import SwuError, head_needed, parse_head
 from overlay_layout.net.url import parse_url
+from overlay_layout.pollstate import read_record
 from overlay_layout.stage import StageError
 from overlay_layout.state import BAD, GOOD, TRIAL
 
