@@ -30,8 +30,11 @@ EXCLUDES = [
     "ssl", "_ssl", "_hashlib", "lib2to3", "distutils", "setuptools", "pkg_resources", "asyncio",
     "multiprocessing", "concurrent", "curses", "readline", "pdb", "bz2", "lzma", "_bz2", "_lzma",
     "decimal", "_decimal", "ftplib", "smtplib", "mailbox",
-    # Signatures go to libsodium through ctypes (overlay_layout/ed25519.py): no PyNaCl or cffi at boot.
-    "nacl", "cffi", "_cffi_backend",
+    # Signatures go to libsodium through the lean libpython's `_bankboot` (overlay_layout/ed25519.py): no PyNaCl
+    # or cffi at boot. And no ctypes (nor _ctypes, libffi): PyInstaller's bootstrap imports it at every start
+    # of a bundle that has it (12 million instructions); `_bankboot` makes the calls we made through it, and
+    # hostnative.py is its ctypes stand-in for a build host, never the device's.
+    "nacl", "cffi", "_cffi_backend", "ctypes", "_ctypes", "overlay_layout.hostnative",
     # East Asian codecs (1.1 MB of extension modules) and expat: no text the init reads needs them.
     "_codecs_jp", "_codecs_kr", "_codecs_cn", "_codecs_tw", "_codecs_hk", "_codecs_iso2022", "_multibytecodec",
     "pyexpat",
@@ -63,7 +66,7 @@ OPTIONS = ["--optimize", "2"]
 # never sees, and by nothing the init carries: without it `bankctl stage URL` died in the guest with
 # "No module named 'base64'" (tests/host/test_lean_imports.py reads ssl.py for what it needs).
 HIDDEN_IMPORTS: list[str] = ["base64"]
-# Shared libraries loaded with ctypes, which PyInstaller cannot see: (path in the sysroot, bundle dir).
+# Shared libraries loaded with dlopen (`_bankboot`), which PyInstaller cannot see: (path in the sysroot, bundle dir).
 BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
 
 

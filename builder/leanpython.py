@@ -3,10 +3,13 @@
 modules into libpython; `unicodedata` alone is 1.1 MB, and with the XML parsers (and the libexpat they
 pull in), the date, pickle and CSV modules and the hashes we do not use, a quarter of the library
 is code the device unpacks at every boot (the kernel decompresses the whole initramfs before /init runs)
-and carries for nothing. The objects are Debian's, compiled as Debian compiles them; only the table of
-builtin modules (_PyImport_Inittab, written here in assembler: no C compiler or target headers needed)
-and the link are ours. Every undefined symbol of the result must be defined by a library it names, or the
-build fails: a missing one would otherwise surface as a crash on the device."""
+and carries for nothing. The objects are Debian's, compiled as Debian compiles them; ours are the table of
+builtin modules (_PyImport_Inittab, written here in assembler), the link, and one builtin module of our own,
+`_bankboot` (bankbootmodule.c beside this file, compiled by Debian's gcc for the target against the target's
+Python and libc headers): the system and libsodium calls the init and bankctl would otherwise make through
+ctypes, which is then left out of the freeze (builder/freeze.py). Every undefined symbol of the result must
+be defined by a library it names, or the build fails: a missing one would otherwise surface as a crash on
+the device."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from builder import debian
 from builder.arch import Arch
 from builder.cachelock import cache_lock
+from builder.launcher import COMPILERS
 from builder.paths import cache_dir
 from builder.run import find_tool, run
 
@@ -33,7 +37,14 @@ LLD = "ld.lld-16"
 # exits through pthread_exit's forced unwind, and the library holds no C++. What is lost is a debugger's
 # backtrace through libpython on the device. INSERT keeps the linker's own layout for everything else.
 NO_UNWIND = "SECTIONS { /DISCARD/ : { *(.eh_frame) *(.eh_frame_hdr) } } INSERT AFTER .text;\n"
-DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev"]  # the PIC archive and config.c; libgcc.a for the link
+# The PIC archive and config.c; libgcc.a for the link; the target's libc and kernel headers for _bankboot.
+DEV_PACKAGES = ["libpython3.11-dev", "libgcc-12-dev", "libc6-dev", "linux-libc-dev"]
+MODULE_SOURCE = Path(__file__).with_name("bankbootmodule.c")
+MODULE = ("_bankboot", "PyInit__bankboot")
+# As CPython compiles its builtin modules (position-independent, optimised), warnings as errors; no unwind
+# tables (the link discards them anyway).
+MODULE_FLAGS = ["-O2", "-fPIC", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fno-semantic-interposition",
+                "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-g0"]
 # Builtin modules left out, with the objects of the PIC archive that hold only them. Each import of one
 # of these raises ImportError; pure-Python stdlib modules that wrap them (datetime, pickle) fall back to
 # their Python code. The hashes stay: hashlib's import builds every guaranteed algorithm and, for one
@@ -94,7 +105,10 @@ def lean_libpython(arch: Arch) -> Path:
     versions = debian.package_versions(DEV_PACKAGES, arch.debian)
     linker = run([find_tool(LLD, LLD.removeprefix("ld."), LeanPythonError), "--version"],
                  error=LeanPythonError).stdout.strip()
-    key = hashlib.sha256(repr((sorted(versions.items()), sorted(DROPPED.items()), NOT_LIBRARY, linker,
+    gcc = _compiler(arch)
+    compiler = run([gcc, "-dumpfullversion"], error=LeanPythonError).stdout.strip()
+    key = hashlib.sha256(repr((sorted(versions.items()), sorted(DROPPED.items()), NOT_LIBRARY, linker, compiler,
+                               MODULE_FLAGS, MODULE_SOURCE.read_bytes(),
                                Path(__file__).read_bytes())).encode()).hexdigest()[:16]
     out = cache_dir() / "leanpython" / arch.debian / key / SONAME
     if out.is_file():
@@ -103,6 +117,22 @@ def lean_libpython(arch: Arch) -> Path:
         if not out.is_file():  # or another process linked it while this one waited
             _link(arch, key, versions, out)
     return out
+
+
+def _compiler(arch: Arch) -> str:
+    if arch.debian not in COMPILERS:
+        raise LeanPythonError(f"no compiler known for {arch.debian}")
+    name, package, _ = COMPILERS[arch.debian]
+    return find_tool(name, package, LeanPythonError)
+
+
+def compile_module(arch: Arch, dev: Path, out: Path) -> None:
+    """bankbootmodule.c compiled for `arch` into the object `out`, against the headers unpacked in `dev`
+    (Debian's libpython3.11-dev, libc6-dev and linux-libc-dev for that architecture) as the sysroot."""
+    _, _, own_flags = COMPILERS[arch.debian]
+    run([_compiler(arch), f"--sysroot={dev}", *MODULE_FLAGS, *own_flags, "-I", str(dev / "usr/include/python3.11"),
+         "-c", "-o", str(out), str(MODULE_SOURCE)], error=LeanPythonError,
+        what=f"compiling {MODULE_SOURCE.name} for {arch.debian}")
 
 
 def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
@@ -133,7 +163,10 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
         for o in drop:
             (objs / o).unlink(missing_ok=True)
         keep = [m for m in read_inittab(config / "config.c") if m[0] not in DROPPED]
-        (work / "inittab.s").write_text(inittab_assembly(keep, arch))
+        if any(name == MODULE[0] for name, _ in keep):
+            raise LeanPythonError(f"{config / 'config.c'} already has a builtin module named {MODULE[0]}")
+        compile_module(arch, dev, objs / "bankbootmodule.o")
+        (work / "inittab.s").write_text(inittab_assembly([*keep, MODULE], arch))
         run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
         (work / "no-unwind.ld").write_text(NO_UNWIND)
         libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]

@@ -1,14 +1,12 @@
-"""The few system calls the init needs that `os` lacks (mount, umount2, finit_module), through ctypes on
-the libc already loaded into the process."""
+"""The few system calls the init needs that `os` lacks (mount, umount2, finit_module, kexec_file_load,
+reboot), through the `_bankboot` module of the init's libpython (overlay_layout/native.py); this module words
+their errors, naming what failed."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-from overlay_layout.contract import Arch, UnknownArch, arch_of_machine
-
-_libc = ctypes.CDLL(None, use_errno=True)
+from overlay_layout.native import api
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -23,47 +21,29 @@ MNT_DETACH = 2
 MODULE_INIT_COMPRESSED_FILE = 4
 
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
+def _check(err: int, what: str) -> None:
+    if err != 0:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    ret = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                      ctypes.c_ulong(flags), data.encode() if data else None)
-    _check(ret, f"mount {source} on {target} ({fstype or 'no type'}, {data or 'no options'})")
+    _check(api.mount(source, target, fstype or None, flags, data or None),
+           f"mount {source} on {target} ({fstype or 'no type'}, {data or 'no options'})")
 
 
 def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
-
-
-def _this_arch() -> Arch:
-    try:
-        return arch_of_machine(os.uname().machine)
-    except UnknownArch as e:
-        raise OSError(38, str(e)) from None
+    _check(api.umount2(target, flags), f"umount {target}")
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:
-    nr = _this_arch().finit_module
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(fd), ctypes.c_char_p(params.encode()),
-                        ctypes.c_int(flags))
-    if ret != 0:
-        err = ctypes.get_errno()
+    err = api.finit_module(fd, params, flags)
+    if err != 0:
         raise OSError(err, os.strerror(err))
 
 
 def kexec_file_load(kernel_fd: int, initrd_fd: int, cmdline: str) -> None:
-    nr = _this_arch().kexec_file_load
-    if nr is None:
-        raise OSError(38, f"kexec_file_load: this machine ({os.uname().machine}) has none")
-    text = cmdline.encode() + b"\0"
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(kernel_fd), ctypes.c_int(initrd_fd),
-                        ctypes.c_ulong(len(text)), ctypes.c_char_p(text), ctypes.c_ulong(0))
-    if ret != 0:
-        err = ctypes.get_errno()
+    err = api.kexec_file_load(kernel_fd, initrd_fd, cmdline, 0)  # ENOSYS too where the architecture has none
+    if err != 0:
         raise OSError(err, os.strerror(err))
 
 
@@ -74,4 +54,4 @@ LINUX_REBOOT_CMD_KEXEC = 0x45584543
 def reboot(cmd: int = RB_AUTOBOOT) -> None:
     """reboot(2) at once (the caller synced): the kernel restarts the machine, or with
     LINUX_REBOOT_CMD_KEXEC starts the kernel loaded by kexec."""
-    _check(_libc.reboot(ctypes.c_int(cmd)), "reboot")
+    _check(api.reboot(cmd), "reboot")

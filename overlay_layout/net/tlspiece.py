@@ -8,8 +8,9 @@ piece can be read from any place (the boot partition, the running image) without
 Format: a magic line, one line of JSON ({"arch": ..., "python": ..., "files": [[name, size], ...]}),
 then one zlib stream of the files' bytes in that order. Opening it decompresses each file into a memfd
 (anonymous memory: nothing is written to any filesystem, nothing is left behind), loads the libraries
-with ctypes (RTLD_GLOBAL, so `_ssl`'s DT_NEEDED entries resolve to them by soname), imports `_ssl` from
-its memfd and runs the piece's ssl.py (the sysroot's own); `import ssl` then works as anywhere else."""
+with `_bankboot`'s load_global (RTLD_GLOBAL, so `_ssl`'s DT_NEEDED entries resolve to them by soname),
+imports `_ssl` from its memfd and runs the piece's ssl.py (the sysroot's own); `import ssl` then works as
+anywhere else."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def unpack(data: bytes, want: str, where: str) -> tuple[dict[str, object], list[
 def install(files: list[tuple[str, bytes]]) -> None:
     """Load the piece's libraries and import its extensions into this process (see the module's docstring).
     The memfds stay open for the life of the process: the mappings need them."""
-    import ctypes
+    from overlay_layout.native import api
 
     # The interpreter's own import machinery (always loaded): importlib.util would drag importlib.resources,
     # tempfile and random into the frozen program.
@@ -89,7 +90,10 @@ def install(files: list[tuple[str, bytes]]) -> None:
     for lib in LIBRARIES:
         if lib not in by_name:
             raise PieceError(f"the TLS piece has no {lib}")
-        ctypes.CDLL(paths[lib], mode=ctypes.RTLD_GLOBAL)
+        try:
+            api.load_global(paths[lib])
+        except OSError as e:
+            raise PieceError(f"the TLS piece's {lib} cannot be loaded: {e}") from None
     for ext in EXTENSIONS:
         found = [n for n in by_name if n.split(".")[0] == ext]
         if not found:
