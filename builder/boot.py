@@ -4,6 +4,9 @@ initramfs given or from a disk as its firmware would. qemu/ takes the plain resu
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,9 +24,29 @@ def machine_for(board: Board) -> Machine:
         dtb_dir = locate_kernel(board).dtb_dir
         if dtb_dir is None or not (dtb_dir / board.dtb).is_file():
             raise RuntimeError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
-        dtb = dtb_dir / board.dtb
+        dtb = seeded_dtb(dtb_dir / board.dtb)
     return Machine(board.name, board.qemu_system, board.qemu_args, board.qemu_disk, board.arch.uname,
                    board.serial_index, dtb, board.qemu_net)
+
+
+RNG_SEED_BYTES = 64  # what the Pi firmware gives (and QEMU's virt machine)
+_seeded: list[Path] = []
+
+
+def seeded_dtb(dtb: Path) -> Path:
+    """A copy of the kernel package's `dtb` with a fresh /chosen/rng-seed, as the board's firmware hands it
+    to the kernel (the Raspberry Pi's reads the SoC's RNG into it): QEMU passes a -dtb as it is, and without
+    a seed Python's start-up in the init waited 1-2 s for the kernel's random pool, a wait no Pi has. The
+    copies live in one directory per process, removed at exit."""
+    from builder.devicetree import set_chosen
+
+    if not _seeded:
+        _seeded.append(Path(tempfile.mkdtemp(prefix="bankboot-dtb-")))
+        atexit.register(shutil.rmtree, _seeded[0], True)
+    fd, name = tempfile.mkstemp(suffix=f"-{dtb.name}", dir=_seeded[0])
+    with os.fdopen(fd, "wb") as f:
+        f.write(set_chosen(dtb.read_bytes(), "rng-seed", os.urandom(RNG_SEED_BYTES)))
+    return Path(name)
 
 
 def firmware_files(board: Board, disk: Path, dest: Path) -> tuple[Path, Path, str]:

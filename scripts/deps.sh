@@ -14,6 +14,8 @@ APT_PACKAGES=(
   gcc-12 gcc-12-aarch64-linux-gnu lld-16
   nginx-light openssl
   u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
+  # fdtget: tests/host/test_devicetree.py reads back the rng-seed builder/devicetree.py adds
+  device-tree-compiler
   # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and
   # Debian rootfs (docker-registry is a daemon: not started, see policy-rc.d below)
   skopeo umoci squashfs-tools-ng bmap-tools docker-registry mmdebstrap
