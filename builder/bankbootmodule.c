@@ -5,7 +5,7 @@
  * PyInstaller's bootstrap imports it at every start of a bundle that carries it; with the calls here the
  * freeze carries no ctypes, _ctypes or libffi at all. What is here is what the init and bankctl called
  * through ctypes, and no more:
- *   - system calls: mount, umount2, finit_module, kexec_file_load, reboot. Each returns 0 or the errno
+ *   - system calls: mount, umount2, finit_module, kexec_file_load, reboot, syncfs. Each returns 0 or the errno
  *     (initfs/syscalls.py words the error, naming what failed);
  *   - dlopen with RTLD_GLOBAL (the TLS piece's OpenSSL, so `_ssl` finds it by soname);
  *   - libsodium's ed25519 signatures, X25519 sealed boxes and XChaCha20-Poly1305, looked up with dlsym
@@ -118,6 +118,15 @@ static PyObject *bb_reboot(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "i:reboot", &cmd))
         return NULL;
     return result(reboot(cmd));
+}
+
+static PyObject *bb_syncfs(PyObject *self, PyObject *args)
+{
+    int fd;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i:syncfs", &fd))
+        return NULL;
+    return result(syncfs(fd));
 }
 
 static PyObject *bb_load_global(PyObject *self, PyObject *args)
@@ -387,6 +396,7 @@ static PyMethodDef methods[] = {
     {"kexec_file_load", bb_kexec_file_load, METH_VARARGS,
      "kexec_file_load(kernel_fd, initrd_fd, cmdline, flags) -> errno or 0 (ENOSYS where there is none)"},
     {"reboot", bb_reboot, METH_VARARGS, "reboot(cmd) -> errno (it returns only when it failed)"},
+    {"syncfs", bb_syncfs, METH_VARARGS, "syncfs(fd) -> errno or 0"},
     {"load_global", bb_load_global, METH_VARARGS, "load_global(path): dlopen with RTLD_GLOBAL; OSError names why"},
     {"open_sodium", bb_open_sodium, METH_VARARGS, "open_sodium(path): load libsodium once; OSError names why"},
     {"sign_verify", bb_sign_verify, METH_VARARGS, "sign_verify(public, message, signature) -> bool"},

@@ -35,6 +35,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def sync_filesystem(fd: int, path: str) -> None:
+    """Everything written so far to the filesystem holding `fd` (at `path`, for the message) on disk, with one
+    flush: syncfs(2) writes back and waits for all of that filesystem's dirty data and metadata (ext4 commits
+    its journal). For a batch of metadata changes (nofollow's walk making several directories), where an
+    fsync of each parent would be a flush each."""
+    from overlay_layout.native import api
+
+    err = api.syncfs(fd)
+    if err != 0:
+        raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+
+
 def _tmp_name(path: str) -> str:
     d, name = os.path.split(path)
     return os.path.join(d, f".{name}.tmp-{os.getpid()}")

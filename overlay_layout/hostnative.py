@@ -73,6 +73,10 @@ def reboot(cmd: int) -> int:
     return _errno(_libc.reboot(ctypes.c_int(cmd)))
 
 
+def syncfs(fd: int) -> int:
+    return _errno(_libc.syncfs(ctypes.c_int(fd)))
+
+
 def load_global(path: str | bytes) -> None:
     ctypes.CDLL(os.fsdecode(path), mode=ctypes.RTLD_GLOBAL)
 

@@ -26,8 +26,9 @@ from builder.leanpython import MODULE_FLAGS, MODULE_SOURCE
 from builder.run import find_tool
 from overlay_layout import hostnative
 
-API = ("mount", "umount2", "finit_module", "kexec_file_load", "reboot", "load_global", "open_sodium", "sign_verify",
-       "sign_keypair", "sign", "box_keypair", "box_seal", "box_seal_open", "aead_encrypt", "aead_decrypt")
+API = ("mount", "umount2", "finit_module", "kexec_file_load", "reboot", "syncfs", "load_global", "open_sodium",
+       "sign_verify", "sign_keypair", "sign", "box_keypair", "box_seal", "box_seal_open", "aead_encrypt",
+       "aead_decrypt")
 SODIUM = "libsodium.so.23"
 
 
@@ -123,10 +124,16 @@ def test_system_calls_report_the_same_errno(real: ModuleType, tmp_path: Path) ->
     cases = [("mount", ("none", missing, "tmpfs", 0, None)), ("mount", (b"none", missing.encode(), "tmpfs", 0, "x")),
              ("umount2", (missing, 0)), ("umount2", (str(tmp_path), 0)), ("finit_module", (-1, "", 0)),
              ("kexec_file_load", (-1, -1, "console=ttyS0", 0)),
+             ("syncfs", (-1,)),
              ("reboot", (0x1234,))]  # not a command: refused before anything happens (EINVAL, or EPERM)
     for call, args in cases:
         ours, stand_in = getattr(real, call)(*args), getattr(hostnative, call)(*args)
         assert ours == stand_in != 0, (call, args, ours, stand_in)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert real.syncfs(fd) == hostnative.syncfs(fd) == 0
+    finally:
+        os.close(fd)
     assert real.umount2(missing, 0) == errno.ENOENT  # (finit_module: EBADF, or ENOSYS under a seccomp filter)
     with pytest.raises(TypeError):
         real.mount(None, missing, "tmpfs", 0, None)

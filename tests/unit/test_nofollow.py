@@ -137,3 +137,32 @@ def test_upper_copy_never_copies_through_a_planted_link(tmp_path: Path) -> None:
     stage(Banks(str(root)), str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
     new = root / f"overlay/{image}/upper"
     assert sorted(str(p.relative_to(new)) for p in new.rglob("*")) == ["etc", "etc/app.conf"]
+
+
+def test_a_walk_that_changes_anything_flushes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directories (and a link replaced) of one walk are made durable by one syncfs of the filesystem, not
+    an fsync per parent; a walk that finds everything in place flushes nothing."""
+    from overlay_layout.native import api
+
+    calls: list[str] = []
+    real_syncfs = api.syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(api, "syncfs", lambda fd: calls.append("syncfs") or real_syncfs(fd))
+    decoy(tmp_path)
+    ensure_dirs(str(tmp_path), "a/b/c/d", [])
+    assert calls == ["syncfs"] and (tmp_path / "a/b/c/d").is_dir()
+    os.rmdir(tmp_path / "a/b/c/d")
+    os.symlink("../../../decoy", tmp_path / "a/b/c/d")
+    ensure_dirs(str(tmp_path), "a/b/c/d/e", [])
+    assert calls == ["syncfs"] * 2 and not (tmp_path / "a/b/c/d").is_symlink()
+    ensure_dirs(str(tmp_path), "a/b/c/d/e", [])
+    check_dirs(str(tmp_path), "a/b/c/d/e")
+    assert calls == ["syncfs"] * 2
+
+
+def test_a_failed_syncfs_is_an_error_naming_the_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from overlay_layout.native import api
+
+    monkeypatch.setattr(api, "syncfs", lambda fd: errno.EIO)
+    with pytest.raises(OSError, match=f"syncfs {tmp_path}: Input/output error"):
+        ensure_dirs(str(tmp_path), "a", [])
