@@ -9,7 +9,7 @@ from initfs import log
 from initfs.version import VERSION
 from overlay_layout.contract import InitramfsConf
 
-# Only what the banner needs is imported before it (typing, ctypes and the rest come after): the time
+# Only what the banner needs is imported before it (typing and the rest come after): the time
 # from the kernel starting /init to the banner is Python's start-up, and people judge the init by it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -66,7 +66,8 @@ def modules_list(use: str | None = None) -> str:
 # --- Architectures. ---
 class Arch:
     """One architecture, as both sides need it: the names the kernel, Debian and ELF give it, where its
-    ld.so lives, and the syscall numbers the init calls through ctypes."""
+    ld.so lives, and the syscall numbers overlay_layout/hostnative.py calls through ctypes (the init's _bankboot
+    takes them from the target's headers)."""
 
     __slots__ = ("debian", "elf_class", "elf_machine", "finit_module", "kexec_file_load", "ld_so", "machines",
                  "triplet")
