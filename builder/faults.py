@@ -13,6 +13,7 @@ import json
 import random
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from qemu.console import ConsoleTimeout
 from qemu.vm import VM
 
 MAX_BOOTS = 4
-BOOT_TIMEOUT = 90.0
+BOOT_TIMEOUT = 180.0  # OVMF's boots and a loaded 2-core host take their time
 UP = rb"sample-rootfs: ready"
 PROMPT = r"\(sample\) / # "
 POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
@@ -33,6 +34,10 @@ DISK_CLASSES = ("full", "kit-planted", "state-garbage", "state-empty", "state-sh
                 "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle",
                 "manifest-deleted", "userdata-wiped", "serial-noise")
 TRIES = 3
+NO_PROMPT = "bankboot.timeout=0"
+NOISE_WINDOW = "bankboot.timeout=2 bankboot.menu_timeout=5"
+FIRMWARE_STATE = (".uboot-env", ".efivars")
+_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
 
 
 @dataclass
@@ -61,6 +66,11 @@ class Rig:
     init_seconds: float = 2.5  # from "Run /init" to the hand-over, measured in prepare()
     n: int = 0
 
+    @property
+    def firmware(self) -> str:
+        """What the campaign's disks boot through: the board's own firmware (U-Boot, UEFI), else direct."""
+        return self.board.firmware
+
 
 def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
     from builder.disk import build_disk
@@ -86,10 +96,13 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
                         persist=SAMPLE_PERSIST)
         rig.banks[name], rig.ids[name] = out / f"{name}.bank", m["id"]
     fresh = out / "fresh.img"
-    build_disk(board, rig.banks["base"], fresh, 384 << 20, initrd)
+    # Through the board's firmware (docs/firmware.md): it reads the command line from the disk, so the campaign's
+    # options are written there. 512 MiB: a power of two (the Pi's SD card) with room for two loaders.
+    build_disk(board, rig.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
+               extra_cmdline=NO_PROMPT if board.firmware != "direct" else "")
     # committed: 1.1.0 current, 1.0.0 previous, a /userdata file fsynced.
     committed = out / "committed.img"
-    faultdisk.copy_disk(fresh, committed)
+    copy_device(fresh, committed)
     say("faults: preparing a device with 1.1.0 committed over 1.0.0")
     with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
         vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
@@ -99,7 +112,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
         _expect_up(vm)
         _sh(vm, "bankctl stage /dev/vdb")
         vm.console.sendline("reboot")
-        vm.console.expect(r"Booting Linux", BOOT_TIMEOUT)
+        vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
         if _expect_up(vm) != "1.1.0":
             raise AssertionError("the update did not commit while preparing the campaign")
         rig.userdata["/userdata/base"] = _write_userdata(vm, "/userdata/base", 65536)
@@ -108,7 +121,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
     # trial: 1.3.0 (never marks itself good) staged over the committed device; gc: 1.2.0 staged, marked bad.
     for name, update, then in (("trial", "no-mark-good", ""), ("gc", "big", "bankctl mark-bad >/dev/null;")):
         disk = out / f"{name}.img"
-        faultdisk.copy_disk(committed, disk)
+        copy_device(committed, disk)
         with _vm(rig, disk, f"prep-{name}", update=update, reboot=True) as vm:
             _expect_up(vm)
             start = time.monotonic()
@@ -122,22 +135,69 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
     return rig
 
 
+def copy_device(src: Path, dest: Path) -> None:
+    """A device is its disk and its firmware's own storage beside it (U-Boot's environment, UEFI's variables)."""
+    faultdisk.copy_disk(src, dest)
+    for suffix in FIRMWARE_STATE:
+        a, b = src.with_name(src.name + suffix), dest.with_name(dest.name + suffix)
+        if a.exists():
+            shutil.copyfile(a, b)
+        else:
+            b.unlink(missing_ok=True)
+
+
 def _power_off(vm: VM) -> None:
+    """Everything synced, then off. A Pi under QEMU only halts on `poweroff -f`: the plug is pulled after a
+    while, which after the sync loses nothing."""
     _sh(vm, "sync")
     vm.console.sendline("poweroff -f")
-    vm.wait_exit(60)
+    try:
+        vm.wait_exit(20)
+    except subprocess.TimeoutExpired:
+        vm.power_cut()
 
 
-def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str = "bankboot.timeout=0",
+def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str = NO_PROMPT,
         reboot: bool = False) -> VM:
-    """Without `reboot`, a guest reboot makes QEMU exit (-no-reboot): each boot is counted by the caller."""
+    """Without `reboot`, a guest reboot makes QEMU exit (-no-reboot): each boot is counted by the caller.
+    A disk that boots through a firmware carries its command line (set_options)."""
     log_dir = rig.out / "runs" / name
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
-    vm = disk_vm(rig.board, disk, log_dir, append=append, reboot=reboot)
+    vm = disk_vm(rig.board, disk, log_dir, append=append if rig.firmware == "direct" else "", reboot=reboot)
     if update:
         vm.disks.append(rig.banks[update])
     return vm
+
+
+def set_options(disk: Path, firmware: str, options: str) -> None:
+    """Replace the bankboot.timeout/menu_timeout options on the command line a firmware reads from the disk's
+    boot FAT (slot a's cmdline.env for U-Boot, every systemd-boot entry for UEFI), as a person editing it
+    would: the campaign's noise class needs an ESC window, the others none."""
+    from builder.loaderfaults import MTOOLS, _fat, _fat_read, _fat_write
+
+    def edit(cmdline: str) -> str:
+        words = [w for w in cmdline.split() if not w.startswith(("bankboot.timeout=", "bankboot.menu_timeout="))]
+        return " ".join([*words, *options.split()])
+
+    tmp = disk.parent / "runs"
+    tmp.mkdir(exist_ok=True)
+    if firmware == "uboot":
+        text = _fat_read(disk, "a/cmdline.env").decode().strip().rstrip("\0")
+        _fat_write(disk, "a/cmdline.env", ("bb_args=" + edit(text.removeprefix("bb_args=")) + "\n").encode(), tmp)
+        return
+    listing = subprocess.run(["mdir", "-b", "-i", _fat(disk), "::/loader/entries"], env=MTOOLS,
+                             capture_output=True, text=True, check=True).stdout
+    for entry in (line.split("::/")[-1] for line in listing.splitlines() if line.endswith(".conf")):
+        text = _fat_read(disk, entry).decode()
+        _fat_write(disk, entry, "\n".join(f"options {edit(line[8:])}" if line.startswith("options ") else line
+                                            for line in text.split("\n")).encode(), tmp)
+
+
+def guest_json(out: str) -> dict:
+    """JSON a guest command printed, without the kernel's console lines interleaved (a loaded host)."""
+    out = _KERNEL_LINE.sub("", out.replace("\r", ""))
+    return json.loads(out[out.index("{"):out.rindex("}") + 1])
 
 
 def _sh(vm: VM, cmd: str, timeout: float = 120.0) -> str:
@@ -174,7 +234,9 @@ def recover(rig: Rig, disk: Path, name: str, noise: bool = False,
     (the caller stops it), the boots it took and each boot's console text."""
     logs = []
     for boot in range(1, MAX_BOOTS + 1):
-        append = "bankboot.timeout=2 bankboot.menu_timeout=5" if noise else "bankboot.timeout=0"
+        append = NOISE_WINDOW if noise else NO_PROMPT
+        if noise and boot == 1 and rig.firmware != "direct":
+            set_options(disk, rig.firmware, NOISE_WINDOW)
         vm = _vm(rig, disk, f"{name}-recover{boot}", update=update, append=append).start()
         try:
             if noise:
@@ -212,8 +274,8 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
         return Outcome(fault, detail, False, boots, error="no image came up: " + logs[-1][-1500:] if logs else "")
     try:
         version = _sh(vm, "cat /etc/sample-version").strip().splitlines()[-1]
-        booted = json.loads(_sh(vm, f"cat {BOOTED}").strip().splitlines()[-1])
-        status = json.loads(_sh(vm, "bankctl status --json"))
+        booted = guest_json(_sh(vm, f"cat {BOOTED}"))
+        status = guest_json(_sh(vm, "bankctl status --json"))
         lost = 0
         for path, (digest, size) in userdata.items():
             words = vm.console.run(f"sha256sum {path} 2>/dev/null", 60)[1].split()
@@ -267,7 +329,7 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
     disk = rig.out / "work.img"
     source = {"stage": "committed", "mark-good": "trial", "boot": rig.rng.choice(["committed", "trial"]),
               "reset": "committed", "gc": "gc"}[fault]
-    faultdisk.copy_disk(rig.disks[source], disk)
+    copy_device(rig.disks[source], disk)
     userdata = dict(rig.userdata)
     trial = rig.ids["no-mark-good"] if source == "trial" else rig.ids["big"] if fault == "stage" else None
     # A trial with tries left boots (and 1.3.0 never commits itself, so it is still on trial, or committed
@@ -322,7 +384,7 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
     rig.n += 1
     name = f"{rig.n:03d}-{fault}"
     disk = rig.out / "work.img"
-    faultdisk.copy_disk(rig.disks["committed"], disk)
+    copy_device(rig.disks["committed"], disk)
     userdata = dict(rig.userdata)
     expect = {"1.1.0"}
     detail = ""
