@@ -9,6 +9,7 @@ and the sha256 of /userdata files written and fsynced before the fault."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -36,6 +37,8 @@ DISK_CLASSES = ("full", "kit-planted", "state-garbage", "state-empty", "state-sh
 TRIES = 3
 NO_PROMPT = "bankboot.timeout=0"
 NOISE_WINDOW = "bankboot.timeout=2 bankboot.menu_timeout=5"
+# Disk classes whose image falls back to previous: they start from the committed device.
+NEEDS_PREVIOUS = ("squashfs-middle", "manifest-deleted")
 FIRMWARE_STATE = (".uboot-env", ".efivars")
 _KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
 
@@ -65,6 +68,8 @@ class Rig:
     stage_seconds: float = 8.0
     init_seconds: float = 2.5  # from "Run /init" to the hand-over, measured in prepare()
     n: int = 0
+    current: str = "1.1.0"  # the committed version of the device the classes start from, and its previous
+    previous: str | None = "1.0.0"
 
     @property
     def firmware(self) -> str:
@@ -72,56 +77,98 @@ class Rig:
         return self.board.firmware
 
 
-def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
+def disks_for(plan: list[tuple[str, str]]) -> set[str]:
+    """The prepared devices a plan boots: `committed` (1.1.0 over 1.0.0, made by a real update in the guest),
+    `trial` (1.3.0 on trial over it), `gc` (a 64 MB image staged and marked bad). A plan of power cuts during
+    stage, boot and reset and of disk faults that need no previous image runs on the fresh disk alone (1.0.0,
+    made offline): what the slices in `make test` do, with no boot spent on preparing."""
+    need = set()
+    for kind, fault in plan:
+        if kind == "disk" and fault in NEEDS_PREVIOUS:
+            need.add("committed")
+        elif kind == "cut" and fault in ("mark-good", "boot"):
+            need |= {"committed", "trial"}
+        elif kind == "cut" and fault == "gc":
+            need |= {"committed", "gc", "big"}
+        if kind == "cut" and fault == "stage":
+            need.add("big")
+    return need
+
+
+def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[str] | None = None,
+            big_mb: int = 64, signed: tuple[Path, Path] | None = None) -> Rig:
+    """need: the prepared devices (disks_for); None: all of them. big_mb: the size of the image whose stage is
+    cut (incompressible, so a cut lands inside the copy). signed: (an initramfs, the private key of a public
+    key it trusts), one the caller built already (the test suite's); default a campaign key and initramfs."""
     from builder.disk import build_disk
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
     from builder.keys import keygen
     from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
+    need = {"committed", "trial", "gc", "big"} if need is None else need
+    wanted = {"base", "good" if "committed" in need else "", "big" if need & {"big", "gc"} else "",
+              "no-mark-good" if "trial" in need else ""}
     out.mkdir(parents=True, exist_ok=True)
     rig = Rig(board, out, rng)
-    key = out / "keys" / "campaign"
-    if not key.with_suffix(".key").exists():
-        key.parent.mkdir(exist_ok=True)
-        keygen(key, "bankboot fault campaign")
-    say("faults: building the initramfs and images")
-    initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
+    if signed is None:
+        key = out / "keys" / "campaign"
+        if not key.with_suffix(".key").exists():
+            key.parent.mkdir(exist_ok=True)
+            keygen(key, "bankboot fault campaign")
+        say("faults: building the initramfs and images")
+        initrd = build_initramfs(board, out / "initramfs.img",
+                                 policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
+        sign_key = key.with_suffix(".key")
+    else:
+        initrd, sign_key = signed
     for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}), ("big", "1.2.0", {}),
                               ("no-mark-good", "1.3.0", {"mark_good": False})]:
+        if name not in wanted:
+            continue
         rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
-        if name == "big":  # 64 MB that does not compress: the stage takes a while, cuts land inside it
-            (rootfs / "var/payload").write_bytes(random.Random(1).randbytes(64 << 20))
-        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=key.with_suffix(".key"), confirm_boots=True,
+        if name == "big":  # incompressible: the stage takes a while, cuts land inside it
+            (rootfs / "var/payload").write_bytes(random.Random(1).randbytes(big_mb << 20))
+        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=sign_key, confirm_boots=True,
                         persist=SAMPLE_PERSIST)
         rig.banks[name], rig.ids[name] = out / f"{name}.bank", m["id"]
     fresh = out / "fresh.img"
+    # A /userdata file written before the device ever booted: every class must keep it.
+    seed_file = out / "base"
+    seed_file.write_bytes(random.Random(2).randbytes(65536))
+    rig.userdata["/userdata/base"] = (hashlib.sha256(seed_file.read_bytes()).hexdigest(), 65536)
     # Through the board's firmware (docs/firmware.md): it reads the command line from the disk, so the campaign's
     # options are written there. 512 MiB: a power of two (the Pi's SD card) with room for two loaders.
     build_disk(board, rig.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
-               extra_cmdline=NO_PROMPT if board.firmware != "direct" else "")
-    # committed: 1.1.0 current, 1.0.0 previous, a /userdata file fsynced.
-    committed = out / "committed.img"
-    copy_device(fresh, committed)
-    say("faults: preparing a device with 1.1.0 committed over 1.0.0")
-    with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
-        vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
-        start = time.monotonic()
-        vm.console.expect(rb"exec /sbin/init", BOOT_TIMEOUT)
-        rig.init_seconds = time.monotonic() - start
-        _expect_up(vm)
-        _sh(vm, "bankctl stage /dev/vdb")
-        vm.console.sendline("reboot")
-        vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
-        if _expect_up(vm) != "1.1.0":
-            raise AssertionError("the update did not commit while preparing the campaign")
-        rig.userdata["/userdata/base"] = _write_userdata(vm, "/userdata/base", 65536)
-        _power_off(vm)
-    rig.disks["committed"] = committed
+               extra_cmdline=NO_PROMPT if board.firmware != "direct" else "", userdata_files=[seed_file])
+    rig.disks["committed"] = fresh
+    rig.current, rig.previous = "1.0.0", None
+    if "committed" in need:
+        # committed: 1.1.0 current, 1.0.0 previous, a /userdata file fsynced.
+        committed = out / "committed.img"
+        copy_device(fresh, committed)
+        say("faults: preparing a device with 1.1.0 committed over 1.0.0")
+        with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
+            vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
+            start = time.monotonic()
+            vm.console.expect(rb"exec /sbin/init", BOOT_TIMEOUT)
+            rig.init_seconds = time.monotonic() - start
+            _expect_up(vm)
+            _sh(vm, "bankctl stage /dev/vdb")
+            vm.console.sendline("reboot")
+            vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
+            if _expect_up(vm) != "1.1.0":
+                raise AssertionError("the update did not commit while preparing the campaign")
+            rig.userdata["/userdata/committed"] = _write_userdata(vm, "/userdata/committed", 65536)
+            _power_off(vm)
+        rig.disks["committed"] = committed
+        rig.current, rig.previous = "1.1.0", "1.0.0"
     # trial: 1.3.0 (never marks itself good) staged over the committed device; gc: 1.2.0 staged, marked bad.
     for name, update, then in (("trial", "no-mark-good", ""), ("gc", "big", "bankctl mark-bad >/dev/null;")):
+        if name not in need:
+            continue
         disk = out / f"{name}.img"
-        copy_device(committed, disk)
+        copy_device(rig.disks["committed"], disk)
         with _vm(rig, disk, f"prep-{name}", update=update, reboot=True) as vm:
             _expect_up(vm)
             start = time.monotonic()
@@ -130,8 +177,8 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> Rig:
                 rig.stage_seconds = time.monotonic() - start
             _power_off(vm)
         rig.disks[name] = disk
-    say(f"faults: our init runs {rig.init_seconds:.1f} s from Run /init to the hand-over; a 64 MB stage takes "
-        f"{rig.stage_seconds:.1f} s in the guest")
+    say(f"faults: our init runs {rig.init_seconds:.1f} s from Run /init to the hand-over; a {big_mb} MB stage "
+        f"takes {rig.stage_seconds:.1f} s in the guest")
     return rig
 
 
@@ -327,15 +374,17 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
     rig.n += 1
     name = f"{rig.n:03d}-{fault}"
     disk = rig.out / "work.img"
-    source = {"stage": "committed", "mark-good": "trial", "boot": rig.rng.choice(["committed", "trial"]),
+    source = {"stage": "committed", "mark-good": "trial",
+              "boot": rig.rng.choice(["committed", "trial"] if "trial" in rig.disks else ["committed"]),
               "reset": "committed", "gc": "gc"}[fault]
     copy_device(rig.disks[source], disk)
     userdata = dict(rig.userdata)
     trial = rig.ids["no-mark-good"] if source == "trial" else rig.ids["big"] if fault == "stage" else None
     # A trial with tries left boots (and 1.3.0 never commits itself, so it is still on trial, or committed
     # by the cut `mark-good`); everything else boots the committed 1.1.0.
-    expect = {"stage": {"1.1.0"}, "mark-good": {"1.3.0"}, "reset": {"1.1.0"}, "gc": {"1.1.0"},
-              "boot": {"1.3.0"} if source == "trial" else {"1.1.0"}}[fault]
+    cur = rig.current
+    expect = {"stage": {cur}, "mark-good": {"1.3.0"}, "reset": {cur}, "gc": {cur},
+              "boot": {"1.3.0"} if source == "trial" else {cur}}[fault]
     pre_logs = []
     if fault == "boot":  # anywhere in our init, from the kernel's "Run /init" to the hand-over
         delay = rig.rng.uniform(0, rig.init_seconds)
@@ -386,7 +435,7 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
     disk = rig.out / "work.img"
     copy_device(rig.disks["committed"], disk)
     userdata = dict(rig.userdata)
-    expect = {"1.1.0"}
+    expect = {rig.current}
     detail = ""
     must: tuple[tuple[str, str], ...] = ()
     if fault == "userdata-wiped":
@@ -422,13 +471,13 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
             elif fault == "squashfs-middle":
                 at = faultdisk.overwrite_middle(part, f"overlay/{current}/rootfs.squashfs", 256 << 10, rig.rng)
                 detail = f"256 KiB of random bytes at offset {at} of current's squashfs"
-                expect = {"1.0.0"}
+                expect = {rig.previous or "none"}
             elif fault == "manifest-deleted":
                 faultdisk.debugfs(part, f"rm overlay/{current}/manifest.json")
                 if "File not found" not in faultdisk.debugfs(part, f"stat overlay/{current}/manifest.json"):
                     raise faultdisk.FaultError("the manifest is still there")
                 detail = "current's manifest.json deleted"
-                expect = {"1.0.0"}
+                expect = {rig.previous or "none"}
     else:
         detail = "random bytes on the serial line during the ESC window"
     vm, boots, logs = recover(rig, disk, name, noise=fault == "serial-noise")
@@ -438,14 +487,21 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
 
 # -- the campaign -------------------------------------------------------------------------------------------------
 def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tuple[str, ...] = DISK_CLASSES,
-                 say=print, loader_rounds: int = 0) -> dict:
+                 say=print, loader_rounds: int = 0, plan_override: list[tuple[str, str]] | None = None,
+                 need: tuple[str, ...] = ("committed", "trial", "gc", "big"), big_mb: int = 64,
+                 loader_classes: tuple[str, ...] | None = None, signed: tuple[Path, Path] | None = None) -> dict:
     """loader_rounds: that many rounds of the loader classes (builder/loaderfaults.py) on a disk made for the
     board's firmware, after the rest; none for a board that boots direct."""
     say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
+    started = time.monotonic()
     rng = random.Random(seed)
     outcomes: list[Outcome] = []
     plan = [("cut", POWER_CLASSES[i % len(POWER_CLASSES)]) for i in range(cuts)] + [("disk", d) for d in disk_classes]
-    rig = prepare(board, out, rng, say) if plan else None  # --cuts 0 --no-disk-faults: the loader classes only
+    if plan_override is not None:
+        plan = plan_override
+    # --cuts 0 --no-disk-faults: the loader classes only
+    rig = prepare(board, out, rng, say, need=disks_for(plan) | set(need), big_mb=big_mb,
+                  signed=signed) if plan else None
     for i, (kind, fault) in enumerate(plan, 1):
         try:
             assert rig is not None
@@ -459,11 +515,33 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
     if loader_rounds and board.firmware != "direct":
         from builder.loaderfaults import run_loader_faults
 
-        outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say)
+        outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say, loader_classes)
     report = summarize(outcomes, seed)
+    report["board"], report["seconds"] = board.name, round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     say(format_table(report))
     return report
+
+
+# The slices of `make test` (tests/vm/test_faults.py): a few injections per board that need no prepared device
+# (no boot spent before the first injection), different classes on each board, dealt from the seed.
+SLICE_BOARDS = {"qemu-aarch64": 2, "qemu-armv7": 2, "raspberrypi3": 2, "qemu-x86_64": 1}  # disk classes each
+SLICE_CUTS = ("stage", "boot", "reset")
+
+
+def slice_plans(seed: int) -> dict[str, list[tuple[str, str]]]:
+    """One power cut and SLICE_BOARDS[board] disk faults per board: every fresh-disk cut class and seven of the
+    twelve fresh-disk disk classes each run, on a board the seed picks (qemu-x86_64 boots through OVMF, the
+    slowest: one disk class)."""
+    rng = random.Random(seed)
+    cuts = [*SLICE_CUTS, rng.choice(SLICE_CUTS)]
+    rng.shuffle(cuts)
+    disks = [d for d in DISK_CLASSES if d not in NEEDS_PREVIOUS]
+    rng.shuffle(disks)
+    plans = {}
+    for board, n in SLICE_BOARDS.items():
+        plans[board] = [("cut", cuts.pop())] + [("disk", disks.pop()) for _ in range(n)]
+    return plans
 
 
 def summarize(outcomes: list[Outcome], seed: int) -> dict:

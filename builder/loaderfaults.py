@@ -237,10 +237,12 @@ def inject(rig: LoaderRig, fault: str) -> Outcome:
         up.stop()
 
 
-def run_loader_faults(board: Board, out: Path, rng: random.Random, rounds: int = 1, say=print) -> list[Outcome]:
+def run_loader_faults(board: Board, out: Path, rng: random.Random, rounds: int = 1, say=print,
+                      classes: tuple[str, ...] | None = None) -> list[Outcome]:
+    """classes: these loader classes (a slice), each once per round; default every class the board has."""
     rig = prepare(board, out, rng, say)
     outcomes = []
-    plan = [c for _ in range(rounds) for c in classes_for(board)]
+    plan = [c for _ in range(rounds) for c in (classes or classes_for(board))]
     for i, fault in enumerate(plan, 1):
         try:
             o = inject(rig, fault)

@@ -7,8 +7,21 @@ import json
 import random
 from collections import Counter
 
-from builder.soak import (REPORT_COMMAND, WEIGHTS, GuestReport, Image, Snapshot, applicable, check, choose_event,
-                          expected, format_table, outcome_of, parse_report, planned)
+from builder.soak import (
+    REPORT_COMMAND,
+    WEIGHTS,
+    GuestReport,
+    Image,
+    Snapshot,
+    applicable,
+    check,
+    choose_event,
+    expected,
+    format_table,
+    outcome_of,
+    parse_report,
+    planned,
+)
 
 A, B, T, S, N = "1.0.0-aaaa", "2.0.1-bbbb", "2.0.2-tttt", "2.0.2-ssss", "2.0.2-nnnn"
 KINDS = {A: "good", B: "good", T: "good", S: "selftest-fails", N: "never-commits"}
