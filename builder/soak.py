@@ -87,7 +87,9 @@ class Snapshot:
 def applicable(snap: Snapshot) -> list[str]:
     """The events that make sense on this device now: updates when nothing is pending and the running image is
     the committed one; mark-bad only on a trial; rollback and ESC-previous only with a previous image."""
-    settled = snap.next is None and snap.running == snap.current and not snap.running_trial
+    pending = snap.next is not None and (snap.images.get(snap.next) is None or
+                                         snap.images[snap.next].state != "bad")
+    settled = not pending and snap.running == snap.current and not snap.running_trial
     events = ["reboot", "gc", "cut-boot", "cut-gc", "esc-menu"]
     if settled:
         events += ["update-good", "update-selftest-fails", "update-never-commits", "cut-stage", "reset"]

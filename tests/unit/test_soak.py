@@ -147,3 +147,8 @@ def test_outcomes_and_the_table() -> None:
     assert outcome_of(s, s, "rollback", True) == "refused"
     table = format_table(1, 3, 5, 30.0, {"rollback": Counter({"rolled back": 2}), "gc": Counter({"same image": 1})})
     assert "seed 1, 3 cycles, 5 boots" in table and table.splitlines()[-1].split()[:2] == ["total", "3"]
+
+
+def test_a_failed_update_left_as_next_does_not_block_the_next_update() -> None:
+    assert "update-good" in applicable(snap(nxt=S, next_state="bad"))
+    assert "update-good" not in applicable(snap(nxt=N, tries=2))
