@@ -86,7 +86,7 @@ def disks_for(plan: list[tuple[str, str]]) -> set[str]:
     for kind, fault in plan:
         if kind == "disk" and fault in NEEDS_PREVIOUS:
             need.add("committed")
-        elif kind == "cut" and fault in ("mark-good", "boot"):
+        elif kind == "cut" and fault == "mark-good":  # a cut boot runs on whichever of these are there
             need |= {"committed", "trial"}
         elif kind == "cut" and fault == "gc":
             need |= {"committed", "gc", "big"}
