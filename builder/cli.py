@@ -349,7 +349,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     out = Path(args.output) if args.output else build_dir() / "soak" / args.board
-    result = run_soak(load_board(args.board), out, seed, args.cycles)
+    result = run_soak(load_board(args.board), out, seed, args.cycles, minutes=args.minutes)
     print(f"report: {out / 'soak.json'}")
     return 1 if result["failed"] else 0
 
@@ -643,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--seed", type=int, help="repeat a soak's choices (default: a new random seed, printed)")
     so.add_argument("--cycles", type=int, default=500, help="events applied, each followed by the boots it takes "
                                                            "(default 500)")
+    so.add_argument("--minutes", type=float, help="start no cycle after this many minutes (a time budget)")
     so.add_argument("-o", "--output", help="default: build/soak/BOARD (soak.json, the last boots' consoles in runs/)")
     so.set_defaults(func=cmd_soak)
     # --cache before or after the command; SUPPRESS: a command's own default must not undo the main one's.

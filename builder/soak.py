@@ -383,7 +383,8 @@ class Soak:
         return parse_report(self._sh(REPORT_COMMAND))
 
     # the run
-    def run(self, cycles: int) -> dict:
+    def run(self, cycles: int, minutes: float | None = None) -> dict:
+        """minutes: start no cycle after that long (the table says how many ran)."""
         self.prepare()
         start = time.monotonic()
         table: dict[str, Counter] = {}
@@ -401,6 +402,10 @@ class Soak:
         cycle = 0
         try:
             for cycle in range(1, cycles + 1):
+                if minutes is not None and time.monotonic() - start > minutes * 60:
+                    self.say(f"soak: {minutes:g} minutes are up after {cycle - 1} cycles")
+                    cycle -= 1
+                    break
                 event = choose_event(snap, self.rng)
                 try:
                     rep, snap2, outcome, boots = self.cycle(cycle, event, snap)
@@ -410,9 +415,15 @@ class Soak:
                 self.say(f"soak: [{cycle}/{cycles}] {event}: {outcome}, {boots} boot(s), up {rep.version} "
                          f"({snap2.running})")
                 snap = snap2
-        except (SoakFailure, Exception) as e:
+        except BaseException as e:  # a failure, or stopped from outside (the table of what ran is still written)
             self._stop()
             seconds = time.monotonic() - start
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                (self.out / "soak.json").write_text(json.dumps(
+                    {"seed": self.seed, "cycles": cycle - 1, "boots": self.boots, "seconds": seconds,
+                     "failed": None, "stopped": True, "table": {k: dict(v) for k, v in table.items()}}) + "\n")
+                self.say(format_table(self.seed, cycle - 1, self.boots, seconds, table))
+                raise
             result = {"seed": self.seed, "cycles": cycle - 1, "boots": self.boots, "seconds": seconds,
                       "failed": {"cycle": cycle, "error": str(e)[-3000:]},
                       "table": {k: dict(v) for k, v in table.items()}}
@@ -423,10 +434,10 @@ class Soak:
             return result
         self._stop()
         seconds = time.monotonic() - start
-        result = {"seed": self.seed, "cycles": cycles, "boots": self.boots, "seconds": seconds, "failed": None,
+        result = {"seed": self.seed, "cycles": cycle, "boots": self.boots, "seconds": seconds, "failed": None,
                   "table": {k: dict(v) for k, v in table.items()}}
         (self.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
-        self.say(format_table(self.seed, cycles, self.boots, seconds, table))
+        self.say(format_table(self.seed, cycle, self.boots, seconds, table))
         return result
 
     def cycle(self, cycle: int, event: str, snap: Snapshot) -> tuple[GuestReport, Snapshot, str, int]:
@@ -522,5 +533,5 @@ class Soak:
         return rep, after, outcome_of(snap, after, event, refused), boots
 
 
-def run_soak(board, out: Path, seed: int, cycles: int, say=print) -> dict:
-    return Soak(board, out, seed, say).run(cycles)
+def run_soak(board, out: Path, seed: int, cycles: int, say=print, minutes: float | None = None) -> dict:
+    return Soak(board, out, seed, say).run(cycles, minutes)
