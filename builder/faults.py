@@ -320,15 +320,21 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
     if vm is None:
         return Outcome(fault, detail, False, boots, error="no image came up: " + logs[-1][-1500:] if logs else "")
     try:
-        version = _sh(vm, "cat /etc/sample-version").strip().splitlines()[-1]
-        booted = guest_json(_sh(vm, f"cat {BOOTED}"))
-        status = guest_json(_sh(vm, "bankctl status --json"))
-        lost = 0
-        for path, (digest, size) in userdata.items():
-            words = vm.console.run(f"sha256sum {path} 2>/dev/null", 60)[1].split()
-            if not words or words[0] != digest:
-                lost += size
+        from builder.soak import parse_report
+
+        # One round trip (a loaded host pays seconds for each): the version, the root overlay in the mount table,
+        # the boot's record, every fsynced file's sha256, then bankctl status.
+        loop = (f"for f in {' '.join(userdata)}; do echo \"@@U $(sha256sum $f 2>/dev/null || echo - $f)\"; done; "
+                if userdata else "")
+        report = parse_report(_sh(vm, f"echo \"@@V $(cat /etc/sample-version)\"; "
+                                      f"awk '$2 == \"/\" {{print \"@@ROOT \" $4}}' /proc/mounts; "
+                                      f"echo \"@@B $(cat {BOOTED})\"; {loop}echo @@S; bankctl status --json", 180))
+        version, booted, status = report.version, report.booted, report.status
+        lost = sum(size for path, (digest, size) in userdata.items() if report.userdata.get(path) != digest)
         problems = []
+        if f"/{booted.get('image')}/" not in report.root_upper:
+            problems.append(f"the root overlay's upper ({report.root_upper}) is not the booted image's "
+                            f"({booted.get('image')})")
         if version not in expect:
             problems.append(f"version {version} is up, expected {' or '.join(sorted(expect))}")
         if not booted.get("signed_by"):
@@ -525,14 +531,14 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
 
 # The slices of `make test` (tests/vm/test_faults.py): a few injections per board that need no prepared device
 # (no boot spent before the first injection), different classes on each board, dealt from the seed.
-SLICE_BOARDS = {"qemu-aarch64": 2, "qemu-armv7": 2, "raspberrypi3": 2, "qemu-x86_64": 1}  # disk classes each
+SLICE_BOARDS = {"qemu-aarch64": 2, "qemu-armv7": 1, "raspberrypi3": 2, "qemu-x86_64": 1}  # disk classes each
 SLICE_CUTS = ("stage", "boot", "reset")
 
 
 def slice_plans(seed: int) -> dict[str, list[tuple[str, str]]]:
-    """One power cut and SLICE_BOARDS[board] disk faults per board: every fresh-disk cut class and seven of the
-    twelve fresh-disk disk classes each run, on a board the seed picks (qemu-x86_64 boots through OVMF, the
-    slowest: one disk class)."""
+    """One power cut and SLICE_BOARDS[board] disk faults per board: every fresh-disk cut class and six of the
+    twelve fresh-disk disk classes each run, on a board the seed picks (qemu-x86_64 through OVMF and qemu-armv7
+    through U-Boot boot slowest: one disk class each)."""
     rng = random.Random(seed)
     cuts = [*SLICE_CUTS, rng.choice(SLICE_CUTS)]
     rng.shuffle(cuts)
