@@ -269,6 +269,8 @@ class Soak:
         self.banks: dict[str, tuple[Path, str]] = {}  # kind -> (bank file, id) for the next stage
         self.boots = 0
         self.init_seconds = 2.0
+        self.stage_seconds = 8.0  # how long a whole `bankctl stage` takes here, as last measured: cuts land inside
+        self.gc_seconds = 3.0
         self.vm = None
         self.n = 0
 
@@ -458,11 +460,13 @@ class Soak:
             staged = self.banks[kind][1]
             if event == "cut-stage":
                 self.vm.console.sendline(f"bankctl stage {dev} >/dev/null 2>&1 &")
-                time.sleep(self.rng.uniform(0.5, 8.0))
+                time.sleep(self.rng.uniform(0.5, self.stage_seconds))
                 self.vm.power_cut()
                 self._stop()
             else:
+                t0 = time.monotonic()
                 rc, out = self.vm.console.run(f"bankctl stage {dev} 2>&1 | tail -1", CMD_TIMEOUT)
+                self.stage_seconds = time.monotonic() - t0
                 if "staged " not in out:
                     raise SoakFailure(f"stage of {staged} failed: {out.strip()[-500:]}")
                 self._reboot()
@@ -480,12 +484,14 @@ class Soak:
             reset = True
             self._reboot()
         elif event == "gc":
+            t0 = time.monotonic()
             self._sh("bankctl gc >/dev/null")
+            self.gc_seconds = time.monotonic() - t0
             kept = {i for i in (snap.current, snap.previous, snap.next, snap.running) if i}
             self._reboot()
         elif event == "cut-gc":
             self.vm.console.sendline("bankctl gc >/dev/null 2>&1 &")
-            time.sleep(self.rng.uniform(0, 3.0))
+            time.sleep(self.rng.uniform(0, self.gc_seconds))
             self.vm.power_cut()
             self._stop()
         elif event == "cut-boot":
