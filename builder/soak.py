@@ -80,8 +80,11 @@ class Snapshot:
         images = {i["id"]: Image(i["id"], i.get("version") or "?", i.get("state") or "unknown", i.get("tries"),
                                  tuple(i.get("pointers") or ())) for i in status.get("images", [])}
         booted = status.get("booted") or {}
-        return cls(ptr.get("current"), ptr.get("previous"), ptr.get("next"), booted.get("image") or "",
-                   bool(booted.get("trial")), images)
+        running = booted.get("image") or ""
+        # booted.trial says how this boot started; a trial that committed itself since (the image's rcS runs
+        # mark-good) is good now, and no longer a trial to mark bad.
+        trial = bool(booted.get("trial")) and running in images and images[running].state == "trial"
+        return cls(ptr.get("current"), ptr.get("previous"), ptr.get("next"), running, trial, images)
 
 
 def applicable(snap: Snapshot) -> list[str]:

@@ -152,3 +152,14 @@ def test_outcomes_and_the_table() -> None:
 def test_a_failed_update_left_as_next_does_not_block_the_next_update() -> None:
     assert "update-good" in applicable(snap(nxt=S, next_state="bad"))
     assert "update-good" not in applicable(snap(nxt=N, tries=2))
+
+
+def test_a_trial_that_committed_itself_is_no_longer_a_trial() -> None:
+    committed = snap(current=T, previous=B, running=T)
+    committed.images[T] = Image(T, "2.0.2", "good", None, ("current",))
+    status = status_of(committed)
+    status["booted"]["trial"] = True  # how the boot started
+    s = Snapshot.from_status(status)
+    assert not s.running_trial and "mark-bad" not in applicable(s) and "update-good" in applicable(s)
+    on_trial = snap(nxt=N, running=N, trial=True)
+    assert Snapshot.from_status(status_of(on_trial)).running_trial
