@@ -236,6 +236,8 @@ def outcome_of(before: Snapshot, after: Snapshot, event: str, refused: bool) -> 
         return "other image (one boot)"
     if before.next and after.next is None and before.next != after.current:
         return "fell back"
+    if event.startswith("update-"):  # staged, tried, and current kept: the update failed as it should
+        return "fell back"
     return "same image"
 
 

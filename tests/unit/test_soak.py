@@ -141,7 +141,9 @@ def test_outcomes_and_the_table() -> None:
     committed = Snapshot(T, B, None, T, False, s.images)
     assert outcome_of(s, committed, "update-good", False) == "committed"
     assert outcome_of(s, Snapshot(A, B, None, A, False, s.images), "rollback", False) == "rolled back"
-    assert outcome_of(snap(nxt=S), s, "update-selftest-fails", False) == "fell back"
+    assert outcome_of(snap(nxt=S), s, "reboot", False) == "fell back"
+    assert outcome_of(s, s, "update-selftest-fails", False) == "fell back"
+    assert outcome_of(s, s, "cut-stage", False) == "same image"
     assert outcome_of(s, snap(nxt=N, running=N, trial=True), "update-never-commits", False) == "on trial"
     assert outcome_of(s, snap(running=A), "esc-previous", False) == "other image (one boot)"
     assert outcome_of(s, s, "rollback", True) == "refused"
