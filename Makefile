@@ -16,7 +16,7 @@ SEALED ?=
 SIGN ?= $(DEV_KEY).key
 
 .PHONY: all deps initramfs qemu demo fleet-demo hawkbit-lab fleet-sim test test-unit test-host test-vm lint bench bench-net bench-image \
-	faults clean distclean
+	faults soak clean distclean
 
 all: initramfs
 
@@ -107,6 +107,13 @@ bench-image: deps
 SEED ?=
 faults: deps
 	$(VENV)/bankboot faults --board $(BOARD) $(if $(SEED),--seed $(SEED))
+
+# Hundreds of boot cycles on one device (builder/soak.py): random updates (good, failing self-test, never
+# committing), ESC presses, rollbacks, resets, gc, mark-bad and power cuts, each boot checked from the guest.
+# SEED=N CYCLES=N; not in make test. Prints a table; build/soak/$(BOARD)/soak.json.
+CYCLES ?= 500
+soak: deps
+	$(VENV)/bankboot soak --board $(BOARD) --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf build/qemu-* build/tests

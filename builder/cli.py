@@ -338,6 +338,22 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return 0 if report["recovered"] == report["injections"] and report["bytes_lost"] == 0 else 1
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    import random
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from builder.paths import build_dir
+    from builder.soak import run_soak
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    out = Path(args.output) if args.output else build_dir() / "soak" / args.board
+    result = run_soak(load_board(args.board), out, seed, args.cycles, minutes=args.minutes)
+    print(f"report: {out / 'soak.json'}")
+    return 1 if result["failed"] else 0
+
+
 BOARD_HELP = f"a board file's name (builder/boards/*.toml) or path; default {DEFAULT_BOARD}"
 
 
@@ -620,6 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--only", metavar="CLASS,...", help="only these disk-fault classes (with --cuts 0: nothing else)")
     f.add_argument("-o", "--output", help="default: build/faults (report.json, console logs in runs/)")
     f.set_defaults(func=cmd_faults)
+
+    so = sub.add_parser("soak", help="hundreds of boot cycles on one device: updates good and bad, ESC presses, "
+                                     "rollbacks, resets, gc and power cuts mixed, each checked from the guest")
+    so.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+    so.add_argument("--seed", type=int, help="repeat a soak's choices (default: a new random seed, printed)")
+    so.add_argument("--cycles", type=int, default=500, help="events applied, each followed by the boots it takes "
+                                                           "(default 500)")
+    so.add_argument("--minutes", type=float, help="start no cycle after this many minutes (a time budget)")
+    so.add_argument("-o", "--output", help="default: build/soak/BOARD (soak.json, the last boots' consoles in runs/)")
+    so.set_defaults(func=cmd_soak)
     # --cache before or after the command; SUPPRESS: a command's own default must not undo the main one's.
     for parser in (p, *sub.choices.values()):
         parser.add_argument("--cache", metavar="DIR", default=argparse.SUPPRESS, help=CACHE_HELP)
