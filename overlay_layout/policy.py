@@ -42,21 +42,39 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import Candidate as Candidate
     from overlay_layout.records import Effect as Effect
+    from overlay_layout.records import EffectKind, Role, State
     from overlay_layout.records import ImageInfo as ImageInfo
     from overlay_layout.records import Snapshot as Snapshot
-    from overlay_layout.records import State
 else:
     ImageInfo = make_record("ImageInfo", "id state tries reason version committed confirm unconfirmed persist",
                             defaults=(None, 0, None, None, 0, False, 0, None))
     Snapshot = make_record("Snapshot", "current next previous images damaged boot_floor untrusted",
                            defaults=((), None, ()))
-    Candidate = make_record("Candidate", "image why trial", defaults=(False,))
-    Effect = make_record("Effect", "kind image reason", defaults=(None, ""))
+    Candidate = make_record("Candidate", "image why trial role", defaults=(False, "current"))
+    Effect = make_record("Effect", "kind image reason pointer", defaults=(None, "", None))
 
 
 GOOD: State = "good"
 TRIAL: State = "trial"
 BAD: State = "bad"
+
+# Why an image is a candidate (Candidate.role): the walk and the model decide on these, people read `why`.
+SELECTED: Role = "selected"  # a one-boot choice (bankboot.select=, the console menu)
+ON_TRIAL: Role = "trial"  # next, spending one of its tries
+PINNED: Role = "pinned"  # a kexec's second stage: the loader chose it
+CURRENT: Role = "current"
+PREVIOUS: Role = "previous"
+OTHER_GOOD: Role = "good"  # another good image, newest first
+LAST_RESORT: Role = "last_resort"  # bad, or of unknown state: a doubtful image beats a truck roll
+
+# The state changes a plan makes (Effect.kind), applied in order by state.Banks.begin_boot.
+SPEND_TRY: EffectKind = "spend_try"
+MARK_BAD: EffectKind = "mark_bad"
+CLEAR_NEXT: EffectKind = "clear_next"
+ROLL_FORWARD: EffectKind = "roll_forward"
+DEMOTE: EffectKind = "demote"
+REPOINT_CURRENT: EffectKind = "repoint_current"
+DROP_POINTER: EffectKind = "drop_pointer"  # Effect.pointer: a pointer that is damaged or names no image
 
 
 class Plan:
@@ -100,16 +118,16 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     low = {i for i, v in snap.images.items() if below_floor(v.version, snap.boot_floor)}
     untrusted = dict(snap.untrusted)
     for name in snap.damaged:
-        plan.effects.append(Effect("drop_pointer", reason=name))
+        plan.effects.append(Effect(DROP_POINTER, pointer=name))
     for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
         if image is not None and image not in snap.images:
             plan.notes.append(f"{name} points at {image}, which is not on the banks partition")
-            plan.effects.append(Effect("drop_pointer", reason=name))
+            plan.effects.append(Effect(DROP_POINTER, pointer=name))
     cur = cur if cur in snap.images else None
     nxt = nxt if nxt in snap.images else None
     prev = prev if prev in snap.images else None
     if nxt is not None and nxt == cur:
-        plan.effects.append(Effect("clear_next"))
+        plan.effects.append(Effect(CLEAR_NEXT))
         nxt = None
     for name, image in (("current", cur), ("next", nxt), ("previous", prev)):
         if image in untrusted:
@@ -121,9 +139,9 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     if nxt in low:
         if _state(snap, nxt) == TRIAL:
             why = untrusted.get(nxt) or f"below the anti-rollback floor {snap.boot_floor}"
-            plan.effects.append(Effect("mark_bad", nxt, why))
+            plan.effects.append(Effect(MARK_BAD, nxt, why))
         else:
-            plan.effects.append(Effect("clear_next"))
+            plan.effects.append(Effect(CLEAR_NEXT))
         nxt = None
     if cur in low:
         cur = None
@@ -146,23 +164,23 @@ def plan_boot(snap: Snapshot, select: str | None = None,
     if nxt is not None:
         st = _state(snap, nxt)
         if st == GOOD:
-            plan.effects.append(Effect("roll_forward", nxt))
+            plan.effects.append(Effect(ROLL_FORWARD, nxt))
             if cur is not None and cur != nxt:
                 prev = cur
             cur, nxt = nxt, None
         elif st == TRIAL and nxt == pinned:
             trial = Candidate(nxt, f"trial of next, on its own kernel ({snap.images[nxt].tries} tries left after "
-                                   f"this one)", True)
+                                   f"this one)", True, ON_TRIAL)
         elif st == TRIAL and snap.images[nxt].tries > 0:
             left = snap.images[nxt].tries - 1
-            trial = Candidate(nxt, f"trial of next ({left} tries left after this one)", True)
+            trial = Candidate(nxt, f"trial of next ({left} tries left after this one)", True, ON_TRIAL)
         elif st == TRIAL:
-            plan.effects.append(Effect("mark_bad", nxt, "trial never marked good: no tries left"))
+            plan.effects.append(Effect(MARK_BAD, nxt, "trial never marked good: no tries left"))
             plan.notes.append(f"next {nxt} used up its tries without being marked good; it is marked bad")
             bad_now.add(nxt)
             nxt = None
         else:
-            plan.effects.append(Effect("clear_next"))
+            plan.effects.append(Effect(CLEAR_NEXT))
             plan.notes.append(f"next {nxt} is {st or 'of unknown state'}; it is not booted")
             nxt = None
 
@@ -171,21 +189,21 @@ def plan_boot(snap: Snapshot, select: str | None = None,
         info = snap.images[cur]
         prev_ok = prev is not None and prev != cur and _state(snap, prev) != BAD
         if info.state == BAD and prev_ok:
-            plan.effects.append(Effect("demote", cur, info.reason or "marked bad"))
+            plan.effects.append(Effect(DEMOTE, cur, info.reason or "marked bad"))
             plan.notes.append(f"current {cur} is marked bad ({info.reason}); previous {prev} becomes current")
             bad_now.add(cur)
             cur, prev = prev, cur
         elif info.confirm and info.unconfirmed >= unconfirmed_limit and prev_ok:
             reason = (f"{info.unconfirmed} boots in a row without `bankctl boot-ok` "
                       f"(the image asks for it; the limit is {unconfirmed_limit})")
-            plan.effects.append(Effect("demote", cur, reason))
+            plan.effects.append(Effect(DEMOTE, cur, reason))
             plan.notes.append(f"current {cur}: {reason}; falling back to previous {prev}, which becomes current")
             bad_now.add(cur)
             cur, prev = prev, cur
     if cur is None:
         best = _newest_good(snap, exclude={nxt} | low)
         if best is not None:
-            plan.effects.append(Effect("repoint_current", best))
+            plan.effects.append(Effect(REPOINT_CURRENT, best))
             plan.notes.append(f"no usable current pointer: {best}, the newest good image, becomes current")
             cur = best
             if prev == best:
@@ -199,20 +217,20 @@ def plan_boot(snap: Snapshot, select: str | None = None,
             # A person's choice replaces the trial for this boot: no try is spent on an image not asked for.
             trial = None
     if pinned is not None and (trial is None or trial.image != pinned):
-        order.append(Candidate(pinned, "on its own kernel"))
+        order.append(Candidate(pinned, "on its own kernel", role=PINNED))
         trial = None
     if trial is not None:
         order.append(trial)
     if any(c.trial and c.image != pinned for c in order):
-        plan.effects.append(Effect("spend_try", next(c.image for c in order if c.trial and c.image != pinned)))
+        plan.effects.append(Effect(SPEND_TRY, next(c.image for c in order if c.trial and c.image != pinned)))
     if cur is not None:
-        order.append(Candidate(cur, "current"))
+        order.append(Candidate(cur, "current", role=CURRENT))
     if prev is not None and _state(snap, prev) != BAD and prev not in bad_now:
-        order.append(Candidate(prev, "previous"))
+        order.append(Candidate(prev, "previous", role=PREVIOUS))
     seen = {c.image for c in order}
     good = {i for i, v in snap.images.items() if v.state == GOOD}
     for image in _by_newest(snap, good - seen - {nxt} - bad_now - low):
-        order.append(Candidate(image, "another good image"))
+        order.append(Candidate(image, "another good image", role=OTHER_GOOD))
     seen = {c.image for c in order}
     # Never a trial: its boots are bounded by its tries.
     for image in _by_newest(snap, ({i for i, v in snap.images.items() if v.state != TRIAL} | bad_now) - seen - low):
@@ -221,7 +239,7 @@ def plan_boot(snap: Snapshot, select: str | None = None,
             what = "marked bad in this boot"
         else:
             what = f"marked bad: {info.reason}" if info.state == BAD else f"state {info.state or 'unknown'}"
-        order.append(Candidate(image, f"last resort ({what})"))
+        order.append(Candidate(image, f"last resort ({what})", role=LAST_RESORT))
     # Each image once, in the first place it was put.
     done: set[str] = set()
     for c in order:
@@ -249,14 +267,14 @@ def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, pre
         plan.notes.append(f"selected image {image} is {why}: booting as usual")
         return None
     if trial is not None and image == trial.image:
-        return Candidate(image, f"selected ({select}), trial", True)
+        return Candidate(image, f"selected ({select}), trial", True, SELECTED)
     if image == snap.next and _state(snap, image) == TRIAL:
         plan.notes.append(f"selected image {image} is a trial with no tries left: booting as usual")
         return None
     info = snap.images[image]
     if info.state == BAD:
         plan.notes.append(f"selected image {image} is marked bad ({info.reason}); booting it as asked")
-    return Candidate(image, f"selected ({select})")
+    return Candidate(image, f"selected ({select})", role=SELECTED)
 
 
 def _by_newest(snap: Snapshot, ids: Iterable[str | None]) -> list[str]:

@@ -8,7 +8,10 @@ tests/unit/test_records.py holds to the NamedTuples below."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
+
+if TYPE_CHECKING:
+    from overlay_layout.policy import Plan
 
 State = Literal["good", "trial", "bad"]
 
@@ -206,12 +209,17 @@ class Snapshot(NamedTuple):
     untrusted: tuple[tuple[str, str], ...] = ()
 
 
+Role = Literal["selected", "trial", "pinned", "current", "previous", "good", "last_resort"]
+
+
 class Candidate(NamedTuple):
-    """An image one boot may try, why, and whether it is a trial."""
+    """An image one boot may try, why (a sentence for people), whether it is a trial, and its role in the
+    order (policy.SELECTED ... policy.LAST_RESORT: what code decides on)."""
 
     image: str
     why: str
     trial: bool = False
+    role: Role = "current"
 
 
 EffectKind = Literal["spend_try", "mark_bad", "clear_next", "roll_forward", "demote", "repoint_current",
@@ -224,6 +232,17 @@ class Effect(NamedTuple):
     kind: EffectKind
     image: str | None = None
     reason: str = ""
+    pointer: str | None = None  # drop_pointer's pointer (layout.POINTERS)
+
+
+class Chosen(NamedTuple):
+    """What a boot's candidate walk ended with (overlay_layout/bootwalk.py)."""
+
+    candidate: Candidate | None  # the one that prepared; None when none did
+    why: str  # as the boot record says it (a selection names who made it)
+    prepared: Prepared
+    tried: list[Tried]  # the candidates that failed before it, in order
+    plan: Plan
 
 
 class Option(NamedTuple):

@@ -285,7 +285,7 @@ class Banks:
                 self._apply(st, effect)
             except (OSError, LayoutError) as e:
                 what = getattr(e, "strerror", None) or str(e)
-                self._warn(f"cannot record '{effect.kind} {effect.image or effect.reason}' on the banks partition "
+                self._warn(f"cannot record '{effect.kind} {effect.image or effect.pointer or ''}' on the banks partition "
                            f"({what}); booting with the state in memory")
                 if effect.kind == "spend_try":
                     plan.candidates = [c for c in plan.candidates if not c.trial]
@@ -315,7 +315,7 @@ class Banks:
     def _apply(self, st: StateFile, e: Effect) -> None:
         lay = self.layout
         if e.kind == "drop_pointer":
-            durable.remove(os.path.join(lay.overlay, e.reason))
+            durable.remove(os.path.join(lay.overlay, e.pointer))
         elif e.kind == "clear_next":
             lay.set_pointer("next", None)
         elif e.image is None:

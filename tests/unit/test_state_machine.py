@@ -23,15 +23,22 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
 from overlay_layout.layout import Layout
-from overlay_layout.policy import below_floor
+from overlay_layout.bootwalk import walk
+from overlay_layout.policy import LAST_RESORT, PINNED, SPEND_TRY, Candidate, Plan, below_floor
+from overlay_layout.records import Prepared
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
 from tests.banks import DEV, install_first_image, is_complete, make_bank
 
 
 # The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
-class PowerCut(Exception):
-    pass
+class ModelBroken(BaseException):
+    """An assertion of the model inside the walk's preparation step: not a candidate that fails (which the
+    walk catches and moves on from), so it is no Exception."""
+
+
+class PowerCut(BaseException):
+    """Not an Exception: no code a power cut interrupts runs on (the walk's "failures are warnings" included)."""
 
 
 class Device(RuleBasedStateMachine):
@@ -155,31 +162,46 @@ class Device(RuleBasedStateMachine):
             self.countdown = None
 
     def reboot(self, kexec: bool = False) -> None:
-        """What the init does: the policy's plan (its writes made first), then the candidates in order
-        until one prepares; a trial that fails is marked bad; the boot is counted and logged."""
+        """What the init does: overlay_layout.bootwalk's walk (the policy's plan, its writes made first, then
+        the candidates in order until one prepares, resets applied, a trial that fails marked bad), with a
+        preparation step that fails on the images this model damaged; the boot is counted and logged."""
         banks = Banks(str(self.root))  # a new boot reads everything again
-        plan = banks.begin_boot()
-        assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
-        assert plan.candidates, "nothing to boot"
-        booted = None
-        for cand in plan.candidates:
-            state = banks.load()
-            entry = banks.image_state(state, cand.image)
+
+        def prepare(cand: Candidate, plan: Plan) -> Prepared:
+            try:
+                return check_and_prepare(cand, plan)
+            except AssertionError as e:  # the model's own findings, not a candidate that fails to prepare
+                raise ModelBroken(e) from e
+
+        def check_and_prepare(cand: Candidate, plan: Plan) -> Prepared:
+            assert plan.candidates, "nothing to boot"
+            entry = banks.image_state(banks.load(), cand.image)
             assert is_complete(self.root, cand.image), f"trying {cand.image}, which was never completely staged"
-            if cand.trial:
+            if cand.trial and cand.image != pinned:
                 assert entry["state"] == TRIAL and entry["tries"] >= 0
                 # Each trial boot spends one try, written before the boot: never more boots than tries staged.
-                self.trial_boots[cand.image] = self.trial_boots.get(cand.image, 0) + 1
                 assert self.trial_boots[cand.image] + entry["tries"] == self.max_tries_staged[cand.image]
             if cand.image in self.damaged:
                 if cand.trial:
-                    banks.trial_failed(cand.image, "damaged")
                     self.known_bad.add(cand.image)
-                continue
-            if not cand.trial and not cand.why.startswith("last resort"):
+                raise OSError(f"image {cand.image}: damaged")
+            if not cand.trial and cand.role not in (LAST_RESORT, PINNED):  # the loader's choice, checked by it
                 assert entry.get("state") == GOOD, (cand, entry)
-            booted = cand
-            break
+            return {}
+
+        def begin_boot(*args: object) -> Plan:
+            """The plan's writes made: a trial's boot begins with its spent try (a cut after it, in a factory
+            reset before the image is touched, is a boot of the trial that never got to run)."""
+            plan = plan_boot(*args)
+            for image in [e.image for e in plan.effects if e.kind == SPEND_TRY]:
+                self.trial_boots[image] = self.trial_boots.get(image, 0) + 1
+            return plan
+
+        plan_boot, banks.begin_boot = banks.begin_boot, begin_boot
+        pinned = None
+        chosen = walk(banks, prepare)
+        plan, booted = chosen.plan, chosen.candidate
+        assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
         if booted is not None:  # anti-rollback: never an image below the boot floor, whatever the pointers say
             version = banks.snapshot().images[booted.image].version
             assert not below_floor(version, plan.boot_floor), (booted, version, plan.boot_floor)
@@ -191,17 +213,18 @@ class Device(RuleBasedStateMachine):
             assert not left, f"nothing booted, though {left} could have"
         if booted is None:
             return
-        if kexec:  # the image has a kernel of its own: the second stage plans again, pinned to it
+        if kexec:  # the image has a kernel of its own: the second stage walks again, pinned to it
             tries = banks.image_state(banks.load(), booted.image).get("tries")
             banks = Banks(str(self.root))
-            second = banks.begin_boot(pinned=booted.image)
-            assert second.candidates[0].image == booted.image and second.candidates[0].trial == booted.trial
+            pinned = booted.image
+            second = walk(banks, prepare, pinned=pinned)
+            assert second.candidate is not None and second.plan.candidates[0] == second.candidate
+            assert second.candidate.image == booted.image and second.candidate.trial == booted.trial
             assert banks.image_state(banks.load(), booted.image).get("tries") == tries, "a second try was spent"
-        if not booted.trial and not booted.why.startswith("last resort"):
+        if not booted.trial and booted.role != LAST_RESORT:
             # The newest committed image that is not damaged boots (its previous when it is damaged).
             good = [c.image for c in plan.candidates if not c.trial and c.image not in self.damaged]
             assert booted.image == good[0]
-        banks.apply_reset(booted.image)
         banks.record_boot(booted.image)
         remove_old_kits(banks.layout, banks.layout.images())
         assert not list(self.root.glob("overlay/*/utils/bankboot-*")), "a kit on the banks partition survived a boot"
