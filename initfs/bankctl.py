@@ -95,7 +95,7 @@ def unconfirmed_limit() -> int:
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     pol = policy()
     keys = keys_in_force(banks, pol)
-    status = banks.status(unconfirmed_limit())
+    status: dict[str, Any] = {**banks.status(unconfirmed_limit())}  # with what bankctl adds to it
     status["booted"] = booted_info()
     plan = status["plan"]
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}

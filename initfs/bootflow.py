@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.nofollow import Ident
     from overlay_layout.policy import Candidate, Plan
-    from overlay_layout.records import BootRecord, Chosen, Manifest, Prepared
+    from overlay_layout.records import Booted, BootRecord, Chosen, Manifest, MenuEntry, Prepared, StatusImage
     from overlay_layout.state import Banks
     from overlay_layout.trust import KeySet
 
@@ -73,7 +73,7 @@ def mount_banks(opts: Options) -> Layout:
     return Layout(BANKS)
 
 
-def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[dict[str, Any]]:
+def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[StatusImage]:
     """What the console menu offers: images signed by the keys in force (unless the initramfs accepts unsigned
     ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
     from overlay_layout.trust import signatures_of
@@ -94,17 +94,14 @@ def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsCon
     if timeout <= 0 or opts.get("bankboot.kexec"):  # a kexec's second stage: the window was the loader's
         return None, ""
 
-    def entries() -> list[dict[str, Any]]:
+    def entries() -> list[MenuEntry]:
         """Read only when ESC was pressed: the status and the boot log cost every boot time otherwise."""
         from overlay_layout import bootlog
 
         last: dict[str, str] = {}
         for r in bootlog.read_log(banks.root):
             last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
-        found = menu_entries(banks, limit, config)
-        for e in found:
-            e["last_boot"] = last.get(e["id"])
-        return found
+        return [{**e, "last_boot": last.get(e["id"])} for e in menu_entries(banks, limit, config)]
 
     with log.step("console prompt"):
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
@@ -115,6 +112,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
     checked by dm-verity."""
     from initfs.version import VERSION
+    from overlay_layout.bankfile import MAX_MANIFEST
     from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import parse_manifest
     from overlay_layout.trust import Policy, TrustError
@@ -122,7 +120,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     path = layout.manifest_path(image)
     try:
         with open(path, "rb") as f:
-            manifest = parse_manifest(f.read(65536), path)
+            manifest = parse_manifest(f.read(MAX_MANIFEST), path)
     except OSError as e:
         raise BootError(f"cannot read {path}: {e.strerror}") from None
     except LayoutError as e:
@@ -630,14 +628,15 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
     os.makedirs(RUN, exist_ok=True)
     from overlay_layout import jsontext
 
-    with open(BOOTED, "w") as f:
-        f.write(jsontext.dumps({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
+    booted: Booted = {"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
                    "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
                    "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
                    "kernel": {"running": os.uname().release,
                               "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
                               if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}, spaced=True))
+                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}
+    with open(BOOTED, "w") as f:
+        f.write(jsontext.dumps(booted, spaced=True))
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):
         if _quietly("mounting the bankctl kit", expose_kit):

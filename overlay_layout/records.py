@@ -178,6 +178,65 @@ class Prepared(TypedDict, total=False):
     notes: list[str]  # what was repaired on the banks partition (a planted symlink replaced)
 
 
+# --- `bankctl status --json` (overlay_layout/statusview.py), read by bankctl and the console menu ---
+class StatusImage(TypedDict):
+    id: str
+    version: str | None
+    state: str  # good, trial, bad or unknown
+    kernel: str | None  # the release of the image's own kernel
+    tries: int | None  # a trial's tries left
+    reason: str | None  # why it is bad
+    pointers: list[str]  # the pointers naming it
+    reset_pending: bool
+    confirm_boots: bool
+    unconfirmed_boots: int
+    sealed: bool
+    persist: list[str] | None
+    persist_mounts: dict[str, str] | None  # persistent path -> its mount options
+    below_floor: bool
+    untrusted: str | None  # why the keys in force can never verify it
+
+
+class MenuEntry(StatusImage, total=False):
+    last_boot: str | None  # the outcome of its last boot (initfs/bootflow.menu_selection)
+
+
+class PlanEntry(TypedDict):
+    image: str
+    why: str
+    trial: bool
+
+
+class Status(TypedDict):
+    pointers: dict[str, str | None]
+    images: list[StatusImage]
+    floor: str | None
+    boot_floor: str | None
+    plan: list[PlanEntry]
+    warnings: list[str]
+
+
+# --- /run/bankboot/booted (initfs/bootflow.boot_image), read by bankctl and the image ---
+class BootedKernel(TypedDict):
+    running: str  # uname -r
+    loader: str  # the release of the kernel that chose the image (the running one unless kexec'd)
+
+
+class Booted(TypedDict):
+    image: str
+    why: str
+    trial: bool
+    signed_by: str | None
+    confirm_boots: bool | None
+    unconfirmed_boots: int | None
+    sealed: bool | None
+    persist: list[str] | None
+    kernel: BootedKernel
+    build: str
+    tried: list[Tried]
+    warnings: list[str]
+
+
 # --- the boot policy's records (overlay_layout/policy.py) ---
 class ImageInfo(NamedTuple):
     """id; state (None when unknown); tries; reason (of bad); version; committed: when it was marked good (0:

@@ -22,13 +22,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
-from overlay_layout.layout import Layout
 from overlay_layout.bootwalk import walk
+from overlay_layout.layout import Layout
 from overlay_layout.policy import LAST_RESORT, PINNED, SPEND_TRY, Candidate, Plan, below_floor
 from overlay_layout.records import Prepared
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
-from tests.banks import DEV, install_first_image, is_complete, make_bank
+from tests.banks import DEV, boot, install_first_image, is_complete, make_bank
 
 
 # The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
@@ -62,7 +62,7 @@ class Device(RuleBasedStateMachine):
         self.countdown: int | None = None
         self.cut_copy: Path | None = None
         self.trial_boots: dict[str, int] = {}
-        self.booted = self.banks.choose_boot().image
+        self.booted = boot(self.banks).image
         durable.before_write = self._tick
 
     def teardown(self) -> None:
@@ -356,7 +356,7 @@ def test_a_trial_that_is_never_marked_good_falls_back(tmp_path: Path) -> None:
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"x" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", tries=2, machine="x86_64")
-    assert [banks.choose_boot().image for _ in range(3)] == [image, image, "1.0.0-base"]
+    assert [boot(banks).image for _ in range(3)] == [image, image, "1.0.0-base"]
     assert banks.load()["images"][image]["state"] == BAD
     assert "no tries left" in banks.load()["images"][image]["reason"]
     assert banks.layout.pointer("next") is None
@@ -367,14 +367,14 @@ def test_commit_makes_trial_current_and_old_current_previous(tmp_path: Path) -> 
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"y" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
-    booted = banks.choose_boot()
+    booted = boot(banks)
     assert booted.trial and booted.image == image
     banks.mark_good(booted.image)
     assert banks.layout.pointer("current") == image
     assert banks.layout.pointer("previous") == "1.0.0-base"
     assert banks.layout.pointer("next") is None
     banks.rollback()
-    assert banks.choose_boot().image == "1.0.0-base"
+    assert boot(banks).image == "1.0.0-base"
     assert banks.layout.pointer("current") == "1.0.0-base" and banks.layout.pointer("previous") == image
 
 
