@@ -184,6 +184,7 @@ class Device(RuleBasedStateMachine):
             if cand.image in self.damaged:
                 if cand.trial:
                     self.known_bad.add(cand.image)
+                    failed_trials.append(cand.image)
                 raise OSError(f"image {cand.image}: damaged")
             if not cand.trial and cand.role not in (LAST_RESORT, PINNED):  # the loader's choice, checked by it
                 assert entry.get("state") == GOOD, (cand, entry)
@@ -199,8 +200,12 @@ class Device(RuleBasedStateMachine):
 
         plan_boot, banks.begin_boot = banks.begin_boot, begin_boot
         pinned = None
+        failed_trials: list[str] = []
         chosen = walk(banks, prepare)
         plan, booted = chosen.plan, chosen.candidate
+        for image in failed_trials:  # a trial that fails to prepare is given up in the same boot
+            assert banks.image_state(banks.load(), image).get("state") == BAD, image
+            assert banks.layout.pointer("next") != image, image
         assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
         if booted is not None:  # anti-rollback: never an image below the boot floor, whatever the pointers say
             version = banks.snapshot().images[booted.image].version
@@ -290,9 +295,9 @@ class Device(RuleBasedStateMachine):
             kit.mkdir(parents=True, exist_ok=True)
             (kit / "init").write_text("#!/bin/sh\necho planted\n")
 
-    @rule(image=st.sampled_from(["current", "previous"]))
+    @rule(image=st.sampled_from(["current", "previous", "next"]))
     def damage(self, image: str) -> None:
-        """A committed image's blocks go bad (the init's preflight would fail on it)."""
+        """An image's blocks go bad (the init's preflight would fail on it): a committed one, or a trial."""
         target = self.banks.layout.pointer(image)
         if target is not None:
             self.damaged.add(target)
