@@ -222,7 +222,7 @@ class BootedKernel(TypedDict):
     loader: str  # the release of the kernel that chose the image (the running one unless kexec'd)
 
 
-class Booted(TypedDict):
+class Booted(TypedDict, total=False):  # the init writes every field; a reader of a missing file gets {}
     image: str
     why: str
     trial: bool
