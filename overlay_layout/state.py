@@ -51,8 +51,9 @@ class Banks(StateStore):
         self.untrusted: Callable[[dict[str, Any]], str | None] | None = None
 
     # -- what boots --------------------------------------------------------------------------------------
-    def snapshot(self, st: StateFile | None = None, boot_floor: str | bool | None = False) -> Snapshot:
-        """What the policy decides on. `boot_floor`: the boot floor when the caller has read the floors."""
+    def snapshot(self, st: StateFile | None = None, floors: tuple[str | None, str | None] | None = None
+                 ) -> Snapshot:
+        """What the policy decides on; `floors` when the caller has read them (StateStore.floors)."""
         st = self.load() if st is None else st
         damaged = []
         pointers = {}
@@ -77,9 +78,9 @@ class Banks(StateStore):
                                       version, entry.get("committed", 0), m.get("confirm_boots") is True,
                                       entry.get("unconfirmed", 0),
                                       tuple(map(str, persist)) if isinstance(persist, list) else None)
-        floor = self.floors(st)[1] if boot_floor is False else boot_floor
+        boot_floor = (self.floors(st) if floors is None else floors)[1]
         return Snapshot(pointers["current"], pointers["next"], pointers["previous"], images, tuple(damaged),
-                        floor if isinstance(floor, str) else None, tuple(untrusted))
+                        boot_floor, tuple(untrusted))
 
     def begin_boot(self, select: str | None = None,
                    unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT, pinned: str | None = None) -> Plan:

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 def status(banks: Banks, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Status:
     """The partition's images, pointers, floors and warnings, and the next boot's plan (nothing is written)."""
     st = banks.load()
-    floor, boot_floor = banks.floors(st)
-    snap = banks.snapshot(st, boot_floor)
+    floor, boot_floor = floors = banks.floors(st)
+    snap = banks.snapshot(st, floors)
     plan = policy.plan_boot(snap, None, unconfirmed_limit)
     pointers = {"current": snap.current, "next": snap.next, "previous": snap.previous}
     images: list[StatusImage] = []
