@@ -629,12 +629,12 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
     from overlay_layout import jsontext
 
     booted: Booted = {"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
-                   "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
-                   "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
-                   "kernel": {"running": os.uname().release,
-                              "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
-                              if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}
+                      "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
+                      "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
+                      "kernel": {"running": os.uname().release,
+                                 "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
+                                 if opts.get("bankboot.kexec") else os.uname().release},
+                      "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}
     with open(BOOTED, "w") as f:
         f.write(jsontext.dumps(booted, spaced=True))
     keep: list[str] = []
