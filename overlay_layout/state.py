@@ -148,7 +148,7 @@ class Banks(StateStore):
     def _repoint_current(self, st: StateFile, e: Effect) -> None:
         self.layout.set_pointer("current", e.image)
 
-    # -- transitions -------------------------------------------------------------------------------------
+    # -- what the boot and the running image record ------------------------------------------------------
     def _roll_forward(self, nxt: str) -> None:
         """Make a good `next` current: previous <- current, current <- next, next removed."""
         cur = self._pointer("current")
@@ -186,7 +186,7 @@ class Banks(StateStore):
             self.save(st)
         return image
 
-    # -- transitions -------------------------------------------------------------------------------------
+    # -- transitions bankctl asks for --------------------------------------------------------------------
     def add_trial(self, image: str, tries: int = DEFAULT_TRIES) -> None:
         """After the image is complete on disk: record it as a trial, then make it `next`."""
         if tries < 1:
