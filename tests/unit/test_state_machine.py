@@ -174,7 +174,6 @@ class Device(RuleBasedStateMachine):
                 raise ModelBroken(e) from e
 
         def check_and_prepare(cand: Candidate, plan: Plan) -> Prepared:
-            assert plan.candidates, "nothing to boot"
             entry = banks.image_state(banks.load(), cand.image)
             assert is_complete(self.root, cand.image), f"trying {cand.image}, which was never completely staged"
             if cand.trial and cand.image != pinned:
@@ -207,6 +206,7 @@ class Device(RuleBasedStateMachine):
             assert banks.image_state(banks.load(), image).get("state") == BAD, image
             assert banks.layout.pointer("next") != image, image
         assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
+        assert plan.candidates, "nothing to boot"
         if booted is not None:  # anti-rollback: never an image below the boot floor, whatever the pointers say
             version = banks.snapshot().images[booted.image].version
             assert not below_floor(version, plan.boot_floor), (booted, version, plan.boot_floor)
