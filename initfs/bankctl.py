@@ -37,6 +37,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from overlay_layout.records import Booted, BootedKernel
     from overlay_layout.trust import KeySet
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
@@ -72,11 +73,12 @@ def keys_in_force(banks: Banks, pol: Policy | None = None) -> KeySet:
     return keys
 
 
-def booted_info() -> dict[str, Any]:
+def booted_info() -> Booted:
+    """What the init wrote at this boot's hand-over ({} when it is missing or unreadable)."""
     path = run_path(BOOTED)
     try:
         with open(path) as f:
-            info = json.load(f)
+            info: Booted = json.load(f)
         return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -95,15 +97,15 @@ def unconfirmed_limit() -> int:
 def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     pol = policy()
     keys = keys_in_force(banks, pol)
-    status = banks.status(unconfirmed_limit())
-    status["booted"] = booted_info()
+    status: dict[str, Any] = {**banks.status(unconfirmed_limit())}  # with what bankctl adds to it
+    status["booted"] = booted = booted_info()
     plan = status["plan"]
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
     status["trust"] = {"keys": sorted(keys.keys), "threshold": keys.threshold, "serial": keys.serial,
                        "retired": keys.retired, "root_keys": sorted(pol.keys), "root_threshold": pol.root.threshold,
                        "unsigned_allowed": pol.allow_unsigned, "downgrade_allowed": pol.allow_downgrade,
                        "floor": status["floor"], "boot_floor": status["boot_floor"], "sealed_build": pol.sealed}
-    running = status["booted"].get("image")
+    running = booted.get("image")
     for img in status["images"]:
         if img["id"] == running and not img["sealed"]:
             status["warnings"].append(f"the running image {running} is UNSEALED: its whole root keeps changes on "
@@ -111,7 +113,7 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     if not pol.sealed:
         status["warnings"].append("development build of bankboot (unsealed): init= is obeyed and a failed boot can "
                                   "give a root shell (bankboot initramfs --sealed for devices you ship)")
-    for w in status["booted"].get("warnings", []):
+    for w in booted.get("warnings", []):
         if w not in status["warnings"]:
             status["warnings"].append(f"at boot: {w}")
     if pol.allow_unsigned:
@@ -126,10 +128,10 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=1, sort_keys=True))
         return EXIT_OK
-    b = status["booted"]
+    b = booted
     if b:
         print(f"booted: {b.get('image')} ({b.get('why')})")
-        k = b.get("kernel") or {}
+        k: BootedKernel | dict[str, str] = b.get("kernel") or {}
         if k:
             how = "the loader's" if k.get("running") == k.get("loader") else \
                 f"the image's own, kexec'd by the loader's {k.get('loader')}"
@@ -284,7 +286,7 @@ def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
     return run_poll(make_device, opts, args, Progress())
 
 
-def _poll_hawkbit(banks: Banks, args: argparse.Namespace, conf: InitramfsConf, pol: Policy, booted: dict[str, Any],
+def _poll_hawkbit(banks: Banks, args: argparse.Namespace, conf: InitramfsConf, pol: Policy, booted: Booted,
                   inhibit: tuple[str, ...]) -> int:
     """`bankctl poll --hawkbit URL`: a hawkBit-DDI server (initfs/hawkbit.py)."""
     from initfs.hawkbit import Options as DdiOptions

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.nofollow import Ident
     from overlay_layout.policy import Candidate, Plan
-    from overlay_layout.records import BootRecord, Manifest, Prepared, Tried
+    from overlay_layout.records import Booted, BootRecord, Chosen, Manifest, MenuEntry, Prepared, StatusImage
     from overlay_layout.state import Banks
     from overlay_layout.trust import KeySet
 
@@ -73,7 +73,7 @@ def mount_banks(opts: Options) -> Layout:
     return Layout(BANKS)
 
 
-def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[dict[str, Any]]:
+def menu_entries(banks: Banks, limit: int, config: InitramfsConf) -> list[StatusImage]:
     """What the console menu offers: images signed by the keys in force (unless the initramfs accepts unsigned
     ones) and not below the anti-rollback floor; the init still verifies whatever is picked."""
     from overlay_layout.trust import signatures_of
@@ -94,17 +94,14 @@ def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsCon
     if timeout <= 0 or opts.get("bankboot.kexec"):  # a kexec's second stage: the window was the loader's
         return None, ""
 
-    def entries() -> list[dict[str, Any]]:
+    def entries() -> list[MenuEntry]:
         """Read only when ESC was pressed: the status and the boot log cost every boot time otherwise."""
         from overlay_layout import bootlog
 
         last: dict[str, str] = {}
         for r in bootlog.read_log(banks.root):
             last[str(r.get("image", ""))] = str(r.get("outcome") or r.get("why", ""))
-        found = menu_entries(banks, limit, config)
-        for e in found:
-            e["last_boot"] = last.get(e["id"])
-        return found
+        return [{**e, "last_boot": last.get(e["id"])} for e in menu_entries(banks, limit, config)]
 
     with log.step("console prompt"):
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
@@ -115,6 +112,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
     checked by dm-verity."""
     from initfs.version import VERSION
+    from overlay_layout.bankfile import MAX_MANIFEST
     from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import parse_manifest
     from overlay_layout.trust import Policy, TrustError
@@ -122,7 +120,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     path = layout.manifest_path(image)
     try:
         with open(path, "rb") as f:
-            manifest = parse_manifest(f.read(65536), path)
+            manifest = parse_manifest(f.read(MAX_MANIFEST), path)
     except OSError as e:
         raise BootError(f"cannot read {path}: {e.strerror}") from None
     except LayoutError as e:
@@ -456,16 +454,15 @@ def own_kernel(image: str, manifest: Manifest, pinned: str | None, method: str) 
 
 def _quietly(what: str, fn: Callable[..., T], *args: Any) -> T | None:
     """A write to the banks partition that must not stop the boot: failures are warnings."""
-    try:
-        return fn(*args)
-    except Exception as e:
-        log.error(f"{what} failed ({getattr(e, 'strerror', None) or e}); booting on")
-        return None
+    from overlay_layout.bootwalk import quietly
+
+    return quietly(log.error, what, fn, *args)
 
 
-def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
-            ) -> tuple[Candidate | None, str, Prepared, list[Tried], Banks, Plan]:
-    """Walk the policy's candidates until one prepares. Returns (candidate, prepared, tried, banks)."""
+def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str) -> tuple[Chosen, Banks]:
+    """This boot's image: the menu's or the command line's choice, then overlay_layout.bootwalk's walk of the
+    policy's candidates, each prepared (mounted, verified, preflighted, a trial self-tested) here."""
+    from overlay_layout.bootwalk import CannotBoot, walk
     from overlay_layout.state import Banks
 
     banks = Banks(BANKS)
@@ -477,37 +474,17 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str
     except Exception as e:  # the prompt is a convenience: it must never stop a boot
         log.error(f"console prompt failed ({e}); booting as planned")
         select, how = None, ""
-    plan = banks.begin_boot(select, limit, opts.get("bankboot.kexec"))
-    for w in banks.warnings:
-        log.error(w)
-    tried: list[Tried] = []
-    for cand in plan.candidates:
-        why = f"{how}: {cand.why}" if cand.why.startswith("selected") else cand.why
-        log.log(f"booting image {cand.image} ({why})")
-        seen = len(banks.warnings)
-        done = _quietly(f"factory reset of {cand.image}", banks.apply_reset, cand.image)
-        for w in banks.warnings[seen:]:  # a planted symlink the reset replaced
-            log.error(w)
-        if done:
-            log.log(f"{cand.image}: {done}")
+
+    def step(cand: Candidate, plan: Plan) -> Prepared:
         try:
-            prepared = prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor, keys)
+            return prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor, keys)
         except Exception as e:
             from initfs.selftest import SelfTestError
 
-            kind = "self-test failed" if isinstance(e, SelfTestError) else "cannot boot it"
-            reason = f"{kind}: {str(e).removeprefix(f'image {cand.image}: ')}"
-            log.error(f"image {cand.image}: {reason}")
-            release_image(cand.image)
-            tried.append({"image": cand.image, "why": why, "error": reason})
-            if cand.trial:
-                _quietly(f"marking {cand.image} bad", banks.trial_failed, cand.image,
-                         f"trial boot failed: {reason}")
-            if opts.get("bankboot.kexec"):  # the second stage boots one image; the loader picks the next
-                break
-            continue
-        return cand, why, prepared, tried, banks, plan
-    return None, "", {}, tried, banks, plan
+            raise CannotBoot("self-test failed" if isinstance(e, SelfTestError) else "cannot boot it", e) from e
+
+    chosen = walk(banks, step, select, how, limit, opts.get("bankboot.kexec"), release_image, log.log, log.error)
+    return chosen, banks
 
 
 def trusted_keys(banks: Banks) -> KeySet:
@@ -606,7 +583,8 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
         layout = mount_banks(opts)
     except BootError as e:
         give_up(str(e), [], rescue)
-    cand, why, prepared, tried, banks, plan = _choose(opts, config, layout, init)
+    chosen, banks = _choose(opts, config, layout, init)
+    cand, why, prepared, tried, plan = chosen
     if cand is None:
         _quietly("writing the boot log", bootlog.append_record, BANKS,
                  {"time": int(time.time()), "kernel": os.uname().release, "image": None,
@@ -650,14 +628,15 @@ def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoRetur
     os.makedirs(RUN, exist_ok=True)
     from overlay_layout import jsontext
 
+    booted: Booted = {"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
+                      "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
+                      "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
+                      "kernel": {"running": os.uname().release,
+                                 "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
+                                 if opts.get("bankboot.kexec") else os.uname().release},
+                      "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}
     with open(BOOTED, "w") as f:
-        f.write(jsontext.dumps({"image": image, "why": why, "trial": trial, "signed_by": prepared.get("signed_by"),
-                   "confirm_boots": prepared.get("confirm_boots"), "unconfirmed_boots": unconfirmed,
-                   "sealed": prepared.get("sealed"), "persist": prepared.get("persist"),
-                   "kernel": {"running": os.uname().release,
-                              "loader": (opts.get("bankboot.loader") or os.uname().release).split("@")[0]
-                              if opts.get("bankboot.kexec") else os.uname().release},
-                   "build": record["build"], "tried": tried, "warnings": banks.warnings + repairs}, spaced=True))
+        f.write(jsontext.dumps(booted, spaced=True))
     keep: list[str] = []
     with log.step("bankctl from the initramfs"):
         if _quietly("mounting the bankctl kit", expose_kit):

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from overlay_layout.records import MenuEntry
+
 ESC = 0x1B
 SEQ_WAIT = 0.05  # an ESC followed by nothing for this long is the ESC key, not the start of a sequence
 ARROWS = {ord("A"): "up", ord("B"): "down"}
@@ -225,7 +227,7 @@ def stop_listening() -> None:
         _early = None
 
 
-def prompt(entries: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]], timeout: float,
+def prompt(entries: list[MenuEntry] | Callable[[], list[MenuEntry]], timeout: float,
            menu_timeout: float = 30.0, cons: RawConsoles | None = None) -> str | None:
     """Wait for ESC until the window closes (`timeout` from listen(), or from now when it was not opened
     early). Returns None (boot as planned), "previous", or an image id."""
@@ -254,7 +256,7 @@ def prompt(entries: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]], t
             cons.close()
 
 
-def _menu(cons: RawConsoles, keys: Keys, fd: int, entries: list[dict[str, Any]], menu_timeout: float) -> str | None:
+def _menu(cons: RawConsoles, keys: Keys, fd: int, entries: list[MenuEntry], menu_timeout: float) -> str | None:
     if not entries:
         return None
     sel = next((i for i, e in enumerate(entries) if "current" in e["pointers"]), 0)

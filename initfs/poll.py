@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.bankfile import BankFile
     from overlay_layout.net.transport import Settings
+    from overlay_layout.records import Booted
     from overlay_layout.trust import Policy
 
 
@@ -75,7 +76,7 @@ class Device:
     version, what this boot booted (/run/bankboot/booted), the root its /etc is under (machine-id), and
     the network settings (timeouts, TLS) its requests use."""
 
-    def __init__(self, banks: Banks, policy: Policy, board: str, bankboot: str, booted: dict[str, Any],
+    def __init__(self, banks: Banks, policy: Policy, board: str, bankboot: str, booted: Booted,
                  settings: Settings, root: str = "/", machine: str | None = None) -> None:
         self.banks, self.policy, self.board, self.bankboot, self.booted = banks, policy, board, bankboot, booted
         self.settings, self.root, self.machine = settings, root, machine

@@ -8,7 +8,10 @@ tests/unit/test_records.py holds to the NamedTuples below."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
+
+if TYPE_CHECKING:
+    from overlay_layout.policy import Plan
 
 State = Literal["good", "trial", "bad"]
 
@@ -175,6 +178,65 @@ class Prepared(TypedDict, total=False):
     notes: list[str]  # what was repaired on the banks partition (a planted symlink replaced)
 
 
+# --- `bankctl status --json` (overlay_layout/statusview.py), read by bankctl and the console menu ---
+class StatusImage(TypedDict):
+    id: str
+    version: str | None
+    state: str  # good, trial, bad or unknown
+    kernel: str | None  # the release of the image's own kernel
+    tries: int | None  # a trial's tries left
+    reason: str | None  # why it is bad
+    pointers: list[str]  # the pointers naming it
+    reset_pending: bool
+    confirm_boots: bool
+    unconfirmed_boots: int
+    sealed: bool
+    persist: list[str] | None
+    persist_mounts: dict[str, str] | None  # persistent path -> its mount options
+    below_floor: bool
+    untrusted: str | None  # why the keys in force can never verify it
+
+
+class MenuEntry(StatusImage, total=False):
+    last_boot: str | None  # the outcome of its last boot (initfs/bootflow.menu_selection)
+
+
+class PlanEntry(TypedDict):
+    image: str
+    why: str
+    trial: bool
+
+
+class Status(TypedDict):
+    pointers: dict[str, str | None]
+    images: list[StatusImage]
+    floor: str | None
+    boot_floor: str | None
+    plan: list[PlanEntry]
+    warnings: list[str]
+
+
+# --- /run/bankboot/booted (initfs/bootflow.boot_image), read by bankctl and the image ---
+class BootedKernel(TypedDict):
+    running: str  # uname -r
+    loader: str  # the release of the kernel that chose the image (the running one unless kexec'd)
+
+
+class Booted(TypedDict, total=False):  # the init writes every field; a reader of a missing file gets {}
+    image: str
+    why: str
+    trial: bool
+    signed_by: str | None
+    confirm_boots: bool | None
+    unconfirmed_boots: int | None
+    sealed: bool | None
+    persist: list[str] | None
+    kernel: BootedKernel
+    build: str
+    tried: list[Tried]
+    warnings: list[str]
+
+
 # --- the boot policy's records (overlay_layout/policy.py) ---
 class ImageInfo(NamedTuple):
     """id; state (None when unknown); tries; reason (of bad); version; committed: when it was marked good (0:
@@ -206,12 +268,17 @@ class Snapshot(NamedTuple):
     untrusted: tuple[tuple[str, str], ...] = ()
 
 
+Role = Literal["selected", "trial", "pinned", "current", "previous", "good", "last_resort"]
+
+
 class Candidate(NamedTuple):
-    """An image one boot may try, why, and whether it is a trial."""
+    """An image one boot may try, why (a sentence for people), whether it is a trial, and its role in the
+    order (policy.SELECTED ... policy.LAST_RESORT: what code decides on)."""
 
     image: str
     why: str
     trial: bool = False
+    role: Role = "current"
 
 
 EffectKind = Literal["spend_try", "mark_bad", "clear_next", "roll_forward", "demote", "repoint_current",
@@ -224,6 +291,17 @@ class Effect(NamedTuple):
     kind: EffectKind
     image: str | None = None
     reason: str = ""
+    pointer: str | None = None  # drop_pointer's pointer (layout.POINTERS)
+
+
+class Chosen(NamedTuple):
+    """What a boot's candidate walk ended with (overlay_layout/bootwalk.py)."""
+
+    candidate: Candidate | None  # the one that prepared; None when none did
+    why: str  # as the boot record says it (a selection names who made it)
+    prepared: Prepared
+    tried: list[Tried]  # the candidates that failed before it, in order
+    plan: Plan
 
 
 class Option(NamedTuple):

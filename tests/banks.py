@@ -101,3 +101,13 @@ def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
     Path(lay.manifest_path(image)).write_text(json.dumps({"id": image, "version": image.split("-")[0]}))
     lay.prepare_image_dirs(image)
     lay.set_pointer("current", image)
+
+
+def boot(banks):
+    """What an init's boot would choose when every candidate prepares (overlay_layout.bootwalk, its writes
+    made); the candidate."""
+    from overlay_layout.bootwalk import walk
+
+    chosen = walk(banks, lambda candidate, plan: {})
+    assert chosen.candidate is not None, f"nothing to boot on {banks.root}"
+    return chosen.candidate

@@ -14,7 +14,7 @@ from overlay_layout import bootlog
 from overlay_layout.lock import LockError, lock_banks
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import GOOD, Banks, StateError
-from tests.banks import DEV, install_first_image, make_bank
+from tests.banks import DEV, boot, install_first_image, make_bank
 
 DAMAGE = {
     "garbage": b"\x00\xffnot json at all",
@@ -100,7 +100,7 @@ def test_stage_after_rollback_is_refused(tmp_path: Path) -> None:
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"r" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64", reserve=0)
-    banks.choose_boot()
+    boot(banks)
     banks.mark_good(image)
     banks.rollback()
     make_bank(tmp_path / "v.bank", "3.0.0", b"s" * 5000)

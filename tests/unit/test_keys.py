@@ -37,7 +37,7 @@ from overlay_layout.trust import (
     signed_bytes,
     verify_manifest,
 )
-from tests.banks import make_bank
+from tests.banks import boot, make_bank
 
 SEEDS = [hashlib.sha256(b"test key %d" % i).digest() for i in range(5)]
 PUB = [ed25519.keypair(s)[0] for s in SEEDS]
@@ -153,7 +153,7 @@ def device(tmp_path: Path):
     first = make_bank(tmp_path / "first.bank", "1.0.0", b"first", seeds=(SEEDS[0],))
     banks = Banks(str(root))
     stage(banks, str(tmp_path / "first.bank"), policy, "9.9.9", machine="x86_64")
-    banks.choose_boot()
+    boot(banks)
     banks.mark_good(first)
     return banks, policy, first
 
@@ -165,7 +165,7 @@ def rotate(banks: Banks, policy: Policy, tmp_path: Path) -> str:
     m = stage(banks, str(tmp_path / "rotate.bank"), policy, "9.9.9", machine="x86_64")
     assert m["_keys"] == f"key update 1: adds {ID[1]}, retires {ID[0]}; trusted then: key {ID[1]} (any one)"
     assert policy.in_force(banks).serial == 0  # a trial's key update is not in force before it commits
-    assert banks.choose_boot().image == image
+    assert boot(banks).image == image
     assert commit(banks, policy, image) == (image, m["_keys"])
     return image
 

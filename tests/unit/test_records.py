@@ -17,6 +17,21 @@ def test_runtime_records_match_their_typed_twins(name: str) -> None:
     assert r._field_defaults == t._field_defaults
 
 
+def test_the_walks_record_matches_its_typed_twin() -> None:
+    from overlay_layout.bootwalk import Chosen
+
+    assert Chosen._fields == typed.Chosen._fields
+    assert Chosen._field_defaults == typed.Chosen._field_defaults
+
+
+def test_roles_and_effect_kinds_are_the_typed_literals() -> None:
+    assert set(typed.Role.__args__) == {runtime.SELECTED, runtime.ON_TRIAL, runtime.PINNED, runtime.CURRENT,
+                                        runtime.PREVIOUS, runtime.OTHER_GOOD, runtime.LAST_RESORT}
+    assert set(typed.EffectKind.__args__) == {runtime.SPEND_TRY, runtime.MARK_BAD, runtime.CLEAR_NEXT,
+                                              runtime.ROLL_FORWARD, runtime.DEMOTE, runtime.REPOINT_CURRENT,
+                                              runtime.DROP_POINTER}
+
+
 def test_states_are_the_typed_literal() -> None:
     assert set(typed.State.__args__) == {runtime.GOOD, runtime.TRIAL, runtime.BAD}
 

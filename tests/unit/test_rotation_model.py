@@ -32,7 +32,7 @@ from overlay_layout.manifest import parse_manifest
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import Banks, StateError
 from overlay_layout.trust import KeySet, Policy, TrustError, boot_keys, key_id
-from tests.banks import make_bank
+from tests.banks import boot, make_bank
 
 SEEDS = [hashlib.sha256(b"rotation model key %d" % i).digest() for i in range(6)]
 PUBLIC = [ed25519.keypair(s)[0] for s in SEEDS]
@@ -66,7 +66,7 @@ class RotatingDevice(RuleBasedStateMachine):
         self.old_bank = bank
         banks = Banks(str(self.root))
         stage(banks, str(bank), self.policy, VERSION, machine="x86_64")
-        banks.choose_boot()
+        boot(banks)
         banks.mark_good(self.old_image)
         self.booted = self.old_image
         durable.before_write = self._tick

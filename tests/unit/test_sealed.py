@@ -20,7 +20,7 @@ from overlay_layout.policy import GOOD, ImageInfo, Snapshot, plan_boot
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import FLOOR_FILE, STATE_FILE, Banks, StateError
 from overlay_layout.trust import Policy
-from tests.banks import install_first_image, make_bank
+from tests.banks import boot, install_first_image, make_bank
 
 DEV = Policy({}, allow_unsigned=True, allow_downgrade=False)
 BASE = {"format": 1, "id": "1.0.0-a", "version": "1.0.0", "arch": "amd64", "size": 8192, "sha256": "0" * 64,
@@ -100,7 +100,7 @@ def committed(tmp_path: Path) -> tuple[Banks, str, str]:
     assert banks.floors(banks.load()) == ("1.0.0", "1.0.0")
     new = make_bank(tmp_path / "u.bank", "2.0.0", b"n" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
-    banks.mark_good(banks.choose_boot().image)
+    banks.mark_good(boot(banks).image)
     return banks, "1.0.0-base", new
 
 
@@ -108,10 +108,10 @@ def test_commit_raises_the_floors_and_previous_stays_bootable(tmp_path: Path) ->
     banks, old, new = committed(tmp_path)
     assert banks.floors(banks.load()) == ("2.0.0", "1.0.0")
     assert json.loads((Path(banks.root) / FLOOR_FILE).read_text())["floor"] == "2.0.0"
-    assert [c.image for c in banks.plan().candidates] == [new, old]
+    assert [c.image for c in plan_boot(banks.snapshot()).candidates] == [new, old]
     banks.rollback()  # previous is reachable, and stays so once it is current again
-    assert banks.choose_boot().image == old
-    assert [c.image for c in banks.plan().candidates] == [old, new]
+    assert boot(banks).image == old
+    assert [c.image for c in plan_boot(banks.snapshot()).candidates] == [old, new]
 
 
 def test_a_deleted_or_damaged_state_file_never_lowers_the_floor(tmp_path: Path) -> None:
@@ -206,7 +206,7 @@ def test_rollback_to_a_previous_below_the_boot_floor_is_refused(tmp_path: Path) 
     banks, old, _ = committed(tmp_path)
     newer = make_bank(tmp_path / "v.bank", "3.0.0", b"v" * 5000)
     stage(banks, str(tmp_path / "v.bank"), DEV, "9.9.9", machine="x86_64")
-    banks.mark_good(banks.choose_boot().image)
+    banks.mark_good(boot(banks).image)
     assert banks.floors(banks.load()) == ("3.0.0", "2.0.0") and banks.layout.pointer("current") == newer
     banks.layout.set_pointer("previous", old)
     with pytest.raises(StateError, match="below the anti-rollback floor 2.0.0"):

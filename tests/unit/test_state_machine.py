@@ -22,16 +22,23 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from initfs.kit import remove_old_kits
 from overlay_layout import bootlog, durable
+from overlay_layout.bootwalk import walk
 from overlay_layout.layout import Layout
-from overlay_layout.policy import below_floor
+from overlay_layout.policy import LAST_RESORT, PINNED, SPEND_TRY, Candidate, Plan, below_floor
+from overlay_layout.records import Prepared
 from overlay_layout.stage import StageError, stage
 from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
-from tests.banks import DEV, install_first_image, is_complete, make_bank
+from tests.banks import DEV, boot, install_first_image, is_complete, make_bank
 
 
 # The state machine's tests stage unsigned banks; signatures have their own tests (test_trust.py).
-class PowerCut(Exception):
-    pass
+class ModelBroken(BaseException):
+    """An assertion of the model inside the walk's preparation step: not a candidate that fails (which the
+    walk catches and moves on from), so it is no Exception."""
+
+
+class PowerCut(BaseException):
+    """Not an Exception: no code a power cut interrupts runs on (the walk's "failures are warnings" included)."""
 
 
 class Device(RuleBasedStateMachine):
@@ -55,7 +62,7 @@ class Device(RuleBasedStateMachine):
         self.countdown: int | None = None
         self.cut_copy: Path | None = None
         self.trial_boots: dict[str, int] = {}
-        self.booted = self.banks.choose_boot().image
+        self.booted = boot(self.banks).image
         durable.before_write = self._tick
 
     def teardown(self) -> None:
@@ -155,31 +162,51 @@ class Device(RuleBasedStateMachine):
             self.countdown = None
 
     def reboot(self, kexec: bool = False) -> None:
-        """What the init does: the policy's plan (its writes made first), then the candidates in order
-        until one prepares; a trial that fails is marked bad; the boot is counted and logged."""
+        """What the init does: overlay_layout.bootwalk's walk (the policy's plan, its writes made first, then
+        the candidates in order until one prepares, resets applied, a trial that fails marked bad), with a
+        preparation step that fails on the images this model damaged; the boot is counted and logged."""
         banks = Banks(str(self.root))  # a new boot reads everything again
-        plan = banks.begin_boot()
-        assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
-        assert plan.candidates, "nothing to boot"
-        booted = None
-        for cand in plan.candidates:
-            state = banks.load()
-            entry = banks.image_state(state, cand.image)
+
+        def prepare(cand: Candidate, plan: Plan) -> Prepared:
+            try:
+                return check_and_prepare(cand, plan)
+            except AssertionError as e:  # the model's own findings, not a candidate that fails to prepare
+                raise ModelBroken(e) from e
+
+        def check_and_prepare(cand: Candidate, plan: Plan) -> Prepared:
+            entry = banks.image_state(banks.load(), cand.image)
             assert is_complete(self.root, cand.image), f"trying {cand.image}, which was never completely staged"
-            if cand.trial:
+            if cand.trial and cand.image != pinned:
                 assert entry["state"] == TRIAL and entry["tries"] >= 0
                 # Each trial boot spends one try, written before the boot: never more boots than tries staged.
-                self.trial_boots[cand.image] = self.trial_boots.get(cand.image, 0) + 1
                 assert self.trial_boots[cand.image] + entry["tries"] == self.max_tries_staged[cand.image]
             if cand.image in self.damaged:
                 if cand.trial:
-                    banks.trial_failed(cand.image, "damaged")
                     self.known_bad.add(cand.image)
-                continue
-            if not cand.trial and not cand.why.startswith("last resort"):
+                    failed_trials.append(cand.image)
+                raise OSError(f"image {cand.image}: damaged")
+            if not cand.trial and cand.role not in (LAST_RESORT, PINNED):  # the loader's choice, checked by it
                 assert entry.get("state") == GOOD, (cand, entry)
-            booted = cand
-            break
+            return {}
+
+        def begin_boot(*args: object) -> Plan:
+            """The plan's writes made: a trial's boot begins with its spent try (a cut after it, in a factory
+            reset before the image is touched, is a boot of the trial that never got to run)."""
+            plan = plan_boot(*args)
+            for image in [e.image for e in plan.effects if e.kind == SPEND_TRY]:
+                self.trial_boots[image] = self.trial_boots.get(image, 0) + 1
+            return plan
+
+        plan_boot, banks.begin_boot = banks.begin_boot, begin_boot
+        pinned = None
+        failed_trials: list[str] = []
+        chosen = walk(banks, prepare)
+        plan, booted = chosen.plan, chosen.candidate
+        for image in failed_trials:  # a trial that fails to prepare is given up in the same boot
+            assert banks.image_state(banks.load(), image).get("state") == BAD, image
+            assert banks.layout.pointer("next") != image, image
+        assert not [w for w in banks.warnings if "damaged" in w], banks.warnings  # cuts never damage a file
+        assert plan.candidates, "nothing to boot"
         if booted is not None:  # anti-rollback: never an image below the boot floor, whatever the pointers say
             version = banks.snapshot().images[booted.image].version
             assert not below_floor(version, plan.boot_floor), (booted, version, plan.boot_floor)
@@ -191,17 +218,18 @@ class Device(RuleBasedStateMachine):
             assert not left, f"nothing booted, though {left} could have"
         if booted is None:
             return
-        if kexec:  # the image has a kernel of its own: the second stage plans again, pinned to it
+        if kexec:  # the image has a kernel of its own: the second stage walks again, pinned to it
             tries = banks.image_state(banks.load(), booted.image).get("tries")
             banks = Banks(str(self.root))
-            second = banks.begin_boot(pinned=booted.image)
-            assert second.candidates[0].image == booted.image and second.candidates[0].trial == booted.trial
+            pinned = booted.image
+            second = walk(banks, prepare, pinned=pinned)
+            assert second.candidate is not None and second.plan.candidates[0] == second.candidate
+            assert second.candidate.image == booted.image and second.candidate.trial == booted.trial
             assert banks.image_state(banks.load(), booted.image).get("tries") == tries, "a second try was spent"
-        if not booted.trial and not booted.why.startswith("last resort"):
+        if not booted.trial and booted.role != LAST_RESORT:
             # The newest committed image that is not damaged boots (its previous when it is damaged).
             good = [c.image for c in plan.candidates if not c.trial and c.image not in self.damaged]
             assert booted.image == good[0]
-        banks.apply_reset(booted.image)
         banks.record_boot(booted.image)
         remove_old_kits(banks.layout, banks.layout.images())
         assert not list(self.root.glob("overlay/*/utils/bankboot-*")), "a kit on the banks partition survived a boot"
@@ -267,9 +295,9 @@ class Device(RuleBasedStateMachine):
             kit.mkdir(parents=True, exist_ok=True)
             (kit / "init").write_text("#!/bin/sh\necho planted\n")
 
-    @rule(image=st.sampled_from(["current", "previous"]))
+    @rule(image=st.sampled_from(["current", "previous", "next"]))
     def damage(self, image: str) -> None:
-        """A committed image's blocks go bad (the init's preflight would fail on it)."""
+        """An image's blocks go bad (the init's preflight would fail on it): a committed one, or a trial."""
         target = self.banks.layout.pointer(image)
         if target is not None:
             self.damaged.add(target)
@@ -333,7 +361,7 @@ def test_a_trial_that_is_never_marked_good_falls_back(tmp_path: Path) -> None:
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"x" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", tries=2, machine="x86_64")
-    assert [banks.choose_boot().image for _ in range(3)] == [image, image, "1.0.0-base"]
+    assert [boot(banks).image for _ in range(3)] == [image, image, "1.0.0-base"]
     assert banks.load()["images"][image]["state"] == BAD
     assert "no tries left" in banks.load()["images"][image]["reason"]
     assert banks.layout.pointer("next") is None
@@ -344,14 +372,14 @@ def test_commit_makes_trial_current_and_old_current_previous(tmp_path: Path) -> 
     banks = Banks(str(tmp_path))
     image = make_bank(tmp_path / "u.bank", "2.0.0", b"y" * 5000)
     stage(banks, str(tmp_path / "u.bank"), DEV, "9.9.9", machine="x86_64")
-    booted = banks.choose_boot()
+    booted = boot(banks)
     assert booted.trial and booted.image == image
     banks.mark_good(booted.image)
     assert banks.layout.pointer("current") == image
     assert banks.layout.pointer("previous") == "1.0.0-base"
     assert banks.layout.pointer("next") is None
     banks.rollback()
-    assert banks.choose_boot().image == "1.0.0-base"
+    assert boot(banks).image == "1.0.0-base"
     assert banks.layout.pointer("current") == "1.0.0-base" and banks.layout.pointer("previous") == image
 
 

@@ -27,7 +27,7 @@ from overlay_layout.trust import (
     verify_manifest,
     version_lt,
 )
-from tests.banks import install_first_image
+from tests.banks import boot, install_first_image
 
 BASE = {"format": 1, "id": "1.1.0-abc", "version": "1.1.0", "arch": "amd64", "size": 8, "sha256": "b" * 64,
         "created": "1970-01-01T00:00:00Z", "min_bankboot": "0.1.0"}
@@ -152,7 +152,7 @@ def test_stage_enforces_signatures_and_the_floor(keys, tmp_path: Path) -> None:
     # A signed one goes in; committed, it raises the floor; an older one is then refused.
     m = make_signed_bank(tmp_path / "good.bank", "2.0.0", a)
     stage(banks, str(tmp_path / "good.bank"), policy, "0.1.0", machine="x86_64")
-    banks.choose_boot()
+    boot(banks)
     banks.mark_good(m["id"])
     assert banks.load()["floor"] == "2.0.0"
     make_signed_bank(tmp_path / "old.bank", "1.5.0", a, payload=b"hsqs" + b"o" * 9000)
