@@ -8,7 +8,7 @@ import os
 import time
 
 from overlay_layout import durable
-from overlay_layout.layout import POINTERS, Layout, check_id
+from overlay_layout.layout import POINTERS, check_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def gc(banks: Banks, booted: str | None) -> list[str]:
             st["images"].pop(image, None)
             st["reset"].pop(image, None)
             removed.append(image)
-    removed += remove_staging_leftovers(banks.layout)
+    removed += banks.remove_staging_leftovers()
     overlay = banks.layout.overlay
     for name in sorted(os.listdir(overlay)) if os.path.isdir(overlay) else []:
         if name.startswith(".download-"):
@@ -81,22 +81,6 @@ def gc(banks: Banks, booted: str | None) -> list[str]:
     if removed:
         banks.save(st)
         durable.fsync_dir(banks.layout.overlay)
-    return removed
-
-
-def remove_staging_leftovers(layout: Layout) -> list[str]:
-    """What writes cut by a power loss left behind: `.staging-*` directories and durable.write_file's
-    temp files (never in use: bankctl holds the banks lock while it writes, and the init runs before
-    any bankctl)."""
-    removed = []
-    for d in (layout.overlay, layout.root):
-        names = os.listdir(d) if os.path.isdir(d) else []
-        gone = [n for n in names if n.startswith(".staging-") or durable.is_temp_name(n)]
-        for name in gone:
-            durable.remove_tree(os.path.join(d, name))
-        if gone:
-            durable.fsync_dir(d)
-        removed += gone
     return removed
 
 

@@ -305,10 +305,19 @@ class Banks(StateStore):
         return cleanup.gc(self, booted)
 
     def remove_staging_leftovers(self) -> list[str]:
-        """What writes cut by a power loss left behind (cleanup.remove_staging_leftovers)."""
-        from overlay_layout import cleanup
-
-        return cleanup.remove_staging_leftovers(self.layout)
+        """What writes cut by a power loss left behind: `.staging-*` directories and durable.write_file's
+        temp files (never in use: bankctl holds the banks lock while it writes, and the init runs before
+        any bankctl). Here, not in cleanup.py: every boot runs it, and a module more costs every boot."""
+        removed = []
+        for d in (self.layout.overlay, self.layout.root):
+            names = os.listdir(d) if os.path.isdir(d) else []
+            gone = [n for n in names if n.startswith(".staging-") or durable.is_temp_name(n)]
+            for name in gone:
+                durable.remove_tree(os.path.join(d, name))
+            if gone:
+                durable.fsync_dir(d)
+            removed += gone
+        return removed
 
     def status(self, unconfirmed_limit: int = policy.DEFAULT_UNCONFIRMED_LIMIT) -> Status:
         """What `bankctl status` prints and the console menu offers (statusview.status)."""
