@@ -1,9 +1,8 @@
 """bankctl: the device-side tool, run in the booted image (/run/bankboot/bin/bankctl). It is the frozen
 program's second entry point and changes state only through overlay_layout.
 
-Exit codes (stable, see docs/lifecycle.md): 0 done; 1 error (bad input, I/O, damaged layout);
-2 usage; 3 refused by the state (nothing on trial, no previous image, ...); 4 stage refused the image
-(verification, architecture, space); 5 another bankctl holds the banks partition (try again)."""
+Exit codes (stable): overlay_layout/errors.py's EXIT_CODES, as docs/lifecycle.md lists them; an error's
+class says which it ends a command with."""
 
 from __future__ import annotations
 
@@ -26,10 +25,9 @@ from overlay_layout.contract import (
     archive_path,
     modules_list,
 )
-from overlay_layout.layout import LayoutError
-from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.errors import EXIT_ERROR, EXIT_OK, EXIT_STAGE, EXIT_USAGE, BankbootError, verdict
+from overlay_layout.lock import lock_banks
 from overlay_layout.manifest import describe_persist
-from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
@@ -38,9 +36,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from overlay_layout.trust import KeySet
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-
 
 def banks_root() -> str:
     return os.environ.get("BANKBOOT_BANKS", BANKS)
@@ -247,7 +242,7 @@ def network_settings(banks: Banks, args: argparse.Namespace, ddi: bool = False) 
         else:
             auth = BearerAuth(args.token_file)
     except TokenError as e:
-        raise DownloadError(str(e), False) from None
+        raise DownloadError(str(e), False) from e
     return Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
                     say=say, auth=auth)
 
@@ -442,7 +437,7 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
         pol = policy()
         who = pol.check(manifest, VERSION, keys_in_force(banks, pol))
     except TrustError as e:
-        raise LoaderError(f"image {image}: {e}") from None
+        raise LoaderError(f"image {image}: {e}") from e
     if "initramfs" not in manifest.get("kernel", {}):
         raise LoaderError(f"image {image} carries no kernel and initramfs of its own (bankboot image --kernel)")
     if banks.image_state(banks.load(), image).get("state") != GOOD:
@@ -651,16 +646,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(banks, args))
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline", "loader")):
             return int(args.func(banks, args))
-    except StageError as e:
-        print(f"\nbankctl {args.command}: {'failed' if e.transient else 'refused'}: {e}", file=sys.stderr)
-        return EXIT_STAGE
-    except StateError as e:
-        print(f"bankctl {args.command}: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    except LockError as e:
-        print(f"bankctl {args.command}: {e}", file=sys.stderr)
-        return EXIT_BUSY
-    except (LayoutError, OSError, RuntimeError) as e:  # RuntimeError: LoaderError, ModuleLoadError
+    except BankbootError as e:  # its class says the exit code and, for a stage, failed (retry) or refused
+        lead = "\n" if e.exit_code == EXIT_STAGE else ""  # after the progress bar
+        print(f"{lead}bankctl {args.command}: {verdict(e)}{e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
 

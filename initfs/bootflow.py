@@ -16,6 +16,7 @@ from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
 from overlay_layout import durable
 from overlay_layout.contract import BANKS, BOOTED, RUN, TIMELINE, InitramfsConf
+from overlay_layout.errors import BankbootError
 from overlay_layout.layout import Layout
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
@@ -36,7 +37,7 @@ VOLATILE = f"{RUN}/volatile"  # upper/work on tmpfs when the banks partition can
 NEWROOT = "/newroot"
 
 
-class BootError(RuntimeError):
+class BootError(BankbootError):
     pass
 
 

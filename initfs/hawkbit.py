@@ -79,7 +79,7 @@ class Options:
         try:
             self.base = controller_url(server, tenant, controller)
         except NetError as e:
-            raise PollFailed(str(e), False) from None
+            raise PollFailed(str(e), False) from e
         self.server, self.tries, self.upper, self.reboot = server, tries, upper, reboot
         self.inhibit, self.revision = inhibit, revision
 
@@ -399,8 +399,8 @@ class _Poll:
             except SwuError as err:
                 if len(head) == HEAD and head_needed(head) > len(head):
                     raise StageError(f"{where}: its headers are larger than {HEAD >> 10} KiB: not a bankboot .swu") \
-                        from None
-                raise StageError(str(err)) from None
+                        from err
+                raise StageError(str(err)) from err
             info.update(got)
             listed = got["boards"]
             boards = [str(b) for b in listed] if isinstance(listed, list) else []

@@ -29,6 +29,7 @@ import time
 
 from initfs.identity import device_id, headers
 from overlay_layout import bootlog, pollstate
+from overlay_layout.errors import Refused
 from overlay_layout.layout import MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import (
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from overlay_layout.trust import Policy
 
 
-class NotNow(RuntimeError):
+class NotNow(Refused):
     """The device is in a state in which it does not poll (exit 3): it says which and until when."""
 
 

@@ -43,7 +43,7 @@ def _this_arch() -> Arch:
     try:
         return arch_of_machine(os.uname().machine)
     except UnknownArch as e:
-        raise OSError(38, str(e)) from None
+        raise OSError(38, str(e)) from e
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0) -> None:

@@ -85,7 +85,7 @@ class BankFile:
             try:
                 self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
-                raise BankFileError(f"cannot read {path}: {e.strerror}") from None
+                raise BankFileError(f"cannot read {path}: {e.strerror}") from e
         self.source = source
         try:
             self.members = self._read_members()
@@ -100,7 +100,7 @@ class BankFile:
         try:
             return os.pread(self.fd, size, offset)
         except OSError as e:
-            raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+            raise BankFileError(f"cannot read {self.path}: {e.strerror}") from e
 
     def read(self, offset: int, size: int) -> bytes:
         """Exactly `size` bytes of the bank file from `offset`; fewer is a truncated file."""
@@ -261,7 +261,7 @@ class BankFile:
         try:
             result = hashing.copy_hashed(self.fd, member.offset, member.size, dest, progress)
         except hashing.ShortRead as e:
-            raise BankFileError(f"{self.path} is truncated or unreadable: {member.name} {e}") from None
+            raise BankFileError(f"{self.path} is truncated or unreadable: {member.name} {e}") from e
         try:
             self._check(member, result)
         except BankFileError:

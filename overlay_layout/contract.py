@@ -8,6 +8,8 @@ slow ARM board under TCG every imported module is milliseconds of boot.
 
 from __future__ import annotations
 
+from overlay_layout.errors import BankbootError
+
 # --- Paths on the device. The builder stores them without the leading "/" (see `rel`). ---
 ETC = "/etc/bankboot"
 CONF = ETC + "/initramfs.conf"  # InitramfsConf.render() output
@@ -99,7 +101,7 @@ ARCHES: tuple[Arch, ...] = (
 )
 
 
-class UnknownArch(ValueError):
+class UnknownArch(ValueError, BankbootError):
     pass
 
 

@@ -8,12 +8,14 @@ import ctypes
 import os
 import sys
 
+from overlay_layout.errors import BankbootError
+
 PUBLIC_BYTES, SEED_BYTES, SIGNATURE_BYTES, SECRET_BYTES = 32, 32, 64, 64
 _NAMES = ("libsodium.so.23", "libsodium.so")
 _lib: ctypes.CDLL | None = None
 
 
-class SodiumError(RuntimeError):
+class SodiumError(BankbootError):
     pass
 
 

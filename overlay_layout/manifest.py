@@ -145,7 +145,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         m = jsontext.loads(data)
     except (ValueError, RecursionError) as e:
-        raise LayoutError(f"{where}: not valid JSON: {e}") from None
+        raise LayoutError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(m, dict):
         raise LayoutError(f"{where}: must be a JSON object")
     if m.get("format") != FORMAT:
@@ -212,7 +212,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         try:
             parse_chain(m["key_updates"], where)
         except TrustError as e:
-            raise LayoutError(str(e)) from None
+            raise LayoutError(str(e)) from e
     if "encryption" in m:
         check_encryption(m["encryption"], m, where)
     private = [k for k in m if k.startswith("_")]

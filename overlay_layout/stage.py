@@ -10,6 +10,7 @@ import stat
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import UnknownArch, arch_of_machine
+from overlay_layout.errors import EXIT_STAGE, BankbootError
 from overlay_layout.layout import MANIFEST, SQUASHFS, Layout, LayoutError
 from overlay_layout.manifest import dump_manifest, split_persist
 from overlay_layout.nofollow import check_dirs
@@ -29,10 +30,10 @@ MARGIN = 4 << 20  # left free on the partition after staging, for state.json and
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 
 
-class StageError(RuntimeError):
-    """The image was not staged. `transient`: a retry may help (a download that failed on the way)."""
+class StageError(BankbootError):
+    """The image was not staged (exit 4). `transient`: a retry may help (a download that failed on the way)."""
 
-    transient = False
+    exit_code = EXIT_STAGE
 
 
 def tree_size(path: str) -> int:
@@ -98,7 +99,7 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             try:
                 bank.extract(member, os.path.join(work, member.name), progress if member.name == SQUASHFS else None)
             except LayoutError as e:
-                raise StageError(str(e)) from None
+                raise StageError(str(e)) from e
 
     def open_bank() -> BankFile:
         return BankFile(bank_file)
@@ -132,7 +133,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     try:
         bank = open_bank()
     except LayoutError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     with bank:
         manifest = bank.manifest
         image = manifest["id"]
@@ -184,14 +185,14 @@ def _decrypting(banks: Banks, bank: BankFile, policy: Policy, where: str,
     try:
         key = encryption.content_key(manifest, policy.device_key, where)
     except LayoutError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     remote = bank.source is not None
 
     def decrypt(work: str) -> None:
         try:
             manifest["_fetched"] = encryption.fill(bank, work, key, banks.layout if remote else None, progress)
         except LayoutError as e:
-            raise StageError(str(e)) from None
+            raise StageError(str(e)) from e
 
     return decrypt
 
@@ -215,12 +216,12 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
                 raise TrustError(f"version {manifest['version']} is below the floor {floor} and this "
                                  f"initramfs does not allow downgrades")
     except TrustError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     manifest["_signed_by"] = who
     try:
         arch = arch_of_machine(machine or os.uname().machine).debian
     except UnknownArch as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     if manifest["arch"] != arch:
         raise StageError(f"{where} is an {manifest['arch']} image; this machine is {arch}")
     layout, image = banks.layout, manifest["id"]
@@ -248,7 +249,7 @@ def _check_key_updates(manifest: Manifest, keys: KeySet, policy: Policy, running
         policy.check(manifest, running_version, new)
     except TrustError as e:
         raise TrustError(f"{e}, under the keys its own key update {new.serial} puts in force: committing it would "
-                         f"leave it unbootable (sign the bank with keys of the new set too)") from None
+                         f"leave it unbootable (sign the bank with keys of the new set too)") from e
     manifest["_keys"] = changes(keys, new)
 
 

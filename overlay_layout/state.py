@@ -21,6 +21,7 @@ import os
 import time
 
 from overlay_layout import durable, jsontext, policy
+from overlay_layout.errors import Refused
 from overlay_layout.jsonfile import Damaged, keep_aside, read_json
 from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.manifest import persist_mount_options, split_persist
@@ -41,7 +42,7 @@ MAX_STATE_BYTES = 1 << 20  # far more than any real state file; a bigger one is 
 __all__ = ["BAD", "GOOD", "TRIAL", "Banks", "Candidate", "Choice", "StateError"]
 
 
-class StateError(RuntimeError):
+class StateError(Refused):
     """A transition that is not allowed now (exit code 3 in bankctl)."""
 
 

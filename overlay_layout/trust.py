@@ -19,6 +19,7 @@ import binascii
 import os
 
 from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
+from overlay_layout.errors import BankbootError
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import split_semver
@@ -36,7 +37,7 @@ PRIVATE_TAG = "bankboot-ed25519-private"
 SIGNATURE_FIELDS = ("signature", "signatures")  # what the signed bytes leave out
 
 
-class TrustError(RuntimeError):
+class TrustError(BankbootError):
     pass
 
 
@@ -81,7 +82,7 @@ def read_key_file(path: str, tag: str, kind: str, comment_ok: bool) -> bytes:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from None
+        raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from e
     except UnicodeDecodeError:
         text = ""
     return parse_key(text, path, tag, kind, comment_ok)
@@ -158,7 +159,7 @@ class KeySet:
             except ValueError:
                 ok = False
             except ed25519.SodiumError as e:
-                raise TrustError(f"cannot check a signature: {e}") from None
+                raise TrustError(f"cannot check a signature: {e}") from e
             if ok:
                 valid.append(kid)
                 if kid in bad:
@@ -269,7 +270,7 @@ def check_manifest_version(manifest: Manifest, where: str) -> None:
         if "min_bankboot" in manifest:
             parse_version(manifest["min_bankboot"])
     except TrustError as e:
-        raise LayoutError(f"{where}: {e}") from None
+        raise LayoutError(f"{where}: {e}") from e
 
 
 class Policy:

@@ -93,7 +93,7 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
         with open(os.path.join(work, HEAD), "rb") as f:
             head = f.read(1 << 20)
     except OSError as e:
-        raise StageError(f"{work}: cannot read {HEAD}: {e.strerror}") from None
+        raise StageError(f"{work}: cannot read {HEAD}: {e.strerror}") from e
 
     def open_bank() -> BankFile:
         bank = BankFile(where, _Head(head, note["size"]), derive=True)
@@ -109,7 +109,7 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
                 got = hashing.hash_file(path)
             except OSError as e:
                 raise StageError(f"{where}: {member.name}: {e.strerror or e}; download it again (bankctl poll)") \
-                    from None
+                    from e
             if got != (bank.expected_size(member.name), bank.expected(member.name)):
                 raise StageError(f"{where}: {member.name} on the banks partition does not match the signed manifest "
                                  f"(damaged since it was downloaded); download it again (bankctl poll)")

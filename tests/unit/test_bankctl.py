@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from initfs import bankctl
+from overlay_layout.errors import EXIT_BUSY, EXIT_STAGE
 from overlay_layout.state import Banks
 from tests.banks import install_first_image
 
@@ -62,7 +63,7 @@ def test_a_second_bankctl_is_told_the_partition_is_busy(banks_root: Path, capsys
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr("overlay_layout.lock.LOCK_WAIT", 0.2)
-        assert bankctl.main(["gc"]) == bankctl.EXIT_BUSY
+        assert bankctl.main(["gc"]) == EXIT_BUSY
         assert "another bankctl" in capsys.readouterr().err
     finally:
         holder.kill()
@@ -87,8 +88,8 @@ def test_a_failed_download_says_failed_and_a_refused_one_refused(banks_root: Pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    assert bankctl.main(["stage", "--retries", "0", f"http://127.0.0.1:{port}/a.bank"]) == bankctl.EXIT_STAGE
+    assert bankctl.main(["stage", "--retries", "0", f"http://127.0.0.1:{port}/a.bank"]) == EXIT_STAGE
     assert f"bankctl stage: failed: cannot reach 127.0.0.1:{port}" in capsys.readouterr().err
-    assert bankctl.main(["stage", "http://[::1/a.bank"]) == bankctl.EXIT_STAGE
+    assert bankctl.main(["stage", "http://[::1/a.bank"]) == EXIT_STAGE
     assert "bankctl stage: refused: 'http://[::1/a.bank' is not a valid URL: an IPv6 address opened with [ is never " \
            "closed with ]" in capsys.readouterr().err
