@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from initfs.loaderab import DEFAULT_TRIES as LOADER_TRIES
 from initfs.version import VERSION
 from overlay_layout import bootlog
 from overlay_layout.contract import (
@@ -26,6 +27,7 @@ from overlay_layout.contract import (
     modules_list,
 )
 from overlay_layout.errors import EXIT_ERROR, EXIT_OK, EXIT_STAGE, EXIT_USAGE, BankbootError, verdict
+from overlay_layout.layout import DEFAULT_TRIES, POINTERS
 from overlay_layout.lock import lock_banks
 from overlay_layout.manifest import describe_persist
 from overlay_layout.state import TRIAL, Banks, StateError
@@ -423,16 +425,15 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.loader import SOURCE, LoaderError, boot_partition, install_loader, mount_source
     from initfs.modules import load_modules, read_order
     from initfs.syscalls import umount
-    from overlay_layout.manifest import parse_manifest
+    from overlay_layout.manifest import read_installed
     from overlay_layout.state import GOOD
     from overlay_layout.trust import TrustError
 
     layout = banks.layout
-    image = layout.pointer(args.image) if args.image in ("current", "next", "previous") else args.image
+    image = layout.pointer(args.image) if args.image in POINTERS else args.image
     if image is None or image not in layout.images():
         raise LoaderError(f"no image {args.image} on the banks partition")
-    with open(layout.manifest_path(image), "rb") as f:
-        manifest = parse_manifest(f.read(65536), layout.manifest_path(image))
+    manifest = read_installed(layout, image)
     try:
         pol = policy()
         who = pol.check(manifest, VERSION, keys_in_force(banks, pol))
@@ -540,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
                                 "interrupted download; takes the chunks this device already holds from its images), "
                                 "such as the blob URL `bankboot publish --oci` prints for a registry")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.add_argument("--allow-downgrade", action="store_true",
@@ -581,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"do nothing while FILE exists (repeatable; {INHIBIT} always counts)")
     s.add_argument("--channel", metavar="NAME", help="the channel the document must be for (default: its file "
                                                      "name, NAME.json)")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     add_network_options(s)
@@ -591,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reboot", action="store_true", help="reboot into the trial once it is staged")
     s.add_argument("--reboot-command", default="reboot", metavar="CMD", help="how --reboot reboots (default: "
                                                                                "reboot)")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.set_defaults(func=cmd_apply, own_lock=True)
@@ -615,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "an image (disks made for U-Boot or UEFI; docs/firmware.md)")
     s.add_argument("image", help="a committed image with a kernel: its id, or current/previous")
     s.add_argument("--boot", metavar="DEVICE", help="the boot partition (default: partition 1 of the banks disk)")
-    s.add_argument("--tries", type=int, default=3, help="boots the firmware gives the new loader (default 3)")
+    s.add_argument("--tries", type=int, default=LOADER_TRIES,
+                   help=f"boots the firmware gives the new loader (default {LOADER_TRIES})")
     s.set_defaults(func=cmd_install_loader)
     s = sub.add_parser("loader", help="the loader slots on the boot partition: the committed one, the one on "
                                       "trial and its tries")

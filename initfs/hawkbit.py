@@ -35,7 +35,7 @@ import time
 from initfs.identity import device_id
 from initfs.poll import NotNow, PollFailed, Result, check_ready, running_image
 from overlay_layout import bootlog, durable, jsontext
-from overlay_layout.layout import MANIFEST
+from overlay_layout.layout import DEFAULT_TRIES, MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import manifest_digest
 from overlay_layout.net.ddi import (
@@ -74,7 +74,7 @@ HEAD = 64 << 10  # the artifact's first request: its cpio headers, sw-descriptio
 class Options:
     __slots__ = ("base", "inhibit", "reboot", "revision", "server", "tries", "upper")
 
-    def __init__(self, server: str, tenant: str, controller: str, tries: int = 3, upper: str = "copy",
+    def __init__(self, server: str, tenant: str, controller: str, tries: int = DEFAULT_TRIES, upper: str = "copy",
                  reboot: bool = False, inhibit: tuple[str, ...] = (), revision: str = "default") -> None:
         try:
             self.base = controller_url(server, tenant, controller)

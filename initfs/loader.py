@@ -135,7 +135,7 @@ def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> lis
         f"loader {good} stays the default until loader {slot} has booted an image"]
 
 
-def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str, tries: int = 3) -> list[str]:
+def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str, tries: int) -> list[str]:
     """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
     boot_dev: into the loader slot not booted by default, on a disk made for firmware (install_ab); else as
     kernel_name and initramfs.img. Returns what was done, a line each."""

@@ -13,7 +13,7 @@ import os
 from overlay_layout import hashing
 from overlay_layout.chunks import MEMBER as CHUNKS
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
-from overlay_layout.manifest import parse_manifest
+from overlay_layout.manifest import MAX_MANIFEST, parse_manifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 ORDER = (MANIFEST, SQUASHFS, VERITY, CHUNKS)
 HEADER = 512
-MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger first member is not one of ours
 
 
 class BankFileError(LayoutError):

@@ -26,6 +26,11 @@ from overlay_layout.syntax import is_name
 
 OVERLAY = "overlay"
 POINTERS = ("current", "next", "previous")
+# Work directories in overlay/, never images (their names start with a dot): a local stage's, removed on any
+# failure and at every boot, and a URL stage's, kept so that the next attempt resumes it (stage.stage_from).
+STAGING = ".staging-"
+DOWNLOAD = ".download-"
+DEFAULT_TRIES = 3  # trial boots a staged image gets before it is given up (`bankctl stage --tries`)
 SQUASHFS = "rootfs.squashfs"
 VERITY = "rootfs.verity"  # the squashfs's dm-verity hash tree (no superblock)
 MANIFEST = "manifest.json"
@@ -100,6 +105,18 @@ class Layout:
         except LayoutError as e:
             raise LayoutError(f"{path} -> {target}: {e}") from e
         return target.rstrip("/")
+
+    def pointers_to(self, image_id: str) -> list[str]:
+        """The pointers that name `image_id`, in POINTERS order. A damaged pointer names nothing here (the
+        state's reading of it reports what is wrong)."""
+        named = []
+        for name in POINTERS:
+            try:
+                if self.pointer(name) == image_id:
+                    named.append(name)
+            except LayoutError:
+                continue
+        return named
 
     def set_pointer(self, name: str, image_id: str | None) -> None:
         if name not in POINTERS:

@@ -11,7 +11,7 @@ from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import UnknownArch, arch_of_machine
 from overlay_layout.errors import EXIT_STAGE, BankbootError
-from overlay_layout.layout import MANIFEST, SQUASHFS, Layout, LayoutError
+from overlay_layout.layout import DEFAULT_TRIES, DOWNLOAD, MANIFEST, SQUASHFS, STAGING, Layout, LayoutError
 from overlay_layout.manifest import dump_manifest, split_persist
 from overlay_layout.nofollow import check_dirs
 from overlay_layout.state import Banks, StateError
@@ -86,8 +86,8 @@ def _copy_meta(src: str, dst: str) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
-          machine: str | None = None, progress: Callable[[int, int], None] | None = None,
+def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = DEFAULT_TRIES,
+          upper: str = "copy", machine: str | None = None, progress: Callable[[int, int], None] | None = None,
           allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
     """Stage a local bank file (or a block device holding one). `reserve`: bytes staging must leave free
     beyond MARGIN. `booted`: the running image, never replaced. The caller holds the banks lock (lock.py)."""
@@ -109,9 +109,9 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
 
 
 def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Fill,
-               policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
+               policy: Policy, running_version: str, tries: int = DEFAULT_TRIES, upper: str = "copy",
                machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
-               booted: str | None = None, work_prefix: str = ".staging-",
+               booted: str | None = None, resumable: bool = False,
                progress: Callable[[int, int], None] | None = None) -> Manifest:
     """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
     floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
@@ -120,8 +120,8 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     this device's key (opened before anything is written, so a bank for another device is refused first),
     its chunks read from the bank's source or, from a server, taken from the installed images; None for a
     plain bank.
-    A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one (`bankctl
-    stage URL`) is kept so the next attempt resumes."""
+    The work directory of a local stage (layout.STAGING) is removed on any failure (and at every boot); a
+    `resumable` one (`bankctl stage URL`, layout.DOWNLOAD) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -139,7 +139,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
         image = manifest["id"]
         downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
         decrypt = _decrypting(banks, bank, policy, where, progress) if bank.encrypted else None
-        work = os.path.join(layout.overlay, f"{work_prefix}{image}")
+        work = os.path.join(layout.overlay, f"{DOWNLOAD if resumable else STAGING}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout, cur, manifest.get("persist")) if cur and upper == "copy" else []
         verity, index = manifest.get("verity"), manifest.get("chunks")
@@ -152,8 +152,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
                              f"(including {(MARGIN + reserve) / 1e6:.1f} MB kept free for the next boot), "
                              f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
         durable.make_dirs(layout.overlay)
-        keep = work_prefix != ".staging-"
-        if not keep:
+        if not resumable:
             durable.remove_tree(work)
         os.makedirs(work, exist_ok=True)
         try:
@@ -161,7 +160,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
             _complete(work, manifest, copies)
             durable.rename(work, layout.image_dir(image))
         except BaseException:
-            if not keep:
+            if not resumable:
                 durable.remove_tree(work)
             raise
     try:
@@ -226,7 +225,7 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
         raise StageError(f"{where} is an {manifest['arch']} image; this machine is {arch}")
     layout, image = banks.layout, manifest["id"]
     if os.path.exists(layout.image_dir(image)):
-        pointed = [p for p in ("current", "next", "previous") if banks._pointer(p) == image]
+        pointed = layout.pointers_to(image)
         if pointed or image == booted:
             raise StageError(f"image {image} is already on the banks partition ({', '.join(pointed) or 'running'})")
         # Complete on disk but never made `next` (a cut after its rename): replace it.

@@ -68,5 +68,6 @@ def test_failed_or_refused_is_decided_by_the_attribute_not_the_words() -> None:
 def test_the_docs_list_the_exit_codes_of_the_table() -> None:
     text = (ROOT / "docs/lifecycle.md").read_text()
     listed = text.split("Exit codes (stable):", 1)[1].split("Messages go", 1)[0]
-    documented = {int(code): words for code, words in re.findall(r"`(\d+)` (.+?)(?= \(|;|\.)", " ".join(listed.split()))}
+    pairs = re.findall(r"`(\d+)` (.+?)(?= \(|;|\.)", " ".join(listed.split()))
+    documented = {int(code): words for code, words in pairs}
     assert documented == EXIT_CODES
