@@ -39,13 +39,9 @@ if TYPE_CHECKING:
 
     from overlay_layout.trust import KeySet
 
-def banks_root() -> str:
-    return os.environ.get("BANKBOOT_BANKS", BANKS)
-
-
-def run_path(path: str) -> str:
-    """A path under the init's run directory (contract.RUN), which tests move with BANKBOOT_RUN."""
-    return os.environ.get("BANKBOOT_RUN", RUN) + path.removeprefix(RUN)
+def run_path(args: argparse.Namespace, path: str) -> str:
+    """A path under the init's run directory (contract.RUN; main's `run_dir`, which tests move)."""
+    return str(args.run_dir) + path.removeprefix(RUN)
 
 
 def kit_root() -> str:
@@ -69,8 +65,8 @@ def keys_in_force(banks: Banks, pol: Policy | None = None) -> KeySet:
     return keys
 
 
-def booted_info() -> dict[str, Any]:
-    path = run_path(BOOTED)
+def booted_info(args: argparse.Namespace) -> dict[str, Any]:
+    path = run_path(args, BOOTED)
     try:
         with open(path) as f:
             info = json.load(f)
@@ -93,7 +89,7 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     pol = policy()
     keys = keys_in_force(banks, pol)
     status = banks.status(unconfirmed_limit())
-    status["booted"] = booted_info()
+    status["booted"] = booted_info(args)
     plan = status["plan"]
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
     status["trust"] = {"keys": sorted(keys.keys), "threshold": keys.threshold, "serial": keys.serial,
@@ -195,7 +191,7 @@ class Progress:
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.modules import fast_hashing
 
-    booted = booted_info().get("image")
+    booted = booted_info(args).get("image")
     if getattr(sys, "frozen", False):
         fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
     if "://" in args.file:
@@ -264,8 +260,8 @@ def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.poll import Device, Options
     from initfs.pollcmd import run_poll
 
-    conf, pol, booted = kit_conf(), policy(), booted_info()
-    inhibit = (run_path(INHIBIT), *args.inhibit)
+    conf, pol, booted = kit_conf(), policy(), booted_info(args)
+    inhibit = (run_path(args, INHIBIT), *args.inhibit)
     if args.hawkbit:
         return _poll_hawkbit(banks, args, conf, pol, booted, inhibit)
     if args.tenant or args.controller_id or args.gateway_token:
@@ -318,7 +314,8 @@ def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
     from overlay_layout.net.downloaded import apply
 
     def stage_download() -> Any:
-        return apply(banks, policy(), VERSION, tries=args.tries, upper=args.upper, booted=booted_info().get("image"))
+        return apply(banks, policy(), VERSION, tries=args.tries, upper=args.upper,
+                     booted=booted_info(args).get("image"))
 
     with lock_banks(banks.root, exclusive=True):
         m = stage_download()
@@ -328,7 +325,7 @@ def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
 def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
     from overlay_layout.keychain import commit
 
-    booted = booted_info().get("image")
+    booted = booted_info(args).get("image")
     image, change = commit(banks, policy(), booted)
     from initfs.watchdog import disarm
 
@@ -343,8 +340,8 @@ def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_boot_ok(banks: Banks, args: argparse.Namespace) -> int:
-    image = banks.boot_ok(booted_info().get("image"))
-    if not booted_info().get("trial"):
+    image = banks.boot_ok(booted_info(args).get("image"))
+    if not booted_info(args).get("trial"):
         # A trial's watchdog is for mark-good to disarm: an image that comes up but never commits is reset.
         from initfs.watchdog import disarm
 
@@ -369,7 +366,7 @@ def cmd_rollback(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_reset(banks: Banks, args: argparse.Namespace) -> int:
-    image = booted_info().get("image") or banks.layout.pointer("current")
+    image = booted_info(args).get("image") or banks.layout.pointer("current")
     if image is None:
         raise StateError("no running or current image to reset")
     banks.request_reset(image, args.keep_backup)
@@ -379,14 +376,14 @@ def cmd_reset(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
-    removed = banks.gc(booted_info().get("image"))
+    removed = banks.gc(booted_info(args).get("image"))
     print("removed: " + (", ".join(removed) if removed else "nothing"))
     return EXIT_OK
 
 
 def cmd_timeline(banks: Banks, args: argparse.Namespace) -> int:
     """The init's steps in this boot (/run/bankboot/timeline.json), in seconds since the kernel started."""
-    path = run_path(TIMELINE)
+    path = run_path(args, TIMELINE)
     try:
         with open(path) as f:
             steps = json.load(f)["steps"]
@@ -636,12 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, banks_root: str = BANKS, run_dir: str = RUN) -> int:
+    """bankctl with the command line `argv`. On the device the banks partition and the init's run directory
+    are contract.BANKS and RUN; tests give their own (no environment variable moves them)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    root = banks_root()
+    args.run_dir = run_dir
+    root = banks_root
     if not os.path.isdir(os.path.join(root, "overlay")):
         print(f"bankctl: {root} is not a mounted banks partition (no overlay/ directory)", file=sys.stderr)
         return EXIT_ERROR

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,8 @@ def banks_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     (run / "booted").write_text(json.dumps({"image": "1.1.0-b", "trial": False, "warnings": ["w at boot"]}))
-    monkeypatch.setenv("BANKBOOT_BANKS", str(tmp_path))
-    monkeypatch.setenv("BANKBOOT_RUN", str(run))
-    monkeypatch.setenv("BANKBOOT_KIT", str(tmp_path / "nokit"))
+    # bankctl's seam for tests: main's banks_root and run_dir (the product reads no variable to move them)
+    monkeypatch.setattr(bankctl, "main", partial(bankctl.main, banks_root=str(tmp_path), run_dir=str(run)))
     return tmp_path
 
 
