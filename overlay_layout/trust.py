@@ -20,7 +20,7 @@ import os
 
 from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
 from overlay_layout.errors import BankbootError
-from overlay_layout.layout import LayoutError
+from overlay_layout.layout import POINTERS, LayoutError
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import split_semver
 
@@ -342,7 +342,7 @@ def committed_images(banks: Banks) -> list[str]:
     `current` away from the image that committed a rotation does not lose its chain. Never a trial, nor a
     trial given up: its key update was never committed."""
     st = banks.load()
-    first = [p for p in (banks._pointer("current"), banks._pointer("next"), banks._pointer("previous")) if p]
+    first = [p for p in map(banks._pointer, POINTERS) if p]  # Banks's reading: a damaged pointer is a warning
     out = []
     for image in [*first, *banks.layout.images()]:
         if image not in out and os.path.isdir(banks.layout.image_dir(image)) and \
