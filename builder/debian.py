@@ -4,6 +4,7 @@ so a second `make deps` is a no-op."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -113,7 +114,13 @@ def unpack(debs: list[Path], root: Path, stamp_text: str) -> Path:
 
 
 def package_versions(names: list[str], arch: str) -> dict[str, str]:
-    """Candidate versions of several packages in one apt-cache call."""
+    """Candidate versions of several packages in one apt-cache call (asked once per process: apt-cache reads
+    the whole package cache, seconds under load, and an initramfs build asks three times)."""
+    return dict(_candidates(tuple(names), arch))
+
+
+@functools.cache
+def _candidates(names: tuple[str, ...], arch: str) -> tuple[tuple[str, str], ...]:
     out = _run_apt(["apt-cache", "policy", *[f"{n}:{arch}" for n in names]])
     versions: dict[str, str] = {}
     current = None
@@ -128,4 +135,4 @@ def package_versions(names: list[str], arch: str) -> dict[str, str]:
     if missing:
         raise DebianError(f"no installable candidate for {', '.join(missing)} ({arch}): is the architecture "
                           f"added and `apt-get update` run? `make deps` does both")
-    return versions
+    return tuple(versions.items())

@@ -178,3 +178,32 @@ def test_acls_are_dropped_and_reported(tmp_path: Path) -> None:
     assert stats.dropped == {"system.posix_acl_default": ["/var/log"]}
     with tarfile.open(tmp_path / "out.tar") as tar:
         assert tar.getmember("var/log").pax_headers == {"SCHILY.xattr.user.kept": "yes"}
+
+
+def test_a_layered_image_gives_the_same_bank_from_a_layout_an_archive_and_a_registry(aarch64, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """Three layers with whiteouts, an opaque directory and a layer without end blocks: skopeo's docker-archive
+    (layers as files in `docker save` order) and a registry pull (gzip blobs fetched by digest) give the bank
+    the OCI layout gives, byte for byte (tests/host/test_image_sources.py proves it for one layer)."""
+    from builder.image import build_image
+    from builder.samplerootfs import build_sample_rootfs
+    from tests.images import save_as, tar_directory
+    from tests.registry import Registry
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # the image's creation time makes it reproducible
+    board, _, _ = aarch64  # the sample rootfs below them: a bank needs an init
+    sample = tar_directory(build_sample_rootfs(board.arch, tmp_path / "rootfs", version="1.0.0"),
+                           tmp_path / "sample.tar")
+    tars = [sample, write_layer(tmp_path / "base.tar", BASE),
+            write_layer(tmp_path / "upper.tar", UPPER, end_blocks=False), write_layer(tmp_path / "top.tar", TOP)]
+    layered = oci_image(tmp_path / "oci", "layered", tars)
+    banks = {}
+    with Registry(tmp_path / "registry") as registry:
+        for var, value in registry.env().items():
+            monkeypatch.setenv(var, value)
+        for kind, source in [("oci", layered), ("docker-archive", str(save_as(layered, "docker-archive",
+                                                                              tmp_path / "docker.tar"))),
+                             ("registry", registry.push(layered, "bankboot/layered:1"))]:
+            m = build_image(None, "1.0.0", tmp_path / f"{kind}.bank", source=source, say=lambda _: None)
+            banks[kind] = (m["id"], (tmp_path / f"{kind}.bank").read_bytes())
+    assert banks["oci"] == banks["docker-archive"] == banks["registry"]

@@ -1,5 +1,6 @@
 """One smoke scenario per board besides qemu-aarch64 (which has the full suites): boot into the sample
-image, stage an update, commit it, then ESC at the console boots the previous image. The update reaches
+image, stage an update, commit it, then ESC at the console boots the previous image (not on raspberrypi2,
+whose UART is qemu-armv7's). The update reaches
 the device on its userdata partition. Each disk is made for the board's own firmware (`boot.firmware`:
 qemu-armv7 through U-Boot, qemu-x86_64 through OVMF and systemd-boot, the Pis direct), so the same boots show
 that firmware starting the loader; the loader A/B itself is tests/vm/test_firmware.py."""
@@ -60,6 +61,8 @@ def test_board_boots_stages_commits_and_falls_back_with_esc(name: str, test_dir:
         assert "trial boot; marked good" in vm.console.text()
         rc, st = vm.console.run("bankctl status --json", timeout=T)
         assert json.loads(st)["pointers"]["previous"].startswith("1.0.0-")
+        if name == "raspberrypi2":  # its console is the PL011 qemu-armv7 presses ESC on: a boot saved
+            return
         vm.console.sendline("reboot")
         vm.console.expect(r"Press ESC for the boot menu", T)
         vm.console.send(b"\x1b")

@@ -1,9 +1,10 @@
 """A real Debian 12 root filesystem (mmdebstrap) as a two-layer OCI image, the upper layer deleting a file
 (a whiteout), replacing a directory (an opaque marker) and adding a unit that reports what the boot sees:
-it becomes the same bank from an OCI layout, a docker-archive and a loopback registry, and
-that bank boots to Debian's systemd, which reports from inside the guest. The image exported as a plain
-tarball (umoci unpacks it, tar packs it) gives a bank with the same tree. One boot: the routes' banks are
-compared byte for byte on the host."""
+its bank, pulled from a loopback registry, boots to Debian's systemd, which reports from inside the guest.
+That every route (an OCI layout, a docker-archive, a registry) gives the same bank byte for byte, for one layer
+and for several with whiteouts, is proven on the host with small images (tests/host/test_image_sources.py,
+tests/host/test_layers.py, which also checks the merged tree against umoci's): a Debian-sized squashfs per
+route would cost minutes of `make test` and prove nothing more."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from tests.debian import debian_rootfs
-from tests.images import CREATED_EPOCH, Entry, oci_image, save_as, write_layer
+from tests.images import Entry, oci_image, write_layer
 from tests.registry import Registry
 
 pytestmark = pytest.mark.vm
@@ -60,56 +61,31 @@ UPPER = [
 
 @pytest.fixture(scope="module")
 def debian_image(test_dir: Path) -> dict[str, str]:
-    """The layered Debian image as each kind of source (kind -> SOURCE), and its registry."""
+    """The layered Debian image as an OCI layout (its skopeo reference) and the directory it lives in."""
     out = test_dir / "debian-image"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir()
     base = debian_rootfs("arm64")
     upper = write_layer(out / "upper.tar", UPPER)
     ref = oci_image(out / "oci", "debian", [base, upper])
-    return {"oci": ref, "docker-archive": str(save_as(ref, "docker-archive", out / "docker.tar")), "dir": str(out)}
+    return {"oci": ref, "dir": str(out)}
 
 
-def listing(bank: Path, work: Path) -> list[str]:
-    """The squashfs's tree with owners, modes, sizes and link targets (unsquashfs -lln), without times."""
-    subprocess.run(["tar", "xf", str(bank), "-C", str(work), "rootfs.squashfs"], check=True)
-    out = subprocess.run(["unsquashfs", "-lln", str(work / "rootfs.squashfs")], capture_output=True, text=True,
-                         check=True).stdout
-    (work / "rootfs.squashfs").unlink()
-    return sorted(re.sub(r" \d{4}-\d\d-\d\d \d\d:\d\d ", " ", line) for line in out.splitlines() if line)
-
-
-def test_a_debian_image_from_every_source_boots_to_its_systemd(debian_image, aarch64, built_initramfs, signing_key,
+def test_a_debian_image_from_a_registry_boots_to_its_systemd(debian_image, aarch64, built_initramfs, signing_key,
                                                                  test_dir: Path, monkeypatch) -> None:
     board, _, _ = aarch64
     out = Path(debian_image["dir"])
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # the image's creation time makes it reproducible
-    banks: dict[str, tuple[dict, bytes]] = {}
     with Registry(out / "registry") as registry:
         url = registry.push(debian_image["oci"], "bankboot/debian:12")
         for var, value in registry.env().items():
             monkeypatch.setenv(var, value)
-        for kind, source in [("oci", debian_image["oci"]), ("docker-archive", debian_image["docker-archive"]),
-                             ("registry", url)]:  # oci-archive: tests/host/test_image_sources.py
-            bank = out / f"{kind}.bank"
-            said: list[str] = []
-            m = build_image(None, "12.0.0", bank, source=source, sign_key=signing_key.private, say=said.append)
-            banks[kind] = (m, bank.read_bytes())
-    m, data = banks["oci"]
+        m = build_image(None, "12.0.0", out / "debian.bank", source=url, sign_key=signing_key.private,
+                        say=lambda _: None)
     assert m["created"] == "2024-03-01T12:00:00Z" and m["arch"] == "arm64"
-    for kind, (other, other_data) in banks.items():
-        assert other["id"] == m["id"] and other_data == data, kind
-    # The same image exported as a plain tarball by other tools: the same tree (its order, so its bytes, differ).
-    subprocess.run(["umoci", "raw", "unpack", "--image", debian_image["oci"].removeprefix("oci:"),
-                    str(out / "unpacked")], check=True, capture_output=True)
-    subprocess.run(["tar", "-C", str(out / "unpacked"), "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                    "-cf", str(out / "export.tar"), "."], check=True)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(CREATED_EPOCH))
-    build_image(None, "12.0.0", out / "tarball.bank", source=str(out / "export.tar"), say=lambda _: None)
-    assert listing(out / "tarball.bank", out) == listing(out / "oci.bank", out)
     # One boot, of that bank.
     disk = out / "disk.img"
-    build_disk(board, out / "oci.bank", disk, 512 << 20, built_initramfs(board))
+    build_disk(board, out / "debian.bank", disk, 512 << 20, built_initramfs(board))
     with disk_vm(board, disk, out / "boot") as vm:
         vm.console.expect(r"Welcome to .*Debian GNU/Linux 12", BOOT_TIMEOUT)
         vm.console.expect(r"bankboot-report: done", BOOT_TIMEOUT)

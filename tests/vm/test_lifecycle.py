@@ -14,7 +14,7 @@ from tests.vm.devices import Device, T, reboot, sh, state_of, status, up, update
 pytestmark = pytest.mark.vm
 
 
-def test_good_update_commits_after_mark_good(device) -> None:
+def test_good_update_commits_after_mark_good_and_esc_or_select_boots_previous_once(device) -> None:
     d = Device(device, "good", "good")
     with d.vm() as vm:
         assert up(vm) == "1.0.0"
@@ -38,6 +38,20 @@ def test_good_update_commits_after_mark_good(device) -> None:
         assert up(vm) == "1.1.0"  # committed: boots again without a trial
         rc, out = sh(vm, "cat /run/bankboot/booted")
         assert json.loads(out)["trial"] is False
+        # ESC at the console, ESC again in the menu: previous, for this boot.
+        reboot(vm)
+        vm.console.expect(r"Press ESC for the boot menu", T)
+        vm.console.send(b"\x1b")
+        vm.console.expect(r"bankboot boot menu", 30)
+        vm.console.expect(r"choice: ", 30)
+        vm.console.send(b"\x1b")
+        assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /run/bankboot/booted")
+        assert "console menu" in json.loads(out)["why"]
+    with d.vm(append="bankboot.select=previous bankboot.timeout=0") as vm:
+        assert up(vm) == "1.0.0"
+    with d.vm(append="bankboot.timeout=0") as vm:
+        assert up(vm) == "1.1.0"  # a selection is for one boot only
 
 
 def test_failing_selftest_falls_back_in_the_same_boot(device) -> None:
@@ -74,49 +88,12 @@ def test_update_that_never_marks_good_falls_back_after_its_tries(device) -> None
         assert "no tries left" in state_of(st, "1.3.0")["reason"]
 
 
-def test_esc_menu_boots_previous_and_select_works(device) -> None:
-    d = Device(device, "esc", "good")
-    with d.vm() as vm:
-        assert up(vm) == "1.0.0"
-        rc, out = sh(vm, "bankctl stage /dev/vdb")
-        assert rc == 0, out
-        reboot(vm)
-        assert up(vm) == "1.1.0"  # committed by the image itself
-        reboot(vm)
-        vm.console.expect(r"Press ESC for the boot menu", T)
-        vm.console.send(b"\x1b")
-        vm.console.expect(r"bankboot boot menu", 30)
-        vm.console.expect(r"choice: ", 30)
-        vm.console.send(b"\x1b")
-        assert up(vm) == "1.0.0"
-        rc, out = sh(vm, "cat /run/bankboot/booted")
-        assert "console menu" in json.loads(out)["why"]
-    with d.vm(append="bankboot.select=previous bankboot.timeout=0") as vm:
-        assert up(vm) == "1.0.0"
-    with d.vm(append="bankboot.timeout=0") as vm:
-        assert up(vm) == "1.1.0"  # a selection is for one boot only
-
-
-def test_esc_esc_on_a_fresh_device_without_previous_boots_current(device) -> None:
-    """A disk fresh from `bankboot disk` has no previous: ESC ESC (one fast double press, one read) opens the
-    menu and asks for previous, which is a warning, and current boots: never a shell."""
+def test_esc_esc_while_modules_load_on_a_fresh_device_opens_the_menu_and_boots_current(device) -> None:
+    """The ESC window opens as the init starts (the prompt is shown before modules load) and keys typed then
+    wait in the console: the menu opens once the banks partition is read. A disk fresh from `bankboot disk`
+    has no previous: ESC ESC (one fast double press, one read) opens the menu and asks for previous, which is
+    a warning, and current boots: never a shell."""
     d = Device(device, "esc-fresh", None)
-    with d.vm() as vm:
-        vm.console.expect(r"Press ESC for the boot menu", T)
-        vm.console.send(b"\x1b\x1b")
-        vm.console.expect(r"bankboot boot menu", 30)
-        assert up(vm) == "1.0.0"
-        rc, out = sh(vm, "cat /run/bankboot/booted; echo; readlink /proc/1/exe")
-        assert rc == 0, out
-        booted = json.loads(out.splitlines()[0])
-        assert booted["why"] == "current" and out.splitlines()[1].endswith("busybox")
-        assert any("no previous image" in w for w in booted["warnings"])
-
-
-def test_esc_pressed_while_modules_still_load_opens_the_menu(device) -> None:
-    """The ESC window opens as the init starts (the prompt is shown before modules load) and keys typed
-    then wait in the console: the menu opens once the banks partition is read, then boots as chosen."""
-    d = Device(device, "esc-early", None)
     with d.vm() as vm:
         vm.console.expect(r"Press ESC for the boot menu", T)
         before = vm.console.text()
@@ -126,6 +103,11 @@ def test_esc_pressed_while_modules_still_load_opens_the_menu(device) -> None:
         text = vm.console.text()
         assert re.search(r"loaded \d+ kernel modules", text[:text.index("bankboot boot menu")])
         assert up(vm) == "1.0.0"
+        rc, out = sh(vm, "cat /run/bankboot/booted; echo; readlink /proc/1/exe")
+        assert rc == 0, out
+        booted = json.loads(out.splitlines()[0])
+        assert booted["why"] == "current" and out.splitlines()[1].endswith("busybox")
+        assert any("no previous image" in w for w in booted["warnings"])
 
 
 def test_corrupt_or_truncated_update_is_refused_and_never_booted(device) -> None:
@@ -135,18 +117,19 @@ def test_corrupt_or_truncated_update_is_refused_and_never_booted(device) -> None
     flipped[len(good) // 2] ^= 0xFF
     (d.dir / "flipped.bank").write_bytes(bytes(flipped))
     (d.dir / "truncated.bank").write_bytes(good[: (len(good) // 2) // 512 * 512])
-    for bad, message in [("flipped.bank", "does not match"), ("truncated.bank", "truncated")]:
-        d.update = d.dir / bad
-        with d.vm(append="bankboot.timeout=0") as vm:
-            assert up(vm) == "1.0.0"
-            rc, out = sh(vm, "bankctl stage /dev/vdb 2>&1")
+    vm = d.vm(append="bankboot.timeout=0")
+    vm.disks.extend([d.dir / "flipped.bank", d.dir / "truncated.bank"])  # /dev/vdb, /dev/vdc
+    with vm:
+        assert up(vm) == "1.0.0"
+        for disk, message in [("vdb", "does not match"), ("vdc", "truncated")]:
+            rc, out = sh(vm, f"bankctl stage /dev/{disk} 2>&1")
             assert rc == 4 and message in out, out
             st = status(vm)
             assert st["pointers"]["next"] is None and [i["version"] for i in st["images"]] == ["1.0.0"]
             rc, out = sh(vm, "ls -a /run/bankboot/banks/overlay")
             assert ".staging" not in out
-            reboot(vm)
-            assert up(vm) == "1.0.0"
+        reboot(vm)
+        assert up(vm) == "1.0.0"
 
 
 def test_reset_empties_the_upper_and_keeps_userdata(device) -> None:

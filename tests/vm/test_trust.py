@@ -43,22 +43,22 @@ def bad_banks(device, test_dir: Path, signing_key):
 def test_stage_refuses_unsigned_unknown_changed_and_old_images(device, bad_banks) -> None:
     d = Device(device, "trust-refuse", "good")
     out = d.dir.parent
-    with d.vm(append="bankboot.timeout=0") as vm:
+    vm = d.vm(append="bankboot.timeout=0")
+    vm.disks.extend(out / f"{name}.bank" for name in bad_banks)  # /dev/vdc, /dev/vdd, ... in this order
+    with vm:
         assert up(vm) == "1.0.0"
         rc, msg = sh(vm, "bankctl stage /dev/vdb 2>&1")  # commit 1.1.0: the floor becomes 1.1.0
         assert rc == 0, msg
         reboot(vm)
         assert up(vm) == "1.1.0"
         assert status(vm)["trust"]["floor"] == "1.1.0"
-    for name, (_, message) in bad_banks.items():
-        d.update = out / f"{name}.bank"
-        with d.vm(append="bankboot.timeout=0") as vm:
-            assert up(vm) == "1.1.0"
-            rc, msg = sh(vm, "bankctl stage /dev/vdb 2>&1")
+        for disk, (name, (_, message)) in zip("cdef", bad_banks.items(), strict=True):
+            rc, msg = sh(vm, f"bankctl stage /dev/vd{disk} 2>&1")
             assert rc == 4 and message in msg, (name, msg)
             st = status(vm)
             assert st["pointers"]["next"] is None, name
             assert not st["trust"]["unsigned_allowed"]
+        assert [i["version"] for i in st["images"]] == ["1.1.0", "1.0.0"], st["images"]
 
 
 def test_squashfs_changed_on_the_banks_partition_fails_verification_and_falls_back(device) -> None:
@@ -79,10 +79,12 @@ def test_squashfs_changed_on_the_banks_partition_fails_verification_and_falls_ba
         assert json.loads(log)[0]["fallback_from"]["image"] == nxt
 
 
-def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
-    """The committed image is read through dm-verity: blocks changed on disk behind every check (after
-    stage's hash, past the superblock) read as I/O errors, which the next boot's preflight meets before the
-    hand-over, so `previous` boots instead of a dead init."""
+def test_verity_maps_the_signed_size_and_stops_blocks_changed_after_boot_checks(device) -> None:
+    """The committed image is read through dm-verity, which covers exactly the manifest's signed size: bytes
+    appended to the squashfs on the banks partition change nothing; blocks changed on disk behind every check
+    (after stage's hash, past the superblock) read as I/O errors, which the next boot's preflight meets before
+    the hand-over, so `previous` boots instead of a dead init; a squashfs shorter than signed is refused before
+    anything is mapped, and `previous` boots. One device, one boot per step."""
     d = Device(device, "trust-verity", "good")
     with d.vm(append="bankboot.timeout=0") as vm:
         update_to(vm, "1.1.0")  # committed by the image itself; 1.0.0 is previous
@@ -92,6 +94,11 @@ def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
                          "/dm/name")
         assert out.strip().startswith("bankboot-")
         cur = status(vm)["pointers"]["current"]
+        sq = f"/run/bankboot/banks/overlay/{cur}/rootfs.squashfs"
+        rc, out = sh(vm, f"dd if=/dev/urandom bs=4096 count=16 2>/dev/null >> {sq} && sync")
+        assert rc == 0, out
+        reboot(vm)
+        assert up(vm) == "1.1.0"  # appended bytes: outside the signed size, never read
         damage_squashfs(vm, cur, 64)  # 256 KiB in the middle: inside busybox, the image's init
         reboot(vm)
         vm.console.expect(r"image .*cannot boot it: .*Input/output error", T)
@@ -100,21 +107,6 @@ def test_verity_stops_a_block_changed_after_boot_checks(device) -> None:
         record = json.loads(log)[0]
         assert record["fallback_from"]["image"] == cur and "Input/output error" in record["fallback_from"]["reason"]
         assert status(vm)["pointers"]["current"] == cur  # damage is not a verdict: current stays, and is tried first
-
-
-def test_verity_maps_the_signed_size_appended_bytes_are_ignored_and_a_short_file_refused(device) -> None:
-    """dm-verity covers exactly the manifest's signed size: bytes appended to the squashfs on the banks
-    partition change nothing; a squashfs shorter than signed is refused before anything is mapped, and
-    `previous` boots."""
-    d = Device(device, "trust-size", "good")
-    with d.vm(append="bankboot.timeout=0") as vm:
-        update_to(vm, "1.1.0")
-        cur = status(vm)["pointers"]["current"]
-        sq = f"/run/bankboot/banks/overlay/{cur}/rootfs.squashfs"
-        rc, out = sh(vm, f"dd if=/dev/urandom bs=4096 count=16 2>/dev/null >> {sq} && sync")
-        assert rc == 0, out
-        reboot(vm)
-        assert up(vm) == "1.1.0"
         rc, out = sh(vm, f"truncate -s $(( $(stat -c %s {sq}) - 16 * 4096 - 4096 )) {sq} && sync")
         assert rc == 0, out
         reboot(vm)
