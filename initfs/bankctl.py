@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None, banks_root: str = BANKS, run_dir: str = 
         lead = "\n" if e.exit_code == EXIT_STAGE else ""  # after the progress bar
         print(f"{lead}bankctl {args.command}: {verdict(e)}{e}", file=sys.stderr)
         return e.exit_code
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # I/O; and anything not ours still ends in a message, not a traceback
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
 
