@@ -7,9 +7,10 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from builder.arch import Arch, get_arch
-from overlay_layout.contract import DEVICE_KEY
+from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS, DEVICE_KEY
 
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_BOARD = "qemu-aarch64"
@@ -29,6 +30,9 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Board:
+    """A board file, read. The keys that set a field, their types and defaults are SETTINGS's; parse_board
+    checks the values and makes the fields no one key sets (arch, kernel, network_ca)."""
+
     name: str
     path: Path
     description: str
@@ -36,33 +40,82 @@ class Board:
     kernel: Kernel
     compression: str
     modules: tuple[str, ...]
+    # Loaded first where the kernel and CPU have them, skipped where not (the kernel refuses a module for a CPU
+    # feature the board lacks): faster SHA-256 for dm-verity and module signatures (docs/initramfs.md).
+    optional_modules: tuple[str, ...]
     console: str
     cmdline: str
+    rescue: str  # when no image boots: reboot and try again (field devices), or a shell
+    unconfirmed_boots: int  # boots without `bankctl boot-ok` before an image that asks for it falls back
+    sealed: bool  # a field build: no rescue shell, init= ignored (docs/trust.md)
+    image_needs_modules: bool  # a trial image must carry /lib/modules/<release> (self-test)
+    kernel_name: str  # the kernel's file name on the boot partition
+    dtb: str | None  # device tree, relative to the kernel package's dtb directory
+    config_txt: str | None  # Raspberry Pi firmware config.txt for the boot partition
+    device_key: str  # where the device's key for encrypted banks is (docs/trust.md)
+    # How the board's firmware finds the loader: "direct" (QEMU -kernel, or firmware that cannot run under
+    # QEMU), "uboot" (distro boot of boot.scr) or "uefi" (systemd-boot); builder/firmware.
+    firmware: str
+    uboot_watchdog: str  # U-Boot commands boot.scr runs to arm the board's watchdog before any kernel
+    power_of_two: bool  # the disk image size must be a power of two (QEMU's SD cards)
     qemu_system: str
     qemu_args: tuple[str, ...]
     qemu_disk: tuple[str, ...]
-    # Loaded first where the kernel and CPU have them, skipped where not (the kernel refuses a module for a CPU
-    # feature the board lacks): faster SHA-256 for dm-verity and module signatures (docs/initramfs.md).
-    optional_modules: tuple[str, ...] = ()
-    qemu_net: tuple[str, ...] = ()  # a NIC on QEMU's user-mode network (device "net0"), for tests that need one
-    image_needs_modules: bool = False  # a trial image must carry /lib/modules/<release> (self-test)
-    kernel_name: str = "vmlinuz"  # the kernel's file name on the boot partition
-    dtb: str | None = None  # device tree, relative to the kernel package's dtb directory
-    config_txt: str | None = None  # Raspberry Pi firmware config.txt for the boot partition
-    power_of_two: bool = False  # the disk image size must be a power of two (QEMU's SD cards)
-    serial_index: int = 0  # which QEMU -serial is the console (raspi: 1, the mini-UART)
-    rescue: str = "reboot"  # when no image boots: reboot and try again (field devices), or a shell
-    unconfirmed_boots: int = 3  # boots without `bankctl boot-ok` before an image that asks for it falls back
-    sealed: bool = False  # a field build: no rescue shell, init= ignored (docs/trust.md)
-    device_key: str = DEVICE_KEY  # where the device's key for encrypted banks is (docs/trust.md)
-    network_ca: Path | None = None  # https: the CA bundle built into the initramfs (a file on the build host)
-    client_cert: str = ""  # https: the device's client certificate, a path on the device (e.g. under /userdata)
-    client_key: str = ""  # ... and its key
-    # How the board's firmware finds the loader: "direct" (QEMU -kernel, or firmware that cannot run under
-    # QEMU), "uboot" (distro boot of boot.scr) or "uefi" (systemd-boot); builder/firmware.
-    firmware: str = "direct"
-    uboot_watchdog: str = ""  # U-Boot commands boot.scr runs to arm the board's watchdog before any kernel
+    serial_index: int  # which QEMU -serial is the console (raspi: 1, the mini-UART)
+    qemu_net: tuple[str, ...]  # a NIC on QEMU's user-mode network (device "net0"), for tests that need one
+    network_ca: Path | None  # https: the CA bundle built into the initramfs (a file on the build host)
+    client_cert: str  # https: the device's client certificate, a path on the device (e.g. under /userdata)
+    client_key: str  # ... and its key
     extra: dict = field(default_factory=dict, compare=False)
+
+
+REQUIRED = object()  # the default of a key every board file must have
+
+
+class Setting:
+    """One key of a board file: `key` (table.key in the TOML), the Board field it sets (None: parse_board
+    makes a field from it), its type (list: a list of strings, read as a tuple) and its default."""
+
+    def __init__(self, key: str, field: str | None, kind: type, default: object = REQUIRED) -> None:
+        self.key, self.field, self.kind, self.default = key, field, kind, default
+
+
+# Every key a board file may have, in the order an unknown key's error lists them: anything else is a typo,
+# reported with the nearest key (check_keys).
+SETTINGS = (
+    Setting("description", "description", str, ""),
+    Setting("arch", None, str),
+    Setting("kernel.package", None, str, None),
+    Setting("kernel.version", None, str, None),
+    Setting("kernel.image", None, str, None),
+    Setting("kernel.modules_dir", None, str, None),
+    Setting("initramfs.compression", "compression", str, "zstd"),
+    Setting("initramfs.modules", "modules", list, []),
+    Setting("initramfs.optional_modules", "optional_modules", list, []),
+    Setting("boot.console", "console", str),
+    Setting("boot.cmdline", "cmdline", str, ""),
+    Setting("boot.rescue", "rescue", str, "reboot"),
+    Setting("boot.unconfirmed_boots", "unconfirmed_boots", int, DEFAULT_UNCONFIRMED_BOOTS),
+    Setting("boot.sealed", "sealed", bool, False),
+    Setting("boot.image_needs_modules", "image_needs_modules", bool, False),
+    Setting("boot.kernel_name", "kernel_name", str, "vmlinuz"),
+    Setting("boot.dtb", "dtb", str, None),
+    Setting("boot.config_txt", "config_txt", str, None),
+    Setting("boot.device_key", "device_key", str, DEVICE_KEY),
+    Setting("boot.firmware", "firmware", str, "direct"),
+    Setting("boot.uboot_watchdog", "uboot_watchdog", str, ""),
+    Setting("disk.power_of_two", "power_of_two", bool, False),
+    Setting("qemu.system", "qemu_system", str),
+    Setting("qemu.args", "qemu_args", list),
+    Setting("qemu.disk", "qemu_disk", list),
+    Setting("qemu.serial_index", "serial_index", int, 0),
+    Setting("qemu.net", "qemu_net", list, []),
+    Setting("network.ca", None, str, None),
+    Setting("network.client_cert", "client_cert", str, ""),
+    Setting("network.client_key", "client_key", str, ""),
+)
+KNOWN_KEYS = tuple(s.key for s in SETTINGS)
+_BY_KEY = {s.key: s for s in SETTINGS}
 
 
 def board_names() -> list[str]:
@@ -89,36 +142,28 @@ def load_board(name_or_path: str) -> Board:
     return parse_board(path.name.removesuffix(".toml"), path, data)
 
 
-def _get(data: dict, path: Path, key: str, kind: type, default=None):
+def setting(data: dict, path: Path, key: str):
+    """The value of `key` in a board file, of its Setting's type; its default when absent (an error naming
+    the key when it has none)."""
+    s = _BY_KEY[key]
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.get(part, {})
         if not isinstance(node, dict):
             raise BoardError(f"{path}: [{part}] must be a table")
-    value = node.get(parts[-1], default)
-    if value is None:
+    value: Any = node.get(parts[-1], s.default)
+    if value is REQUIRED:
         raise BoardError(f"{path}: missing required key {key!r}")
-    if not isinstance(value, kind):
-        raise BoardError(f"{path}: {key!r} must be a {kind.__name__}, not {type(value).__name__}")
+    if value is None:
+        return None
+    if not isinstance(value, s.kind):
+        raise BoardError(f"{path}: {key!r} must be a {s.kind.__name__}, not {type(value).__name__}")
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise BoardError(f"{path}: {key!r} must be a list of strings")
+        return tuple(value)
     return value
-
-
-def _str_list(data: dict, path: Path, key: str, default=None) -> tuple[str, ...]:
-    value = _get(data, path, key, list, default)
-    if not all(isinstance(v, str) for v in value):
-        raise BoardError(f"{path}: {key!r} must be a list of strings")
-    return tuple(value)
-
-
-# Every key a board file may have, as table.key: anything else is a typo, reported with the nearest key.
-KNOWN_KEYS = ("description", "arch", "kernel.package", "kernel.version", "kernel.image", "kernel.modules_dir",
-              "initramfs.compression", "initramfs.modules", "initramfs.optional_modules",
-              "boot.console", "boot.cmdline", "boot.rescue",
-              "boot.unconfirmed_boots", "boot.sealed", "boot.image_needs_modules", "boot.kernel_name", "boot.dtb",
-              "boot.config_txt", "boot.device_key", "boot.firmware", "boot.uboot_watchdog",
-              "disk.power_of_two", "qemu.system", "qemu.args", "qemu.disk", "qemu.serial_index",
-              "qemu.net", "network.ca", "network.client_cert", "network.client_key")
 
 
 def check_keys(data: dict, path: Path) -> None:
@@ -141,9 +186,9 @@ def check_keys(data: dict, path: Path) -> None:
 def parse_board(name: str, path: Path, data: dict) -> Board:
     check_keys(data, path)
     try:
-        arch = get_arch(_get(data, path, "arch", str))
+        arch = get_arch(setting(data, path, "arch"))
     except ValueError as e:
-        raise BoardError(f"{path}: {e}") from None
+        raise BoardError(f"{path}: {e}") from e
     kern = data.get("kernel", {})
     if not isinstance(kern, dict):
         raise BoardError(f"{path}: [kernel] must be a table")
@@ -167,29 +212,29 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
                          f"`image` and `modules_dir` (your own kernel)")
     if kernel.package is not None and (kernel.image or kernel.modules_dir):
         raise BoardError(f"{path}: [kernel] has both `package` and `image`/`modules_dir`: pick one")
-    compression = _get(data, path, "initramfs.compression", str, "zstd")
+    compression = setting(data, path, "initramfs.compression")
     if compression not in COMPRESSIONS:
         raise BoardError(f"{path}: initramfs.compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
-    rescue = _get(data, path, "boot.rescue", str, "reboot")
+    rescue = setting(data, path, "boot.rescue")
     if rescue not in ("reboot", "shell"):
         raise BoardError(f"{path}: boot.rescue {rescue!r} must be reboot or shell")
-    unconfirmed = _get(data, path, "boot.unconfirmed_boots", int, 3)
+    unconfirmed = setting(data, path, "boot.unconfirmed_boots")
     if not 1 <= unconfirmed <= 100:
         raise BoardError(f"{path}: boot.unconfirmed_boots must be from 1 to 100, not {unconfirmed}")
-    sealed = _get(data, path, "boot.sealed", bool, False)
+    sealed = setting(data, path, "boot.sealed")
     from builder.firmware import FIRMWARES
 
-    firmware = _get(data, path, "boot.firmware", str, "direct")
+    firmware = setting(data, path, "boot.firmware")
     if firmware not in FIRMWARES:
         raise BoardError(f"{path}: boot.firmware {firmware!r} must be one of {', '.join(FIRMWARES)}")
     network_ca = None
     if "ca" in data.get("network", {}):
-        network_ca = (base / _get(data, path, "network.ca", str)).resolve()
+        network_ca = (base / setting(data, path, "network.ca")).resolve()
         if not network_ca.is_file() or b"-----BEGIN CERTIFICATE-----" not in network_ca.read_bytes():
             raise BoardError(f"{path}: network.ca {network_ca} is not a file of PEM certificates")
     device_paths = {}
     for key in ("client_cert", "client_key"):
-        value = _get(data, path, f"network.{key}", str, "")
+        value = setting(data, path, f"network.{key}")
         if value and not value.startswith("/"):
             raise BoardError(f"{path}: network.{key} {value!r} must be an absolute path on the device (such as "
                              f"/userdata/bankboot/device.crt)")
@@ -198,38 +243,11 @@ def parse_board(name: str, path: Path, data: dict) -> Board:
         raise BoardError(f"{path}: network.client_cert and network.client_key go together")
     if sealed and "rescue" in data.get("boot", {}) and rescue != "reboot":
         raise BoardError(f"{path}: boot.sealed = true has no rescue shell; boot.rescue must be reboot (or unset)")
-    device_key = _get(data, path, "boot.device_key", str, DEVICE_KEY)
+    device_key = setting(data, path, "boot.device_key")
     if not device_key.startswith("/") or "\n" in device_key or "=" in device_key:
         raise BoardError(f"{path}: boot.device_key must be an absolute path on the device, not {device_key!r}")
-    return Board(
-        name=name,
-        path=path,
-        description=_get(data, path, "description", str, ""),
-        arch=arch,
-        kernel=kernel,
-        compression=compression,
-        modules=_str_list(data, path, "initramfs.modules", []),
-        optional_modules=_str_list(data, path, "initramfs.optional_modules", []),
-        console=_get(data, path, "boot.console", str),
-        cmdline=_get(data, path, "boot.cmdline", str, ""),
-        qemu_system=_get(data, path, "qemu.system", str),
-        qemu_args=_str_list(data, path, "qemu.args"),
-        qemu_disk=_str_list(data, path, "qemu.disk"),
-        qemu_net=_str_list(data, path, "qemu.net", []),
-        image_needs_modules=_get(data, path, "boot.image_needs_modules", bool, False),
-        kernel_name=_get(data, path, "boot.kernel_name", str, "vmlinuz"),
-        dtb=data.get("boot", {}).get("dtb"),
-        config_txt=data.get("boot", {}).get("config_txt"),
-        power_of_two=_get(data, path, "disk.power_of_two", bool, False),
-        serial_index=_get(data, path, "qemu.serial_index", int, 0),
-        rescue=rescue,
-        unconfirmed_boots=unconfirmed,
-        sealed=sealed,
-        device_key=device_key,
-        network_ca=network_ca,
-        client_cert=device_paths["client_cert"],
-        client_key=device_paths["client_key"],
-        firmware=firmware,
-        uboot_watchdog=_get(data, path, "boot.uboot_watchdog", str, ""),
-        extra=data,
-    )
+    checked = {"compression": compression, "rescue": rescue, "unconfirmed_boots": unconfirmed, "sealed": sealed,
+               "firmware": firmware, "device_key": device_key, **device_paths}
+    fields = {s.field: checked[s.field] if s.field in checked else setting(data, path, s.key)
+              for s in SETTINGS if s.field}
+    return Board(name=name, path=path, arch=arch, kernel=kernel, network_ca=network_ca, extra=data, **fields)

@@ -12,7 +12,7 @@ from pathlib import Path
 from builder.image import ImageError, read_bank
 from initfs.version import VERSION
 from overlay_layout.hashing import hash_file
-from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
+from overlay_layout.layout import MANIFEST, POINTERS, SQUASHFS, VERITY, LayoutError
 from overlay_layout.manifest import describe_persist, parse_manifest
 
 TYPE_CHECKING = False
@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import Manifest
     from overlay_layout.trust import KeySet, Policy
-
-POINTERS = ("current", "next", "previous")
-
 
 def is_disk(path: Path) -> bool:
     """A partitioned disk image (an MBR boot signature), not a bank file (a ustar archive)."""

@@ -1,9 +1,8 @@
 """bankctl: the device-side tool, run in the booted image (/run/bankboot/bin/bankctl). It is the frozen
 program's second entry point and changes state only through overlay_layout.
 
-Exit codes (stable, see docs/lifecycle.md): 0 done; 1 error (bad input, I/O, damaged layout);
-2 usage; 3 refused by the state (nothing on trial, no previous image, ...); 4 stage refused the image
-(verification, architecture, space); 5 another bankctl holds the banks partition (try again)."""
+Exit codes (stable): overlay_layout/errors.py's EXIT_CODES, as docs/lifecycle.md lists them; an error's
+class says which it ends a command with."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import os
 import sys
 import time
 
+from initfs.loaderab import DEFAULT_TRIES as LOADER_TRIES
 from initfs.version import VERSION
 from overlay_layout import bootlog
 from overlay_layout.contract import (
@@ -26,10 +26,10 @@ from overlay_layout.contract import (
     archive_path,
     modules_list,
 )
-from overlay_layout.layout import LayoutError
-from overlay_layout.lock import LockError, lock_banks
+from overlay_layout.errors import EXIT_ERROR, EXIT_OK, EXIT_STAGE, EXIT_USAGE, BankbootError, verdict
+from overlay_layout.layout import DEFAULT_TRIES, POINTERS
+from overlay_layout.lock import lock_banks
 from overlay_layout.manifest import describe_persist
-from overlay_layout.stage import StageError
 from overlay_layout.state import TRIAL, Banks, StateError
 from overlay_layout.trust import Policy
 
@@ -40,16 +40,9 @@ if TYPE_CHECKING:
     from overlay_layout.records import Booted, BootedKernel
     from overlay_layout.trust import KeySet
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-
-
-def banks_root() -> str:
-    return os.environ.get("BANKBOOT_BANKS", BANKS)
-
-
-def run_path(path: str) -> str:
-    """A path under the init's run directory (contract.RUN), which tests move with BANKBOOT_RUN."""
-    return os.environ.get("BANKBOOT_RUN", RUN) + path.removeprefix(RUN)
+def run_path(args: argparse.Namespace, path: str) -> str:
+    """A path under the init's run directory (contract.RUN; main's `run_dir`, which tests move)."""
+    return str(args.run_dir) + path.removeprefix(RUN)
 
 
 def kit_root() -> str:
@@ -73,9 +66,9 @@ def keys_in_force(banks: Banks, pol: Policy | None = None) -> KeySet:
     return keys
 
 
-def booted_info() -> Booted:
+def booted_info(args: argparse.Namespace) -> Booted:
     """What the init wrote at this boot's hand-over ({} when it is missing or unreadable)."""
-    path = run_path(BOOTED)
+    path = run_path(args, BOOTED)
     try:
         with open(path) as f:
             info: Booted = json.load(f)
@@ -98,7 +91,7 @@ def cmd_status(banks: Banks, args: argparse.Namespace) -> int:
     pol = policy()
     keys = keys_in_force(banks, pol)
     status: dict[str, Any] = {**banks.status(unconfirmed_limit())}  # with what bankctl adds to it
-    status["booted"] = booted = booted_info()
+    status["booted"] = booted = booted_info(args)
     plan = status["plan"]
     status["next_boot"] = plan[0] if plan else {"image": None, "why": "nothing on the banks partition can boot"}
     status["trust"] = {"keys": sorted(keys.keys), "threshold": keys.threshold, "serial": keys.serial,
@@ -200,7 +193,7 @@ class Progress:
 def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.modules import fast_hashing
 
-    booted = booted_info().get("image")
+    booted = booted_info(args).get("image")
     if getattr(sys, "frozen", False):
         fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
     if "://" in args.file:
@@ -249,7 +242,7 @@ def network_settings(banks: Banks, args: argparse.Namespace, ddi: bool = False) 
         else:
             auth = BearerAuth(args.token_file)
     except TokenError as e:
-        raise DownloadError(str(e), False) from None
+        raise DownloadError(str(e), False) from e
     return Settings(connect_timeout=args.connect_timeout, timeout=args.timeout, retries=args.retries, tls=tls,
                     say=say, auth=auth)
 
@@ -269,8 +262,8 @@ def cmd_poll(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.poll import Device, Options
     from initfs.pollcmd import run_poll
 
-    conf, pol, booted = kit_conf(), policy(), booted_info()
-    inhibit = (run_path(INHIBIT), *args.inhibit)
+    conf, pol, booted = kit_conf(), policy(), booted_info(args)
+    inhibit = (run_path(args, INHIBIT), *args.inhibit)
     if args.hawkbit:
         return _poll_hawkbit(banks, args, conf, pol, booted, inhibit)
     if args.tenant or args.controller_id or args.gateway_token:
@@ -323,7 +316,8 @@ def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
     from overlay_layout.net.downloaded import apply
 
     def stage_download() -> Any:
-        return apply(banks, policy(), VERSION, tries=args.tries, upper=args.upper, booted=booted_info().get("image"))
+        return apply(banks, policy(), VERSION, tries=args.tries, upper=args.upper,
+                     booted=booted_info(args).get("image"))
 
     with lock_banks(banks.root, exclusive=True):
         m = stage_download()
@@ -333,7 +327,7 @@ def cmd_apply(banks: Banks, args: argparse.Namespace) -> int:
 def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
     from overlay_layout.keychain import commit
 
-    booted = booted_info().get("image")
+    booted = booted_info(args).get("image")
     image, change = commit(banks, policy(), booted)
     from initfs.watchdog import disarm
 
@@ -348,8 +342,8 @@ def cmd_mark_good(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_boot_ok(banks: Banks, args: argparse.Namespace) -> int:
-    image = banks.boot_ok(booted_info().get("image"))
-    if not booted_info().get("trial"):
+    image = banks.boot_ok(booted_info(args).get("image"))
+    if not booted_info(args).get("trial"):
         # A trial's watchdog is for mark-good to disarm: an image that comes up but never commits is reset.
         from initfs.watchdog import disarm
 
@@ -374,7 +368,7 @@ def cmd_rollback(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_reset(banks: Banks, args: argparse.Namespace) -> int:
-    image = booted_info().get("image") or banks.layout.pointer("current")
+    image = booted_info(args).get("image") or banks.layout.pointer("current")
     if image is None:
         raise StateError("no running or current image to reset")
     banks.request_reset(image, args.keep_backup)
@@ -384,14 +378,14 @@ def cmd_reset(banks: Banks, args: argparse.Namespace) -> int:
 
 
 def cmd_gc(banks: Banks, args: argparse.Namespace) -> int:
-    removed = banks.gc(booted_info().get("image"))
+    removed = banks.gc(booted_info(args).get("image"))
     print("removed: " + (", ".join(removed) if removed else "nothing"))
     return EXIT_OK
 
 
 def cmd_timeline(banks: Banks, args: argparse.Namespace) -> int:
     """The init's steps in this boot (/run/bankboot/timeline.json), in seconds since the kernel started."""
-    path = run_path(TIMELINE)
+    path = run_path(args, TIMELINE)
     try:
         with open(path) as f:
             steps = json.load(f)["steps"]
@@ -430,21 +424,20 @@ def cmd_install_loader(banks: Banks, args: argparse.Namespace) -> int:
     from initfs.loader import SOURCE, LoaderError, boot_partition, install_loader, mount_source
     from initfs.modules import load_modules, read_order
     from initfs.syscalls import umount
-    from overlay_layout.manifest import parse_manifest
+    from overlay_layout.manifest import read_installed
     from overlay_layout.state import GOOD
     from overlay_layout.trust import TrustError
 
     layout = banks.layout
-    image = layout.pointer(args.image) if args.image in ("current", "next", "previous") else args.image
+    image = layout.pointer(args.image) if args.image in POINTERS else args.image
     if image is None or image not in layout.images():
         raise LoaderError(f"no image {args.image} on the banks partition")
-    with open(layout.manifest_path(image), "rb") as f:
-        manifest = parse_manifest(f.read(65536), layout.manifest_path(image))
+    manifest = read_installed(layout, image)
     try:
         pol = policy()
         who = pol.check(manifest, VERSION, keys_in_force(banks, pol))
     except TrustError as e:
-        raise LoaderError(f"image {image}: {e}") from None
+        raise LoaderError(f"image {image}: {e}") from e
     if "initramfs" not in manifest.get("kernel", {}):
         raise LoaderError(f"image {image} carries no kernel and initramfs of its own (bankboot image --kernel)")
     if banks.image_state(banks.load(), image).get("state") != GOOD:
@@ -547,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="a bank file, a block device holding one, or the http:// URL of one (resumes an "
                                 "interrupted download; takes the chunks this device already holds from its images), "
                                 "such as the blob URL `bankboot publish --oci` prints for a registry")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.add_argument("--allow-downgrade", action="store_true",
@@ -588,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"do nothing while FILE exists (repeatable; {INHIBIT} always counts)")
     s.add_argument("--channel", metavar="NAME", help="the channel the document must be for (default: its file "
                                                      "name, NAME.json)")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     add_network_options(s)
@@ -598,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reboot", action="store_true", help="reboot into the trial once it is staged")
     s.add_argument("--reboot-command", default="reboot", metavar="CMD", help="how --reboot reboots (default: "
                                                                                "reboot)")
-    s.add_argument("--tries", type=int, default=3, help="trial boots before the image is given up (default 3)")
+    s.add_argument("--tries", type=int, default=DEFAULT_TRIES, help=f"trial boots before the image is given up "
+                                                                  f"(default {DEFAULT_TRIES})")
     s.add_argument("--upper", choices=["copy", "fresh"], default="copy",
                    help="start the new image with a copy of current's changes (default) or with none")
     s.set_defaults(func=cmd_apply, own_lock=True)
@@ -622,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "an image (disks made for U-Boot or UEFI; docs/firmware.md)")
     s.add_argument("image", help="a committed image with a kernel: its id, or current/previous")
     s.add_argument("--boot", metavar="DEVICE", help="the boot partition (default: partition 1 of the banks disk)")
-    s.add_argument("--tries", type=int, default=3, help="boots the firmware gives the new loader (default 3)")
+    s.add_argument("--tries", type=int, default=LOADER_TRIES,
+                   help=f"boots the firmware gives the new loader (default {LOADER_TRIES})")
     s.set_defaults(func=cmd_install_loader)
     s = sub.add_parser("loader", help="the loader slots on the boot partition: the committed one, the one on "
                                       "trial and its tries")
@@ -638,12 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, banks_root: str = BANKS, run_dir: str = RUN) -> int:
+    """bankctl with the command line `argv`. On the device the banks partition and the init's run directory
+    are contract.BANKS and RUN; tests give their own (no environment variable moves them)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    root = banks_root()
+    args.run_dir = run_dir
+    root = banks_root
     if not os.path.isdir(os.path.join(root, "overlay")):
         print(f"bankctl: {root} is not a mounted banks partition (no overlay/ directory)", file=sys.stderr)
         return EXIT_ERROR
@@ -653,16 +653,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(banks, args))
         with lock_banks(root, exclusive=args.command not in ("status", "log", "timeline", "loader")):
             return int(args.func(banks, args))
-    except StageError as e:
-        print(f"\nbankctl {args.command}: {'failed' if e.transient else 'refused'}: {e}", file=sys.stderr)
-        return EXIT_STAGE
-    except StateError as e:
-        print(f"bankctl {args.command}: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    except LockError as e:
-        print(f"bankctl {args.command}: {e}", file=sys.stderr)
-        return EXIT_BUSY
-    except (LayoutError, OSError, RuntimeError) as e:  # RuntimeError: LoaderError, ModuleLoadError
+    except BankbootError as e:  # its class says the exit code and, for a stage, failed (retry) or refused
+        lead = "\n" if e.exit_code == EXIT_STAGE else ""  # after the progress bar
+        print(f"{lead}bankctl {args.command}: {verdict(e)}{e}", file=sys.stderr)
+        return e.exit_code
+    except (OSError, RuntimeError) as e:  # I/O; and anything not ours still ends in a message, not a traceback
         print(f"bankctl {args.command}: {e}", file=sys.stderr)
         return EXIT_ERROR
 

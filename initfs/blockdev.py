@@ -7,11 +7,12 @@ import os
 import time
 
 from initfs import log
+from overlay_layout.errors import BankbootError
 
 SYS_BLOCK = "/sys/class/block"
 
 
-class DeviceNotFound(RuntimeError):
+class DeviceNotFound(BankbootError):
     pass
 
 

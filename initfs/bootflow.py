@@ -16,6 +16,7 @@ from initfs.options import Options
 from initfs.syscalls import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, mount
 from overlay_layout import durable
 from overlay_layout.contract import BANKS, BOOTED, RUN, TIMELINE, InitramfsConf
+from overlay_layout.errors import BankbootError
 from overlay_layout.layout import Layout
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
@@ -36,7 +37,7 @@ VOLATILE = f"{RUN}/volatile"  # upper/work on tmpfs when the banks partition can
 NEWROOT = "/newroot"
 
 
-class BootError(RuntimeError):
+class BootError(BankbootError):
     pass
 
 
@@ -67,7 +68,7 @@ def mount_banks(opts: Options) -> Layout:
             try:
                 mount(dev, BANKS, fstype, MS_NOSUID | MS_NODEV | MS_RDONLY)
             except OSError:
-                raise BootError(f"cannot mount the banks partition {dev} ({spec}) as {fstype}: {e.strerror}") from None
+                raise BootError(f"cannot mount the banks partition {dev} ({spec}) as {fstype}: {e.strerror}") from e
             log.error(f"the banks partition {dev} mounts only read-only ({e.strerror}): booting without "
                       f"recording anything; changes to the image will not persist")
     return Layout(BANKS)
@@ -112,26 +113,24 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
     checked by dm-verity."""
     from initfs.version import VERSION
-    from overlay_layout.bankfile import MAX_MANIFEST
     from overlay_layout.layout import LayoutError
-    from overlay_layout.manifest import parse_manifest
+    from overlay_layout.manifest import read_installed
     from overlay_layout.trust import Policy, TrustError
 
     path = layout.manifest_path(image)
     try:
-        with open(path, "rb") as f:
-            manifest = parse_manifest(f.read(MAX_MANIFEST), path)
+        manifest = read_installed(layout, image)
     except OSError as e:
-        raise BootError(f"cannot read {path}: {e.strerror}") from None
+        raise BootError(f"cannot read {path}: {e.strerror}") from e
     except LayoutError as e:
-        raise BootError(str(e)) from None
+        raise BootError(str(e)) from e
     if manifest["id"] != image:
         raise BootError(f"{path} describes image {manifest['id']}")
     try:
         with log.step("verify manifest signature"):
             who = Policy.load().check(manifest, VERSION, keys)
     except TrustError as e:
-        raise BootError(f"verification failed: {e}") from None
+        raise BootError(f"verification failed: {e}") from e
     manifest["_signed_by"] = who
     log.log(f"image {image}: manifest signed by {who}")
     if full:
@@ -160,9 +159,9 @@ def _sha256(path: str, size: int) -> str:
         return hash_file(path, size)[1]
     except ShortRead as e:
         raise BootError(f"verification failed: {path} is {e.done} bytes, shorter than the {size} the signed "
-                        f"manifest says: truncated") from None
+                        f"manifest says: truncated") from e
     except OSError as e:
-        raise BootError(f"verification failed: cannot read {path}: {e.strerror}") from None
+        raise BootError(f"verification failed: cannot read {path}: {e.strerror}") from e
 
 
 def _volatile(image: str) -> tuple[str, str]:
@@ -196,7 +195,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
             try:
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
             except VerityError as e:
-                raise BootError(f"dm-verity: {e}") from None
+                raise BootError(f"dm-verity: {e}") from e
         elif "signatures" in manifest or "signature" in manifest:
             raise BootError("signed but without dm-verity data: refusing to read it unchecked")
         else:
@@ -279,7 +278,7 @@ def mount_persistent(layout: Layout, image: str, persist: list[str], notes: list
             check_dirs(LOWER, rel)
             check_dirs(NEWROOT, rel)
         except OSError as e:
-            raise BootError(f"persistent path {path} is not a directory in the image ({e.strerror})") from None
+            raise BootError(f"persistent path {path} is not a directory in the image ({e.strerror})") from e
         flags = persist_flags(allowed)
         replaced: list[str] = []
         try:
@@ -448,7 +447,7 @@ def own_kernel(image: str, manifest: Manifest, pinned: str | None, method: str) 
     try:
         log.log(prepare_kexec(LOWER, image, manifest, method))
     except KexecError as e:
-        raise BootError(f"its kernel {k['release']}: {e}") from None
+        raise BootError(f"its kernel {k['release']}: {e}") from e
     return k["release"]
 
 

@@ -9,6 +9,7 @@ import os
 import struct
 
 from initfs.loop import attach_readonly
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ DM_READONLY_FLAG = 1
 CONTROL = "/dev/mapper/control"
 
 
-class VerityError(RuntimeError):
+class VerityError(BankbootError):
     pass
 
 
@@ -39,7 +40,7 @@ def _ioctl(cmd: int, buf: bytes, what: str) -> bytes:
         fcntl.ioctl(fd, cmd, out, True)
         return bytes(out)
     except OSError as e:
-        raise VerityError(f"device-mapper {what} failed: {e.strerror}") from None
+        raise VerityError(f"device-mapper {what} failed: {e.strerror}") from e
     finally:
         os.close(fd)
 

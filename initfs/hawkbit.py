@@ -35,7 +35,7 @@ import time
 from initfs.identity import device_id
 from initfs.poll import NotNow, PollFailed, Result, check_ready, running_image
 from overlay_layout import bootlog, durable, jsontext
-from overlay_layout.layout import MANIFEST
+from overlay_layout.layout import DEFAULT_TRIES, MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import manifest_digest
 from overlay_layout.net.ddi import (
@@ -74,12 +74,12 @@ HEAD = 64 << 10  # the artifact's first request: its cpio headers, sw-descriptio
 class Options:
     __slots__ = ("base", "inhibit", "reboot", "revision", "server", "tries", "upper")
 
-    def __init__(self, server: str, tenant: str, controller: str, tries: int = 3, upper: str = "copy",
+    def __init__(self, server: str, tenant: str, controller: str, tries: int = DEFAULT_TRIES, upper: str = "copy",
                  reboot: bool = False, inhibit: tuple[str, ...] = (), revision: str = "default") -> None:
         try:
             self.base = controller_url(server, tenant, controller)
         except NetError as e:
-            raise PollFailed(str(e), False) from None
+            raise PollFailed(str(e), False) from e
         self.server, self.tries, self.upper, self.reboot = server, tries, upper, reboot
         self.inhibit, self.revision = inhibit, revision
 
@@ -399,8 +399,8 @@ class _Poll:
             except SwuError as err:
                 if len(head) == HEAD and head_needed(head) > len(head):
                     raise StageError(f"{where}: its headers are larger than {HEAD >> 10} KiB: not a bankboot .swu") \
-                        from None
-                raise StageError(str(err)) from None
+                        from err
+                raise StageError(str(err)) from err
             info.update(got)
             listed = got["boards"]
             boards = [str(b) for b in listed] if isinstance(listed, list) else []

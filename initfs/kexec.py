@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from initfs import log
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ PIN = "bankboot.kexec"
 LOADER = "bankboot.loader"  # <release>@<crc32 of uname -v> of the loader's kernel
 
 
-class KexecError(RuntimeError):
+class KexecError(BankbootError):
     pass
 
 
@@ -71,7 +72,7 @@ def check_file(path: str, want: KernelFile, verified: bool) -> None:
     try:
         size = os.stat(path).st_size
     except OSError as e:
-        raise KexecError(f"cannot read {path}: {e.strerror}") from None
+        raise KexecError(f"cannot read {path}: {e.strerror}") from e
     if size != want["size"]:
         raise KexecError(f"{path} is {size} bytes; the signed manifest says {want['size']}")
     if not verified:
@@ -80,7 +81,7 @@ def check_file(path: str, want: KernelFile, verified: bool) -> None:
         try:
             digest = hash_file(path)[1]
         except OSError as e:
-            raise KexecError(f"cannot read {path}: {e}") from None
+            raise KexecError(f"cannot read {path}: {e}") from e
         if digest != want["sha256"]:
             raise KexecError(f"{path} does not match the sha256 in the signed manifest")
 
@@ -116,7 +117,7 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
         hint = {8: " (not a kernel this machine can run: wrong architecture or damaged)",
                 1: " (the running kernel refuses kexec: lockdown or kexec_load_disabled)",
                 38: " (the running kernel was built without kexec_file_load)"}.get(e.errno or 0, "")
-        raise KexecError(f"kexec_file_load of {kernel}: {e.strerror}{hint}") from None
+        raise KexecError(f"kexec_file_load of {kernel}: {e.strerror}{hint}") from e
     finally:
         os.close(kfd)
 
@@ -137,7 +138,7 @@ def _raw_kernel(kernel: str) -> int:
         os.write(out, d.flush())
     except zlib.error as e:
         os.close(out)
-        raise KexecError(f"{kernel}: damaged gzip data ({e})") from None
+        raise KexecError(f"{kernel}: damaged gzip data ({e})") from e
     finally:
         os.close(fd)
     return out
@@ -153,7 +154,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
                              file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)])
     except OSError as e:
         os.close(r)
-        raise KexecError(f"cannot run {argv[0]}: {e.strerror}") from None
+        raise KexecError(f"cannot run {argv[0]}: {e.strerror}") from e
     finally:
         os.close(w)
     chunks = []
@@ -172,7 +173,7 @@ def execute() -> NoReturn:
     try:
         reboot(LINUX_REBOOT_CMD_KEXEC)
     except OSError as e:
-        raise KexecError(str(e)) from None
+        raise KexecError(str(e)) from e
     raise KexecError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 
 

@@ -14,6 +14,7 @@ import os
 from initfs.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, mount, umount
 from overlay_layout import durable
 from overlay_layout.contract import BOOT_MOUNT, LOADER_SOURCE, TLS_PIECE
+from overlay_layout.errors import BankbootError
 from overlay_layout.hashing import copy_hashed
 
 TYPE_CHECKING = False
@@ -25,7 +26,7 @@ BOOT = BOOT_MOUNT  # the boot partition
 INITRAMFS_NAME = "initramfs.img"
 
 
-class LoaderError(RuntimeError):
+class LoaderError(BankbootError):
     pass
 
 
@@ -95,7 +96,7 @@ def mount_boot(boot_dev: str, readonly: bool = False) -> None:
     try:
         mount(boot_dev, BOOT, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC | (MS_RDONLY if readonly else 0))
     except OSError as e:
-        raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from None
+        raise LoaderError(f"cannot mount the boot partition {boot_dev} (vfat): {e.strerror}") from e
 
 
 def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> list[str]:
@@ -125,7 +126,7 @@ def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> lis
                             [(lower + k["image"]["path"], SLOT_KERNEL), (lower + k["initramfs"]["path"], SLOT_INITRD)],
                             cmdline, tries)
     except LoaderABError as e:
-        raise LoaderError(str(e)) from None
+        raise LoaderError(str(e)) from e
     if "tls" in k:  # beside the slot's initramfs (initfs/tlskit.py looks there too)
         _copy_checked(lower + k["tls"]["path"], f"{BOOT}/{slot}/.{TLS_PIECE}.new", k["tls"])
         os.replace(f"{BOOT}/{slot}/.{TLS_PIECE}.new", f"{BOOT}/{slot}/{TLS_PIECE}")
@@ -134,7 +135,7 @@ def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> lis
         f"loader {good} stays the default until loader {slot} has booted an image"]
 
 
-def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str, tries: int = 3) -> list[str]:
+def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: str, tries: int) -> list[str]:
     """Copy the image's kernel and initramfs (its squashfs mounted at `lower`) onto the boot partition at
     boot_dev: into the loader slot not booted by default, on a disk made for firmware (install_ab); else as
     kernel_name and initramfs.img. Returns what was done, a line each."""
@@ -181,6 +182,6 @@ def mount_source(squashfs: str) -> None:
     try:
         mount(dev, SOURCE, "squashfs", MS_RDONLY | MS_NODEV | MS_NOSUID)
     except OSError as e:
-        raise LoaderError(f"cannot mount {squashfs}: {e.strerror}") from None
+        raise LoaderError(f"cannot mount {squashfs}: {e.strerror}") from e
     finally:
         os.close(fd)

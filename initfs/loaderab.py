@@ -30,6 +30,7 @@ from overlay_layout.contract import (
     SLOT_KERNEL,
     entry_name,
 )
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ SLOT_OPTION = "bankboot.loader_slot"
 TRIAL_OPTION = "bankboot.loader_trial"
 
 
-class LoaderABError(RuntimeError):
+class LoaderABError(BankbootError):
     pass
 
 

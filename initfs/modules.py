@@ -9,11 +9,12 @@ import os
 from initfs import log
 from initfs.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
 from overlay_layout.contract import MODULES, OPTIONAL_MARK
+from overlay_layout.errors import BankbootError
 
 ORDER_FILE = MODULES
 
 
-class ModuleLoadError(RuntimeError):
+class ModuleLoadError(BankbootError):
     pass
 
 
@@ -64,7 +65,7 @@ def load_modules(release: str, order: list[str], root: str = "") -> int:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
-            raise ModuleLoadError(f"cannot open module {path}: {e.strerror}") from None
+            raise ModuleLoadError(f"cannot open module {path}: {e.strerror}") from e
         try:
             finit_module(fd, "", flags)
             loaded += 1
@@ -75,7 +76,7 @@ def load_modules(release: str, order: list[str], root: str = "") -> int:
                 if log.debug:
                     log.log(f"optional module {rel} not loaded: {e.strerror}")
             elif e.errno != errno.EEXIST:
-                raise ModuleLoadError(f"loading module {path} failed: {e.strerror} (see dmesg)") from None
+                raise ModuleLoadError(f"loading module {path} failed: {e.strerror} (see dmesg)") from e
         finally:
             os.close(fd)
     return loaded

@@ -29,7 +29,8 @@ import time
 
 from initfs.identity import device_id, headers
 from overlay_layout import bootlog, pollstate
-from overlay_layout.layout import MANIFEST
+from overlay_layout.errors import Refused
+from overlay_layout.layout import DEFAULT_TRIES, MANIFEST
 from overlay_layout.lock import lock_banks
 from overlay_layout.net.channel import (
     MAX_BYTES,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from overlay_layout.trust import Policy
 
 
-class NotNow(RuntimeError):
+class NotNow(Refused):
     """The device is in a state in which it does not poll (exit 3): it says which and until when."""
 
 
@@ -85,7 +86,7 @@ class Device:
 class Options:
     __slots__ = ("channel", "download_only", "inhibit", "reboot", "tries", "upper", "url")
 
-    def __init__(self, url: str, tries: int = 3, upper: str = "copy", reboot: bool = False,
+    def __init__(self, url: str, tries: int = DEFAULT_TRIES, upper: str = "copy", reboot: bool = False,
                  download_only: bool = False, inhibit: tuple[str, ...] = (), channel: str | None = None) -> None:
         self.url, self.tries, self.upper, self.reboot = url, tries, upper, reboot
         self.download_only, self.inhibit, self.channel = download_only, inhibit, channel

@@ -14,10 +14,9 @@ import signal
 import sys
 import time
 
-from initfs.poll import Device, NotNow, PollFailed, Result, poll_once
+from initfs.poll import Device, PollFailed, Result, poll_once
+from overlay_layout.errors import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_USAGE, BankbootError, verdict
 from overlay_layout.lock import LockError
-from overlay_layout.stage import StageError
-from overlay_layout.state import StateError
 from overlay_layout.utctime import format_duration, parse_duration
 
 TYPE_CHECKING = False
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_STAGE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 SHORTEST, LONGEST = 1.0, 31 * 86400.0  # --every
 RETRY = 30.0  # the first retry after a poll that failed on the way
 DEFAULT_JITTER = 0.2
@@ -95,18 +93,12 @@ def _one(make_device: Callable[[], Device], opts: Any, args: argparse.Namespace,
     except LockError:
         _say("bankctl poll: another bankctl (a poll, a stage) is working on the banks partition: not polling now")
         return EXIT_BUSY, False, None
-    except NotNow as e:
-        _say(f"bankctl poll: {e}")
-        return EXIT_REFUSED, False, None
-    except StageError as e:  # PollFailed (the channel document), DownloadError, StageError (the bank)
-        _say(f"bankctl poll: {'failed' if e.transient else 'refused'}: {e}")
-        return EXIT_STAGE, e.transient, None
+    except BankbootError as e:  # NotNow, StateError (3); PollFailed, DownloadError, StageError (4); a damaged layout
+        _say(f"bankctl poll: {verdict(e)}{e}")
+        return e.exit_code, e.transient, None
     except OSError as e:
         _say(f"bankctl poll: {e}")
         return EXIT_ERROR, True, None
-    except RuntimeError as e:  # the state refused (StateError), a damaged layout: a loop goes on
-        _say(f"bankctl poll: {e}")
-        return (EXIT_REFUSED if isinstance(e, StateError) else EXIT_ERROR), False, None
     print(f"{result.summary} (this poll: {result.requests} request{'s' if result.requests != 1 else ''}, "
           f"{result.received} bytes received)", flush=True)
     server = result.interval

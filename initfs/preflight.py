@@ -17,6 +17,7 @@ import os
 import struct
 
 from initfs.switchroot import resolve_in
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "armv7
 MAX_FILES = 200
 
 
-class PreflightError(RuntimeError):
+class PreflightError(BankbootError):
     pass
 
 
@@ -45,7 +46,7 @@ def read_all(host: str, shown: str) -> bytes:
             while f.read(1 << 20):
                 pass
     except OSError as e:
-        raise PreflightError(f"{shown} cannot be read: {e.strerror}") from None
+        raise PreflightError(f"{shown} cannot be read: {e.strerror}") from e
     return head
 
 
@@ -54,7 +55,7 @@ def read_head(host: str, shown: str) -> bytes:
         with open(host, "rb") as f:
             return f.read(65536)
     except OSError as e:
-        raise PreflightError(f"{shown} cannot be read: {e.strerror}") from None
+        raise PreflightError(f"{shown} cannot be read: {e.strerror}") from e
 
 
 class Elf:
@@ -89,7 +90,7 @@ class Elf:
             self.f.seek(offset)
             return self.f.read(size)
         except (OSError, ValueError) as e:
-            raise PreflightError(f"{self.shown} cannot be read: {e}") from None
+            raise PreflightError(f"{self.shown} cannot be read: {e}") from e
 
     def interp(self) -> str | None:
         for p_type, off, _, filesz in self.segments:
@@ -210,7 +211,7 @@ def verify_ranges(device: str, ranges: list[list[int]], shown: str) -> int:
     try:
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise PreflightError(f"cannot open {device} to check {shown}: {e.strerror}") from None
+        raise PreflightError(f"cannot open {device} to check {shown}: {e.strerror}") from e
     try:
         for offset, length in ranges:
             pos = offset
@@ -220,7 +221,7 @@ def verify_ranges(device: str, ranges: list[list[int]], shown: str) -> int:
                     n = os.preadv(fd, [buf[:want]], pos)
                 except OSError as e:
                     raise PreflightError(f"{shown} does not read back at byte {pos} of the image: {e.strerror} "
-                                         f"(a damaged block)") from None
+                                         f"(a damaged block)") from e
                 if n <= 0:
                     raise PreflightError(f"{shown}: the image ends at byte {pos}, before the signed ranges do")
                 pos += n

@@ -13,9 +13,10 @@ from initfs import log
 from initfs.environ import clean_environ
 from initfs.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
 from overlay_layout.contract import SELFTEST_DIR
+from overlay_layout.errors import BankbootError
 
 
-class SelfTestError(RuntimeError):
+class SelfTestError(BankbootError):
     pass
 
 

@@ -13,7 +13,7 @@ import os
 from overlay_layout import hashing
 from overlay_layout.chunks import MEMBER as CHUNKS
 from overlay_layout.layout import MANIFEST, SQUASHFS, VERITY, LayoutError
-from overlay_layout.manifest import parse_manifest
+from overlay_layout.manifest import MAX_MANIFEST, parse_manifest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 ORDER = (MANIFEST, SQUASHFS, VERITY, CHUNKS)
 HEADER = 512
-MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger first member is not one of ours
 
 
 class BankFileError(LayoutError):
@@ -85,7 +84,7 @@ class BankFile:
             try:
                 self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as e:
-                raise BankFileError(f"cannot read {path}: {e.strerror}") from None
+                raise BankFileError(f"cannot read {path}: {e.strerror}") from e
         self.source = source
         try:
             self.members = self._read_members()
@@ -100,7 +99,7 @@ class BankFile:
         try:
             return os.pread(self.fd, size, offset)
         except OSError as e:
-            raise BankFileError(f"cannot read {self.path}: {e.strerror}") from None
+            raise BankFileError(f"cannot read {self.path}: {e.strerror}") from e
 
     def read(self, offset: int, size: int) -> bytes:
         """Exactly `size` bytes of the bank file from `offset`; fewer is a truncated file."""
@@ -261,7 +260,7 @@ class BankFile:
         try:
             result = hashing.copy_hashed(self.fd, member.offset, member.size, dest, progress)
         except hashing.ShortRead as e:
-            raise BankFileError(f"{self.path} is truncated or unreadable: {member.name} {e}") from None
+            raise BankFileError(f"{self.path} is truncated or unreadable: {member.name} {e}") from e
         try:
             self._check(member, result)
         except BankFileError:

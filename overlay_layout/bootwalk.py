@@ -9,6 +9,7 @@ one walk, so the model checks the walk the init runs."""
 
 from __future__ import annotations
 
+from overlay_layout.errors import BankbootError
 from overlay_layout.policy import DEFAULT_UNCONFIRMED_LIMIT, SELECTED
 from overlay_layout.recordtype import make_record
 
@@ -30,7 +31,7 @@ else:
     Chosen = make_record("Chosen", "candidate why prepared tried plan")
 
 
-class CannotBoot(Exception):
+class CannotBoot(BankbootError):
     """What a preparation step raises to name the kind of failure ("self-test failed"); any other exception
     is "cannot boot it". `cause` is the failure itself."""
 

@@ -18,6 +18,7 @@ import os
 import struct
 
 from overlay_layout import hashing
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ MAX_CHUNK = 64 << 10
 MEMBER = "rootfs.chunks"  # in the bank file and in the image's directory on the banks partition
 
 
-class ChunkError(ValueError):
+class ChunkError(ValueError, BankbootError):
     pass
 
 

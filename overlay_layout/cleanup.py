@@ -8,7 +8,7 @@ import os
 import time
 
 from overlay_layout import durable
-from overlay_layout.layout import POINTERS, check_id
+from overlay_layout.layout import DOWNLOAD, POINTERS, check_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def gc(banks: Banks, booted: str | None) -> list[str]:
     """Remove images that are neither previous, current nor next (nor running), staging leftovers and
     unfinished downloads (`bankctl stage URL` would have resumed them). Callers hold the banks lock, so no
     stage is in progress."""
-    keep = {banks._pointer(p) for p in POINTERS} | {booted}
+    keep = {banks.read_pointer(p) for p in POINTERS} | {booted}
     removed = []
     st = banks.load()
     for image in banks.layout.images():
@@ -75,7 +75,7 @@ def gc(banks: Banks, booted: str | None) -> list[str]:
     removed += banks.remove_staging_leftovers()
     overlay = banks.layout.overlay
     for name in sorted(os.listdir(overlay)) if os.path.isdir(overlay) else []:
-        if name.startswith(".download-"):
+        if name.startswith(DOWNLOAD):
             durable.remove_tree(os.path.join(overlay, name))
             removed.append(name)
     if removed:

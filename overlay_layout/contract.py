@@ -8,6 +8,8 @@ slow ARM board under TCG every imported module is milliseconds of boot.
 
 from __future__ import annotations
 
+from overlay_layout.errors import BankbootError
+
 # --- Paths on the device. The builder stores them without the leading "/" (see `rel`). ---
 ETC = "/etc/bankboot"
 CONF = ETC + "/initramfs.conf"  # InitramfsConf.render() output
@@ -100,7 +102,7 @@ ARCHES: tuple[Arch, ...] = (
 )
 
 
-class UnknownArch(ValueError):
+class UnknownArch(ValueError, BankbootError):
     pass
 
 
@@ -128,51 +130,45 @@ DEFAULT_UNCONFIRMED_BOOTS = 3  # boots a trial gets when the board does not say
 _FLAGS = {"image_modules": ("yes", "no"), "sealed": ("yes", "no"), "unsigned": ("allowed", "refused"),
           "downgrade": ("allowed", "refused")}
 _LISTS = {"trusted": ",", "libdirs": ":"}
-_INTS = ("unconfirmed_boots", "threshold")
 
 
 class InitramfsConf:
-    """What an initramfs was built with and for. Field order is the file's line order; a missing key
-    reads as its default (an initramfs from an older builder), an unknown key is kept in `extra`."""
+    """What an initramfs was built with and for. The fields below are the one table of the file: their
+    order is its line order, their defaults what a missing key reads as (an initramfs from an older
+    builder); an unknown key is kept in `extra`. A bool is written as one of the two words of _FLAGS, a
+    tuple joined by its _LISTS separator, an int read back only when it is a positive number."""
 
-    __slots__ = ("arch", "bankboot", "board", "build", "client_cert", "client_key", "console", "device_key",
-                 "downgrade", "extra", "image_modules", "init", "interp", "kernel", "kernel_name", "kexec", "libdirs",
-                 "rescue", "sealed", "threshold", "tls", "trusted", "unconfirmed_boots", "unsigned")
-    FIELDS = ("board", "kernel", "arch", "console", "bankboot", "init", "image_modules", "rescue",
-              "unconfirmed_boots", "sealed", "kernel_name", "trusted", "unsigned", "downgrade", "build", "interp",
-              "libdirs", "kexec", "tls", "client_cert", "client_key", "threshold", "device_key")
+    board: str = ""  # the board file's name
+    kernel: str = ""  # the release of the kernel it was built for (its modules)
+    arch: str = ""  # Debian architecture
+    console: str = ""  # the board's console device
+    bankboot: str = "0.0.0"  # bankboot's version (images may require a minimum)
+    init: str = "frozen"  # "frozen" (bankboot's init) or "busybox" (the baseline sh init)
+    image_modules: bool = False  # images must carry the kernel's modules
+    rescue: str = "reboot"  # what a boot with nothing bootable does: reboot, shell, or halt
+    unconfirmed_boots: int = DEFAULT_UNCONFIRMED_BOOTS  # boots a trial gets before it falls back
+    sealed: bool = False  # a field build: no shell, no init= (docs/trust.md)
+    kernel_name: str = "vmlinuz"  # the kernel's file name on the boot partition
+    trusted: tuple[str, ...] = ()  # ids of the keys under TRUST_DIR
+    unsigned: bool = False  # unsigned images allowed (development builds only)
+    downgrade: bool = False  # images below the boot floor allowed
+    build: str = ""  # the frozen bundle's name
+    interp: str = ""  # the bundle's ld.so, inside the initramfs (bankctl's launcher runs it)
+    libdirs: tuple[str, ...] = ("/lib",)  # where the bundle's libraries are (LD_LIBRARY_PATH inside the kit)
+    kexec: str = "none"  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
+    tls: str = ""  # sha256 of the TLS piece built with it (TLS_PIECE); empty: none
+    client_cert: str = ""  # https: the device's client certificate (a path on the device)
+    client_key: str = ""  # ... and its key
+    threshold: int = 1  # how many of the trusted keys must sign an image (1: any one)
+    device_key: str = DEVICE_KEY  # the device's decryption key for encrypted banks (a path in the booted image)
 
-    def __init__(self, board: str = "", kernel: str = "", arch: str = "", console: str = "",
-                 bankboot: str = "0.0.0", init: str = "frozen", image_modules: bool = False,
-                 rescue: str = "reboot", unconfirmed_boots: int = DEFAULT_UNCONFIRMED_BOOTS, sealed: bool = False,
-                 kernel_name: str = "vmlinuz", trusted: tuple[str, ...] = (), unsigned: bool = False,
-                 downgrade: bool = False, build: str = "", interp: str = "", libdirs: tuple[str, ...] = ("/lib",),
-                 kexec: str = "none", tls: str = "", client_cert: str = "", client_key: str = "",
-                 threshold: int = 1, device_key: str = DEVICE_KEY,
-                 extra: dict[str, str] | None = None) -> None:
-        self.board = board  # the board file's name
-        self.kernel = kernel  # the release of the kernel it was built for (its modules)
-        self.arch = arch  # Debian architecture
-        self.console = console  # the board's console device
-        self.bankboot = bankboot  # bankboot's version (images may require a minimum)
-        self.init = init  # "frozen" (bankboot's init) or "busybox" (the baseline sh init)
-        self.image_modules = image_modules  # images must carry the kernel's modules
-        self.rescue = rescue  # what a boot with nothing bootable does: reboot, shell, or halt
-        self.unconfirmed_boots = unconfirmed_boots  # boots a trial gets before it falls back
-        self.sealed = sealed  # a field build: no shell, no init= (docs/trust.md)
-        self.kernel_name = kernel_name  # the kernel's file name on the boot partition
-        self.trusted = trusted  # ids of the keys under TRUST_DIR
-        self.unsigned = unsigned  # unsigned images allowed (development builds only)
-        self.downgrade = downgrade  # images below the boot floor allowed
-        self.build = build  # the frozen bundle's name
-        self.interp = interp  # the bundle's ld.so, inside the initramfs (bankctl's launcher runs it)
-        self.libdirs = libdirs  # where the bundle's libraries are (LD_LIBRARY_PATH inside the kit)
-        self.kexec = kexec  # how an image's own kernel is loaded: file (kexec_file_load), tools, none
-        self.threshold = threshold  # how many of the trusted keys must sign an image (1: any one)
-        self.device_key = device_key  # the device's decryption key for encrypted banks (a path in the booted image)
-        self.tls = tls  # sha256 of the TLS piece built with it (TLS_PIECE); empty: none
-        self.client_cert = client_cert  # https: the device's client certificate (a path on the device)
-        self.client_key = client_key  # ... and its key
+    FIELDS: tuple[str, ...]  # the names above, in order (set below the class)
+
+    def __init__(self, extra: dict[str, str] | None = None, **values: object) -> None:
+        for key, value in values.items():
+            if key not in self.FIELDS:
+                raise TypeError(f"InitramfsConf has no field {key!r}")
+            setattr(self, key, value)
         self.extra = extra or {}
 
     def render(self) -> str:
@@ -201,7 +197,7 @@ class InitramfsConf:
                 setattr(conf, key, value == _FLAGS[key][0])
             elif key in _LISTS:
                 setattr(conf, key, tuple(v for v in value.split(_LISTS[key]) if v))
-            elif key in _INTS:
+            elif isinstance(getattr(cls, key), int):
                 if value.isdigit() and int(value) > 0:
                     setattr(conf, key, int(value))
             else:
@@ -226,3 +222,6 @@ class InitramfsConf:
         import os
 
         return (arch_named(self.arch) if self.arch else arch_of_machine(os.uname().machine)).ld_so
+
+
+InitramfsConf.FIELDS = tuple(k for k in InitramfsConf.__annotations__ if k != "FIELDS")

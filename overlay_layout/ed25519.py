@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from overlay_layout.errors import BankbootError
 from overlay_layout.native import api
 
 PUBLIC_BYTES, SEED_BYTES, SIGNATURE_BYTES, SECRET_BYTES = 32, 32, 64, 64
@@ -14,7 +15,7 @@ _NAMES = ("libsodium.so.23", "libsodium.so")
 _opened = False
 
 
-class SodiumError(RuntimeError):
+class SodiumError(BankbootError):
     pass
 
 

@@ -91,7 +91,7 @@ def read_device_key(path: str) -> tuple[str, bytes, bytes]:
     try:
         public, secret = x25519.keypair(read_key_file(path, PRIVATE_TAG, "X25519 private", comment_ok=False))
     except TrustError as e:
-        raise EncryptionError(str(e)) from None
+        raise EncryptionError(str(e)) from e
     return key_id(public), public, secret
 
 
@@ -158,7 +158,7 @@ def _fetch(bank: BankFile, offset: int, size: int) -> bytes:
     try:
         return bank.read(offset, size)
     except OSError as e:
-        raise StageError(f"cannot read {bank.path}: {e.strerror}") from None
+        raise StageError(f"cannot read {bank.path}: {e.strerror}") from e
 
 
 def _open(box: bytes, manifest: Mapping[str, Any], name: str, n: int, key: bytes, kind: int, where: str) -> bytes:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from overlay_layout import durable
+from overlay_layout.errors import BankbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def use_openssl() -> bool:
     return True
 
 
-class ShortRead(OSError):
+class ShortRead(OSError, BankbootError):
     """The source ended (or failed) before `size` bytes: `done` says how many were read."""
 
     def __init__(self, done: int, message: str) -> None:
@@ -80,7 +81,7 @@ def hash_fd(fd: int, offset: int = 0, size: int | None = None,
         try:
             n = os.preadv(fd, [buf[:want]], offset + done)
         except OSError as e:
-            raise ShortRead(done, f"read failed after {done} bytes: {e.strerror}") from None
+            raise ShortRead(done, f"read failed after {done} bytes: {e.strerror}") from e
         if n == 0:
             break
         chunk = buf[:n]

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 from overlay_layout import durable
+from overlay_layout.errors import BankbootError
 
 
-class Damaged(ValueError):
+class Damaged(ValueError, BankbootError):
     """The file exists but is not usable JSON; `raw` holds what was read (None: it could not be read)."""
 
     def __init__(self, why: str, raw: bytes | None) -> None:
@@ -28,13 +29,13 @@ def read_json(path: str, limit: int) -> tuple[object, bytes] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise Damaged(f"cannot be read: {e.strerror}", None) from None
+        raise Damaged(f"cannot be read: {e.strerror}", None) from e
     if len(raw) > limit:
         raise Damaged(f"larger than {limit} bytes", raw)
     try:
         return jsontext.loads(raw), raw
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise Damaged(str(e)[:200], raw) from None
+        raise Damaged(str(e)[:200], raw) from e
 
 
 def keep_aside(path: str, raw: bytes | None, limit: int) -> str | None:

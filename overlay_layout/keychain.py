@@ -62,7 +62,7 @@ def parse_update(u: object, where: str, signed: bool = True) -> dict[str, Any]:
         try:
             check_signatures(u.get("signatures"), what)
         except LayoutError as e:
-            raise TrustError(str(e)) from None
+            raise TrustError(str(e)) from e
     return u
 
 

@@ -20,11 +20,17 @@ import os
 import stat
 
 from overlay_layout import durable
+from overlay_layout.errors import BankbootError
 from overlay_layout.nofollow import Ident, check_dirs, ensure_dirs
 from overlay_layout.syntax import is_name
 
 OVERLAY = "overlay"
 POINTERS = ("current", "next", "previous")
+# Work directories in overlay/, never images (their names start with a dot): a local stage's, removed on any
+# failure and at every boot, and a URL stage's, kept so that the next attempt resumes it (stage.stage_from).
+STAGING = ".staging-"
+DOWNLOAD = ".download-"
+DEFAULT_TRIES = 3  # trial boots a staged image gets before it is given up (`bankctl stage --tries`)
 SQUASHFS = "rootfs.squashfs"
 VERITY = "rootfs.verity"  # the squashfs's dm-verity hash tree (no superblock)
 MANIFEST = "manifest.json"
@@ -38,7 +44,7 @@ def is_image_id(name: str) -> bool:
     return is_name(name, MAX_ID, alnum_first=True)
 
 
-class LayoutError(RuntimeError):
+class LayoutError(BankbootError):
     pass
 
 
@@ -87,8 +93,8 @@ class Layout:
             return None
         except OSError as e:
             if os.path.lexists(path):
-                raise LayoutError(f"{path} is not a symlink; it must point at an image directory") from None
-            raise LayoutError(f"cannot read {path}: {e.strerror}") from None
+                raise LayoutError(f"{path} is not a symlink; it must point at an image directory") from e
+            raise LayoutError(f"cannot read {path}: {e.strerror}") from e
         if target.startswith("/"):
             raise LayoutError(f"{path} -> {target}: pointers must be relative symlinks")
         if "/" in target.rstrip("/") or target in ("..", "."):
@@ -97,8 +103,20 @@ class Layout:
         try:
             check_id(target.rstrip("/"))
         except LayoutError as e:
-            raise LayoutError(f"{path} -> {target}: {e}") from None
+            raise LayoutError(f"{path} -> {target}: {e}") from e
         return target.rstrip("/")
+
+    def pointers_to(self, image_id: str) -> list[str]:
+        """The pointers that name `image_id`, in POINTERS order. A damaged pointer names nothing here (the
+        state's reading of it reports what is wrong)."""
+        named = []
+        for name in POINTERS:
+            try:
+                if self.pointer(name) == image_id:
+                    named.append(name)
+            except LayoutError:
+                continue
+        return named
 
     def set_pointer(self, name: str, image_id: str | None) -> None:
         if name not in POINTERS:
@@ -129,7 +147,7 @@ class Layout:
         try:
             check_dirs(self.root, f"{OVERLAY}/{check_id(image_id)}")
         except OSError as e:
-            raise LayoutError(f"image {image_id}: {e.strerror}") from None
+            raise LayoutError(f"image {image_id}: {e.strerror}") from e
         for path in (self.squashfs(image_id), self.verity(image_id), self.manifest_path(image_id)):
             try:
                 st = os.lstat(path)
@@ -138,7 +156,7 @@ class Layout:
                     continue  # the manifest's reader says what a missing one means
                 raise LayoutError(f"image {image_id}: {path} is missing") from None
             except OSError as e:
-                raise LayoutError(f"image {image_id}: cannot read {path}: {e.strerror}") from None
+                raise LayoutError(f"image {image_id}: cannot read {path}: {e.strerror}") from e
             if not stat.S_ISREG(st.st_mode):
                 raise LayoutError(f"image {image_id}: {path} is not a regular file "
                                   f"({'a symlink' if stat.S_ISLNK(st.st_mode) else 'a special file'})")
@@ -147,7 +165,7 @@ class Layout:
             with open(sq, "rb") as f:
                 magic = f.read(4)
         except OSError as e:
-            raise LayoutError(f"image {image_id}: cannot read {sq}: {e.strerror}") from None
+            raise LayoutError(f"image {image_id}: cannot read {sq}: {e.strerror}") from e
         if magic != b"hsqs":
             raise LayoutError(f"image {image_id}: {sq} is not a squashfs image (magic {magic!r})")
 

@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from overlay_layout.errors import Busy
+
 LOCK_FILE = ".lock"
 LOCK_WAIT = 10.0  # seconds a command waits for another one to finish before it gives up
 
 
-class LockError(RuntimeError):
+class LockError(Busy):
     pass
 
 

@@ -6,7 +6,7 @@ import itertools
 
 from overlay_layout import jsontext
 from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE
-from overlay_layout.layout import LayoutError, check_id
+from overlay_layout.layout import Layout, LayoutError, check_id
 from overlay_layout.syntax import is_absolute_path, is_name
 
 TYPE_CHECKING = False
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import KernelInfo, Manifest, PreflightInfo
 
+MAX_MANIFEST = 65536  # a manifest is a few kB; a bigger one is not one of ours
 FIELDS = {"id": str, "version": str, "arch": str, "size": int, "sha256": str, "created": str}
 FORMAT = 1
 VERITY_FIELDS = {"root_hash": str, "salt": str, "hash_algorithm": str, "data_block_size": int,
@@ -141,11 +142,20 @@ def check_preflight(p: object, size: int, where: str) -> PreflightInfo:
     return p  # type: ignore[return-value]  # checked field by field above
 
 
+def read_installed(layout: Layout, image: str) -> Manifest:
+    """The manifest of an image on the banks partition, checked like a bank's (at most MAX_MANIFEST bytes
+    are read: a bank file's manifest is never bigger). OSError when it cannot be read, LayoutError when it
+    is not a manifest."""
+    path = layout.manifest_path(image)
+    with open(path, "rb") as f:
+        return parse_manifest(f.read(MAX_MANIFEST), path)
+
+
 def parse_manifest(data: bytes, where: str) -> Manifest:
     try:
         m = jsontext.loads(data)
     except (ValueError, RecursionError) as e:
-        raise LayoutError(f"{where}: not valid JSON: {e}") from None
+        raise LayoutError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(m, dict):
         raise LayoutError(f"{where}: must be a JSON object")
     if m.get("format") != FORMAT:
@@ -212,7 +222,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         try:
             parse_chain(m["key_updates"], where)
         except TrustError as e:
-            raise LayoutError(str(e)) from None
+            raise LayoutError(str(e)) from e
     if "encryption" in m:
         check_encryption(m["encryption"], m, where)
     private = [k for k in m if k.startswith("_")]

@@ -70,10 +70,10 @@ def _walk(root: str, rel: str, replaced: list[str] | None, mode: int) -> Ident:
                     raise
                 st = os.lstat(name, dir_fd=fd)
                 if not stat.S_ISLNK(st.st_mode):
-                    raise OSError(errno.ENOTDIR, f"{path} is not a directory") from None
+                    raise OSError(errno.ENOTDIR, f"{path} is not a directory") from e
                 target = os.readlink(name, dir_fd=fd)
                 if replaced is None:
-                    raise OSError(errno.ELOOP, f"{path} is a symlink (to {target})") from None
+                    raise OSError(errno.ELOOP, f"{path} is a symlink (to {target})") from e
                 durable.checkpoint(f"remove {path}")
                 os.unlink(name, dir_fd=fd)
                 replaced.append(f"{path} was a symlink to {target}: replaced by an empty directory, the link "

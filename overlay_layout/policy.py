@@ -25,6 +25,7 @@ self-test, a write) moves to the next one."""
 from __future__ import annotations
 
 from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS
+from overlay_layout.layout import POINTERS
 from overlay_layout.recordtype import make_record
 
 DEFAULT_UNCONFIRMED_LIMIT = DEFAULT_UNCONFIRMED_BOOTS
@@ -297,7 +298,7 @@ def _order(b: _Boot, select: str | None, pinned: str | None) -> None:
 
 def _selected(snap: Snapshot, select: str, cur: str | None, nxt: str | None, prev: str | None,
               trial: Candidate | None, plan: Plan, low: set[str]) -> Candidate | None:
-    if select in ("current", "next", "previous"):
+    if select in POINTERS:
         image = {"current": cur, "next": nxt, "previous": prev}[select]
         if image is None:
             plan.notes.append(f"selected {select}, but there is no {select} image: booting as usual")

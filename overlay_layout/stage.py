@@ -10,7 +10,8 @@ import stat
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import UnknownArch, arch_of_machine
-from overlay_layout.layout import MANIFEST, SQUASHFS, Layout, LayoutError
+from overlay_layout.errors import EXIT_STAGE, BankbootError
+from overlay_layout.layout import DEFAULT_TRIES, DOWNLOAD, MANIFEST, SQUASHFS, STAGING, Layout, LayoutError
 from overlay_layout.manifest import dump_manifest, split_persist
 from overlay_layout.nofollow import check_dirs
 from overlay_layout.state import Banks, StateError
@@ -29,10 +30,10 @@ MARGIN = 4 << 20  # left free on the partition after staging, for state.json and
 DEFAULT_RESERVE = 0  # extra room to leave free beyond MARGIN (the bankctl kit no longer lives on the partition)
 
 
-class StageError(RuntimeError):
-    """The image was not staged. `transient`: a retry may help (a download that failed on the way)."""
+class StageError(BankbootError):
+    """The image was not staged (exit 4). `transient`: a retry may help (a download that failed on the way)."""
 
-    transient = False
+    exit_code = EXIT_STAGE
 
 
 def tree_size(path: str) -> int:
@@ -85,8 +86,8 @@ def _copy_meta(src: str, dst: str) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
-          machine: str | None = None, progress: Callable[[int, int], None] | None = None,
+def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tries: int = DEFAULT_TRIES,
+          upper: str = "copy", machine: str | None = None, progress: Callable[[int, int], None] | None = None,
           allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE, booted: str | None = None) -> Manifest:
     """Stage a local bank file (or a block device holding one). `reserve`: bytes staging must leave free
     beyond MARGIN. `booted`: the running image, never replaced. The caller holds the banks lock (lock.py)."""
@@ -98,7 +99,7 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
             try:
                 bank.extract(member, os.path.join(work, member.name), progress if member.name == SQUASHFS else None)
             except LayoutError as e:
-                raise StageError(str(e)) from None
+                raise StageError(str(e)) from e
 
     def open_bank() -> BankFile:
         return BankFile(bank_file)
@@ -108,9 +109,9 @@ def stage(banks: Banks, bank_file: str, policy: Policy, running_version: str, tr
 
 
 def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill: Fill,
-               policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
+               policy: Policy, running_version: str, tries: int = DEFAULT_TRIES, upper: str = "copy",
                machine: str | None = None, allow_downgrade: bool = False, reserve: int = DEFAULT_RESERVE,
-               booted: str | None = None, work_prefix: str = ".staging-",
+               booted: str | None = None, resumable: bool = False,
                progress: Callable[[int, int], None] | None = None) -> Manifest:
     """The one staging sequence, whatever the source: open the bank (its manifest), check it (signature,
     floor, architecture, room), let `fill` put its squashfs, hash tree and chunk index into a work directory
@@ -119,8 +120,8 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     this device's key (opened before anything is written, so a bank for another device is refused first),
     its chunks read from the bank's source or, from a server, taken from the installed images; None for a
     plain bank.
-    A `.staging-` work directory is removed on any failure (and at every boot); a `.download-` one (`bankctl
-    stage URL`) is kept so the next attempt resumes."""
+    The work directory of a local stage (layout.STAGING) is removed on any failure (and at every boot); a
+    `resumable` one (`bankctl stage URL`, layout.DOWNLOAD) is kept so the next attempt resumes."""
     if upper not in ("copy", "fresh"):
         raise StageError(f"--upper must be copy or fresh, not {upper!r}")
     if tries < 1:
@@ -132,13 +133,13 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
     try:
         bank = open_bank()
     except LayoutError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     with bank:
         manifest = bank.manifest
         image = manifest["id"]
         downgrade = _check(banks, manifest, where, policy, running_version, machine, allow_downgrade, booted)
         decrypt = _decrypting(banks, bank, policy, where, progress) if bank.encrypted else None
-        work = os.path.join(layout.overlay, f"{work_prefix}{image}")
+        work = os.path.join(layout.overlay, f"{DOWNLOAD if resumable else STAGING}{image}")
         cur = layout.pointer("current")
         copies = _upper_copies(layout, cur, manifest.get("persist")) if cur and upper == "copy" else []
         verity, index = manifest.get("verity"), manifest.get("chunks")
@@ -151,8 +152,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
                              f"(including {(MARGIN + reserve) / 1e6:.1f} MB kept free for the next boot), "
                              f"{free / 1e6:.1f} MB free (bankctl gc removes unused images)")
         durable.make_dirs(layout.overlay)
-        keep = work_prefix != ".staging-"
-        if not keep:
+        if not resumable:
             durable.remove_tree(work)
         os.makedirs(work, exist_ok=True)
         try:
@@ -160,7 +160,7 @@ def stage_from(banks: Banks, where: str, open_bank: Callable[[], BankFile], fill
             _complete(work, manifest, copies)
             durable.rename(work, layout.image_dir(image))
         except BaseException:
-            if not keep:
+            if not resumable:
                 durable.remove_tree(work)
             raise
     try:
@@ -184,14 +184,14 @@ def _decrypting(banks: Banks, bank: BankFile, policy: Policy, where: str,
     try:
         key = encryption.content_key(manifest, policy.device_key, where)
     except LayoutError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     remote = bank.source is not None
 
     def decrypt(work: str) -> None:
         try:
             manifest["_fetched"] = encryption.fill(bank, work, key, banks.layout if remote else None, progress)
         except LayoutError as e:
-            raise StageError(str(e)) from None
+            raise StageError(str(e)) from e
 
     return decrypt
 
@@ -215,17 +215,17 @@ def _check(banks: Banks, manifest: Manifest, where: str, policy: Policy, running
                 raise TrustError(f"version {manifest['version']} is below the floor {floor} and this "
                                  f"initramfs does not allow downgrades")
     except TrustError as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     manifest["_signed_by"] = who
     try:
         arch = arch_of_machine(machine or os.uname().machine).debian
     except UnknownArch as e:
-        raise StageError(str(e)) from None
+        raise StageError(str(e)) from e
     if manifest["arch"] != arch:
         raise StageError(f"{where} is an {manifest['arch']} image; this machine is {arch}")
     layout, image = banks.layout, manifest["id"]
     if os.path.exists(layout.image_dir(image)):
-        pointed = [p for p in ("current", "next", "previous") if banks._pointer(p) == image]
+        pointed = layout.pointers_to(image)
         if pointed or image == booted:
             raise StageError(f"image {image} is already on the banks partition ({', '.join(pointed) or 'running'})")
         # Complete on disk but never made `next` (a cut after its rename): replace it.
@@ -248,7 +248,7 @@ def _check_key_updates(manifest: Manifest, keys: KeySet, policy: Policy, running
         policy.check(manifest, running_version, new)
     except TrustError as e:
         raise TrustError(f"{e}, under the keys its own key update {new.serial} puts in force: committing it would "
-                         f"leave it unbootable (sign the bank with keys of the new set too)") from None
+                         f"leave it unbootable (sign the bank with keys of the new set too)") from e
     manifest["_keys"] = changes(keys, new)
 
 

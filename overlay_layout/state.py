@@ -22,7 +22,8 @@ import os
 import time
 
 from overlay_layout import durable, policy
-from overlay_layout.layout import POINTERS, LayoutError
+from overlay_layout.errors import Refused
+from overlay_layout.layout import DEFAULT_TRIES, POINTERS, STAGING, LayoutError
 from overlay_layout.policy import BAD, GOOD, TRIAL, Candidate, Effect, ImageInfo, Plan, Snapshot
 from overlay_layout.statefile import FLOOR_FILE, STATE_FILE, StateStore, check_state, highest
 
@@ -33,11 +34,10 @@ if TYPE_CHECKING:
 
     from overlay_layout.records import StateFile, Status
 
-DEFAULT_TRIES = 3
 __all__ = ["BAD", "FLOOR_FILE", "GOOD", "STATE_FILE", "TRIAL", "Banks", "Candidate", "StateError", "check_state"]
 
 
-class StateError(RuntimeError):
+class StateError(Refused):
     """A transition that is not allowed now (exit code 3 in bankctl)."""
 
 
@@ -151,7 +151,7 @@ class Banks(StateStore):
     # -- what the boot and the running image record ------------------------------------------------------
     def _roll_forward(self, nxt: str) -> None:
         """Make a good `next` current: previous <- current, current <- next, next removed."""
-        cur = self._pointer("current")
+        cur = self.read_pointer("current")
         if cur is not None and cur != nxt:
             self.layout.set_pointer("previous", cur)
         self.layout.set_pointer("current", nxt)
@@ -176,7 +176,7 @@ class Banks(StateStore):
 
     def boot_ok(self, booted: str | None) -> str:
         """The running image is up: its unconfirmed-boot count goes back to zero."""
-        image = booted or self._pointer("current")
+        image = booted or self.read_pointer("current")
         if image is None:
             raise StateError("no running image to confirm")
         st = self.load()
@@ -193,7 +193,7 @@ class Banks(StateStore):
             raise StateError(f"tries must be at least 1, not {tries}")
         if not os.path.isdir(self.layout.image_dir(image)):
             raise StateError(f"image {image} is not on the banks partition")
-        if image == self._pointer("current"):
+        if image == self.read_pointer("current"):
             raise StateError(f"image {image} is already current")
         st = self.load()
         self.refuse_if_rollback_pending(st)
@@ -203,7 +203,7 @@ class Banks(StateStore):
 
     def refuse_if_rollback_pending(self, st: StateFile | None = None) -> None:
         """`next` that is good is a commit or rollback the next boot finishes; staging would cancel it."""
-        nxt = self._pointer("next")
+        nxt = self.read_pointer("next")
         if nxt is not None and self.image_state(self.load() if st is None else st, nxt).get("state") == GOOD:
             raise StateError(f"a switch to {nxt} (a rollback, or a commit) is pending and finishes at the next "
                              f"boot: reboot first, then stage")
@@ -211,9 +211,9 @@ class Banks(StateStore):
     def mark_good(self, booted: str | None) -> str:
         """The running trial is healthy: commit it (it becomes current, current becomes previous)."""
         st = self.load()
-        nxt = self._pointer("next")
+        nxt = self.read_pointer("next")
         if nxt is None or self.image_state(st, nxt).get("state") != TRIAL:
-            cur = self._pointer("current")
+            cur = self.read_pointer("current")
             if booted is not None and booted == cur:
                 return cur  # already committed: mark-good is idempotent
             raise StateError("no image is on trial")
@@ -230,8 +230,8 @@ class Banks(StateStore):
         """Anti-rollback: committing an image raises the stage floor to its version and the boot floor to the
         older of it and the outgoing current (which stays bootable as `previous`); neither is lowered."""
         floor, boot = self.floors(st)
-        new, outgoing = self._version(image), self._version(self._pointer("current"))
-        if outgoing is None and self._pointer("current") not in (None, image):
+        new, outgoing = self._version(image), self._version(self.read_pointer("current"))
+        if outgoing is None and self.read_pointer("current") not in (None, image):
             oldest = None  # the outgoing image's version cannot be read: do not make it unbootable
         else:
             oldest = min((v for v in (new, outgoing) if v), key=policy.version_key, default=None)
@@ -247,24 +247,24 @@ class Banks(StateStore):
     def _mark_bad(self, st: StateFile, image: str, reason: str) -> None:
         st["images"][image] = {**st["images"].get(image, {}), "state": BAD, "tries": 0, "reason": reason}
         self.save(st)
-        if self._pointer("next") == image:
+        if self.read_pointer("next") == image:
             self.layout.set_pointer("next", None)
 
     def mark_bad(self, image: str | None, reason: str) -> str:
         """Give up a trial now (bankctl mark-bad)."""
         st = self.load()
-        nxt = self._pointer("next")
+        nxt = self.read_pointer("next")
         image = image or nxt
         if image is None or self.image_state(st, image).get("state") != TRIAL:
             raise StateError("no image is on trial")
-        if image == self._pointer("current"):
+        if image == self.read_pointer("current"):
             raise StateError(f"{image} is current and cannot be marked bad")
         self._mark_bad(st, image, reason)
         return image
 
     def rollback(self) -> str:
         """Boot `previous` next time; once it has booted it is current again."""
-        prev = self._pointer("previous")
+        prev = self.read_pointer("previous")
         if prev is None:
             raise StateError("there is no previous image to roll back to")
         st = self.load()
@@ -277,7 +277,7 @@ class Banks(StateStore):
         if policy.below_floor(self._version(prev), boot_floor):
             raise StateError(f"previous image {prev} (version {self._version(prev) or 'unknown'}) is below the "
                              f"anti-rollback floor {boot_floor}: it would not boot")
-        nxt = self._pointer("next")
+        nxt = self.read_pointer("next")
         if nxt is not None and self.image_state(st, nxt).get("state") == TRIAL:
             self._mark_bad(st, nxt, "superseded by a rollback")
         st["images"][prev] = {**st["images"].get(prev, {}), "state": GOOD}
@@ -311,7 +311,7 @@ class Banks(StateStore):
         removed = []
         for d in (self.layout.overlay, self.layout.root):
             names = os.listdir(d) if os.path.isdir(d) else []
-            gone = [n for n in names if n.startswith(".staging-") or durable.is_temp_name(n)]
+            gone = [n for n in names if n.startswith(STAGING) or durable.is_temp_name(n)]
             for name in gone:
                 durable.remove_tree(os.path.join(d, name))
             if gone:

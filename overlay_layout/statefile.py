@@ -102,7 +102,7 @@ class StateStore:
         why=None: the file is missing."""
         st = empty_state()
         for name in ("current", "previous"):
-            image = self._pointer(name)
+            image = self.read_pointer(name)
             if image is not None:
                 st["images"][image] = {"state": GOOD}
         floor, boot_floor = self.floors(st)
@@ -127,10 +127,10 @@ class StateStore:
         `current` (committed by definition); a lost or damaged file never lowers them. With no record at
         all (a disk from an older bankboot), the boot floor is the oldest of current and previous."""
         kept = self._read_floor_file()
-        floor = highest(st.get("floor"), kept.get("floor"), self._version(self._pointer("current")))
+        floor = highest(st.get("floor"), kept.get("floor"), self._version(self.read_pointer("current")))
         boot = highest(st.get("boot_floor"), kept.get("boot_floor"))
         if boot is None:
-            versions = [v for v in (self._version(self._pointer(p)) for p in ("current", "previous")) if v]
+            versions = [v for v in (self._version(self.read_pointer(p)) for p in ("current", "previous")) if v]
             boot = min(versions, key=policy.version_key) if versions else None
         if boot is not None and floor is not None and policy.version_key(boot) > policy.version_key(floor):
             boot = floor
@@ -193,7 +193,7 @@ class StateStore:
     def manifest(self, image: str) -> dict[str, Any]:
         """`image`'s installed manifest as it is (unchecked: the init verifies it before it boots), {} when it
         cannot be read."""
-        from overlay_layout.bankfile import MAX_MANIFEST
+        from overlay_layout.manifest import MAX_MANIFEST
 
         try:
             with open(self.layout.manifest_path(image), "rb") as f:
@@ -202,7 +202,8 @@ class StateStore:
         except (OSError, ValueError, RecursionError, LayoutError):
             return {}
 
-    def _pointer(self, name: str) -> str | None:
+    def read_pointer(self, name: str) -> str | None:
+        """The image a pointer names; a damaged pointer is a warning and None (the boot goes on without it)."""
         try:
             return self.layout.pointer(name)
         except LayoutError as e:
@@ -216,7 +217,7 @@ class StateStore:
         if entry is None:
             # An image the state file does not know (the first one, installed by `bankboot disk`): `current`
             # is good by construction and `previous` was current; anything else is not known to be anything.
-            return {"state": GOOD} if image in (self._pointer("current"), self._pointer("previous")) else {}
+            return {"state": GOOD} if image in (self.read_pointer("current"), self.read_pointer("previous")) else {}
         return entry
 
     def repair(self, st: StateFile) -> None:

@@ -19,7 +19,8 @@ import binascii
 import os
 
 from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
-from overlay_layout.layout import LayoutError
+from overlay_layout.errors import BankbootError
+from overlay_layout.layout import POINTERS, LayoutError
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import split_semver
 
@@ -36,7 +37,7 @@ PRIVATE_TAG = "bankboot-ed25519-private"
 SIGNATURE_FIELDS = ("signature", "signatures")  # what the signed bytes leave out
 
 
-class TrustError(RuntimeError):
+class TrustError(BankbootError):
     pass
 
 
@@ -81,7 +82,7 @@ def read_key_file(path: str, tag: str, kind: str, comment_ok: bool) -> bytes:
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from None
+        raise TrustError(f"cannot read {kind} key {path}: {e.strerror}") from e
     except UnicodeDecodeError:
         text = ""
     return parse_key(text, path, tag, kind, comment_ok)
@@ -158,7 +159,7 @@ class KeySet:
             except ValueError:
                 ok = False
             except ed25519.SodiumError as e:
-                raise TrustError(f"cannot check a signature: {e}") from None
+                raise TrustError(f"cannot check a signature: {e}") from e
             if ok:
                 valid.append(kid)
                 if kid in bad:
@@ -269,7 +270,7 @@ def check_manifest_version(manifest: Manifest, where: str) -> None:
         if "min_bankboot" in manifest:
             parse_version(manifest["min_bankboot"])
     except TrustError as e:
-        raise LayoutError(f"{where}: {e}") from None
+        raise LayoutError(f"{where}: {e}") from e
 
 
 class Policy:
@@ -341,7 +342,7 @@ def committed_images(banks: Banks) -> list[str]:
     `current` away from the image that committed a rotation does not lose its chain. Never a trial, nor a
     trial given up: its key update was never committed."""
     st = banks.load()
-    first = [p for p in (banks._pointer("current"), banks._pointer("next"), banks._pointer("previous")) if p]
+    first = [p for p in map(banks.read_pointer, POINTERS) if p]  # Banks's reading: a damaged pointer is a warning
     out = []
     for image in [*first, *banks.layout.images()]:
         if image not in out and os.path.isdir(banks.layout.image_dir(image)) and \

@@ -38,7 +38,7 @@ def read_token(path: str) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_TOKEN + 1)
     except OSError as e:
-        raise TokenError(f"--token-file {path}: cannot read it ({e.strerror or e})") from None
+        raise TokenError(f"--token-file {path}: cannot read it ({e.strerror or e})") from e
     try:
         token = data.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -94,7 +94,7 @@ def token_url(challenge: dict[str, str], where: str) -> Url:
     try:
         url = parse_url(realm + (("&" if "?" in realm else "?") + query if query else ""))
     except UrlError as e:
-        raise ProtocolError(f"{where} named a malformed token service {realm!r}: {e}") from None
+        raise ProtocolError(f"{where} named a malformed token service {realm!r}: {e}") from e
     return url
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from overlay_layout import hashing, jsontext
 from overlay_layout.contract import UnknownArch, arch_named
+from overlay_layout.errors import BankbootError
 from overlay_layout.layout import LayoutError, check_id
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import is_name
@@ -51,7 +52,7 @@ OPTIONAL = {"min_version": str}
 SIGNATURE_FIELDS = ("key", "signature", "signatures")  # trust.py's, in either of its forms
 
 
-class ChannelError(RuntimeError):
+class ChannelError(BankbootError):
     """A channel document this device does not take; the message names the document and why."""
 
     transient = False
@@ -103,7 +104,7 @@ def make_document(fields: Mapping[str, object], seed: bytes | list[bytes]) -> by
         for one in [seed] if isinstance(seed, bytes) else seed:
             doc = sign_manifest(doc, one)
     except TrustError as e:
-        raise ChannelError(str(e)) from None
+        raise ChannelError(str(e)) from e
     return dump_manifest(doc)
 
 
@@ -121,7 +122,7 @@ def parse_document(raw: bytes, where: str, keys: KeySet | dict[str, bytes], allo
     try:
         doc = jsontext.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise ChannelError(f"{where} is not a channel document: not JSON ({str(e)[:80]})") from None
+        raise ChannelError(f"{where} is not a channel document: not JSON ({str(e)[:80]})") from e
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise ChannelError(f"{where} is not a bankboot channel document (no \"kind\": \"{KIND}\"; a manifest, or "
                            f"another program's file?)")
@@ -131,7 +132,7 @@ def parse_document(raw: bytes, where: str, keys: KeySet | dict[str, bytes], allo
     try:
         who = verify_manifest(doc, keys, allow_unsigned, what=what)
     except TrustError as e:
-        raise ChannelError(str(e)) from None
+        raise ChannelError(str(e)) from e
     check_fields(doc, what)
     return Channel(doc, who, raw)
 
@@ -157,7 +158,7 @@ def check_fields(doc: Mapping[str, Any], what: str) -> None:
                 parse_version(doc[key])
         arch_named(doc["arch"])
     except (LayoutError, TrustError, UnknownArch) as e:
-        raise ChannelError(f"{what}: {e}") from None
+        raise ChannelError(f"{what}: {e}") from e
     boards = doc["boards"]
     if not 0 < len(boards) <= MAX_BOARDS or not all(isinstance(b, str) and is_name(b, 64) for b in boards):
         raise ChannelError(f"{what}: 'boards' must list 1 to {MAX_BOARDS} board names")

@@ -250,7 +250,7 @@ class Client:
         try:
             return jsontext.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise DdiError(f"{where}: not JSON ({str(e)[:80]}): is this a hawkBit DDI server?") from None
+            raise DdiError(f"{where}: not JSON ({str(e)[:80]}): is this a hawkBit DDI server?") from e
 
 
 def _detail(raw: bytes) -> str:

@@ -25,7 +25,7 @@ import os
 
 from overlay_layout import chunks, durable, hashing
 from overlay_layout.bankfile import HEADER, BankFile, Source
-from overlay_layout.layout import SQUASHFS, VERITY, LayoutError
+from overlay_layout.layout import DEFAULT_TRIES, DOWNLOAD, SQUASHFS, VERITY, LayoutError
 from overlay_layout.net.errors import FileChanged, NetError, RangesRefused
 from overlay_layout.net.transport import RemoteFile, Settings
 from overlay_layout.stage import StageError, stage_from
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from overlay_layout.state import Banks
     from overlay_layout.trust import Policy
 
-PREFIX = ".download-"
 READ_AHEAD = 64 << 10  # the first request: the archive headers and the manifest in one go
 RUN = 8 << 20  # at most this many bytes in one range request
 # Two runs of missing chunks closer than this are fetched in one range, the chunks between them included.
@@ -392,8 +391,8 @@ def _complete(bank: BankFile, work: str, name: str) -> bool:
         return False
 
 
-def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
-              machine: str | None = None, progress: Callable[[int, int], None] | None = None,
+def stage_url(banks: Banks, url: str, policy: Policy, running_version: str, tries: int = DEFAULT_TRIES,
+              upper: str = "copy", machine: str | None = None, progress: Callable[[int, int], None] | None = None,
               allow_downgrade: bool = False, booted: str | None = None, settings: Settings | None = None,
               whole_file: bool = False, gap: int = GAP, expect: Callable[[BankFile], None] | None = None,
               announce: Callable[[int, int, int], None] | None = None,
@@ -472,7 +471,7 @@ def _attempt(banks: Banks, remote: RemoteFile, download: Download, policy: Polic
         image = bank.manifest["id"]
         held["work"] = work
         for name in os.listdir(lay.overlay):  # one download at a time: an older one only takes room
-            if name.startswith(PREFIX) and name != PREFIX + image:
+            if name.startswith(DOWNLOAD) and name != DOWNLOAD + image:
                 durable.remove_tree(os.path.join(lay.overlay, name))
         try:
             if decrypt is not None:
@@ -494,7 +493,7 @@ def _attempt(banks: Banks, remote: RemoteFile, download: Download, policy: Polic
         downloaded.forget(work)
 
     try:
-        return stage_from(banks, remote.url.display, open_bank, fill, policy, running_version, work_prefix=PREFIX,
+        return stage_from(banks, remote.url.display, open_bank, fill, policy, running_version, resumable=True,
                           **options)
     except StageError as e:
         if not e.transient and "work" in held:

@@ -15,7 +15,7 @@ import os
 
 from overlay_layout import durable, hashing, jsontext
 from overlay_layout.bankfile import BankFile, BankFileError, Source
-from overlay_layout.layout import SQUASHFS
+from overlay_layout.layout import DEFAULT_TRIES, DOWNLOAD, SQUASHFS
 from overlay_layout.stage import StageError, stage_from
 
 TYPE_CHECKING = False
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 HEAD = "bank.head"
 NOTE = "download.json"
-PREFIX = ".download-"  # download.PREFIX (download.py imports this module lazily)
 
 
 def keep(work: str, bank: BankFile, head: bytes, remote: RemoteFile) -> None:
@@ -54,14 +53,14 @@ def find(banks: Banks) -> dict[str, Any] | None:
     overlay = banks.layout.overlay
     for name in sorted(os.listdir(overlay)) if os.path.isdir(overlay) else []:
         work = os.path.join(overlay, name)
-        if not name.startswith(PREFIX) or not os.path.isfile(os.path.join(work, SQUASHFS)):
+        if not name.startswith(DOWNLOAD) or not os.path.isfile(os.path.join(work, SQUASHFS)):
             continue
         try:
             with open(os.path.join(work, NOTE), "rb") as f:
                 note = jsontext.loads(f.read(4096))
         except (OSError, ValueError):
             continue
-        if isinstance(note, dict) and note.get("image") == name[len(PREFIX):] and isinstance(note.get("size"), int):
+        if isinstance(note, dict) and note.get("image") == name[len(DOWNLOAD):] and isinstance(note.get("size"), int):
             return {**note, "dir": work}
     return None
 
@@ -81,7 +80,7 @@ class _Head(Source):
         return self.total
 
 
-def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, upper: str = "copy",
+def apply(banks: Banks, policy: Policy, running_version: str, tries: int = DEFAULT_TRIES, upper: str = "copy",
           booted: str | None = None, machine: str | None = None) -> Manifest:
     """Stage the complete download (see the module's docstring); StageError when there is none or it does not
     match its manifest. The caller holds the banks lock."""
@@ -93,7 +92,7 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
         with open(os.path.join(work, HEAD), "rb") as f:
             head = f.read(1 << 20)
     except OSError as e:
-        raise StageError(f"{work}: cannot read {HEAD}: {e.strerror}") from None
+        raise StageError(f"{work}: cannot read {HEAD}: {e.strerror}") from e
 
     def open_bank() -> BankFile:
         bank = BankFile(where, _Head(head, note["size"]), derive=True)
@@ -109,11 +108,11 @@ def apply(banks: Banks, policy: Policy, running_version: str, tries: int = 3, up
                 got = hashing.hash_file(path)
             except OSError as e:
                 raise StageError(f"{where}: {member.name}: {e.strerror or e}; download it again (bankctl poll)") \
-                    from None
+                    from e
             if got != (bank.expected_size(member.name), bank.expected(member.name)):
                 raise StageError(f"{where}: {member.name} on the banks partition does not match the signed manifest "
                                  f"(damaged since it was downloaded); download it again (bankctl poll)")
         forget(into)
 
     return stage_from(banks, where, open_bank, check, policy, running_version, tries, upper, machine,
-                      booted=booted, work_prefix=PREFIX)
+                      booted=booted, resumable=True)

@@ -4,8 +4,10 @@ a malformed URL, an unknown CA or a 404 is not."""
 
 from __future__ import annotations
 
+from overlay_layout.errors import BankbootError
 
-class NetError(RuntimeError):
+
+class NetError(BankbootError):
     """Something between this device and the file on the server went wrong."""
 
     transient = False

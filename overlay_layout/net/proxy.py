@@ -44,7 +44,7 @@ def parse_proxy(value: str) -> Url:
     try:
         proxy = parse_url(text)
     except UrlError as e:
-        raise UrlError(f"the proxy setting {value!r} is not a proxy URL: {e}") from None
+        raise UrlError(f"the proxy setting {value!r} is not a proxy URL: {e}") from e
     hostport = text.partition("://")[2].partition("/")[0].rpartition("@")[2]
     explicit = "]:" in hostport if hostport.startswith("[") else ":" in hostport
     if not explicit:

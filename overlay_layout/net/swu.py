@@ -21,6 +21,7 @@ newc stores sizes in 8 hex digits: a bank of 4 GiB or more does not fit (publish
 from __future__ import annotations
 
 from overlay_layout import jsontext
+from overlay_layout.errors import BankbootError
 
 KIND = "bankboot-swu"
 FORMAT = 1
@@ -33,7 +34,7 @@ MAX_INFO = 16 << 10
 MAX_FILE = (1 << 32) - 1
 
 
-class SwuError(RuntimeError):
+class SwuError(BankbootError):
     """An artifact that is not a bankboot .swu (or a damaged one); the message names it and why."""
 
     transient = False

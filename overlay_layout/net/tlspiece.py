@@ -20,6 +20,8 @@ import os
 import sys
 import zlib
 
+from overlay_layout.errors import BankbootError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -31,7 +33,7 @@ EXTENSIONS = ("_ssl", "_hashlib")  # imported after them (_hashlib: OpenSSL's SH
 MODULES = ("ssl",)  # Python source, run after them (ssl.py in the frozen archive would cost every boot's unpack)
 
 
-class PieceError(RuntimeError):
+class PieceError(BankbootError):
     pass
 
 
@@ -58,7 +60,7 @@ def unpack(data: bytes, want: str, where: str) -> tuple[dict[str, object], list[
         names = [(str(n), int(s)) for n, s in header["files"]]
         blob = zlib.decompress(packed)
     except (ValueError, KeyError, TypeError, zlib.error) as e:
-        raise PieceError(f"{where}: a damaged TLS piece ({e})") from None
+        raise PieceError(f"{where}: a damaged TLS piece ({e})") from e
     if sum(s for _, s in names) != len(blob):
         raise PieceError(f"{where}: a damaged TLS piece (its files do not add up)")
     files, pos = [], 0
@@ -117,7 +119,7 @@ def install(files: list[tuple[str, bytes]]) -> None:
         except ImportError as e:  # a module ssl.py needs that the frozen program does not carry
             del sys.modules[mod]
             raise PieceError(f"its {mod}.py needs the module {e.name}, which this bankctl does not carry "
-                             f"(a build fault: builder/freeze.py's HIDDEN_IMPORTS)") from None
+                             f"(a build fault: builder/freeze.py's HIDDEN_IMPORTS)") from e
         except BaseException:
             del sys.modules[mod]
             raise

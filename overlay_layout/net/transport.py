@@ -197,7 +197,7 @@ class RemoteFile:
         try:
             target = self.location.join(location)
         except UrlError as e:
-            raise ProtocolError(f"{self.location.display} redirected to a malformed URL: {e}") from None
+            raise ProtocolError(f"{self.location.display} redirected to a malformed URL: {e}") from e
         if self.location.scheme == "https" and target.scheme == "http":
             raise UrlError(f"{self.location.display} redirected to plain http ({target.display}): refused (the "
                            f"download would lose TLS); give the http:// URL yourself if that is meant")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from initfs import bankctl
+from overlay_layout.errors import EXIT_BUSY, EXIT_STAGE
 from overlay_layout.state import Banks
 from tests.banks import install_first_image
 
@@ -26,9 +28,8 @@ def banks_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     (run / "booted").write_text(json.dumps({"image": "1.1.0-b", "trial": False, "warnings": ["w at boot"]}))
-    monkeypatch.setenv("BANKBOOT_BANKS", str(tmp_path))
-    monkeypatch.setenv("BANKBOOT_RUN", str(run))
-    monkeypatch.setenv("BANKBOOT_KIT", str(tmp_path / "nokit"))
+    # bankctl's seam for tests: main's banks_root and run_dir (the product reads no variable to move them)
+    monkeypatch.setattr(bankctl, "main", partial(bankctl.main, banks_root=str(tmp_path), run_dir=str(run)))
     return tmp_path
 
 
@@ -62,7 +63,7 @@ def test_a_second_bankctl_is_told_the_partition_is_busy(banks_root: Path, capsys
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr("overlay_layout.lock.LOCK_WAIT", 0.2)
-        assert bankctl.main(["gc"]) == bankctl.EXIT_BUSY
+        assert bankctl.main(["gc"]) == EXIT_BUSY
         assert "another bankctl" in capsys.readouterr().err
     finally:
         holder.kill()
@@ -87,8 +88,8 @@ def test_a_failed_download_says_failed_and_a_refused_one_refused(banks_root: Pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    assert bankctl.main(["stage", "--retries", "0", f"http://127.0.0.1:{port}/a.bank"]) == bankctl.EXIT_STAGE
+    assert bankctl.main(["stage", "--retries", "0", f"http://127.0.0.1:{port}/a.bank"]) == EXIT_STAGE
     assert f"bankctl stage: failed: cannot reach 127.0.0.1:{port}" in capsys.readouterr().err
-    assert bankctl.main(["stage", "http://[::1/a.bank"]) == bankctl.EXIT_STAGE
+    assert bankctl.main(["stage", "http://[::1/a.bank"]) == EXIT_STAGE
     assert "bankctl stage: refused: 'http://[::1/a.bank' is not a valid URL: an IPv6 address opened with [ is never " \
            "closed with ]" in capsys.readouterr().err

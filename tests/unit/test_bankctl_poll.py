@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     run.mkdir()
     (run / "booted").write_text(json.dumps({"image": "1.0.0-base", "trial": False}))
-    monkeypatch.setenv("BANKBOOT_BANKS", str(tmp_path))
-    monkeypatch.setenv("BANKBOOT_RUN", str(run))
+    # bankctl's seam for tests: main's banks_root and run_dir (the product reads no variable to move them)
+    monkeypatch.setattr(bankctl, "main", partial(bankctl.main, banks_root=str(tmp_path), run_dir=str(run)))
     return tmp_path
 
 

@@ -27,13 +27,12 @@ def test_bankctl_timeline_prints_each_step(tmp_path: Path, monkeypatch, capsys) 
     (tmp_path / "run").mkdir()
     steps = [{"step": "load modules", "start": 1.5, "end": 1.75}, {"step": "hand-over", "start": 2.0, "end": 2.0}]
     (tmp_path / "run/timeline.json").write_text(json.dumps({"steps": steps}))
-    monkeypatch.setenv("BANKBOOT_BANKS", str(tmp_path / "banks"))
-    monkeypatch.setenv("BANKBOOT_RUN", str(tmp_path / "run"))
-    assert bankctl.main(["timeline"]) == 0
+    dirs = {"banks_root": str(tmp_path / "banks"), "run_dir": str(tmp_path / "run")}
+    assert bankctl.main(["timeline"], **dirs) == 0
     out = capsys.readouterr().out
     assert "250.0ms  load modules" in out and "hand-over" in out
     (tmp_path / "run/timeline.json").write_text("{")
-    assert bankctl.main(["timeline"]) == 1
+    assert bankctl.main(["timeline"], **dirs) == 1
 
 
 def test_the_picture_is_svg_with_a_bar_per_step(tmp_path: Path) -> None:
