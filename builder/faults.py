@@ -72,6 +72,16 @@ class Rig:
     previous: str | None = "1.0.0"
 
     @property
+    def second_disk(self) -> bool:
+        """Whether the board takes the update as a second disk (virtio); a Pi has one SD slot, so its updates
+        are files on /userdata, put there when the disk is made."""
+        return "if=sd" not in " ".join(self.board.qemu_disk)
+
+    def update_path(self, name: str) -> str:
+        """Where the guest finds update bank `name`."""
+        return "/dev/vdb" if self.second_disk else f"/userdata/{name}.bank"
+
+    @property
     def firmware(self) -> str:
         """What the campaign's disks boot through: the board's own firmware (U-Boot, UEFI), else direct."""
         return self.board.firmware
@@ -139,8 +149,10 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
     rig.userdata["/userdata/base"] = (hashlib.sha256(seed_file.read_bytes()).hexdigest(), 65536)
     # Through the board's firmware (docs/firmware.md): it reads the command line from the disk, so the campaign's
     # options are written there. 512 MiB: a power of two (the Pi's SD card) with room for two loaders.
+    updates = [] if rig.second_disk else [p for n, p in rig.banks.items() if n != "base"]
     build_disk(board, rig.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
-               extra_cmdline=NO_PROMPT if board.firmware != "direct" else "", userdata_files=[seed_file])
+               extra_cmdline=NO_PROMPT if board.firmware != "direct" else "",
+               userdata_files=[seed_file, *updates])
     rig.disks["committed"] = fresh
     rig.current, rig.previous = "1.0.0", None
     if "committed" in need:
@@ -154,7 +166,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
             vm.console.expect(rb"exec /sbin/init", BOOT_TIMEOUT)
             rig.init_seconds = time.monotonic() - start
             _expect_up(vm)
-            _sh(vm, "bankctl stage /dev/vdb")
+            _sh(vm, f"bankctl stage {rig.update_path('good')}")
             vm.console.sendline("reboot")
             vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
             if _expect_up(vm) != "1.1.0":
@@ -172,7 +184,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
         with _vm(rig, disk, f"prep-{name}", update=update, reboot=True) as vm:
             _expect_up(vm)
             start = time.monotonic()
-            _sh(vm, f"bankctl stage /dev/vdb >/dev/null; {then} sync")
+            _sh(vm, f"bankctl stage {rig.update_path(update)} >/dev/null; {then} sync")
             if name == "gc":
                 rig.stage_seconds = time.monotonic() - start
             _power_off(vm)
@@ -212,7 +224,7 @@ def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str 
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
     vm = disk_vm(rig.board, disk, log_dir, append=append if rig.firmware == "direct" else "", reboot=reboot)
-    if update:
+    if update and rig.second_disk:
         vm.disks.append(rig.banks[update])
     return vm
 
@@ -407,8 +419,8 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
         pre_logs.append(_cut_boot(rig, disk, name, delay))
         detail = f"{delay:.2f} s after Run /init"
     else:
-        command = {"stage": "bankctl stage /dev/vdb", "mark-good": "bankctl mark-good", "gc": "bankctl gc",
-                   "reset": "bankctl reset"}[fault]
+        command = {"stage": f"bankctl stage {rig.update_path('big')}", "mark-good": "bankctl mark-good",
+                   "gc": "bankctl gc", "reset": "bankctl reset"}[fault]
         span = {"stage": rig.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": rig.init_seconds}[fault]
         delay = rig.rng.uniform(0, span)
         vm = _vm(rig, disk, name, update="big" if fault == "stage" else None).start()
@@ -438,7 +450,7 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
                 expect = {"1.2.0"}
                 detail += " (the stage had finished)"
             else:  # whatever the cut left, the same bank stages now
-                must = (("bankctl stage /dev/vdb 2>&1 | tail -1", f"staged {rig.ids['big']}"),)
+                must = ((f"bankctl stage {rig.update_path('big')} 2>&1 | tail -1", f"staged {rig.ids['big']}"),)
     up, boots, logs = recover(rig, disk, name, update="big" if fault == "stage" else None)
     return check(rig, up, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
                  gone=("/etc/changed",) if fault == "reset" else (), must=must)

@@ -6,7 +6,6 @@ keeps booting it after it commits, and becomes the loader with `bankctl install-
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -26,7 +25,7 @@ from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
 from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import board_parts
-from tests.vm.devices import PROMPT
+from tests.vm.devices import PROMPT, guest_json
 
 pytestmark = pytest.mark.vm
 T = 240
@@ -46,7 +45,7 @@ def _up(vm: VM) -> tuple[str, str]:
 def _status(vm: VM) -> dict:
     rc, out = vm.console.run("bankctl status --json", timeout=T)
     assert rc == 0, out
-    return json.loads(out)
+    return guest_json(out)  # without a kernel line ("hrtimer: interrupt took ...") printed in the middle
 
 
 def _image(st: dict, version: str) -> dict:
@@ -174,7 +173,7 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert _image(st, "1.1.0")["kernel"] == second.version and _image(st, "1.0.0")["kernel"] is None
         assert st["booted"]["kernel"] == {"running": second.version, "loader": loader_kernel.version}
         rc, log = vm.console.run("bankctl log --json", timeout=T)
-        records = json.loads(log)
+        records = guest_json(log)
         assert records[0]["kernel"] == second.version and records[0]["trial"] is (boots == 1)
         assert records[1]["kernel"] == loader_kernel.version and records[1]["outcome"].startswith("kexec into")
 
