@@ -182,7 +182,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
     upper from the banks partition. `notes`: what was repaired on the way (a planted symlink replaced)."""
-    from initfs.loop import attach_readonly
+    from initfs.dmverity import attach_readonly
 
     layout.check_image(image)
     manifest = verify_image(layout, image, full_check, keys)
@@ -268,10 +268,30 @@ def mount_persistent(layout: Layout, image: str, persist: list[str], notes: list
     a symlink (one planted there is replaced by an empty directory, and reported), and so are the image's
     own directory and the mount point in the new root (signed, but a symlink there is refused)."""
     from overlay_layout.manifest import split_persist
-    from overlay_layout.nofollow import check_dirs
+    from overlay_layout.nofollow import check_dirs, sync_walked
 
-    for entry in persist:
-        path, allowed = split_persist(entry)
+    entries = [split_persist(entry) for entry in persist]
+    # Every path's upper and work first, made durable by one syncfs before any is used (a sealed image's
+    # first boot makes two directories per path: a syncfs each was a few flushes each); they are on the
+    # banks partition, so nothing mounted below changes what they are. Then, in order, each mount point
+    # checked (after the paths above it are mounted) and mounted.
+    dirs: list[tuple[tuple[str, Ident], tuple[str, Ident]] | OSError] = []
+    unsynced: list[str] = []
+    for path, _ in entries:
+        rel = path.lstrip("/")
+        replaced: list[str] = []
+        try:
+            dirs.append((layout.ensure_sub(image, "upper", replaced, rel, unsynced),
+                         layout.ensure_sub(image, "work", replaced, rel, unsynced)))
+        except OSError as e:
+            dirs.append(e)
+        finally:
+            report_replaced(image, replaced, notes)
+    try:
+        sync_walked(unsynced)
+    except OSError as e:
+        dirs = [e] * len(entries)
+    for (path, allowed), made in zip(entries, dirs, strict=True):
         rel = path.lstrip("/")
         target, lower = f"{NEWROOT}/{rel}", f"{LOWER}/{rel}"
         try:
@@ -280,18 +300,15 @@ def mount_persistent(layout: Layout, image: str, persist: list[str], notes: list
         except OSError as e:
             raise BootError(f"persistent path {path} is not a directory in the image ({e.strerror})") from e
         flags = persist_flags(allowed)
-        replaced: list[str] = []
         try:
-            upper = layout.ensure_sub(image, "upper", replaced, rel)
-            work = layout.ensure_sub(image, "work", replaced, rel)
-            mount_overlay(target, lower, upper, work, flags)
+            if isinstance(made, OSError):
+                raise made
+            mount_overlay(target, lower, made[0], made[1], flags)
         except OSError as e:
             log.error(f"image {image}: the upper of its persistent path {path} on the banks partition cannot be "
                       f"used ({e.strerror}); changes made there in this boot will not persist")
             up, wk = _volatile(f"{image}.{rel.replace('/', '.')}")
             mount("overlay", target, "overlay", flags, f"lowerdir={lower},upperdir={up},workdir={wk}")
-        finally:
-            report_replaced(image, replaced, notes)
 
 
 def repair_userdata_dir(opts: Options, layout: Layout) -> list[str]:

@@ -146,7 +146,7 @@ def _raw_kernel(kernel: str) -> int:
 
 def _run(argv: list[str]) -> tuple[int, str]:
     """Run a program with the kernel's environment (not the bundle's); (exit code, its output)."""
-    from initfs.environ import clean_environ
+    from initfs.switchroot import clean_environ
 
     r, w = os.pipe()
     try:

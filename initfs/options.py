@@ -7,8 +7,6 @@ for ever by accident."""
 
 from __future__ import annotations
 
-import math
-
 from initfs.cmdline import Cmdline
 from overlay_layout.recordtype import make_record
 
@@ -23,10 +21,11 @@ RESCUE_MODES = ("shell", "reboot")
 # (recordtype.py), not a dataclass, typing.NamedTuple or namedtuple: each costs the init a long import on
 # slow boards. The checker sees its typed twin in overlay_layout/records.py (tests/unit/test_records.py keeps
 # the two the same).
+_INF = float("inf")  # not math.inf: the init imports no module for a constant
 if TYPE_CHECKING:
     from overlay_layout.records import Option as Option
 else:
-    Option = make_record("Option", "key kind default low high choices help", defaults=(0.0, math.inf, (), ""))
+    Option = make_record("Option", "key kind default low high choices help", defaults=(0.0, _INF, (), ""))
 
 
 OPTIONS = (
@@ -80,7 +79,7 @@ def _parse(opt: Option, raw: str | None) -> object:
             raise ValueError(f"must be one of {', '.join(opt.choices)}")
         return raw
     value = float(raw) if opt.kind == "seconds" else int(raw, 10)
-    if not math.isfinite(value) or not opt.low <= value <= opt.high:
+    if not -_INF < value < _INF or not opt.low <= value <= opt.high:  # NaN compares false
         raise ValueError(f"must be a number from {opt.low:g} to {opt.high:g}")
     return value
 

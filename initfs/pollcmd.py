@@ -111,7 +111,7 @@ def _one(make_device: Callable[[], Device], opts: Any, args: argparse.Namespace,
 
 def reboot(command: str) -> int:
     """Run the image's reboot command with the environment bankctl was started with."""
-    from initfs.environ import clean_environ
+    from initfs.switchroot import clean_environ
 
     argv = command.split()
     print(f"rebooting into the trial ({command})", flush=True)

@@ -8,7 +8,7 @@ import os
 import time
 
 from initfs import log
-from initfs.environ import clean_environ
+from initfs.switchroot import clean_environ
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import signal
 import time
 
 from initfs import log
-from initfs.environ import clean_environ
+from initfs.switchroot import clean_environ
 from initfs.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
 from overlay_layout.contract import SELFTEST_DIR
 from overlay_layout.errors import BankbootError

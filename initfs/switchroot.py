@@ -1,17 +1,47 @@
 """Hand over to the image: move /dev /proc /sys /run into the new root (moved, not remounted, as
-systemd expects), free the initramfs, make the new root / and exec its init as PID 1."""
+systemd expects), free the initramfs, make the new root / and exec its init as PID 1.
+
+Also the environment our children get (clean_environ: the image's init, the rescue shell, a self-test).
+PyInstaller's onedir bootloader re-execs itself with LD_LIBRARY_PATH pointing into its bundle and keeps the
+caller's value as LD_LIBRARY_PATH_ORIG; anything we start (busybox, the image's init) must see the
+environment the kernel gave us, not the bundle's. Here rather than in a module of its own: the hand-over
+needs it after the initramfs is freed (so it is imported before), and a module more costs every boot."""
 
 from __future__ import annotations
 
 import os
 
 from initfs import log
-from initfs.environ import clean_environ
 from initfs.syscalls import MS_MOVE, mount
 
 TYPE_CHECKING = False  # typing costs a quarter of a second to import under TCG: only for the checker
 if TYPE_CHECKING:
     from typing import NoReturn
+
+DEFAULT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The kernel's environment for a child of ours: PyInstaller's variables out, the *_ORIG values back."""
+    src = dict(os.environ if env is None else env)
+    out: dict[str, str] = {}
+    for key, value in src.items():
+        if key.endswith("_ORIG"):
+            continue
+        if key.startswith(("_PYI", "_MEI", "PYINSTALLER_")):
+            continue
+        out[key] = value
+    for key, value in src.items():
+        if key.endswith("_ORIG"):
+            base = key.removesuffix("_ORIG")
+            out[base] = value
+    # A variable PyInstaller set that had no original value must go altogether.
+    for key in ("LD_LIBRARY_PATH",):
+        if key + "_ORIG" not in src:
+            out.pop(key, None)
+    out.setdefault("PATH", DEFAULT_PATH)
+    return out
+
 
 HANDED_OVER = ("/dev", "/proc", "/sys", "/run")
 

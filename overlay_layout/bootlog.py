@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from overlay_layout import durable, jsontext
-from overlay_layout.jsonfile import Damaged, keep_aside, read_json
+from overlay_layout.jsontext import Damaged, keep_aside, read_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from overlay_layout import durable, jsontext
-from overlay_layout.layout import LayoutError
+from overlay_layout.layout import TRUST_FILE, LayoutError
 from overlay_layout.manifest import check_signatures, dump_manifest
 from overlay_layout.trust import KeySet, TrustError, add_signature, decode_key, key_id
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from overlay_layout.state import Banks
     from overlay_layout.trust import Policy
 
-TRUST_FILE = "trust.json"  # on the banks partition
 DOMAIN = b"bankboot key update 1\n"  # what an update's signatures sign starts with: never a manifest's bytes
 MAX_KEYS = 32
 MAX_CHAIN = 64
@@ -169,7 +168,7 @@ def changes(old: KeySet, new: KeySet) -> str:
 def read_trust_file(root: KeySet, banks_root: str) -> tuple[KeySet, list[str], bool]:
     """(the root keys advanced by the trust file's chain, warnings, whether the file exists but cannot be
     used). A file that is damaged or does not verify against the root keys counts for nothing."""
-    from overlay_layout.jsonfile import Damaged, keep_aside, read_json
+    from overlay_layout.jsontext import Damaged, keep_aside, read_json
 
     path = os.path.join(banks_root, TRUST_FILE)
     try:

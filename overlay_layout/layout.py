@@ -36,6 +36,9 @@ VERITY = "rootfs.verity"  # the squashfs's dm-verity hash tree (no superblock)
 MANIFEST = "manifest.json"
 IMAGE_DIRS = ("upper", "work", "backups", "utils")
 USERDATA_DIR = "userdata"
+# The key updates the device committed (keychain.py); named here so that the boot can look for it without
+# importing keychain, which only a device that rotated its keys needs.
+TRUST_FILE = "trust.json"
 MAX_ID = 128
 
 
@@ -169,16 +172,18 @@ class Layout:
         if magic != b"hsqs":
             raise LayoutError(f"image {image_id}: {sq} is not a squashfs image (magic {magic!r})")
 
-    def ensure_sub(self, image_id: str, name: str, replaced: list[str], below: str = "") -> tuple[str, Ident]:
+    def ensure_sub(self, image_id: str, name: str, replaced: list[str], below: str = "",
+                   unsynced: list[str] | None = None) -> tuple[str, Ident]:
         """overlay/<id>/<name>[/<below>] made a real directory, without following a symlink planted in place of
         any part of it (each replaced by an empty directory and reported in `replaced`). The image directory
         itself must already be a real one: it holds the image, so it is checked, never replaced. Returns the
-        path and the directory's identity (nofollow.same_dir checks it again after a mount)."""
+        path and the directory's identity (nofollow.same_dir checks it again after a mount). `unsynced`: see
+        nofollow.ensure_dirs."""
         if name not in IMAGE_DIRS:
             raise ValueError(name)
         check_dirs(self.root, f"{OVERLAY}/{check_id(image_id)}")
         rel = f"{OVERLAY}/{image_id}/{name}" + (f"/{below.strip('/')}" if below.strip("/") else "")
-        return os.path.join(self.root, rel), ensure_dirs(self.root, rel, replaced)
+        return os.path.join(self.root, rel), ensure_dirs(self.root, rel, replaced, unsynced=unsynced)
 
     def ensure_userdata_dir(self, replaced: list[str]) -> tuple[str, Ident]:
         """userdata/ (bankboot.userdata=banks) made a real directory, a symlink in its place replaced."""

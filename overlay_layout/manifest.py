@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 from overlay_layout import jsontext
 from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE
 from overlay_layout.layout import Layout, LayoutError, check_id
@@ -75,7 +73,8 @@ def check_persist(paths: object, where: str) -> list[str]:
                                   f"signed code ({bad}); persist data directories such as /etc, /var or /root")
         out.append((p, tuple(sorted(allow))))
     out.sort()
-    for (a, _), (b, _) in itertools.pairwise(out):
+    for i in range(1, len(out)):  # neighbours in order (itertools.pairwise would cost the boot an import)
+        a, b = out[i - 1][0], out[i][0]
         if a == b or b.startswith(a + "/"):
             raise LayoutError(f"{where}: persistent paths {a} and {b} overlap; keep the outer one")
     return [p + (":" + ",".join(allow) if allow else "") for p, allow in out]

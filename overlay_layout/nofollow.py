@@ -44,13 +44,14 @@ def _make(parent: int, name: str, path: str, mode: int) -> int:
     return os.open(name, _DIR, dir_fd=parent)
 
 
-def _walk(root: str, rel: str, replaced: list[str] | None, mode: int) -> Ident:
+def _walk(root: str, rel: str, replaced: list[str] | None, mode: int, unsynced: list[str] | None = None) -> Ident:
     """The walk (see the module's docstring). What it changed (links removed, directories made) is made
     durable once, at the end, by one syncfs of root's filesystem instead of an fsync of each parent (the
     first boot made a dozen, a flush each): every change is metadata of that one filesystem (the
     walk never leaves it), so after the syncfs the whole chain is on disk; before it, nothing has used the
     chain, and a power cut only leaves part of it to make again on the next boot (a walk that finds a
-    directory goes on from it)."""
+    directory goes on from it). With `unsynced`, the syncfs is the caller's (sync_walked), once for several
+    walks, before any of their directories is used: the walk appends root to it instead."""
     fd = os.open(root, _DIR)
     path = root.rstrip("/") or "/"
     changed = False
@@ -85,7 +86,9 @@ def _walk(root: str, rel: str, replaced: list[str] | None, mode: int) -> Ident:
             st = os.fstat(fd)
             if st.st_dev != dev:
                 raise OSError(errno.EXDEV, f"{path} is on another filesystem than {root}")
-        if changed:
+        if changed and unsynced is not None:
+            unsynced.append(root)
+        elif changed:
             durable.sync_filesystem(fd, root)
         st = os.fstat(fd)
         return st.st_dev, st.st_ino
@@ -93,11 +96,25 @@ def _walk(root: str, rel: str, replaced: list[str] | None, mode: int) -> Ident:
         os.close(fd)
 
 
-def ensure_dirs(root: str, rel: str, replaced: list[str], mode: int = 0o755) -> Ident:
+def ensure_dirs(root: str, rel: str, replaced: list[str], mode: int = 0o755,
+                unsynced: list[str] | None = None) -> Ident:
     """Make every directory of root/rel a real one on root's filesystem: missing ones are made (durably), a
     symlink in place of one is replaced by an empty directory (a sentence saying so is appended to
-    `replaced`), anything else is an OSError naming the path. Returns the last one's identity."""
-    return _walk(root, rel, replaced, mode)
+    `replaced`), anything else is an OSError naming the path. Returns the last one's identity. `unsynced`:
+    made durable later, with other walks, by sync_walked(unsynced)."""
+    return _walk(root, rel, replaced, mode, unsynced)
+
+
+def sync_walked(unsynced: list[str]) -> None:
+    """Make what the walks given `unsynced` changed durable: one syncfs of each root's filesystem, however
+    many walks changed it (a sealed image's first boot makes two directories per persistent path)."""
+    for root in dict.fromkeys(unsynced):
+        fd = os.open(root, _DIR)
+        try:
+            durable.sync_filesystem(fd, root)
+        finally:
+            os.close(fd)
+    unsynced.clear()
 
 
 def check_dirs(root: str, rel: str) -> Ident:

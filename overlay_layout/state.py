@@ -293,7 +293,10 @@ class Banks(StateStore):
         cleanup.request_reset(self, image, keep_backup)
 
     def apply_reset(self, image: str) -> str | None:
-        """At boot, before mounting `image`: its requested reset, if any (cleanup.apply_reset)."""
+        """At boot, before mounting `image`: its requested reset, if any (cleanup.apply_reset). cleanup.py is
+        imported only when one is pending: every boot runs this, and a module more costs every boot."""
+        if image not in self.load()["reset"]:
+            return None
         from overlay_layout import cleanup
 
         return cleanup.apply_reset(self, image)

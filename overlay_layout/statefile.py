@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from overlay_layout import durable, jsontext, policy
-from overlay_layout.jsonfile import Damaged, keep_aside, read_json
+from overlay_layout.jsontext import Damaged, keep_aside, read_json
 from overlay_layout.layout import POINTERS, Layout, LayoutError, check_id
 from overlay_layout.policy import BAD, GOOD, TRIAL
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import binascii
 import os
+import sys
 
 from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
 from overlay_layout.errors import BankbootError
-from overlay_layout.layout import POINTERS, LayoutError
+from overlay_layout.layout import POINTERS, TRUST_FILE, LayoutError
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.syntax import split_semver
 
@@ -60,7 +61,12 @@ def version_lt(a: str, b: str) -> bool:
 
 # -- keys ----------------------------------------------------------------------------------------------------
 def key_id(public: bytes) -> str:
-    from overlay_layout.hashing import sha256
+    # The builtin SHA-256, hashing.py's default in the frozen program: naming its keys is all the hashing a
+    # plain boot does, and importing hashing for it cost every boot a module.
+    if getattr(sys, "frozen", False) and not TYPE_CHECKING:
+        from _sha256 import sha256
+    else:
+        from hashlib import sha256
 
     return str(sha256(public).hexdigest()[:16])
 
@@ -316,8 +322,6 @@ class Policy:
         trust file and those carried by its committed images (keychain.in_force). Warnings go to
         banks.warnings; `repair` writes the trust file when it is behind (at boot, and after a commit).
         A device that never rotated pays for one stat and reading its good images' small manifests."""
-        from overlay_layout.keychain import TRUST_FILE
-
         manifests = [banks.manifest(image) for image in committed_images(banks)]
         if not os.path.lexists(os.path.join(banks.root, TRUST_FILE)) and \
                 not any("key_updates" in m for m in manifests):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from initfs.cmdline import Cmdline, split_cmdline
-from initfs.environ import clean_environ
+from initfs.switchroot import clean_environ
 
 
 def test_plain_and_flag_parameters() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from initfs.kit import remove_old_kits
 from overlay_layout.layout import Layout, LayoutError
-from overlay_layout.nofollow import check_dirs, ensure_dirs, same_dir
+from overlay_layout.nofollow import check_dirs, ensure_dirs, same_dir, sync_walked
 from overlay_layout.stage import stage
 from overlay_layout.state import Banks
 from tests.banks import DEV, install_first_image, make_bank
@@ -158,6 +158,26 @@ def test_a_walk_that_changes_anything_flushes_once(tmp_path: Path, monkeypatch: 
     ensure_dirs(str(tmp_path), "a/b/c/d/e", [])
     check_dirs(str(tmp_path), "a/b/c/d/e")
     assert calls == ["syncfs"] * 2
+
+
+def test_walks_batched_by_their_caller_flush_once_for_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sealed image's persistent paths: every walk given `unsynced` leaves its syncfs to the caller, and
+    sync_walked makes them all durable with one syncfs per filesystem; walks that change nothing add none."""
+    from overlay_layout.native import api
+
+    calls: list[str] = []
+    real_syncfs = api.syncfs
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(api, "syncfs", lambda fd: calls.append("syncfs") or real_syncfs(fd))
+    unsynced: list[str] = []
+    for rel in ("upper/etc", "work/etc", "upper/var", "work/var"):
+        ensure_dirs(str(tmp_path), rel, [], unsynced=unsynced)
+    assert calls == [] and all((tmp_path / rel).is_dir() for rel in ("upper/etc", "work/var"))
+    sync_walked(unsynced)
+    assert calls == ["syncfs"] and unsynced == []
+    ensure_dirs(str(tmp_path), "upper/etc", [], unsynced=unsynced)
+    sync_walked(unsynced)
+    assert calls == ["syncfs"]
 
 
 def test_a_failed_syncfs_is_an_error_naming_the_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
