@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.board import DEFAULT_BOARD, board_names, load_board
 from builder.paths import build_dir, set_cache_dir
-from initfs.version import VERSION
+from initfs import VERSION
 
 
 def _human(n: int) -> str:

@@ -25,7 +25,7 @@ from builder.elf import ElfError, read_elf, resolve_in_root
 from builder.imageerror import ImageError
 from builder.run import find_tool, run
 from builder.signing import SigningError, finish_manifest
-from initfs.version import VERSION
+from initfs import VERSION
 from overlay_layout import chunks
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file

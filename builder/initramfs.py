@@ -22,7 +22,7 @@ from builder.launcher import build_launcher
 from builder.parts import KernelParts, kexec_method, locate_busybox, locate_kernel, locate_kexec_tools
 from builder.pysysroot import PySysroot, locate_sysroot
 from builder.xenshim import build_xen_shim
-from initfs.version import VERSION
+from initfs import VERSION
 from overlay_layout import durable
 from overlay_layout.contract import (
     CONF,
@@ -222,7 +222,7 @@ def add_frozen_init(tree: FsTree, sysroot: PySysroot, conf: InitramfsConf, keep:
     conf.build = bundle.parent.name
     conf.libdirs = tuple(sorted({str(PurePosixPath(f).parent) for f in resolver.closure.files}))
     tree.add_file(archive_path(LAUNCHER), data=build_launcher(sysroot.arch, conf.interp, conf.libdirs), mode=0o755)
-    # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/kit.py).
+    # What switch_root keeps of the initramfs so bankctl runs in the booted image (initfs/switchroot.py).
     kit = ["init", CONTENTS_DIR, archive_path(LAUNCHER), archive_path(ETC), *(keep or []),
            *sorted(x.lstrip("/") for x in resolver.closure.links),
            *sorted(x.lstrip("/") for x in resolver.closure.files)]

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from builder.image import ImageError, read_bank
-from initfs.version import VERSION
+from initfs import VERSION
 from overlay_layout.hashing import hash_file
 from overlay_layout.layout import MANIFEST, POINTERS, SQUASHFS, VERITY, LayoutError
 from overlay_layout.manifest import describe_persist, parse_manifest

@@ -27,6 +27,7 @@ from pathlib import Path
 from builder.board import BoardError, load_board
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
+from overlay_layout.contract import is_name
 from overlay_layout.layout import MANIFEST, LayoutError
 from overlay_layout.net.channel import (
     ChannelError,
@@ -36,7 +37,6 @@ from overlay_layout.net.channel import (
     manifest_digest,
     parse_document,
 )
-from overlay_layout.syntax import is_name
 from overlay_layout.trust import TrustError, key_id, parse_version, read_private_key
 from overlay_layout.utctime import format_utc
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from builder.cpio import TRAILER, source_date_epoch, write_entry
 from builder.publish import PublishError, read_release, release_boards
 from overlay_layout import durable
+from overlay_layout.contract import is_name
 from overlay_layout.net.channel import manifest_digest
 from overlay_layout.net.swu import BANK_SUFFIX, FORMAT, INFO, KIND, MAX_FILE, SW_DESCRIPTION
-from overlay_layout.syntax import is_name
 
 DEFAULT_REVISION = "default"  # what goosebit reads for a device that names no hardware revision
 

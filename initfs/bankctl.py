@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
+from initfs import VERSION
 from initfs.loaderab import DEFAULT_TRIES as LOADER_TRIES
-from initfs.version import VERSION
 from overlay_layout import bootlog
 from overlay_layout.contract import (
     BANKS,

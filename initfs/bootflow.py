@@ -112,7 +112,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
     """The image's manifest must be signed by the keys in force, enough of them (checked every boot: cheap);
     on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
     checked by dm-verity."""
-    from initfs.version import VERSION
+    from initfs import VERSION
     from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import read_installed
     from overlay_layout.trust import Policy, TrustError
@@ -588,9 +588,8 @@ def commit_loader(banks_root: str, slot: str | None) -> str:
 def boot_image(opts: Options, argv: list[str], config: InitramfsConf) -> NoReturn:
     import time
 
-    from initfs.kit import expose_kit, read_kit_list, remove_old_kits
     from initfs.rescue import give_up
-    from initfs.switchroot import switch_root
+    from initfs.switchroot import expose_kit, read_kit_list, remove_old_kits, switch_root
     from overlay_layout import bootlog
 
     init = opts.get("init")

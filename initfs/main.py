@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from initfs import log
-from initfs.version import VERSION
+from initfs import VERSION, log
 from overlay_layout.contract import InitramfsConf
 
 # Only what the banner needs is imported before it (typing and the rest come after): the time

@@ -20,9 +20,9 @@ import os
 import stat
 
 from overlay_layout import durable
+from overlay_layout.contract import is_name
 from overlay_layout.errors import BankbootError
 from overlay_layout.nofollow import Ident, check_dirs, ensure_dirs
-from overlay_layout.syntax import is_name
 
 OVERLAY = "overlay"
 POINTERS = ("current", "next", "previous")

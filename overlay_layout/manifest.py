@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from overlay_layout import jsontext
-from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE
+from overlay_layout.contract import ETC, IMAGE_BOOT, TLS_PIECE, is_absolute_path, is_name
 from overlay_layout.layout import Layout, LayoutError, check_id
-from overlay_layout.syntax import is_absolute_path, is_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

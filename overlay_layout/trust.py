@@ -19,11 +19,10 @@ import binascii
 import os
 import sys
 
-from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path
+from overlay_layout.contract import CONF, TRUST_DIR, InitramfsConf, archive_path, split_semver
 from overlay_layout.errors import BankbootError
 from overlay_layout.layout import POINTERS, TRUST_FILE, LayoutError
 from overlay_layout.manifest import dump_manifest
-from overlay_layout.syntax import split_semver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

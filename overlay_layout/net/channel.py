@@ -27,11 +27,10 @@ one at all (not JSON, HTML, too big); and a bank whose manifest or size disagree
 from __future__ import annotations
 
 from overlay_layout import hashing, jsontext
-from overlay_layout.contract import UnknownArch, arch_named
+from overlay_layout.contract import UnknownArch, arch_named, is_name
 from overlay_layout.errors import BankbootError
 from overlay_layout.layout import LayoutError, check_id
 from overlay_layout.manifest import dump_manifest
-from overlay_layout.syntax import is_name
 from overlay_layout.trust import KeySet, TrustError, parse_version, sign_manifest, verify_manifest
 from overlay_layout.utctime import format_utc, parse_utc
 

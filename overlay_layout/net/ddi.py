@@ -23,11 +23,11 @@ from __future__ import annotations
 import time
 
 from overlay_layout import jsontext
+from overlay_layout.contract import is_name
 from overlay_layout.net.bearer import BearerAuth
 from overlay_layout.net.errors import HttpStatus, NetError, ProtocolError
 from overlay_layout.net.transport import BACKOFF_CAP, RemoteFile, Settings
 from overlay_layout.net.url import Url, parse_url
-from overlay_layout.syntax import is_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

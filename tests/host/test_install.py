@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder.paths import cache_dir, package_root
-from initfs.version import VERSION
+from initfs import VERSION
 
 # The runtime dependencies, pinned as requirements.txt pins them (wheels fetched once into the cache).
 RUNTIME = ("pyelftools", "qemu.qmp", "pynacl", "zstandard", "cffi", "pycparser")

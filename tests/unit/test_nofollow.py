@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from initfs.kit import remove_old_kits
+from initfs.switchroot import remove_old_kits
 from overlay_layout.layout import Layout, LayoutError
 from overlay_layout.nofollow import check_dirs, ensure_dirs, same_dir, sync_walked
 from overlay_layout.stage import stage

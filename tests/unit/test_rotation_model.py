@@ -25,7 +25,7 @@ from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from initfs.version import VERSION
+from initfs import VERSION
 from overlay_layout import durable, ed25519
 from overlay_layout.keychain import TRUST_FILE, new_update, parse_chain, same_update, sign_update
 from overlay_layout.manifest import parse_manifest

@@ -11,9 +11,8 @@ import pytest
 
 from builder.image import ImageError, check_persist_paths
 from initfs.cmdline import Cmdline
-from initfs.kit import remove_old_kits
 from initfs.options import Options
-from initfs.switchroot import _free_initramfs
+from initfs.switchroot import _free_initramfs, remove_old_kits
 from overlay_layout.layout import LayoutError
 from overlay_layout.manifest import check_persist, dump_manifest, parse_manifest
 from overlay_layout.policy import GOOD, ImageInfo, Snapshot, plan_boot

@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from initfs.kit import remove_old_kits
+from initfs.switchroot import remove_old_kits
 from overlay_layout import bootlog, durable
 from overlay_layout.bootwalk import walk
 from overlay_layout.layout import Layout

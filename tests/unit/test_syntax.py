@@ -1,4 +1,4 @@
-"""The boot path checks names and versions without `re` (overlay_layout/syntax.py): the checks must accept
+"""The boot path checks names and versions without `re` (overlay_layout/contract.py): the checks must accept
 and refuse exactly what the regular expressions they replaced did, for ASCII input."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay_layout.contract import is_absolute_path, is_name, split_semver
 from overlay_layout.layout import is_image_id
-from overlay_layout.syntax import is_absolute_path, is_name, split_semver
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 PERSIST_RE = re.compile(r"^(/[A-Za-z0-9._+@-]+)+$")

@@ -12,7 +12,7 @@ from builder.boot import board_vm
 from builder.compress import compress
 from builder.cpio import write_cpio
 from builder.initramfs import assemble
-from initfs.version import VERSION
+from initfs import VERSION
 from tests.fixtures import Booted
 
 pytestmark = pytest.mark.vm
