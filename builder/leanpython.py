@@ -68,6 +68,44 @@ DROPPED = {
 }
 # Objects of the archive that are not part of the library (the python program's main).
 NOT_LIBRARY = ("python.o", "config.o")
+# Where libm's functions come from. libpython calls 36 of them (math, float and complex objects), and only
+# libpython links libm; Debian's libm.so.6 holds all of it (on amd64 0.91 MB, 0.36 MB zstd: the long-double,
+# _Float128 and float variants, each exp/log/pow/sin... also in FMA, FMA4 and AVX2 builds). On amd64 the
+# objects of libm.a that define the 36 (and what they use) are linked into libpython instead: 0.09 MB zstd,
+# and the initramfs carries no libm.so.6. The archive's objects are built for static linking: two things of
+# a static program they expect are given here (STATIC_LIBM_SUPPORT), nothing of libm is compiled again.
+STATIC_LIBM = {"amd64"}
+# - `_dl_x86_cpu_features`: the CPU feature table of a static program, which the archive's IFUNC resolvers
+#   read to pick an FMA or AVX2 build of exp, log, pow, sin... (in a shared libm they read ld.so's table,
+#   which ld.so does not export under that name). All zero here, so every resolver picks the SSE2 build, the
+#   one any x86_64 CPU runs: the same functions, a few nanoseconds slower on an FMA CPU; nothing on the boot
+#   path calls them. Hidden: no other library sees it.
+# - `__frexp`, `__ldexp`: libm's internal names for frexp and ldexp, which live in libc (exported as the
+#   public names only): jumps to those.
+# errno is libc's exported TLS `errno` (GLIBC_PRIVATE, the libc the initramfs carries beside it).
+STATIC_LIBM_SUPPORT = {"amd64": """\t.section .bss
+\t.globl _dl_x86_cpu_features
+\t.hidden _dl_x86_cpu_features
+\t.type _dl_x86_cpu_features, @object
+\t.balign 64
+_dl_x86_cpu_features:
+\t.zero 1024
+\t.size _dl_x86_cpu_features, 1024
+\t.text
+\t.globl __frexp
+\t.hidden __frexp
+\t.type __frexp, @function
+__frexp:
+\tjmp frexp@PLT
+\t.size __frexp, .-__frexp
+\t.globl __ldexp
+\t.hidden __ldexp
+\t.type __ldexp, @function
+__ldexp:
+\tjmp ldexp@PLT
+\t.size __ldexp, .-__ldexp
+\t.section .note.GNU-stack,"",%progbits
+"""}
 
 
 class LeanPythonError(RuntimeError):
@@ -169,20 +207,35 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
         (work / "inittab.s").write_text(inittab_assembly([*keep, MODULE], arch))
         run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
         (work / "no-unwind.ld").write_text(NO_UNWIND)
-        libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]
+        static_libm = _static_libm(arch, dev, work, tool["as"])
+        libs = [sysroot / f"lib/{arch.triplet}/{n}"
+                for n in (*(() if static_libm else ("libm.so.6",)), "libz.so.1", "libc.so.6")]
         ld_so = sysroot / arch.device.ld_so.lstrip("/")
         linked = work / SONAME
         run([tool["ld"], "-shared", "-O1", "-Bsymbolic", "-z", "relro", "-z", "noexecstack",
              "-z", "pack-relative-relocs", "--hash-style=gnu", "--build-id=sha1", "-T", str(work / "no-unwind.ld"),
              "-soname", SONAME, "-o", str(linked),
-             *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *map(str, libs), str(ld_so),
-             str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
+             *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *static_libm, *map(str, libs),
+             str(ld_so), str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
         run([tool["strip"], "--strip-unneeded", str(linked)], error=LeanPythonError)
         check_resolved(linked, [*libs, ld_so], tool["nm"])
         out.parent.mkdir(parents=True, exist_ok=True)
         linked.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _static_libm(arch: Arch, dev: Path, work: Path, assembler: str) -> list[str]:
+    """The link's arguments for libm from libm.a (STATIC_LIBM), or none where libpython links libm.so.6: the
+    support object first, then the archive (the linker takes only the members that define what is used)."""
+    if arch.debian not in STATIC_LIBM:
+        return []
+    archives = sorted(dev.glob(f"usr/lib/{arch.triplet}/libm-2.*.a"))  # libm.a is a linker script naming it
+    if len(archives) != 1:
+        raise LeanPythonError(f"libc6-dev for {arch.debian} has {len(archives)} libm-2.*.a archives, not one")
+    (work / "libm-support.s").write_text(STATIC_LIBM_SUPPORT[arch.debian])
+    run([assembler, "-o", str(work / "libm-support.o"), str(work / "libm-support.s")], error=LeanPythonError)
+    return [str(work / "libm-support.o"), str(archives[0])]
 
 
 def _symbols(nm: str, path: Path, defined: bool) -> set[str]:
