@@ -62,10 +62,11 @@ KEEP_ENCODINGS = ("__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig
 FREEZE_ENV = {"PYINSTALLER_ZLIB_COMPRESSION_LEVEL": "9"}
 # -OO: no docstrings or asserts in the bundle's bytecode (nothing here reads a docstring at run time).
 OPTIONS = ["--optimize", "2"]
-# Imported by the TLS piece's ssl.py (overlay_layout/net/tlspiece.py runs it from source), which PyInstaller
-# never sees, and by nothing the init carries: without it `bankctl stage URL` died in the guest with
-# "No module named 'base64'" (tests/host/test_lean_imports.py reads ssl.py for what it needs).
-HIDDEN_IMPORTS: list[str] = ["base64"]
+# Modules the TLS piece's ssl.py (overlay_layout/net/tlspiece.py runs it from source) imports, which PyInstaller
+# never sees, and which neither the piece (tlspiece.MODULES) nor anything the init imports carries: without
+# base64 `bankctl stage URL` died in the guest with "No module named 'base64'"; base64 now travels in the
+# piece (tests/host/test_lean_imports.py reads ssl.py for what it needs).
+HIDDEN_IMPORTS: list[str] = []
 # Shared libraries loaded with dlopen (`_bankboot`), which PyInstaller cannot see: (path in the sysroot, bundle dir).
 BINARIES = [("usr/lib/{triplet}/libsodium.so.23", ".")]
 

@@ -68,6 +68,48 @@ DROPPED = {
 }
 # Objects of the archive that are not part of the library (the python program's main).
 NOT_LIBRARY = ("python.o", "config.o")
+# Where libm's functions come from. libpython calls 36 of them (math, float and complex objects), and only
+# libpython links libm; Debian's libm.so.6 holds all of libm (long-double, _Float128 and float variants; on
+# amd64 each exp/log/pow/sin... also in FMA, FMA4 and AVX2 builds): 0.36 MB zstd on amd64, 0.26 MB on arm64.
+# Here the objects of Debian's libm.a that define the 36 (and what they use) are linked into libpython
+# instead (0.07-0.09 MB zstd), and the initramfs carries no libm.so.6. The archive's objects are built for a
+# static program: what they expect of one is given by a small object assembled here (support_assembly),
+# nothing of libm is compiled again. errno is libc's exported TLS `errno` (GLIBC_PRIVATE: the libc the
+# initramfs carries beside it, from the same sysroot).
+STATIC_LIBM = ("amd64", "arm64", "armhf")
+# libm's internal names for frexp and ldexp, which live in libc and are exported there by their public names
+# only: each becomes a jump to the public one. Per architecture: the jump, the assembler's symbol type word.
+LIBM_ALIASES = ("frexp", "ldexp")
+JUMPS = {"amd64": ("jmp {0}@PLT", "@function"), "arm64": ("b {0}", "%function"), "armhf": ("b {0}", "%function")}
+# On amd64 the archive's IFUNC resolvers read `_dl_x86_cpu_features`, the CPU feature table of a static
+# program (a shared libm reads ld.so's, which ld.so does not export under that name), to pick an FMA or AVX2
+# build of exp, log, pow, sin... Ours is all zero and hidden, so every resolver picks the SSE2 build, which
+# any x86_64 CPU runs: the results of Debian's libm on a CPU without FMA/AVX2, the same on every CPU (Debian's
+# own differ in the last bit for a few inputs between CPUs with and without FMA; both are within glibc's
+# error bounds), a few nanoseconds slower per call on an FMA CPU; no boot step calls them.
+# tests/host/test_lean_libm.py compares every architecture's results bit for bit with Debian's python3.11.
+X86_FEATURES = """\t.section .bss
+\t.globl _dl_x86_cpu_features
+\t.hidden _dl_x86_cpu_features
+\t.type _dl_x86_cpu_features, @object
+\t.balign 64
+_dl_x86_cpu_features:
+\t.zero 1024
+\t.size _dl_x86_cpu_features, 1024
+"""
+
+
+def support_assembly(arch: Arch) -> str:
+    """What libm.a's objects need of a static program, for a shared libpython (see STATIC_LIBM)."""
+    jump, kind = JUMPS[arch.debian]
+    lines = [X86_FEATURES] if arch.debian == "amd64" else []
+    lines.append("\t.arm\n" if arch.debian == "armhf" else "")
+    lines.append("\t.text\n")
+    for name in LIBM_ALIASES:
+        lines.append(f"\t.globl __{name}\n\t.hidden __{name}\n\t.type __{name}, {kind}\n\t.balign 4\n"
+                     f"__{name}:\n\t{jump.format(name)}\n\t.size __{name}, .-__{name}\n")
+    lines.append('\t.section .note.GNU-stack,"",%progbits\n')
+    return "".join(lines)
 
 
 class LeanPythonError(RuntimeError):
@@ -169,20 +211,41 @@ def _link(arch: Arch, key: str, versions: dict[str, str], out: Path) -> None:
         (work / "inittab.s").write_text(inittab_assembly([*keep, MODULE], arch))
         run([tool["as"], "-o", str(work / "inittab.o"), str(work / "inittab.s")], error=LeanPythonError)
         (work / "no-unwind.ld").write_text(NO_UNWIND)
-        libs = [sysroot / f"lib/{arch.triplet}/{n}" for n in ("libm.so.6", "libz.so.1", "libc.so.6")]
+        static_libm = _static_libm(arch, dev, work, tool["as"])
+        libs = [sysroot / f"lib/{arch.triplet}/{n}"
+                for n in (*(() if static_libm else ("libm.so.6",)), "libz.so.1", "libc.so.6")]
         ld_so = sysroot / arch.device.ld_so.lstrip("/")
         linked = work / SONAME
         run([tool["ld"], "-shared", "-O1", "-Bsymbolic", "-z", "relro", "-z", "noexecstack",
              "-z", "pack-relative-relocs", "--hash-style=gnu", "--build-id=sha1", "-T", str(work / "no-unwind.ld"),
              "-soname", SONAME, "-o", str(linked),
-             *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *map(str, libs), str(ld_so),
-             str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
+             *sorted(str(o) for o in objs.glob("*.o")), str(work / "inittab.o"), *static_libm, *map(str, libs),
+             str(ld_so), str(libgcc)], error=LeanPythonError, what=f"linking {SONAME} for {arch.debian}")
         run([tool["strip"], "--strip-unneeded", str(linked)], error=LeanPythonError)
         check_resolved(linked, [*libs, ld_so], tool["nm"])
         out.parent.mkdir(parents=True, exist_ok=True)
         linked.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _static_libm(arch: Arch, dev: Path, work: Path, assembler: str) -> list[str]:
+    """The link's arguments for libm from libm.a (STATIC_LIBM), or none where libpython links libm.so.6: the
+    support object first, then the archive (the linker takes only the members that define what is used)."""
+    if arch.debian not in STATIC_LIBM:
+        return []
+    # On amd64 libm.a is a linker script naming libm-2.36.a (and libmvec.a); elsewhere it is the archive.
+    archives = sorted(dev.glob(f"usr/lib/{arch.triplet}/libm-2.*.a")) or [dev / f"usr/lib/{arch.triplet}/libm.a"]
+    if len(archives) != 1 or not _is_archive(archives[0]):
+        raise LeanPythonError(f"libc6-dev for {arch.debian} has no libm archive (found {archives})")
+    (work / "libm-support.s").write_text(support_assembly(arch))
+    run([assembler, "-o", str(work / "libm-support.o"), str(work / "libm-support.s")], error=LeanPythonError)
+    return [str(work / "libm-support.o"), str(archives[0])]
+
+
+def _is_archive(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(8) == b"!<arch>\n"
 
 
 def _symbols(nm: str, path: Path, defined: bool) -> set[str]:

@@ -9,8 +9,8 @@ Format: a magic line, one line of JSON ({"arch": ..., "python": ..., "files": [[
 then one zlib stream of the files' bytes in that order. Opening it decompresses each file into a memfd
 (anonymous memory: nothing is written to any filesystem, nothing is left behind), loads the libraries
 with `_bankboot`'s load_global (RTLD_GLOBAL, so `_ssl`'s DT_NEEDED entries resolve to them by soname),
-imports `_ssl` from its memfd and runs the piece's ssl.py (the sysroot's own); `import ssl` then works as
-anywhere else."""
+imports `_ssl` from its memfd and runs the piece's base64.py and ssl.py (the sysroot's own); `import ssl` then
+works as anywhere else."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ MAGIC = b"bankboot-tls 1\n"
 NAME_IN_PIECE = "tls-piece"
 LIBRARIES = ("libcrypto.so.3", "libssl.so.3")  # loaded in this order
 EXTENSIONS = ("_ssl", "_hashlib")  # imported after them (_hashlib: OpenSSL's SHA-256, overlay_layout/hashing.py)
-MODULES = ("ssl",)  # Python source, run after them (ssl.py in the frozen archive would cost every boot's unpack)
+# Python source, run after them in this order (in the frozen archive they would cost every boot's unpack):
+# ssl.py, and base64.py, which ssl.py imports and nothing the frozen program carries does.
+MODULES = ("base64", "ssl")
 
 
 class PieceError(BankbootError):
@@ -119,7 +121,7 @@ def install(files: list[tuple[str, bytes]]) -> None:
         except ImportError as e:  # a module ssl.py needs that the frozen program does not carry
             del sys.modules[mod]
             raise PieceError(f"its {mod}.py needs the module {e.name}, which this bankctl does not carry "
-                             f"(a build fault: builder/freeze.py's HIDDEN_IMPORTS)") from e
+                             f"(a build fault: tlspiece.MODULES or builder/freeze.py's HIDDEN_IMPORTS)") from e
         except BaseException:
             del sys.modules[mod]
             raise

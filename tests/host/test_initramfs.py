@@ -39,8 +39,10 @@ def test_contains_the_frozen_init_busybox_and_console(listing: dict[str, str], a
     # No applet links: busybox's shell runs its applets without them (a test boots the rescue shell).
     assert "sbin/insmod" not in listing and "bin/mount" not in listing
     # What the PyInstaller bootloader needs before LD_LIBRARY_PATH exists, at the system paths.
-    for lib in ["ld-linux-aarch64.so.1", "libc.so.6", "libdl.so.2", "libm.so.6", "libpthread.so.0", "libz.so.1"]:
+    for lib in ["ld-linux-aarch64.so.1", "libc.so.6", "libdl.so.2", "libpthread.so.0", "libz.so.1"]:
         assert f"lib/aarch64-linux-gnu/{lib}" in listing, lib
+    # libpython carries the libm functions it calls (builder/leanpython.py, STATIC_LIBM); nothing else needs libm.
+    assert "lib/aarch64-linux-gnu/libm.so.6" not in listing
     assert listing["lib/ld-linux-aarch64.so.1"].endswith("-> aarch64-linux-gnu/ld-linux-aarch64.so.1")
     assert f"lib/modules/{kernel.version}/modules.dep" in listing
     assert f"lib/modules/{kernel.version}/kernel/fs/squashfs/squashfs.ko" in listing
