@@ -102,13 +102,13 @@ bench-image: deps
 	$(VENV)/python scripts/image_figures.py build/figures
 
 # The never-brick campaign: 100 real power cuts (QEMU killed), every disk-fault class and two rounds of the loader
-# classes on the board's firmware (builder/loaderfaults.py); about 40 min.
+# classes on the board's firmware (builder/lab/loaderfaults.py); about 40 min.
 # SEED=N repeats a campaign. A slice of it runs in `make test` (tests/vm/test_faults.py).
 SEED ?=
 faults: deps
 	$(VENV)/bankboot faults --board $(BOARD) $(if $(SEED),--seed $(SEED))
 
-# Hundreds of boot cycles on one device (builder/soak.py): random updates (good, failing self-test, never
+# Hundreds of boot cycles on one device (builder/lab/soak.py): random updates (good, failing self-test, never
 # committing), ESC presses, rollbacks, resets, gc, mark-bad and power cuts, each boot checked from the guest.
 # SEED=N CYCLES=N; not in make test. Prints a table; build/soak/$(BOARD)/soak.json.
 CYCLES ?= 500

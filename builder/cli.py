@@ -70,7 +70,7 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
 
 
 def cmd_qemu(args: argparse.Namespace) -> int:
-    from builder.boot import run_interactive
+    from builder.lab.boot import run_interactive
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
@@ -215,8 +215,8 @@ def push_oci(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_demo(args: argparse.Namespace) -> int:
-    """Several QEMU devices following one channel (builder/fleetlab.py), narrated, then a table."""
-    from builder.fleetlab import Lab, describe, run_lab
+    """Several QEMU devices following one channel (builder/lab/fleetlab.py), narrated, then a table."""
+    from builder.lab.fleetlab import Lab, describe, run_lab
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
@@ -227,8 +227,8 @@ def cmd_fleet_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_hawkbit_lab(args: argparse.Namespace) -> int:
-    """QEMU devices polling a goosebit rollout server with bankctl poll --hawkbit (builder/hawkbitlab.py)."""
-    from builder.hawkbitlab import Lab, describe, run_lab
+    """QEMU devices polling a goosebit rollout server with bankctl poll --hawkbit (builder/lab/hawkbitlab.py)."""
+    from builder.lab.hawkbitlab import Lab, describe, run_lab
 
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
@@ -239,7 +239,7 @@ def cmd_hawkbit_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_sim(args: argparse.Namespace) -> int:
-    from builder.fleetsim import Fleet, on_nginx, on_s3, table
+    from builder.lab.fleetsim import Fleet, on_nginx, on_s3, table
 
     fleet = Fleet(build_dir() / "fleet-sim")
     sizes = [int(n) for n in args.devices.split(",")]
@@ -249,7 +249,7 @@ def cmd_fleet_sim(args: argparse.Namespace) -> int:
     elif args.s3_local:
         import os
 
-        from builder.s3store import SeaweedS3
+        from builder.lab.s3store import SeaweedS3
 
         with SeaweedS3() as s3:
             s3.public_bucket(args.s3_bucket)
@@ -269,14 +269,14 @@ def cmd_delta(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from builder.serve import serve
+    from builder.lab.serve import serve
 
     return serve(Path(args.dir), args.port, args.bind, args.rate, args.tls, Path(args.cert) if args.cert else None,
                  Path(args.key) if args.key else None, Path(args.client_ca) if args.client_ca else None)
 
 
 def cmd_sample_rootfs(args: argparse.Namespace) -> int:
-    from builder.samplerootfs import build_sample_rootfs
+    from builder.lab.samplerootfs import build_sample_rootfs
 
     board = load_board(args.board)
     path = build_sample_rootfs(board.arch, Path(args.output), version=args.version, mark_good=not args.no_mark_good,
@@ -287,7 +287,7 @@ def cmd_sample_rootfs(args: argparse.Namespace) -> int:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     """Draw one or more boot timelines (timeline.json from a device) as an SVG bar chart."""
-    from builder.timeline import read_timeline, render_svg
+    from builder.lab.timeline import read_timeline, render_svg
 
     groups = [(Path(f).name, read_timeline(Path(f))) for f in args.file]
     Path(args.output).write_text(render_svg(groups, args.title))
@@ -296,14 +296,14 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from builder.bench import run_bench
+    from builder.lab.bench import run_bench
 
     parts = tuple(args.only.split(",")) if args.only else ()
     return run_bench(load_board(args.board), runs=args.runs, clock=args.clock, parts=parts)
 
 
 def cmd_bench_net(args: argparse.Namespace) -> int:
-    from builder.netbench import print_netbench, run_netbench
+    from builder.lab.netbench import print_netbench, run_netbench
     from builder.paths import build_dir
 
     board = load_board(args.board)
@@ -320,7 +320,7 @@ def cmd_faults(args: argparse.Namespace) -> int:
 
     # Stopped from outside: unwind, so every QEMU of the campaign is stopped with it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from builder.faults import DISK_CLASSES, run_campaign
+    from builder.lab.faults import DISK_CLASSES, run_campaign
     from builder.paths import build_dir
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
@@ -344,8 +344,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
     import sys
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from builder.lab.soak import run_soak
     from builder.paths import build_dir
-    from builder.soak import run_soak
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     out = Path(args.output) if args.output else build_dir() / "soak" / args.board

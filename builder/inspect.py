@@ -153,14 +153,14 @@ def inspect_bank(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
 
 def _image_files_ok(part: Path, image: str, manifest: Manifest, tmp: Path) -> bool:
     """The image's squashfs (and hash tree) on the banks partition match its manifest: size and sha256."""
-    from builder import faultdisk
+    from builder import bankspart
 
     wanted = [(SQUASHFS, manifest["size"], manifest["sha256"])]
     if "verity" in manifest:
         wanted.append((VERITY, manifest["verity"]["size"], manifest["verity"]["sha256"]))
     for name, size, digest in wanted:
         out = tmp / f"{image}.{name}"
-        faultdisk.debugfs(part, f"dump overlay/{image}/{name} {out}")
+        bankspart.debugfs(part, f"dump overlay/{image}/{name} {out}")
         if not out.exists() or hash_file(str(out)) != (size, digest):
             return False
         out.unlink()
@@ -170,7 +170,7 @@ def _image_files_ok(part: Path, image: str, manifest: Manifest, tmp: Path) -> bo
 def inspect_disk(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None = None) -> dict[str, Any]:
     """Every image on the disk's banks partition: pointers, state, manifest, signer, whether its files match
     and whether the disk's own initramfs (or `initramfs`, or `keys`) would boot it."""
-    from builder import faultdisk
+    from builder import bankspart
     from builder.disk import DiskError, read_boot_file
 
     with tempfile.TemporaryDirectory(prefix="bankboot-") as name:
@@ -189,18 +189,18 @@ def inspect_disk(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
                              f"cmdline.txt): {e}") from None
         check_with = initramfs if initramfs is not None else (None if keys else own)
         images: list[dict[str, Any]] = []
-        with faultdisk.banks_partition(path, write=False) as part:
-            pointers = {p: faultdisk.pointer_or_none(part, p) for p in POINTERS}
-            state = faultdisk.state_of(part)
+        with bankspart.banks_partition(path, write=False) as part:
+            pointers = {p: bankspart.pointer_or_none(part, p) for p in POINTERS}
+            state = bankspart.state_of(part)
             in_force = disk_keys(part, pointers, check_with, tmp)
-            listing = faultdisk.debugfs(part, "ls -p overlay")
+            listing = bankspart.debugfs(part, "ls -p overlay")
             # debugfs `ls -p`: /inode/mode/uid/gid/name/size/ per entry; the image directories
             rows = [f.split("/") for f in listing.splitlines() if f.startswith("/") and f.count("/") >= 6]
             ids = sorted(r[5] for r in rows if r[2].startswith("040") and not r[5].startswith("."))
             for image in ids:
                 entry: dict[str, Any] = {"id": image, "pointers": [p for p in POINTERS if pointers[p] == image],
                                          "state": state.get("images", {}).get(image, {}).get("state")}
-                raw = faultdisk.read_file(part, f"overlay/{image}/{MANIFEST}")
+                raw = bankspart.read_file(part, f"overlay/{image}/{MANIFEST}")
                 try:
                     manifest = parse_manifest(raw, f"{path}:overlay/{image}/{MANIFEST}")
                 except LayoutError as e:
@@ -225,7 +225,7 @@ def inspect_disk(path: Path, keys: tuple[Path, ...] = (), initramfs: Path | None
 def disk_keys(part: Path, pointers: dict[str, str | None], initramfs: Path | None, tmp: Path) -> KeySet | None:
     """The keys in force on a disk's banks partition (its trust file and committed images' key updates, from
     the initramfs's root keys), as its init would find them; None without an initramfs to start from."""
-    from builder import faultdisk
+    from builder import bankspart
     from overlay_layout.keychain import TRUST_FILE, in_force
 
     policy = check_policy((), initramfs) if initramfs is not None else None
@@ -233,14 +233,14 @@ def disk_keys(part: Path, pointers: dict[str, str | None], initramfs: Path | Non
         return None
     banks = tmp / "banks-view"
     banks.mkdir(exist_ok=True)
-    raw = faultdisk.read_file(part, TRUST_FILE)
+    raw = bankspart.read_file(part, TRUST_FILE)
     if raw:
         (banks / TRUST_FILE).write_bytes(raw)
     manifests = []
     for name in ("current", "previous"):
         if pointers.get(name):
             try:
-                manifests.append(json.loads(faultdisk.read_file(part, f"overlay/{pointers[name]}/{MANIFEST}")))
+                manifests.append(json.loads(bankspart.read_file(part, f"overlay/{pointers[name]}/{MANIFEST}")))
             except ValueError:
                 pass
     return in_force(policy.root, str(banks), manifests)[0]

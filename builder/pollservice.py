@@ -1,6 +1,6 @@
 """The service that runs `bankctl poll --every` in an image: one configuration file, /etc/bankboot/poll.conf
 (in the signed image: which channel a device follows is part of its release), read by a systemd unit on
-systemd images and by an init script on busybox ones such as the sample image (builder/samplerootfs.py).
+systemd images and by an init script on busybox ones such as the sample image (builder/lab/samplerootfs.py).
 
 poll.conf is KEY=value lines that both systemd's EnvironmentFile= and a shell read alike:
 

@@ -1,5 +1,5 @@
 """A QEMU machine as plain data, and the command line that boots a kernel and initramfs on it. What a
-board means for QEMU is worked out by the builder (builder/boot.py); this side takes only the result."""
+board means for QEMU is worked out by the builder (builder/lab/boot.py); this side takes only the result."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from qemu.machine import Machine, qemu_command
 
 
 class VM:
-    """`with VM(machine, kernel, initrd, cmdline) as vm: vm.console.expect(...)`; builder/boot.py makes
+    """`with VM(machine, kernel, initrd, cmdline) as vm: vm.console.expect(...)`; builder/lab/boot.py makes
     one for a board."""
 
     def __init__(self, machine: Machine, kernel: Path | None, initrd: Path | None, cmdline: str,

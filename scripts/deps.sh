@@ -14,7 +14,7 @@ APT_PACKAGES=(
   gcc-12 gcc-12-aarch64-linux-gnu lld-16
   nginx-light openssl
   u-boot-qemu u-boot-tools qemu-efi-aarch64 ovmf
-  # fdtget: tests/host/test_devicetree.py reads back the rng-seed builder/devicetree.py adds
+  # fdtget: tests/host/test_devicetree.py reads back the rng-seed builder/lab/devicetree.py adds
   device-tree-compiler
   # images from containers and tarballs (docs/images.md), flashing with bmap; the tests' registry and
   # Debian rootfs (docker-registry is a daemon: not started, see policy-rc.d below)
@@ -96,7 +96,7 @@ if [ ! -x .venv/bin/python ] || [ ! -f $stamp ] || [ requirements.txt -nt $stamp
 fi
 
 # goosebit, the hawkBit-DDI server the `bankctl poll --hawkbit` tests and `make hawkbit-lab` run on loopback, in a
-# venv of its own (builder/goosebit.py): its pins (cryptography 50 needs cffi 2) clash with requirements.txt's.
+# venv of its own (builder/lab/goosebit.py): its pins (cryptography 50 needs cffi 2) clash with requirements.txt's.
 gstamp=build/goosebit-venv/.bankboot-deps
 if [ ! -x build/goosebit-venv/bin/uvicorn ] || [ ! -f $gstamp ] || [ requirements-goosebit.txt -nt $gstamp ]; then
   say "setting up build/goosebit-venv"

@@ -1,6 +1,6 @@
 """The firmware a board boots through, and what `bankboot disk` writes for it on the boot FAT.
 
-    direct  no firmware: QEMU's -kernel/-initrd play its part (builder/boot.py reads the boot partition)
+    direct  no firmware: QEMU's -kernel/-initrd play its part (builder/lab/boot.py reads the boot partition)
     uboot   U-Boot's distro boot runs /boot.scr (boot.cmd here): two loader slots /a and /b, a try counter in
             /loader/try.env that U-Boot decrements before each attempt, CRC-32 checks of each slot's files
     uefi    UEFI firmware (AAVMF, OVMF) starts systemd-boot from /EFI/BOOT; one type #1 entry per loader slot,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.disk import bmap_path, build_disk
 from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.samplerootfs import build_sample_rootfs
 
 
 def extract(disk: Path, part: dict, out: Path) -> Path:

@@ -1,5 +1,5 @@
-"""builder/devicetree.py adds /chosen/rng-seed to the Raspberry Pi's device tree as the Pi firmware does
-(builder/boot.py gives QEMU the result): read back with dtc's own fdtget, everything else unchanged."""
+"""builder/lab/devicetree.py adds /chosen/rng-seed to the Raspberry Pi's device tree as the Pi firmware does
+(builder/lab/boot.py gives QEMU the result): read back with dtc's own fdtget, everything else unchanged."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
-from builder.boot import machine_for
-from builder.devicetree import DeviceTreeError, set_chosen
+from builder.lab.boot import machine_for
+from builder.lab.devicetree import DeviceTreeError, set_chosen
 from builder.parts import locate_kernel
 
 

@@ -1,4 +1,4 @@
-"""`bankctl stage URL` against Debian's nginx on a loopback port (builder/serve.py): full, resumed and
+"""`bankctl stage URL` against Debian's nginx on a loopback port (builder/lab/serve.py): full, resumed and
 delta downloads, and the errors a person meets."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.serve import Server, free_port
+from builder.lab.serve import Server, free_port
 from overlay_layout import chunks
 from overlay_layout.net.download import stage_url
 from overlay_layout.net.transport import Settings

@@ -1,4 +1,4 @@
-"""What the fault campaign does to a device offline before it boots it through its firmware (builder/faults.py):
+"""What the fault campaign does to a device offline before it boots it through its firmware (builder/lab/faults.py):
 the ESC window written into the command line the firmware reads from the FAT, and a device copied together with
 its firmware's storage. Booting them is `make faults BOARD=...` and tests/vm/test_faults.py."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from builder.disk import FIRST, build_disk
-from builder.faults import NO_PROMPT, NOISE_WINDOW, copy_device, set_options
 from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.faults import NO_PROMPT, NOISE_WINDOW, copy_device, set_options
+from builder.lab.samplerootfs import build_sample_rootfs
 
 pytestmark = pytest.mark.host
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}

@@ -14,7 +14,7 @@ from builder.board import BoardError, load_board, parse_board
 from builder.disk import FIRST, DiskError, build_disk, partitions
 from builder.firmware import firmware_of, qemu_args
 from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.samplerootfs import build_sample_rootfs
 
 pytestmark = pytest.mark.host
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -67,7 +67,7 @@ def test_uboot_disk_has_the_script_two_slot_layout_and_crcs(aarch64, built_initr
 
     assert inspect_file(disk, (), None)["ok"]
     with pytest.raises(ValueError, match="reads its command line from the disk"):
-        from builder.boot import firmware_args
+        from builder.lab.boot import firmware_args
         firmware_args(board, disk, "bankboot.debug")
 
 

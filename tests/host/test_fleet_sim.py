@@ -1,4 +1,4 @@
-"""The fleet simulation (builder/fleetsim.py; `bankboot fleet-sim` runs bigger fleets): hundreds of pollers
+"""The fleet simulation (builder/lab/fleetsim.py; `bankboot fleet-sim` runs bigger fleets): hundreds of pollers
 with bankctl's own code against a channel on nginx and on SeaweedFS's S3 gateway. An idle fleet costs one
 short conditional request per device and poll, whatever its size; an update costs each device the same
 few requests and the changed chunks only."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder.fleetsim import Fleet, on_nginx, on_s3, table
-from builder.s3store import ACCESS, SECRET, SeaweedS3
+from builder.lab.fleetsim import Fleet, on_nginx, on_s3, table
+from builder.lab.s3store import ACCESS, SECRET, SeaweedS3
 
 
 @pytest.fixture(scope="module")

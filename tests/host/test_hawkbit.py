@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.goosebit import Goosebit
+from builder.lab.goosebit import Goosebit
 from builder.swu import write_swu
 from initfs.hawkbit import Options, hawkbit_once, load_state
 from initfs.poll import PollFailed

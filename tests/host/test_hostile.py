@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.serve import Server
+from builder.lab.serve import Server
 from overlay_layout.net.download import DownloadError, stage_url
 from overlay_layout.net.transport import Settings
 from overlay_layout.state import Banks

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from builder.arch import get_arch
+from builder.lab.serve import Server, ServeTls
 from builder.pysysroot import locate_sysroot
-from builder.serve import Server, ServeTls
 from builder.tls import make_ca, make_cert, tls_piece
 from overlay_layout.contract import arch_of_machine
 from overlay_layout.net.download import DownloadError, stage_url

@@ -12,7 +12,7 @@ import pytest
 
 from builder.disk import DiskError, build_disk, partitions, read_boot_files
 from builder.image import ImageError, build_image, read_bank
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.samplerootfs import build_sample_rootfs
 from tests.fixtures import Bank
 
 
@@ -183,8 +183,9 @@ def test_inspect_reads_a_disk_offline_against_its_own_initramfs(aarch64, bank, b
                                                                  tmp_path: Path) -> None:
     import random
 
-    from builder import faultdisk
+    from builder import bankspart
     from builder.inspect import inspect_file
+    from builder.lab import faultdisk
 
     board, _, _ = aarch64
     path, m = bank.path, bank.manifest
@@ -199,7 +200,7 @@ def test_inspect_reads_a_disk_offline_against_its_own_initramfs(aarch64, bank, b
 
     keygen(keygen_prefix, "not trusted")
     assert not inspect_file(disk, (tmp_path / "other.pub",))["ok"]
-    with faultdisk.banks_partition(disk) as part:  # someone changes the image on the card
+    with bankspart.banks_partition(disk) as part:  # someone changes the image on the card
         faultdisk.overwrite_middle(part, f"overlay/{m['id']}/rootfs.squashfs", 4096, random.Random(1))
     damaged = inspect_file(disk)
     assert not damaged["ok"] and not damaged["images"][0]["files_ok"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from builder.image import ImageError, build_image
+from builder.lab.samplerootfs import build_sample_rootfs
 from builder.parts import SECOND_KERNELS, locate_kernel_package
-from builder.samplerootfs import build_sample_rootfs
 from tests.images import tar_directory
 
 

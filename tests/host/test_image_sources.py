@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.image import ImageError, build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.samplerootfs import build_sample_rootfs
 from tests.images import CREATED_EPOCH, oci_image, save_as, tar_directory
 from tests.registry import Registry
 
@@ -143,7 +143,7 @@ def test_an_image_from_an_archive_signed_twice_and_encrypted_is_published_and_st
     both signatures on the document and the image, staged over HTTP by decrypting."""
     from builder.cli import main
     from builder.keys import keygen
-    from builder.serve import Server
+    from builder.lab.serve import Server
     from overlay_layout.net.channel import parse_document
     from overlay_layout.net.download import stage_url
     from overlay_layout.net.transport import Settings

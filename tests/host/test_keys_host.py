@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from builder.bankspart import banks_partition, read_file
 from builder.cli import main
 from builder.disk import build_disk
-from builder.faultdisk import banks_partition, read_file
 from builder.image import ImageError, build_image, read_bank
 from builder.inspect import inspect_file
 from builder.keys import keygen
-from builder.samplerootfs import build_sample_rootfs
-from builder.serve import Server
+from builder.lab.samplerootfs import build_sample_rootfs
+from builder.lab.serve import Server
 from builder.signing import SigningError, sign_file
 from overlay_layout import encryption
 from overlay_layout.net.download import stage_url

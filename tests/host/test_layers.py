@@ -186,7 +186,7 @@ def test_a_layered_image_gives_the_same_bank_from_a_layout_an_archive_and_a_regi
     (layers as files in `docker save` order) and a registry pull (gzip blobs fetched by digest) give the bank
     the OCI layout gives, byte for byte (tests/host/test_image_sources.py proves it for one layer)."""
     from builder.image import build_image
-    from builder.samplerootfs import build_sample_rootfs
+    from builder.lab.samplerootfs import build_sample_rootfs
     from tests.images import save_as, tar_directory
     from tests.registry import Registry
 

@@ -2,7 +2,7 @@
 serves on loopback: a device stages a release once (only the chunks it lacks), then costs the server one
 304 per poll; it never polls on trial, unconfirmed, inhibited or while another bankctl holds the lock; an
 image that failed on it is not tried again and its headers say why; --download-only and apply. Counted on
-nginx's own log of each request (builder/serve.py: the headers the device sent)."""
+nginx's own log of each request (builder/lab/serve.py: the headers the device sent)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.lab.serve import Server
 from builder.publish import publish
-from builder.serve import Server
 from initfs.poll import NotNow
 from overlay_layout import bootlog, pollstate
 from overlay_layout.lock import LockError

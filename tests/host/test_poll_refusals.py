@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.lab.serve import Server
 from builder.publish import publish
-from builder.serve import Server
 from initfs.poll import Options
 from initfs.pollcmd import run_poll
 from overlay_layout.net.channel import make_document

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
+from builder.lab.samplerootfs import build_sample_rootfs
 from builder.pollservice import INIT_SCRIPT, UNIT, UNIT_NAME, install_poll_service, poll_conf
-from builder.samplerootfs import build_sample_rootfs
 
 
 def test_the_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`bankboot publish` into a directory and into a real S3 store (SeaweedFS's gateway, builder/s3store.py):
+"""`bankboot publish` into a directory and into a real S3 store (SeaweedFS's gateway, builder/lab/s3store.py):
 idempotent, refusing what would break devices, and cut (SIGKILL, no clean-up code runs) at every step
 without ever leaving a channel document that points at a file that is not all there; the next publish
 finishes the job. A device polls the S3 channel and stages from it."""
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.lab.s3store import ACCESS, SECRET, SeaweedS3
 from builder.publish import KILL_AT, PublishError, publish
-from builder.s3store import ACCESS, SECRET, SeaweedS3
 from overlay_layout import ed25519
 from overlay_layout.bankfile import BankFile
 from overlay_layout.layout import MANIFEST

@@ -1,4 +1,4 @@
-"""`bankctl stage URL` from a real S3 object store (SeaweedFS's S3 gateway on loopback, builder/s3store.py):
+"""`bankctl stage URL` from a real S3 object store (SeaweedFS's S3 gateway on loopback, builder/lab/s3store.py):
 a public-read bucket holding a multipart upload, a presigned URL (its signature in the query), and an
 update server that redirects each device to a fresh presigned URL on the store (another host): later
 requests go straight to the store, and back to the update server when the presigned URL has expired."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from builder.s3store import SeaweedS3
+from builder.lab.s3store import SeaweedS3
 from overlay_layout.net.download import DownloadError, stage_url
 from overlay_layout.net.transport import Settings
 from overlay_layout.state import Banks

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from builder.benchfirmware import boards_to_compare
 from builder.board import load_board
+from builder.lab.benchfirmware import boards_to_compare
 
 
 def test_each_board_is_compared_with_direct_and_the_firmware_it_can_run() -> None:

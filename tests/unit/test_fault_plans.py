@@ -1,9 +1,9 @@
-"""How the fault campaign's slices are dealt (builder/faults.py), without QEMU: each board gets a power cut and
+"""How the fault campaign's slices are dealt (builder/lab/faults.py), without QEMU: each board gets a power cut and
 disk classes of its own, none needs a prepared device, and the seed decides."""
 
 from __future__ import annotations
 
-from builder.faults import DISK_CLASSES, NEEDS_PREVIOUS, SLICE_BOARDS, SLICE_CUTS, disks_for, slice_plans
+from builder.lab.faults import DISK_CLASSES, NEEDS_PREVIOUS, SLICE_BOARDS, SLICE_CUTS, disks_for, slice_plans
 
 
 def test_each_board_gets_its_own_classes_and_none_needs_a_prepared_device() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
-from builder.boot import machine_for
+from builder.lab.boot import machine_for
 from qemu.machine import ICOUNT, qemu_command
 
 

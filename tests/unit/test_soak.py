@@ -1,4 +1,4 @@
-"""The soak's planner and checker (builder/soak.py) without QEMU: which events it picks on which device state,
+"""The soak's planner and checker (builder/lab/soak.py) without QEMU: which events it picks on which device state,
 what it lets come up after each, and what it calls a failure."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import random
 from collections import Counter
 
-from builder.soak import (
+from builder.lab.soak import (
     REPORT_COMMAND,
     WEIGHTS,
     GuestReport,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.timeline import TimelineError, phases, read_timeline, render_svg
+from builder.lab.timeline import TimelineError, phases, read_timeline, render_svg
 from initfs import bankctl, log
 
 

@@ -8,11 +8,12 @@ import re
 import shutil
 from pathlib import Path
 
-from builder import faultdisk
-from builder.boot import disk_vm
+from builder import bankspart
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab import faultdisk
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import DeviceKit
 
@@ -112,14 +113,14 @@ def update_to(vm: VM, version: str) -> None:
 
 def plant(disk: Path, files: dict[str, str]) -> None:
     """Write files onto the banks partition offline, as someone holding the card would."""
-    with faultdisk.banks_partition(disk) as part:
+    with bankspart.banks_partition(disk) as part:
         for path, text in files.items():
             faultdisk.plant_file(part, path, text.encode())
 
 
 def current_of(disk: Path) -> str:
-    with faultdisk.banks_partition(disk, write=False) as part:
-        return faultdisk.pointer(part, "current")
+    with bankspart.banks_partition(disk, write=False) as part:
+        return bankspart.pointer(part, "current")
 
 
 def damage_squashfs(vm: VM, image: str, blocks: int) -> None:

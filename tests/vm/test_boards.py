@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from tests.fixtures import board_parts
 from tests.vm.devices import up
 

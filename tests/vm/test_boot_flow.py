@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import BootDisk
 

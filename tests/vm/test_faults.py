@@ -2,7 +2,7 @@
 own firmware (U-Boot on qemu-aarch64 and qemu-armv7, OVMF + systemd-boot on qemu-x86_64, direct on the Pi): a
 real power cut (QEMU killed at a random instant) during a stage, the init's boot or a reset, and disk faults,
 each followed by boots until the image reports it is up; what runs and whether /userdata survived are asked of
-the guest. The classes are dealt across the boards from the seed (builder.faults.slice_plans), so every run
+the guest. The classes are dealt across the boards from the seed (builder.lab.faults.slice_plans), so every run
 covers each board and, over runs, every class on every board; `make faults BOARD=...` runs a board's full
 campaign. The loader classes have their own slice (tests/vm/test_firmware.py). BANKBOOT_FAULT_SEED=N repeats a
 run (the seed is printed)."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.faults import SLICE_BOARDS, format_table, run_campaign, slice_plans
+from builder.lab.faults import SLICE_BOARDS, format_table, run_campaign, slice_plans
 from tests.fixtures import board_parts
 
 pytestmark = pytest.mark.vm

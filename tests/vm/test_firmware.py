@@ -2,7 +2,7 @@
 `bankctl install-loader` arms in it: a new loader boots on trial and the init commits it; one that panics before
 /init, whose initramfs is cut short, or that is cut by a power cut while it is written falls back to the
 committed loader without anyone's help. This is the loader slice of the never-brick campaign in `make test`;
-`make faults` runs every loader class (a hang before the init too) in rounds (builder/loaderfaults.py). What
+`make faults` runs every loader class (a hang before the init too) in rounds (builder/lab/loaderfaults.py). What
 the guest reports (/proc/cmdline as the firmware built it, /sys/firmware/efi, `bankctl loader`, the mount
 table) is the evidence, with the firmware's own console lines."""
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from builder.board import load_board
-from builder.boot import disk_vm
 from builder.disk import FIRST, build_disk, partitions
 from builder.image import build_image
-from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import board_parts
 from tests.vm.devices import PROMPT
@@ -154,7 +154,7 @@ def test_uboot_loader_ab_commits_a_good_loader_and_falls_back_from_a_bad_one(tes
         vm.console.sendline("poweroff -f")
         vm.wait_exit(T)
     # A loader that hangs before the init (the watchdog boot.scr arms resets it) is make faults' loader-hang
-    # class (builder/loaderfaults.py): ~40 s of boots and a 10 s watchdog, left out of make test.
+    # class (builder/lab/loaderfaults.py): ~40 s of boots and a 10 s watchdog, left out of make test.
     # the FAT's directories are intact after all of it (U-Boot's fatwrite and Linux's vfat both wrote it; a
     # power cut may leave lost clusters, which fsck.vfat -n reports but which are only space)
     part = out / "p1.vfat"

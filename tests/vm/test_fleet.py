@@ -1,4 +1,4 @@
-"""The fleet lab (builder/fleetlab.py, also `make fleet-demo`): three qemu-aarch64 devices follow one channel
+"""The fleet lab (builder/lab/fleetlab.py, also `make fleet-demo`): three qemu-aarch64 devices follow one channel
 on nginx. 1.1.0 is published; each device polls, stages the delta, reboots into its trial and commits;
 the hardware variant's trial fails its self-test and falls back, and its next polls say so. What every
 device says of itself (`bankctl status --json`, asked on its console) agrees with nginx's log of its
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from builder.fleetlab import Lab, check_reason, describe, device_rows, run_lab
+from builder.lab.fleetlab import Lab, check_reason, describe, device_rows, run_lab
 
 pytestmark = pytest.mark.vm
 VARIANTS = (2,)

@@ -1,4 +1,4 @@
-"""The hawkBit lab (builder/hawkbitlab.py, also `make hawkbit-lab`): two qemu-aarch64 devices poll a real
+"""The hawkBit lab (builder/lab/hawkbitlab.py, also `make hawkbit-lab`): two qemu-aarch64 devices poll a real
 goosebit on the host with `bankctl poll --hawkbit`. A .swu of 1.1.0 is rolled out; one device stages the bank
 out of it by range, boots its trial, commits, and goosebit's API shows its action closed with success; the
 hardware variant's trial fails its self-test, it is back on 1.0.0 in the same boot, and the image that came
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder.fleetlab import check_reason
-from builder.hawkbitlab import Lab, describe, run_lab
+from builder.lab.fleetlab import check_reason
+from builder.lab.hawkbitlab import Lab, describe, run_lab
 
 pytestmark = pytest.mark.vm
 VARIANTS = (1,)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from builder.serve import Server, ServeTls
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.serve import Server, ServeTls
 from builder.tls import make_ca, make_cert
 from tests.vm.devices import T, sh, up
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
+from builder.lab.boot import disk_vm
 from tests.debian import debian_rootfs
 from tests.images import Entry, oci_image, write_layer
 from tests.registry import Registry

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import board_vm
 from builder.compress import compress
 from builder.cpio import write_cpio
 from builder.initramfs import assemble
+from builder.lab.boot import board_vm
 from initfs import VERSION
 from tests.fixtures import Booted
 

@@ -16,13 +16,13 @@ import pytest
 
 import builder.kernelfile
 from builder.board import load_board
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.initramfs import build_initramfs
 from builder.kernelfile import read_kernel
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
-from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import board_parts
 from tests.vm.devices import PROMPT, guest_json

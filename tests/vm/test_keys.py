@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import faultdisk
+from builder import bankspart
 from builder.image import build_image
 from builder.keys import keygen
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab import faultdisk
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from builder.signing import add_key_update
 from overlay_layout.keychain import TRUST_FILE
 from tests.vm.devices import Device, reboot, sh, status, up
@@ -115,9 +116,9 @@ def test_a_rotation_survives_power_cuts_and_the_retired_key_never_runs_again(dev
         assert status(vm)["pointers"]["next"] is None
         sh(vm, "sync")
     # Someone with the card deletes the trust file and points current back at 1.0.0 (signed by key A only).
-    with faultdisk.banks_partition(d.disk) as part:
-        old = faultdisk.pointer(part, "previous")
-        faultdisk.debugfs(part, f"rm {TRUST_FILE}")
+    with bankspart.banks_partition(d.disk) as part:
+        old = bankspart.pointer(part, "previous")
+        bankspart.debugfs(part, f"rm {TRUST_FILE}")
         faultdisk.set_symlink(part, "current", old)
     with d.vm(append="bankboot.timeout=0") as vm:
         assert up(vm) == "2.0.0"  # the rightful image, under the keys it carries

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from builder.serve import Server
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.serve import Server
 from tests.vm.devices import T, reboot, sh, up
 
 pytestmark = pytest.mark.vm

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from builder.boot import board_vm
 from builder.compress import decompress, detect
+from builder.lab.boot import board_vm
 from tests.vm.devices import Device
 
 pytestmark = pytest.mark.vm

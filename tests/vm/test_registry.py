@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from builder.ocipush import publish_oci
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from tests.registry import Registry
 from tests.tokens import TokenService
 from tests.vm.devices import reboot, sh, up

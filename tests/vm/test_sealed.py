@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import faultdisk
+from builder import bankspart
 from builder.disk import build_disk
 from builder.image import build_image, extract_image
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab import faultdisk
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from overlay_layout.manifest import dump_manifest
 from tests.vm.devices import Device, T, current_of, plant, reboot, sh, status, up, update_to
 
@@ -83,8 +84,8 @@ def plant_image(disk: Path, bank: Path) -> str:
         manifest = extract_image(bank, Path(tmp))
         (Path(tmp) / "manifest.json").write_bytes(dump_manifest(manifest))
         image = manifest["id"]
-        with faultdisk.banks_partition(disk) as part:
-            faultdisk.debugfs(part, f"mkdir overlay/{image}",
+        with bankspart.banks_partition(disk) as part:
+            bankspart.debugfs(part, f"mkdir overlay/{image}",
                               *[f"mkdir overlay/{image}/{s}" for s in ("upper", "work", "backups", "utils")],
                               *[f"write {tmp}/{n} overlay/{image}/{n}"
                                 for n in ("rootfs.squashfs", "rootfs.verity", "manifest.json")])
@@ -115,8 +116,8 @@ def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_stat
         assert f"current points at {old} (version 0.9.0), below the anti-rollback floor 1.0.0" \
             in json.loads(log)[0]["notes"]
         sh(vm, "sync")
-    with faultdisk.banks_partition(d.disk) as part:  # state.json deleted, current re-pointed again
-        faultdisk.debugfs(part, "rm state.json")
+    with bankspart.banks_partition(d.disk) as part:  # state.json deleted, current re-pointed again
+        bankspart.debugfs(part, "rm state.json")
         faultdisk.set_symlink(part, "current", old)
     with d.vm(append="bankboot.timeout=0") as vm:
         assert up(vm) in ("1.1.0", "1.0.0")  # the floor file still says 1.1.0 / 1.0.0: never 0.9.0
@@ -128,8 +129,8 @@ def test_anti_rollback_holds_at_boot_and_stage_when_current_is_repointed_or_stat
         assert rc == 0 and json.loads(out)["floor"] == "1.1.0" and json.loads(out)["boot_floor"] == "1.0.0", out
         assert "state.json is missing; state rebuilt from the layout and floor.json" in vm.console.text()
         sh(vm, "sync")
-    with faultdisk.banks_partition(d.disk) as part:  # now floor.json deleted, current re-pointed once more
-        faultdisk.debugfs(part, "rm floor.json")
+    with bankspart.banks_partition(d.disk) as part:  # now floor.json deleted, current re-pointed once more
+        bankspart.debugfs(part, "rm floor.json")
         faultdisk.set_symlink(part, "current", old)
     with d.vm(append="bankboot.timeout=0") as vm:
         assert up(vm) in ("1.1.0", "1.0.0")  # the rebuilt state.json kept the floors

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from builder import faultdisk
+from builder import bankspart
+from builder.lab import faultdisk
 from builder.parts import locate_busybox
 from tests.vm.devices import Device, current_of, sh, up
 
@@ -26,13 +27,13 @@ def test_planted_links_setuid_programs_and_device_nodes_in_persistent_state(devi
     cur = current_of(d.disk)
     up_, wk = f"overlay/{cur}/upper", f"overlay/{cur}/work"
     busybox = locate_busybox(device.board.arch).read_bytes()
-    with faultdisk.banks_partition(d.disk) as part:
+    with bankspart.banks_partition(d.disk) as part:
         faultdisk.plant_file(part, "decoy-var/planted", b"DECOY\n", 0o644)  # another directory of the partition
         faultdisk.plant_file(part, "decoy-utils/bankboot-keep/file", b"keep\n", 0o644)
         faultdisk.plant_file(part, f"{up_}/etc/busybox", busybox, 0o4755)
         faultdisk.plant_file(part, f"{up_}/etc/busybox.conf", SUID_CONF.encode(), 0o600)
         faultdisk.plant_file(part, f"{up_}/etc/passwd", PASSWD.encode(), 0o644)
-        faultdisk.debugfs(
+        bankspart.debugfs(
             part, "mkdir decoy-work", f"mkdir {wk}",
             f"symlink {up_}/var ../../../decoy-var",  # relative: another directory of the partition
             f"symlink {up_}/root /run/bankboot/banks",  # absolute: the init's view of the whole partition

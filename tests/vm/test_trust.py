@@ -11,7 +11,7 @@ import pytest
 
 from builder.image import build_image
 from builder.keys import keygen
-from builder.samplerootfs import build_sample_rootfs
+from builder.lab.samplerootfs import build_sample_rootfs
 from tests.vm.devices import Device, T, damage_squashfs, reboot, sh, status, up, update_to
 
 pytestmark = pytest.mark.vm

@@ -86,7 +86,7 @@ def boot_and_read(vm, kind: str, timeline: Path | None = None) -> tuple[dict[str
 def time_boots(board: Board, fresh: Path, kind: str, out: Path, runs: int, clock: str,
                timeline: Path | None) -> dict[str, dict[str, list[float]]]:
     """`runs` times: a copy of the fresh disk, its first boot and a later one. {boot: {phase: [seconds]}}."""
-    from builder.boot import disk_vm
+    from builder.lab.boot import disk_vm
 
     samples: dict[str, dict[str, list[float]]] = {b: {} for b in BOOTS}
     disk = out / f"disk-{kind}-run.img"
@@ -146,10 +146,10 @@ def unpack_costs(board: Board, policy, out: Path, clock: str) -> list[tuple[str,
     unpacking is timed). Also the same archive uncompressed, which leaves the copying alone."""
     import io
 
-    from builder.boot import board_vm
     from builder.compress import compress
     from builder.cpio import write_cpio
     from builder.initramfs import assemble
+    from builder.lab.boot import board_vm
 
     tree, _ = assemble(board, "frozen", policy)
 
@@ -195,10 +195,10 @@ def time_stage_and_trials(board: Board, initrd: Path, out: Path, key: Path, cloc
     whole image hashed against its signed manifest) against a later boot of the same image."""
     import os
 
-    from builder.boot import disk_vm
     from builder.disk import build_disk
     from builder.image import build_image
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.boot import disk_vm
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
     banks = [out / f"big-{mb}.bank" for mb in (STAGE_MB, *TRIAL_MB)]
     for bank, mb in zip(banks, (STAGE_MB, *TRIAL_MB), strict=True):
@@ -242,8 +242,8 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
     from builder.image import build_image
     from builder.initramfs import TrustPolicy
     from builder.keys import keygen
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-    from builder.timeline import phases, read_timeline, render_svg
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.timeline import phases, read_timeline, render_svg
     from qemu.machine import ICOUNT
 
     wanted = set(parts or ("boot", "size", "unpack", "stage", "kexec", "firmware"))
@@ -319,14 +319,14 @@ def run_bench(board: Board, runs: int = 3, clock: str = "icount", parts: tuple[s
         for label, value in time_stage_and_trials(board, frozen.path, out, key.with_suffix(".key"), clock):
             print(f"{label:<66} {value:8.2f}")
     if "firmware" in wanted:
-        from builder.benchfirmware import bench_firmware
+        from builder.lab.benchfirmware import bench_firmware
 
         if clock != "icount":
             print("firmware: measured on the instruction clock only (QEMU's instruction count)")
         else:
             bench_firmware(board, out / "sample.bank", policy, out)
     if "trust" in wanted:  # only when asked for: several initramfs builds and a dozen boots
-        from builder.trustbench import run_trust_bench
+        from builder.lab.trustbench import run_trust_bench
 
         run_trust_bench(board, out / "trust", runs, clock)
     if "kexec" in wanted:
@@ -344,12 +344,12 @@ def time_kexec(board: Board, initrd: Path, out: Path, key: Path, runs: int,
     """For a disk whose current image carries Debian's other kernel flavour (parts.SECOND_KERNELS): the
     loader boots and kexecs it, the second stage boots the image. Medians of (second kernel start -> image
     init, loader's Run /init -> its kexec line)."""
-    from builder.boot import disk_vm
     from builder.disk import build_disk
     from builder.image import build_image
     from builder.initramfs import read_settings
+    from builder.lab.boot import disk_vm
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
     from builder.parts import SECOND_KERNELS, locate_kernel_package
-    from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 
     if board.arch.debian not in SECOND_KERNELS or read_settings(initrd)[0].kexec == "none":
         return None

@@ -285,7 +285,7 @@ class Soak:
         from builder.image import build_image
         from builder.initramfs import TrustPolicy, build_initramfs
         from builder.keys import keygen
-        from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+        from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.key = self.out / "keys" / "soak"
@@ -314,7 +314,7 @@ class Soak:
     def _build_next(self) -> None:
         """The three update banks of the next version (one of each kind): attached as disks vdb, vdc, vdd."""
         from builder.image import build_image
-        from builder.samplerootfs import SAMPLE_PERSIST
+        from builder.lab.samplerootfs import SAMPLE_PERSIST
 
         version = f"2.0.{self.next_patch}"
         for stale in self.out.glob("banks/2.*.bank"):
@@ -329,7 +329,7 @@ class Soak:
 
     # booting
     def _start(self, append: str = "bankboot.timeout=0"):
-        from builder.boot import disk_vm
+        from builder.lab.boot import disk_vm
 
         self.n += 1
         log_dir = self.out / "runs" / f"{self.n % 8}"  # the last few boots' consoles are kept

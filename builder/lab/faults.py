@@ -19,9 +19,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from builder import faultdisk
+from builder import bankspart
 from builder.board import Board
-from builder.boot import disk_vm
+from builder.lab import faultdisk
+from builder.lab.boot import disk_vm
 from overlay_layout.contract import BANKS, BOOTED, KIT
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
@@ -114,7 +115,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
     from builder.keys import keygen
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
     need = {"committed", "trial", "gc", "big"} if need is None else need
     wanted = {"base", "good" if "committed" in need else "", "big" if need & {"big", "gc"} else "",
@@ -233,7 +234,7 @@ def set_options(disk: Path, firmware: str, options: str) -> None:
     """Replace the bankboot.timeout/menu_timeout options on the command line a firmware reads from the disk's
     boot FAT (slot a's cmdline.env for U-Boot, every systemd-boot entry for UEFI), as a person editing it
     would: the campaign's noise class needs an ESC window, the others none."""
-    from builder.loaderfaults import MTOOLS, _fat, _fat_read, _fat_write
+    from builder.lab.loaderfaults import MTOOLS, _fat, _fat_read, _fat_write
 
     def edit(cmdline: str) -> str:
         words = [w for w in cmdline.split() if not w.startswith(("bankboot.timeout=", "bankboot.menu_timeout="))]
@@ -342,7 +343,7 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
     if vm is None:
         return Outcome(fault, detail, False, boots, error="no image came up: " + logs[-1][-1500:] if logs else "")
     try:
-        from builder.soak import parse_report
+        from builder.lab.soak import parse_report
 
         # One round trip (a loaded host pays seconds for each): the version, the root overlay in the mount table,
         # the boot's record, every fsynced file's sha256, then bankctl status.
@@ -445,8 +446,8 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
     must: tuple[tuple[str, str], ...] = ()
     if fault == "stage":
         # Staged completely before the cut (`next` written): the trial boots and commits itself.
-        with faultdisk.banks_partition(disk, write=False) as part:
-            if faultdisk.pointer_or_none(part, "next") == rig.ids["big"]:
+        with bankspart.banks_partition(disk, write=False) as part:
+            if bankspart.pointer_or_none(part, "next") == rig.ids["big"]:
                 expect = {"1.2.0"}
                 detail += " (the stage had finished)"
             else:  # whatever the cut left, the same bank stages now
@@ -471,8 +472,8 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
         userdata = {}
         detail = "first 8 MB of the userdata partition zeroed"
     elif fault != "serial-noise":
-        with faultdisk.banks_partition(disk) as part:
-            current = faultdisk.pointer(part, "current")
+        with bankspart.banks_partition(disk) as part:
+            current = bankspart.pointer(part, "current")
             if fault == "full":
                 detail = f"{faultdisk.fill(part)} free blocks allocated"
             elif fault == "kit-planted":
@@ -501,8 +502,8 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
                 detail = f"256 KiB of random bytes at offset {at} of current's squashfs"
                 expect = {rig.previous or "none"}
             elif fault == "manifest-deleted":
-                faultdisk.debugfs(part, f"rm overlay/{current}/manifest.json")
-                if "File not found" not in faultdisk.debugfs(part, f"stat overlay/{current}/manifest.json"):
+                bankspart.debugfs(part, f"rm overlay/{current}/manifest.json")
+                if "File not found" not in bankspart.debugfs(part, f"stat overlay/{current}/manifest.json"):
                     raise faultdisk.FaultError("the manifest is still there")
                 detail = "current's manifest.json deleted"
                 expect = {rig.previous or "none"}
@@ -518,7 +519,7 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
                  say=print, loader_rounds: int = 0, plan_override: list[tuple[str, str]] | None = None,
                  need: tuple[str, ...] = ("committed", "trial", "gc", "big"), big_mb: int = 64,
                  loader_classes: tuple[str, ...] | None = None, signed: tuple[Path, Path] | None = None) -> dict:
-    """loader_rounds: that many rounds of the loader classes (builder/loaderfaults.py) on a disk made for the
+    """loader_rounds: that many rounds of the loader classes (builder/lab/loaderfaults.py) on a disk made for the
     board's firmware, after the rest; none for a board that boots direct."""
     say(f"faults: seed {seed} (rerun with --seed {seed}), {cuts} power cuts, {len(disk_classes)} disk faults")
     started = time.monotonic()
@@ -541,7 +542,7 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
         say(f"faults: [{i}/{len(plan)}] {o.fault}: {o.detail}: {mark}, {o.boots} boot(s), up {o.version}"
             + (f": {o.error}" if o.error else ""))
     if loader_rounds and board.firmware != "direct":
-        from builder.loaderfaults import run_loader_faults
+        from builder.lab.loaderfaults import run_loader_faults
 
         outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say, loader_classes)
     report = summarize(outcomes, seed)

@@ -19,13 +19,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from builder.board import Board
-from builder.boot import disk_vm
 from builder.disk import build_disk
-from builder.fleetlab import PROMPT, VARIANT, poll_logs, status, wait_for
-from builder.goosebit import Goosebit
 from builder.image import build_image
+from builder.lab.boot import disk_vm
+from builder.lab.fleetlab import PROMPT, VARIANT, poll_logs, status, wait_for
+from builder.lab.goosebit import Goosebit
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from builder.pollservice import install_poll_service
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from builder.swu import write_swu
 from qemu.vm import VM
 

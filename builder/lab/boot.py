@@ -38,7 +38,7 @@ def seeded_dtb(dtb: Path) -> Path:
     to the kernel (the Raspberry Pi's reads the SoC's RNG into it): QEMU passes a -dtb as it is, and without
     a seed Python's start-up in the init waited 1-2 s for the kernel's random pool, a wait no Pi has. The
     copies live in one directory per process, removed at exit."""
-    from builder.devicetree import set_chosen
+    from builder.lab.devicetree import set_chosen
 
     if not _seeded:
         _seeded.append(Path(tempfile.mkdtemp(prefix="bankboot-dtb-")))

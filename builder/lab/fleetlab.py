@@ -19,13 +19,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from builder.board import Board
-from builder.boot import disk_vm
 from builder.disk import build_disk
 from builder.image import build_image
+from builder.lab.boot import disk_vm
+from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.serve import Server
 from builder.pollservice import install_poll_service
 from builder.publish import publish
-from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from builder.serve import Server
 from qemu.vm import VM
 
 PROMPT = r"\(sample\) / # "

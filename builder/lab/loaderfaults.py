@@ -19,11 +19,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from builder import faultdisk
 from builder.board import Board
-from builder.boot import disk_vm
 from builder.disk import FIRST
-from builder.faults import MAX_BOOTS, PROMPT, Outcome
+from builder.lab import faultdisk
+from builder.lab.boot import disk_vm
+from builder.lab.faults import MAX_BOOTS, PROMPT, Outcome
 from overlay_layout.contract import BOOTED
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
@@ -107,8 +107,8 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
     from builder.keys import keygen
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
     from builder.parts import locate_kernel
-    from builder.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 
     if board.firmware == "direct":
         raise RuntimeError(f"board {board.name} boots direct: it has no loader slots (boot.firmware)")

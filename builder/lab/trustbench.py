@@ -1,4 +1,4 @@
-"""`bankboot bench --only trust`: what keys cost a device, measured like the boot table (builder/bench.py:
+"""`bankboot bench --only trust`: what keys cost a device, measured like the boot table (builder/lab/bench.py:
 the guest's own clock, QEMU's instruction clock by default): the boot of an image signed by N keys where
 the initramfs needs all N; the boot of a device whose keys were rotated K times (the chain verified from the
 initramfs's root keys at every boot); and `bankctl stage` of a plain bank against an encrypted one of the
@@ -12,8 +12,8 @@ import shutil
 import statistics
 from pathlib import Path
 
-from builder.bench import BOOT_TIMEOUT, KMSG, PROMPT, _guest_seconds, time_boots
 from builder.board import Board
+from builder.lab.bench import BOOT_TIMEOUT, KMSG, PROMPT, _guest_seconds, time_boots
 
 SIGNATURES = (1, 2, 4)
 ROTATIONS = (1, 3)
@@ -66,7 +66,7 @@ def _boot(board: Board, initrd: Path, bank: Path, out: Path, name: str, runs: in
 def run_trust_bench(board: Board, out: Path, runs: int, clock: str) -> None:
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
     from builder.signing import add_key_update
 
     out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +106,11 @@ def run_trust_bench(board: Board, out: Path, runs: int, clock: str) -> None:
 
 def _stage(board: Board, out: Path, rootfs: Path, root: tuple[Path, Path], runs: int, clock: str) -> None:
     """`bankctl stage` of the same STAGE_MB image plain and encrypted, from /userdata, on the guest's clock."""
-    from builder.boot import disk_vm
     from builder.disk import build_disk
     from builder.image import build_image
     from builder.initramfs import TrustPolicy, build_initramfs
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.boot import disk_vm
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
     from overlay_layout.contract import BIN
 
     device_key, device_pub = _keys(out / "keys", ["device"], encryption=True)[0]

@@ -2,7 +2,7 @@
 tree it hands the kernel. Needed for one thing: the Raspberry Pi's firmware puts `/chosen/rng-seed` (bytes
 from the SoC's hardware RNG) into the tree before it starts the kernel, which then initialises its random
 pool at once; QEMU's raspi machines load the kernel package's .dtb as it is, without one, so Python's start
-in the init waited 1-2 s in getrandom() for a pool no real Pi makes it wait for (builder/boot.py).
+in the init waited 1-2 s in getrandom() for a pool no real Pi makes it wait for (builder/lab/boot.py).
 The format: devicetree-specification, "Flattened Devicetree (DTB) Format"."""
 
 from __future__ import annotations

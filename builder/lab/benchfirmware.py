@@ -14,8 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
-from builder.bench import BOOT_TIMEOUT, KMSG, PROMPT, read_marks
 from builder.board import Board, BoardError, load_board
+from builder.lab.bench import BOOT_TIMEOUT, KMSG, PROMPT, read_marks
 
 
 def boards_to_compare(board: Board) -> list[tuple[Board, str]]:
@@ -35,8 +35,8 @@ def boards_to_compare(board: Board) -> list[tuple[Board, str]]:
 def time_firmware_boot(board: Board, firmware: str, bank: Path, initrd: Path, out: Path) -> dict[str, float]:
     """One boot of a fresh disk for `firmware` on the instruction clock: guest instructions from QEMU's start to
     the image's idle shell (seconds at 1 ns each), the kernel clock at the image's init, the wall clock."""
-    from builder.boot import disk_vm
     from builder.disk import build_disk
+    from builder.lab.boot import disk_vm
 
     log = out / f"firmware-{board.name}-{firmware}"
     shutil.rmtree(log, ignore_errors=True)

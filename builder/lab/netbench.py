@@ -96,11 +96,11 @@ def run_netbench(board: Board, out: Path) -> dict[str, object]:
 
 
 def _measure(board: Board, out: Path, key: Path, initrd: Path) -> dict[str, object]:
-    from builder.boot import disk_vm
     from builder.disk import build_disk
     from builder.image import build_image
-    from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-    from builder.serve import Server, ServeTls
+    from builder.lab.boot import disk_vm
+    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+    from builder.lab.serve import Server, ServeTls
     from builder.tls import make_ca, make_cert
 
     arch = board.arch.debian
@@ -240,7 +240,7 @@ class SlowLink:
 def gap_on_links(out: Path, key: Path) -> dict[str, object]:
     """The one-package delta on the build host through slow links (a round trip per request, a rate), at
     each gap: where coalescing pays."""
-    from builder.serve import Server
+    from builder.lab.serve import Server
     from overlay_layout.net.download import stage_url
     from overlay_layout.net.transport import Settings
     from overlay_layout.state import Banks

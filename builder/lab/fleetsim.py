@@ -1,6 +1,6 @@
 """A fleet of pollers on the build host (no VMs): N simulated devices, each a banks partition in a directory
 with 1.0.0 committed, each polling a channel with bankctl's own code (initfs/poll.py: the channel document,
-its checks, the chunked stage), in a pool of processes, against a channel on nginx (builder/serve.py) or an
+its checks, the chunked stage), in a pool of processes, against a channel on nginx (builder/lab/serve.py) or an
 S3 store. What each device costs the server per release, and how that grows with the fleet:
 
     round 1  idle: the first poll of every device (the document whole: 200)
@@ -39,7 +39,7 @@ class Fleet:
     def __init__(self, root: Path) -> None:
         from builder.board import load_board
         from builder.image import build_image
-        from builder.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+        from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -151,8 +151,8 @@ def table(results: dict[str, list[dict]]) -> str:
 def on_nginx(fleet: Fleet, sizes: list[int], workers: int = 16) -> dict[str, list[dict]]:
     """The rounds for each fleet size against a channel in a directory that nginx serves; each round's
     requests checked against nginx's access log."""
+    from builder.lab.serve import Server
     from builder.publish import publish
-    from builder.serve import Server
 
     results = {}
     for n in sizes:
