@@ -19,11 +19,11 @@ from pathlib import Path
 
 from builder.board import Board
 from builder.initramfs import build_initramfs
+from builder.lab.rig import PROMPT
 from builder.paths import build_dir
 from overlay_layout.contract import BIN, TIMELINE
 
 BOOT_TIMEOUT = 300
-PROMPT = r"\(sample\) / # "
 # Marks in the kernel log (dmesg), stamped by the guest's clock; the image's is the sample rootfs's first line.
 MARKS = {
     "frozen": [("Run /init", r"Run /init as init process"), ("banner", r"bankboot: bankboot \S+ init on Linux"),

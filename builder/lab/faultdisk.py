@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 from builder.bankspart import debugfs, partition_range, pointer, read_file
-from builder.run import run
 
 
 class FaultError(RuntimeError):
@@ -84,9 +83,3 @@ def wipe_partition(disk: Path, number: int, length: int = 8 << 20) -> None:
         f.seek(offset)
         f.write(b"\0" * min(length, size))
 
-
-def copy_disk(src: Path, dst: Path) -> None:
-    """A sparse copy (the disks are mostly empty)."""
-    if dst.exists():
-        dst.unlink()
-    run(["cp", "--sparse=always", str(src), str(dst)], error=FaultError)

@@ -13,8 +13,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,26 +20,37 @@ from pathlib import Path
 from builder import bankspart
 from builder.board import Board
 from builder.lab import faultdisk
-from builder.lab.boot import disk_vm
+from builder.lab.rig import (
+    BOOT_TIMEOUT,
+    NO_PROMPT,
+    PROMPT,
+    boot_entries,
+    came_up,
+    copy_device,
+    device_vm,
+    fat_read,
+    fat_write,
+    fresh_dir,
+    power_off,
+    sample_banks,
+    sh,
+    signed_initramfs,
+    version_up,
+    write_userdata,
+)
 from overlay_layout.contract import BANKS, BOOTED, KIT
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
 
 MAX_BOOTS = 4
-BOOT_TIMEOUT = 180.0  # OVMF's boots and a loaded 2-core host take their time
-UP = rb"sample-rootfs: ready"
-PROMPT = r"\(sample\) / # "
 POWER_CLASSES = ("stage", "mark-good", "boot", "reset", "gc")
 DISK_CLASSES = ("full", "kit-planted", "state-garbage", "state-empty", "state-shape", "state-huge",
                 "bootlog-garbage", "current-loop", "current-absolute", "current-dangling", "squashfs-middle",
                 "manifest-deleted", "userdata-wiped", "serial-noise")
 TRIES = 3
-NO_PROMPT = "bankboot.timeout=0"
 NOISE_WINDOW = "bankboot.timeout=2 bankboot.menu_timeout=5"
 # Disk classes whose image falls back to previous: they start from the committed device.
 NEEDS_PREVIOUS = ("squashfs-middle", "manifest-deleted")
-FIRMWARE_STATE = (".uboot-env", ".efivars")
-_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
 
 
 @dataclass
@@ -57,7 +66,7 @@ class Outcome:
 
 
 @dataclass
-class Rig:
+class Campaign:
     """Everything one campaign boots: images, prepared disks, the initramfs trusting the campaign's key."""
     board: Board
     out: Path
@@ -107,135 +116,93 @@ def disks_for(plan: list[tuple[str, str]]) -> set[str]:
 
 
 def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[str] | None = None,
-            big_mb: int = 64, signed: tuple[Path, Path] | None = None) -> Rig:
+            big_mb: int = 64, signed: tuple[Path, Path] | None = None) -> Campaign:
     """need: the prepared devices (disks_for); None: all of them. big_mb: the size of the image whose stage is
     cut (incompressible, so a cut lands inside the copy). signed: (an initramfs, the private key of a public
     key it trusts), one the caller built already (the test suite's); default a campaign key and initramfs."""
     from builder.disk import build_disk
-    from builder.image import build_image
-    from builder.initramfs import TrustPolicy, build_initramfs
-    from builder.keys import keygen
-    from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
     need = {"committed", "trial", "gc", "big"} if need is None else need
     wanted = {"base", "good" if "committed" in need else "", "big" if need & {"big", "gc"} else "",
               "no-mark-good" if "trial" in need else ""}
     out.mkdir(parents=True, exist_ok=True)
-    rig = Rig(board, out, rng)
+    campaign = Campaign(board, out, rng)
     if signed is None:
-        key = out / "keys" / "campaign"
-        if not key.with_suffix(".key").exists():
-            key.parent.mkdir(exist_ok=True)
-            keygen(key, "bankboot fault campaign")
         say("faults: building the initramfs and images")
-        initrd = build_initramfs(board, out / "initramfs.img",
-                                 policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
-        sign_key = key.with_suffix(".key")
+        initrd, sign_key = signed_initramfs(board, out, "campaign", "bankboot fault campaign")
     else:
         initrd, sign_key = signed
-    for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}), ("big", "1.2.0", {}),
-                              ("no-mark-good", "1.3.0", {"mark_good": False})]:
-        if name not in wanted:
-            continue
-        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
-        if name == "big":  # incompressible: the stage takes a while, cuts land inside it
-            (rootfs / "var/payload").write_bytes(random.Random(1).randbytes(big_mb << 20))
-        m = build_image(rootfs, version, out / f"{name}.bank", sign_key=sign_key, confirm_boots=True,
-                        persist=SAMPLE_PERSIST)
-        rig.banks[name], rig.ids[name] = out / f"{name}.bank", m["id"]
+    images = [(name, version, behaviour) for name, version, behaviour in
+              [("base", "1.0.0", {}), ("good", "1.1.0", {}), ("big", "1.2.0", {}),
+               ("no-mark-good", "1.3.0", {"mark_good": False})] if name in wanted]
+    # big: incompressible, so its stage takes a while and cuts land inside it
+    for name, (bank, m) in sample_banks(board, out, images, sign_key, payload_mb={"big": big_mb}).items():
+        campaign.banks[name], campaign.ids[name] = bank, m["id"]
     fresh = out / "fresh.img"
     # A /userdata file written before the device ever booted: every class must keep it.
     seed_file = out / "base"
     seed_file.write_bytes(random.Random(2).randbytes(65536))
-    rig.userdata["/userdata/base"] = (hashlib.sha256(seed_file.read_bytes()).hexdigest(), 65536)
+    campaign.userdata["/userdata/base"] = (hashlib.sha256(seed_file.read_bytes()).hexdigest(), 65536)
     # Through the board's firmware (docs/firmware.md): it reads the command line from the disk, so the campaign's
     # options are written there. 512 MiB: a power of two (the Pi's SD card) with room for two loaders.
-    updates = [] if rig.second_disk else [p for n, p in rig.banks.items() if n != "base"]
-    build_disk(board, rig.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
+    updates = [] if campaign.second_disk else [p for n, p in campaign.banks.items() if n != "base"]
+    build_disk(board, campaign.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
                extra_cmdline=NO_PROMPT if board.firmware != "direct" else "",
                userdata_files=[seed_file, *updates])
-    rig.disks["committed"] = fresh
-    rig.current, rig.previous = "1.0.0", None
+    campaign.disks["committed"] = fresh
+    campaign.current, campaign.previous = "1.0.0", None
     if "committed" in need:
         # committed: 1.1.0 current, 1.0.0 previous, a /userdata file fsynced.
         committed = out / "committed.img"
         copy_device(fresh, committed)
         say("faults: preparing a device with 1.1.0 committed over 1.0.0")
-        with _vm(rig, committed, "prep-committed", update="good", reboot=True) as vm:
+        with _vm(campaign, committed, "prep-committed", update="good", reboot=True) as vm:
             vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
             start = time.monotonic()
             vm.console.expect(rb"exec /sbin/init", BOOT_TIMEOUT)
-            rig.init_seconds = time.monotonic() - start
-            _expect_up(vm)
-            _sh(vm, f"bankctl stage {rig.update_path('good')}")
+            campaign.init_seconds = time.monotonic() - start
+            version_up(vm)
+            sh(vm, f"bankctl stage {campaign.update_path('good')}")
             vm.console.sendline("reboot")
             vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
-            if _expect_up(vm) != "1.1.0":
+            if version_up(vm) != "1.1.0":
                 raise AssertionError("the update did not commit while preparing the campaign")
-            rig.userdata["/userdata/committed"] = _write_userdata(vm, "/userdata/committed", 65536)
-            _power_off(vm)
-        rig.disks["committed"] = committed
-        rig.current, rig.previous = "1.1.0", "1.0.0"
+            campaign.userdata["/userdata/committed"] = write_userdata(vm, "/userdata/committed", 65536)
+            power_off(vm)
+        campaign.disks["committed"] = committed
+        campaign.current, campaign.previous = "1.1.0", "1.0.0"
     # trial: 1.3.0 (never marks itself good) staged over the committed device; gc: 1.2.0 staged, marked bad.
     for name, update, then in (("trial", "no-mark-good", ""), ("gc", "big", "bankctl mark-bad >/dev/null;")):
         if name not in need:
             continue
         disk = out / f"{name}.img"
-        copy_device(rig.disks["committed"], disk)
-        with _vm(rig, disk, f"prep-{name}", update=update, reboot=True) as vm:
-            _expect_up(vm)
+        copy_device(campaign.disks["committed"], disk)
+        with _vm(campaign, disk, f"prep-{name}", update=update, reboot=True) as vm:
+            version_up(vm)
             start = time.monotonic()
-            _sh(vm, f"bankctl stage {rig.update_path(update)} >/dev/null; {then} sync")
+            sh(vm, f"bankctl stage {campaign.update_path(update)} >/dev/null; {then} sync")
             if name == "gc":
-                rig.stage_seconds = time.monotonic() - start
-            _power_off(vm)
-        rig.disks[name] = disk
-    say(f"faults: our init runs {rig.init_seconds:.1f} s from Run /init to the hand-over; a {big_mb} MB stage "
-        f"takes {rig.stage_seconds:.1f} s in the guest")
-    return rig
+                campaign.stage_seconds = time.monotonic() - start
+            power_off(vm)
+        campaign.disks[name] = disk
+    say(f"faults: our init runs {campaign.init_seconds:.1f} s from Run /init to the hand-over; a {big_mb} MB stage "
+        f"takes {campaign.stage_seconds:.1f} s in the guest")
+    return campaign
 
 
-def copy_device(src: Path, dest: Path) -> None:
-    """A device is its disk and its firmware's own storage beside it (U-Boot's environment, UEFI's variables)."""
-    faultdisk.copy_disk(src, dest)
-    for suffix in FIRMWARE_STATE:
-        a, b = src.with_name(src.name + suffix), dest.with_name(dest.name + suffix)
-        if a.exists():
-            shutil.copyfile(a, b)
-        else:
-            b.unlink(missing_ok=True)
-
-
-def _power_off(vm: VM) -> None:
-    """Everything synced, then off. A Pi under QEMU only halts on `poweroff -f`: the plug is pulled after a
-    while, which after the sync loses nothing."""
-    _sh(vm, "sync")
-    vm.console.sendline("poweroff -f")
-    try:
-        vm.wait_exit(20)
-    except subprocess.TimeoutExpired:
-        vm.power_cut()
-
-
-def _vm(rig: Rig, disk: Path, name: str, update: str | None = None, append: str = NO_PROMPT,
+def _vm(campaign: Campaign, disk: Path, name: str, update: str | None = None, append: str = NO_PROMPT,
         reboot: bool = False) -> VM:
-    """Without `reboot`, a guest reboot makes QEMU exit (-no-reboot): each boot is counted by the caller.
-    A disk that boots through a firmware carries its command line (set_options)."""
-    log_dir = rig.out / "runs" / name
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
-    vm = disk_vm(rig.board, disk, log_dir, append=append if rig.firmware == "direct" else "", reboot=reboot)
-    if update and rig.second_disk:
-        vm.disks.append(rig.banks[update])
-    return vm
+    """rig.device_vm with the update bank `update` as a second disk where the board takes one. A disk that
+    boots through a firmware carries its command line (set_options)."""
+    return device_vm(campaign.board, disk, fresh_dir(campaign.out / "runs" / name),
+                     [campaign.banks[update]] if update and campaign.second_disk else [],
+                     append=append if campaign.firmware == "direct" else "", reboot=reboot)
 
 
 def set_options(disk: Path, firmware: str, options: str) -> None:
     """Replace the bankboot.timeout/menu_timeout options on the command line a firmware reads from the disk's
     boot FAT (slot a's cmdline.env for U-Boot, every systemd-boot entry for UEFI), as a person editing it
     would: the campaign's noise class needs an ESC window, the others none."""
-    from builder.lab.loaderfaults import MTOOLS, _fat, _fat_read, _fat_write
-
     def edit(cmdline: str) -> str:
         words = [w for w in cmdline.split() if not w.startswith(("bankboot.timeout=", "bankboot.menu_timeout="))]
         return " ".join([*words, *options.split()])
@@ -243,40 +210,13 @@ def set_options(disk: Path, firmware: str, options: str) -> None:
     tmp = disk.parent / "runs"
     tmp.mkdir(exist_ok=True)
     if firmware == "uboot":
-        text = _fat_read(disk, "a/cmdline.env").decode().strip().rstrip("\0")
-        _fat_write(disk, "a/cmdline.env", ("bb_args=" + edit(text.removeprefix("bb_args=")) + "\n").encode(), tmp)
+        text = fat_read(disk, "a/cmdline.env").decode().strip().rstrip("\0")
+        fat_write(disk, "a/cmdline.env", ("bb_args=" + edit(text.removeprefix("bb_args=")) + "\n").encode(), tmp)
         return
-    listing = subprocess.run(["mdir", "-b", "-i", _fat(disk), "::/loader/entries"], env=MTOOLS,
-                             capture_output=True, text=True, check=True).stdout
-    for entry in (line.split("::/")[-1] for line in listing.splitlines() if line.endswith(".conf")):
-        text = _fat_read(disk, entry).decode()
-        _fat_write(disk, entry, "\n".join(f"options {edit(line[8:])}" if line.startswith("options ") else line
-                                            for line in text.split("\n")).encode(), tmp)
-
-
-def guest_json(out: str) -> dict:
-    """JSON a guest command printed, without the kernel's console lines interleaved (a loaded host)."""
-    out = _KERNEL_LINE.sub("", out.replace("\r", ""))
-    return json.loads(out[out.index("{"):out.rindex("}") + 1])
-
-
-def _sh(vm: VM, cmd: str, timeout: float = 120.0) -> str:
-    rc, out = vm.console.run(cmd, timeout=timeout)
-    if rc != 0:
-        raise AssertionError(f"`{cmd}` exited {rc} in the guest: {out.strip()[-500:]}")
-    return out
-
-
-def _expect_up(vm: VM) -> str:
-    vm.console.expect(UP, BOOT_TIMEOUT)
-    vm.console.expect(PROMPT, 30)
-    out = _sh(vm, "cat /etc/sample-version")
-    return out.strip().splitlines()[-1]
-
-
-def _write_userdata(vm: VM, path: str, size: int) -> tuple[str, int]:
-    out = _sh(vm, f"head -c {size} /dev/urandom > {path} && sync; sha256sum {path}")
-    return out.split()[0], size
+    for entry in boot_entries(disk):
+        text = fat_read(disk, entry).decode()
+        fat_write(disk, entry, "\n".join(f"options {edit(line[8:])}" if line.startswith("options ") else line
+                                          for line in text.split("\n")).encode(), tmp)
 
 
 def line_noise(rng: random.Random) -> bytes:
@@ -288,43 +228,41 @@ def line_noise(rng: random.Random) -> bytes:
     return noise + (b"\x13" if rng.random() < 0.3 else b"")  # XOFF: would stop the console's output
 
 
-def _measure_init(rig: Rig, text: str) -> None:
+def _measure_init(campaign: Campaign, text: str) -> None:
     """How long our init ran in a boot that came up (kernel clock, "Run /init" to the hand-over): where a cut
     of the init's boot may land, on this host as loaded as it is now."""
     start = re.search(r"\[\s*(\d+\.\d+)\] Run /init", text)
     end = re.search(r"\[\s*(\d+\.\d+)\] [^\n]*exec /sbin/init", text)
     if start and end and float(end.group(1)) > float(start.group(1)):
-        rig.init_seconds = float(end.group(1)) - float(start.group(1))
+        campaign.init_seconds = float(end.group(1)) - float(start.group(1))
 
 
-def recover(rig: Rig, disk: Path, name: str, noise: bool = False,
+def recover(campaign: Campaign, disk: Path, name: str, noise: bool = False,
             update: str | None = None) -> tuple[VM | None, int, list[str]]:
     """Boot until the image says it is up (a reboot makes QEMU exit: -no-reboot). Returns the running VM
     (the caller stops it), the boots it took and each boot's console text."""
     logs = []
     for boot in range(1, MAX_BOOTS + 1):
         append = NOISE_WINDOW if noise else NO_PROMPT
-        if noise and boot == 1 and rig.firmware != "direct":
-            set_options(disk, rig.firmware, NOISE_WINDOW)
-        vm = _vm(rig, disk, f"{name}-recover{boot}", update=update, append=append).start()
+        if noise and boot == 1 and campaign.firmware != "direct":
+            set_options(disk, campaign.firmware, NOISE_WINDOW)
+        vm = _vm(campaign, disk, f"{name}-recover{boot}", update=update, append=append).start()
         try:
             if noise:
                 vm.console.expect(rb"Press ESC for the boot menu", BOOT_TIMEOUT)
-                esc_at = rig.rng.randrange(24)  # 12 bursts: half the runs get one stray ESC
+                esc_at = campaign.rng.randrange(24)  # 12 bursts: half the runs get one stray ESC
                 for i in range(12):  # well inside the 2 s window
-                    vm.console.send(line_noise(rig.rng) + (b"\x1b" if i == esc_at else b""))
-                    time.sleep(rig.rng.uniform(0, 0.05))
-            m = vm.console.expect(rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)", BOOT_TIMEOUT)
-            if m.group(1) != b"sample-rootfs: ready":
+                    vm.console.send(line_noise(campaign.rng) + (b"\x1b" if i == esc_at else b""))
+                    time.sleep(campaign.rng.uniform(0, 0.05))
+            if not came_up(vm, prompt_timeout=30):
                 logs.append(vm.console.text())
                 vm.stop()
                 return None, boot, logs
-            vm.console.expect(PROMPT, 30)
             if noise:  # whatever noise reached the image's shell: run it away as one (failing) command line
                 vm.console.send(b"\x15\n")
                 vm.console.expect(PROMPT, 30)
             logs.append(vm.console.text())
-            _measure_init(rig, logs[-1])
+            _measure_init(campaign, logs[-1])
             return vm, boot, logs
         except ConsoleTimeout:
             logs.append(vm.console.text())
@@ -332,7 +270,7 @@ def recover(rig: Rig, disk: Path, name: str, noise: bool = False,
     return None, MAX_BOOTS, logs
 
 
-def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, detail: str, expect: set[str],
+def check(campaign: Campaign, vm: VM | None, boots: int, logs: list[str], fault: str, detail: str, expect: set[str],
           userdata: dict[str, tuple[str, int]], trial: str | None = None, gone: tuple[str, ...] = (),
           must: tuple[tuple[str, str], ...] = ()) -> Outcome:
     """`gone`: files the image must not show any more (a reset that was requested must be done). `must`:
@@ -349,7 +287,7 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
         # the boot's record, every fsynced file's sha256, then bankctl status.
         loop = (f"for f in {' '.join(userdata)}; do echo \"@@U $(sha256sum $f 2>/dev/null || echo - $f)\"; done; "
                 if userdata else "")
-        report = parse_report(_sh(vm, f"echo \"@@V $(cat /etc/sample-version)\"; "
+        report = parse_report(sh(vm, f"echo \"@@V $(cat /etc/sample-version)\"; "
                                       f"awk '$2 == \"/\" {{print \"@@ROOT \" $4}}' /proc/mounts; "
                                       f"echo \"@@B $(cat {BOOTED})\"; {loop}echo @@S; bankctl status --json", 180))
         version, booted, status = report.version, report.booted, report.status
@@ -385,10 +323,10 @@ def check(rig: Rig, vm: VM | None, boots: int, logs: list[str], fault: str, deta
 
 
 # -- power cuts ---------------------------------------------------------------------------------------------
-def _cut_boot(rig: Rig, disk: Path, name: str, delay: float) -> str:
+def _cut_boot(campaign: Campaign, disk: Path, name: str, delay: float) -> str:
     """Boot the disk and pull the plug `delay` seconds after the kernel starts our /init. Returns the
     console text up to the cut."""
-    vm = _vm(rig, disk, name).start()
+    vm = _vm(campaign, disk, name).start()
     try:
         vm.console.expect(rb"Run /init", BOOT_TIMEOUT)
         time.sleep(delay)
@@ -399,37 +337,38 @@ def _cut_boot(rig: Rig, disk: Path, name: str, delay: float) -> str:
     return text
 
 
-def cut_during(rig: Rig, fault: str) -> Outcome:
-    rig.n += 1
-    name = f"{rig.n:03d}-{fault}"
-    disk = rig.out / "work.img"
+def cut_during(campaign: Campaign, fault: str) -> Outcome:
+    campaign.n += 1
+    name = f"{campaign.n:03d}-{fault}"
+    disk = campaign.out / "work.img"
     source = {"stage": "committed", "mark-good": "trial",
-              "boot": rig.rng.choice(["committed", "trial"] if "trial" in rig.disks else ["committed"]),
+              "boot": campaign.rng.choice(["committed", "trial"] if "trial" in campaign.disks else ["committed"]),
               "reset": "committed", "gc": "gc"}[fault]
-    copy_device(rig.disks[source], disk)
-    userdata = dict(rig.userdata)
-    trial = rig.ids["no-mark-good"] if source == "trial" else rig.ids["big"] if fault == "stage" else None
+    copy_device(campaign.disks[source], disk)
+    userdata = dict(campaign.userdata)
+    trial = campaign.ids["no-mark-good"] if source == "trial" else campaign.ids["big"] if fault == "stage" else None
     # A trial with tries left boots (and 1.3.0 never commits itself, so it is still on trial, or committed
     # by the cut `mark-good`); everything else boots the committed 1.1.0.
-    cur = rig.current
+    cur = campaign.current
     expect = {"stage": {cur}, "mark-good": {"1.3.0"}, "reset": {cur}, "gc": {cur},
               "boot": {"1.3.0"} if source == "trial" else {cur}}[fault]
     pre_logs = []
     if fault == "boot":  # anywhere in our init, from the kernel's "Run /init" to the hand-over
-        delay = rig.rng.uniform(0, rig.init_seconds)
-        pre_logs.append(_cut_boot(rig, disk, name, delay))
+        delay = campaign.rng.uniform(0, campaign.init_seconds)
+        pre_logs.append(_cut_boot(campaign, disk, name, delay))
         detail = f"{delay:.2f} s after Run /init"
     else:
-        command = {"stage": f"bankctl stage {rig.update_path('big')}", "mark-good": "bankctl mark-good",
+        command = {"stage": f"bankctl stage {campaign.update_path('big')}", "mark-good": "bankctl mark-good",
                    "gc": "bankctl gc", "reset": "bankctl reset"}[fault]
-        span = {"stage": rig.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": rig.init_seconds}[fault]
-        delay = rig.rng.uniform(0, span)
-        vm = _vm(rig, disk, name, update="big" if fault == "stage" else None).start()
+        span = {"stage": campaign.stage_seconds, "mark-good": 1.5, "gc": 3.0, "reset": campaign.init_seconds}[fault]
+        delay = campaign.rng.uniform(0, span)
+        vm = _vm(campaign, disk, name, update="big" if fault == "stage" else None).start()
         try:
-            _expect_up(vm)
-            userdata[f"/userdata/f{rig.n}"] = _write_userdata(vm, f"/userdata/f{rig.n}", rig.rng.randint(1, 200000))
+            version_up(vm)
+            path = f"/userdata/f{campaign.n}"
+            userdata[path] = write_userdata(vm, path, campaign.rng.randint(1, 200000))
             if fault == "reset":  # the reset is applied by the init at the next boot: cut that boot
-                _sh(vm, "echo changed > /etc/changed; sync; bankctl reset >/dev/null")
+                sh(vm, "echo changed > /etc/changed; sync; bankctl reset >/dev/null")
                 vm.console.sendline("reboot -f")
                 vm.wait_exit(60)
             else:
@@ -441,30 +380,31 @@ def cut_during(rig: Rig, fault: str) -> Outcome:
             vm.stop()
         detail = f"{delay:.2f} s into `{command}`"
         if fault == "reset":
-            pre_logs.append(_cut_boot(rig, disk, name + "-b", delay))
+            pre_logs.append(_cut_boot(campaign, disk, name + "-b", delay))
             detail = f"in the boot applying the reset, {delay:.2f} s after Run /init"
     must: tuple[tuple[str, str], ...] = ()
     if fault == "stage":
         # Staged completely before the cut (`next` written): the trial boots and commits itself.
         with bankspart.banks_partition(disk, write=False) as part:
-            if bankspart.pointer_or_none(part, "next") == rig.ids["big"]:
+            if bankspart.pointer_or_none(part, "next") == campaign.ids["big"]:
                 expect = {"1.2.0"}
                 detail += " (the stage had finished)"
             else:  # whatever the cut left, the same bank stages now
-                must = ((f"bankctl stage {rig.update_path('big')} 2>&1 | tail -1", f"staged {rig.ids['big']}"),)
-    up, boots, logs = recover(rig, disk, name, update="big" if fault == "stage" else None)
-    return check(rig, up, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
+                must = ((f"bankctl stage {campaign.update_path('big')} 2>&1 | tail -1",
+                         f"staged {campaign.ids['big']}"),)
+    up, boots, logs = recover(campaign, disk, name, update="big" if fault == "stage" else None)
+    return check(campaign, up, boots, pre_logs + logs, "power cut: " + fault, detail, expect, userdata, trial,
                  gone=("/etc/changed",) if fault == "reset" else (), must=must)
 
 
 # -- disk faults ----------------------------------------------------------------------------------------------
-def disk_fault(rig: Rig, fault: str) -> Outcome:
-    rig.n += 1
-    name = f"{rig.n:03d}-{fault}"
-    disk = rig.out / "work.img"
-    copy_device(rig.disks["committed"], disk)
-    userdata = dict(rig.userdata)
-    expect = {rig.current}
+def disk_fault(campaign: Campaign, fault: str) -> Outcome:
+    campaign.n += 1
+    name = f"{campaign.n:03d}-{fault}"
+    disk = campaign.out / "work.img"
+    copy_device(campaign.disks["committed"], disk)
+    userdata = dict(campaign.userdata)
+    expect = {campaign.current}
     detail = ""
     must: tuple[tuple[str, str], ...] = ()
     if fault == "userdata-wiped":
@@ -484,13 +424,13 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
                 must = ((f"grep -c ' {KIT} [^ ]* ro,' /proc/mounts", "1"),
                         (f"ls {BANKS}/overlay/*/utils/ | grep -c planted", "0"))
             elif fault.startswith("state-"):
-                data = {"state-garbage": rig.rng.randbytes(300), "state-empty": b"",
+                data = {"state-garbage": campaign.rng.randbytes(300), "state-empty": b"",
                         "state-shape": b'{"format": 1, "images": {"x": [1]}, "reset": 7, "floor": 1}',
                         "state-huge": b'{"format": 1, "images": {}, "pad": "' + b"x" * (3 << 20) + b'"}'}[fault]
                 faultdisk.replace_file(part, "state.json", data)
                 detail = f"state.json replaced by {len(data)} bytes"
             elif fault == "bootlog-garbage":
-                faultdisk.replace_file(part, "boot-log.json", b'[{"image": [' * 2000 + rig.rng.randbytes(100))
+                faultdisk.replace_file(part, "boot-log.json", b'[{"image": [' * 2000 + campaign.rng.randbytes(100))
                 detail = "boot-log.json replaced by deep garbage"
             elif fault.startswith("current-"):
                 target = {"current-loop": "current", "current-absolute": f"/overlay/{current}",
@@ -498,19 +438,19 @@ def disk_fault(rig: Rig, fault: str) -> Outcome:
                 faultdisk.set_symlink(part, "current", target)
                 detail = f"current -> {target}"
             elif fault == "squashfs-middle":
-                at = faultdisk.overwrite_middle(part, f"overlay/{current}/rootfs.squashfs", 256 << 10, rig.rng)
+                at = faultdisk.overwrite_middle(part, f"overlay/{current}/rootfs.squashfs", 256 << 10, campaign.rng)
                 detail = f"256 KiB of random bytes at offset {at} of current's squashfs"
-                expect = {rig.previous or "none"}
+                expect = {campaign.previous or "none"}
             elif fault == "manifest-deleted":
                 bankspart.debugfs(part, f"rm overlay/{current}/manifest.json")
                 if "File not found" not in bankspart.debugfs(part, f"stat overlay/{current}/manifest.json"):
                     raise faultdisk.FaultError("the manifest is still there")
                 detail = "current's manifest.json deleted"
-                expect = {rig.previous or "none"}
+                expect = {campaign.previous or "none"}
     else:
         detail = "random bytes on the serial line during the ESC window"
-    vm, boots, logs = recover(rig, disk, name, noise=fault == "serial-noise")
-    return check(rig, vm, boots, logs, "disk: " + fault if fault != "serial-noise" else "console: noise", detail,
+    vm, boots, logs = recover(campaign, disk, name, noise=fault == "serial-noise")
+    return check(campaign, vm, boots, logs, "disk: " + fault if fault != "serial-noise" else "console: noise", detail,
                  expect, userdata, must=must)
 
 
@@ -529,12 +469,12 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
     if plan_override is not None:
         plan = plan_override
     # --cuts 0 --no-disk-faults: the loader classes only
-    rig = prepare(board, out, rng, say, need=disks_for(plan) | set(need), big_mb=big_mb,
+    campaign = prepare(board, out, rng, say, need=disks_for(plan) | set(need), big_mb=big_mb,
                   signed=signed) if plan else None
     for i, (kind, fault) in enumerate(plan, 1):
         try:
-            assert rig is not None
-            o = cut_during(rig, fault) if kind == "cut" else disk_fault(rig, fault)
+            assert campaign is not None
+            o = cut_during(campaign, fault) if kind == "cut" else disk_fault(campaign, fault)
         except Exception as e:  # the harness itself: reported as a failure of that injection
             o = Outcome(fault, "", False, 0, error=f"{type(e).__name__}: {str(e)[-800:]}")
         outcomes.append(o)

@@ -22,13 +22,13 @@ from builder.board import Board
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.lab.boot import disk_vm
+from builder.lab.rig import PROMPT
 from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 from builder.lab.serve import Server
 from builder.pollservice import install_poll_service
 from builder.publish import publish
 from qemu.vm import VM
 
-PROMPT = r"\(sample\) / # "
 VARIANT = "sample.selftest=fail"
 EVERY = "5s"
 T = 240.0

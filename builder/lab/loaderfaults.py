@@ -11,19 +11,25 @@ counted by the firmware's banner. The guest is asked what runs (/etc/sample-vers
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from builder.board import Board
-from builder.disk import FIRST
-from builder.lab import faultdisk
-from builder.lab.boot import disk_vm
-from builder.lab.faults import MAX_BOOTS, PROMPT, Outcome
+from builder.lab.faults import MAX_BOOTS, Outcome
+from builder.lab.rig import (
+    PROMPT,
+    UP,
+    boot_entries,
+    copy_device,
+    device_vm,
+    fat_read,
+    fat_write,
+    fresh_dir,
+    sh,
+    signed_initramfs,
+)
 from overlay_layout.contract import BOOTED
 from qemu.console import ConsoleTimeout
 from qemu.vm import VM
@@ -45,35 +51,6 @@ def classes_for(board: Board) -> tuple[str, ...]:
 
 BANNERS = {"uboot": rb"U-Boot 20\d\d\.\d\d", "uefi": rb"(UEFI firmware|BdsDxe: loading)"}
 BOOT_TIMEOUT = 120.0
-MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-
-
-def _fat(disk: Path) -> str:
-    return f"{disk}@@{FIRST}"
-
-
-def _fat_read(disk: Path, name: str) -> bytes:
-    return subprocess.run(["mtype", "-i", _fat(disk), f"::{name}"], env=MTOOLS, check=True,
-                          capture_output=True).stdout
-
-
-def _fat_write(disk: Path, name: str, data: bytes, tmp: Path) -> None:
-    f = tmp / "fat-put"
-    f.write_bytes(data)
-    subprocess.run(["mcopy", "-o", "-i", _fat(disk), str(f), f"::{name}"], env=MTOOLS, check=True)
-
-
-def _firmware_state(disk: Path) -> list[Path]:
-    return [disk.with_name(disk.name + s) for s in (".uboot-env", ".efivars")]
-
-
-def _copy_device(src: Path, dest: Path) -> None:
-    faultdisk.copy_disk(src, dest)
-    for a, b in zip(_firmware_state(src), _firmware_state(dest), strict=True):
-        if a.exists():
-            shutil.copyfile(a, b)
-        else:
-            b.unlink(missing_ok=True)
 
 
 class LoaderRig:
@@ -82,56 +59,40 @@ class LoaderRig:
         self.n = 0
 
 
-def _sh(vm: VM, cmd: str, timeout: float = 180.0) -> str:
-    rc, out = vm.console.run(cmd, timeout=timeout)
-    if rc != 0:
-        raise AssertionError(f"`{cmd}` exited {rc} in the guest: {out.strip()[-500:]}")
-    return out
-
-
 def _up(vm: VM, timeout: float = BOOT_TIMEOUT) -> None:
-    vm.console.expect(rb"sample-rootfs: ready", timeout)
+    vm.console.expect(UP, timeout)
     vm.console.expect(PROMPT, 60)
 
 
 def _vm(rig: LoaderRig, disk: Path, name: str) -> VM:
-    log_dir = rig.out / "runs" / name
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
-    return disk_vm(rig.board, disk, log_dir, reboot=True)
+    return device_vm(rig.board, disk, fresh_dir(rig.out / "runs" / name), reboot=True)
 
 
 def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig:
     """A device whose image 1.0.0 carries the loader's kernel and initramfs, on a disk for the board's firmware."""
     from builder.disk import build_disk
     from builder.image import build_image
-    from builder.initramfs import TrustPolicy, build_initramfs
-    from builder.keys import keygen
     from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
     from builder.parts import locate_kernel
 
     if board.firmware == "direct":
         raise RuntimeError(f"board {board.name} boots direct: it has no loader slots (boot.firmware)")
     out.mkdir(parents=True, exist_ok=True)
-    key = out / "keys" / "campaign"
-    if not key.with_suffix(".key").exists():
-        key.parent.mkdir(exist_ok=True)
-        keygen(key, "bankboot loader fault campaign")
     say(f"faults: building a {board.firmware} device for the loader classes")
-    initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
+    initrd, sign_key = signed_initramfs(board, out, "campaign", "bankboot loader fault campaign")
     rootfs = build_sample_rootfs(board.arch, out / "rootfs", version="1.0.0")
     kernel = locate_kernel(board)
     add_kernel_modules(rootfs, kernel, board.modules)
-    build_image(rootfs, "1.0.0", out / "app.bank", sign_key=key.with_suffix(".key"), persist=SAMPLE_PERSIST,
+    build_image(rootfs, "1.0.0", out / "app.bank", sign_key=sign_key, persist=SAMPLE_PERSIST,
                 kernel=kernel.image, kernel_initramfs=initrd)
     disk = out / "device.img"
     build_disk(board, out / "app.bank", disk, 512 << 20, initrd, boot_size=None, firmware=board.firmware)
     probe = out / "probe.img"
-    _copy_device(disk, probe)
+    copy_device(disk, probe)
     with _vm(LoaderRig(board, out, rng, disk, 0), probe, "prep") as vm:
         _up(vm)
         start = time.monotonic()
-        _sh(vm, "bankctl install-loader current >/dev/null")
+        sh(vm, "bankctl install-loader current >/dev/null")
         seconds = time.monotonic() - start
     say(f"faults: install-loader takes {seconds:.1f} s in the guest")
     return LoaderRig(board, out, rng, disk, seconds)
@@ -142,20 +103,18 @@ def _install_then_break(rig: LoaderRig, disk: Path, name: str, fault: str) -> st
     the slot now on trial."""
     with _vm(rig, disk, name) as vm:
         _up(vm)
-        _sh(vm, "bankctl install-loader current --tries 2 >/dev/null")
-        out = _sh(vm, "bankctl loader --json")
+        sh(vm, "bankctl install-loader current --tries 2 >/dev/null")
+        out = sh(vm, "bankctl loader --json")
         trial = json.loads(out[out.index("{"):])["trial"]["slot"]
         vm.console.sendline("poweroff -f")
         vm.wait_exit(60)
     tmp = rig.out / "runs" / name
     if rig.board.firmware == "uboot":
         cmdline_file = f"{trial}/cmdline.env"
-        text = _fat_read(disk, cmdline_file).decode().strip()
+        text = fat_read(disk, cmdline_file).decode().strip()
     else:
-        listing = subprocess.run(["mdir", "-b", "-i", _fat(disk), "::/loader/entries"], env=MTOOLS,
-                                 capture_output=True, text=True, check=True).stdout
-        cmdline_file = next(line.split("::/")[-1] for line in listing.splitlines() if "+" in line)
-        text = _fat_read(disk, cmdline_file).decode().rstrip("\n")
+        cmdline_file = next(entry for entry in boot_entries(disk) if "+" in entry)
+        text = fat_read(disk, cmdline_file).decode().rstrip("\n")
     if fault in ("loader-panic", "loader-hang"):
         # panic: the kernel finds no init and no root it can mount; hang: a program that never returns runs
         # instead of our /init (busybox's shell waiting on the console), before any watchdog driver loads
@@ -170,10 +129,10 @@ def _install_then_break(rig: LoaderRig, disk: Path, name: str, fault: str) -> st
         else:
             text = "\n".join(f"options {broken(line[8:])}" if line.startswith("options ") else line
                              for line in text.split("\n"))
-        _fat_write(disk, cmdline_file, (text + "\n").encode(), tmp)
+        fat_write(disk, cmdline_file, (text + "\n").encode(), tmp)
     else:  # cut short, as a power cut on a card that reorders writes leaves it
-        data = _fat_read(disk, f"{trial}/initrd.img")
-        _fat_write(disk, f"{trial}/initrd.img", data[:int(len(data) * rig.rng.uniform(0.05, 0.95))], tmp)
+        data = fat_read(disk, f"{trial}/initrd.img")
+        fat_write(disk, f"{trial}/initrd.img", data[:int(len(data) * rig.rng.uniform(0.05, 0.95))], tmp)
     return trial
 
 
@@ -194,7 +153,7 @@ def inject(rig: LoaderRig, fault: str) -> Outcome:
     rig.n += 1
     name = f"L{rig.n:02d}-{fault}"
     disk = rig.out / "work.img"
-    _copy_device(rig.disk, disk)
+    copy_device(rig.disk, disk)
     detail = ""
     if fault == "loader-cut":
         delay = rig.rng.uniform(0, rig.install_seconds)
@@ -217,9 +176,9 @@ def inject(rig: LoaderRig, fault: str) -> Outcome:
         return Outcome("loader: " + fault, detail, False, boots, error="no image came up: " + text[-1500:])
     try:
         problems = []
-        version = _sh(up, "cat /etc/sample-version").strip().splitlines()[-1]
-        booted = json.loads(_sh(up, f"cat {BOOTED}").strip().splitlines()[-1])
-        out = _sh(up, "bankctl loader --json")
+        version = sh(up, "cat /etc/sample-version").strip().splitlines()[-1]
+        booted = json.loads(sh(up, f"cat {BOOTED}").strip().splitlines()[-1])
+        out = sh(up, "bankctl loader --json")
         st = json.loads(out[out.index("{"):])  # after any FAT-fs warning the kernel printed while mounting
         if version != "1.0.0":
             problems.append(f"version {version} is up")

@@ -20,18 +20,25 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.lab.rig import (
+    BOOT_TIMEOUT,
+    came_up,
+    device_vm,
+    fresh_dir,
+    sample_bank,
+    sample_rootfs,
+    signed_initramfs,
+    without_kernel_lines,
+)
+
 MAX_BOOTS = 4
-BOOT_TIMEOUT = 180.0
 CMD_TIMEOUT = 240.0
-UP = rb"sample-rootfs: ready"
-PROMPT = r"\(sample\) / # "
 USERDATA_FILES = 6
 
 # Update kinds: the sample rootfs's behaviour on a trial boot.
@@ -164,12 +171,11 @@ class GuestReport:
 REPORT_COMMAND = ("echo \"@@V $(cat /etc/sample-version)\"; awk '$2 == \"/\" {print \"@@ROOT \" $4}' /proc/mounts; "
                   "echo \"@@B $(cat /run/bankboot/booted)\"; (cd /userdata/soak 2>/dev/null && sha256sum f* | "
                   "sed 's/^/@@U /'); test -e /etc/soak-reset && echo @@RESETMARK; echo @@S; bankctl status --json")
-_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
 
 
 def parse_report(out: str) -> GuestReport:
     """What REPORT_COMMAND printed, without kernel lines the console interleaved."""
-    out = _KERNEL_LINE.sub("", out.replace("\r", ""))
+    out = without_kernel_lines(out)
     head, _, status = out.partition("@@S\n")
     r = GuestReport()
     for line in head.splitlines():
@@ -282,61 +288,38 @@ class Soak:
     # building
     def prepare(self) -> None:
         from builder.disk import build_disk
-        from builder.image import build_image
-        from builder.initramfs import TrustPolicy, build_initramfs
-        from builder.keys import keygen
-        from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
 
         self.out.mkdir(parents=True, exist_ok=True)
-        self.key = self.out / "keys" / "soak"
-        if not self.key.with_suffix(".key").exists():
-            self.key.parent.mkdir(exist_ok=True)
-            keygen(self.key, "bankboot soak")
         self.say("soak: building the initramfs and the first image")
-        self.initrd = build_initramfs(self.board, self.out / "initramfs.img",
-                                      policy=TrustPolicy(keys=(self.key.with_suffix(".pub"),))).path
+        self.initrd, self.sign_key = signed_initramfs(self.board, self.out, "soak", "bankboot soak")
         self.rootfs = {}
         for kind, kw in (("good", {}), ("selftest-fails", {"failing_selftest": True}),
                          ("never-commits", {"mark_good": False})):
-            self.rootfs[kind] = build_sample_rootfs(self.board.arch, self.out / f"rootfs-{kind}", version="1.0.0",
-                                                    **kw)
+            self.rootfs[kind] = sample_rootfs(self.board, self.out / f"rootfs-{kind}", "1.0.0", **kw)
         base = self.out / "banks" / "1.0.0.bank"
-        base.parent.mkdir(exist_ok=True)
-        m = build_image(self.rootfs["good"], "1.0.0", base, sign_key=self.key.with_suffix(".key"),
-                        confirm_boots=True, persist=SAMPLE_PERSIST)
+        m = sample_bank(self.rootfs["good"], "1.0.0", base, self.sign_key)
         self.kinds[m["id"]], self.versions[m["id"]] = "good", "1.0.0"
         self.disk = self.out / "device.img"
         build_disk(self.board, base, self.disk, 384 << 20, self.initrd)
         self._build_next()
-        self._build_image = build_image
-        self._persist = SAMPLE_PERSIST
 
     def _build_next(self) -> None:
         """The three update banks of the next version (one of each kind): attached as disks vdb, vdc, vdd."""
-        from builder.image import build_image
-        from builder.lab.samplerootfs import SAMPLE_PERSIST
-
         version = f"2.0.{self.next_patch}"
         for stale in self.out.glob("banks/2.*.bank"):
             stale.unlink()
         for kind in KINDS:
             (self.rootfs[kind] / "etc/sample-version").write_text(version + "\n")
             bank = self.out / "banks" / f"{version}-{kind}.bank"
-            m = build_image(self.rootfs[kind], version, bank, sign_key=self.key.with_suffix(".key"),
-                            confirm_boots=True, persist=SAMPLE_PERSIST)
+            m = sample_bank(self.rootfs[kind], version, bank, self.sign_key)
             self.banks[kind] = (bank, m["id"])
             self.kinds[m["id"]], self.versions[m["id"]] = kind, version
 
     # booting
     def _start(self, append: str = "bankboot.timeout=0"):
-        from builder.lab.boot import disk_vm
-
         self.n += 1
-        log_dir = self.out / "runs" / f"{self.n % 8}"  # the last few boots' consoles are kept
-        shutil.rmtree(log_dir, ignore_errors=True)
-        log_dir.mkdir(parents=True)
-        vm = disk_vm(self.board, self.disk, log_dir, append=append)
-        vm.disks += [self.banks[k][0] for k in KINDS]
+        log_dir = fresh_dir(self.out / "runs" / f"{self.n % 8}")  # the last few boots' consoles are kept
+        vm = device_vm(self.board, self.disk, log_dir, [self.banks[k][0] for k in KINDS], append=append)
         self.boots += 1
         return vm.start()
 
@@ -364,11 +347,7 @@ class Soak:
         from qemu.console import ConsoleTimeout
 
         try:
-            m = vm.console.expect(rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)", BOOT_TIMEOUT)
-            if m.group(1) != b"sample-rootfs: ready":
-                return False
-            vm.console.expect(PROMPT, 60)
-            return True
+            return came_up(vm)
         except ConsoleTimeout:
             return False
 
@@ -454,7 +433,7 @@ class Soak:
         out = self._sh(f"head -c {self.rng.randint(1, 65536)} /dev/urandom > /userdata/soak/{name}.tmp && "
                        f"mv /userdata/soak/{name}.tmp /userdata/soak/{name} && sync && "
                        f"sha256sum /userdata/soak/{name}")
-        self.userdata[name] = _KERNEL_LINE.sub("", out.replace("\r", "")).split()[0]
+        self.userdata[name] = without_kernel_lines(out).split()[0]
         staged = chosen = None
         refused = reset = False
         kept = None

@@ -12,7 +12,8 @@ import pytest
 
 from builder.disk import FIRST, build_disk
 from builder.image import build_image
-from builder.lab.faults import NO_PROMPT, NOISE_WINDOW, copy_device, set_options
+from builder.lab.faults import NOISE_WINDOW, set_options
+from builder.lab.rig import NO_PROMPT, copy_device
 from builder.lab.samplerootfs import build_sample_rootfs
 
 pytestmark = pytest.mark.host

@@ -1,24 +1,20 @@
 """A simulated device for the lifecycle and trust scenarios: a disk with image 1.0.0 current, and update
-bank files handed to it as a second disk (like a USB stick)."""
+bank files handed to it as a second disk (like a USB stick). Built and booted by the lab's rig
+(builder/lab/rig.py), as the fault campaign and the soak build and boot theirs; what is here is the tests'
+side: their images, their patience (T) and the asserts."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 from pathlib import Path
 
 from builder import bankspart
 from builder.disk import build_disk
-from builder.image import build_image
 from builder.lab import faultdisk
-from builder.lab.boot import disk_vm
-from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.rig import copy_device, device_vm, fresh_dir, guest_json, sample_banks, version_up
 from qemu.vm import VM
 from tests.fixtures import DeviceKit
 
 T = 120
-PROMPT = r"\(sample\) / # "
 
 
 def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
@@ -26,15 +22,10 @@ def make_device(aarch64, test_dir: Path, built_initramfs, signing_key):
     board, _, _ = aarch64
     out = test_dir / "lifecycle"
     out.mkdir(exist_ok=True)
-    banks = {}
-    for name, version, kw in [("base", "1.0.0", {}), ("good", "1.1.0", {}),
-                              ("selftest-fails", "1.2.0", {"failing_selftest": True}),
-                              ("no-mark-good", "1.3.0", {"mark_good": False}),
-                              ("no-boot-ok", "1.4.0", {"boot_ok": False})]:
-        rootfs = build_sample_rootfs(board.arch, out / f"rootfs-{name}", version=version, **kw)
-        banks[name] = (out / f"{name}.bank", build_image(rootfs, version, out / f"{name}.bank",
-                                                         sign_key=signing_key.private, confirm_boots=True,
-                                                         persist=SAMPLE_PERSIST))
+    banks = sample_banks(board, out, [("base", "1.0.0", {}), ("good", "1.1.0", {}),
+                                      ("selftest-fails", "1.2.0", {"failing_selftest": True}),
+                                      ("no-mark-good", "1.3.0", {"mark_good": False}),
+                                      ("no-boot-ok", "1.4.0", {"boot_ok": False})], signing_key.private)
     disk = out / "base-disk.img"
     build_disk(board, banks["base"][0], disk, 256 << 20, built_initramfs(board))
     return DeviceKit(board, out, disk, banks)
@@ -45,18 +36,13 @@ class Device:
 
     def __init__(self, device, name: str, update: str | None) -> None:
         self.board, out, base, self.banks = device.board, device.out, device.disk, device.banks
-        self.dir = out / name
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir()
+        self.dir = fresh_dir(out / name)
         self.disk = self.dir / "disk.img"
-        shutil.copyfile(base, self.disk)
+        copy_device(base, self.disk)
         self.update = self.banks[update][0] if update else None
 
     def vm(self, append: str = "") -> VM:
-        vm = disk_vm(self.board, self.disk, self.dir, append=append, reboot=True)
-        if self.update:
-            vm.disks.append(self.update)
-        return vm
+        return device_vm(self.board, self.disk, self.dir, [self.update] if self.update else [], append, reboot=True)
 
 
 def sh(vm: VM, cmd: str) -> tuple[int, str]:
@@ -64,24 +50,8 @@ def sh(vm: VM, cmd: str) -> tuple[int, str]:
 
 
 def up(vm: VM, timeout: float = T) -> str:
-    """Wait for the image's init and shell; returns the version the image itself reports (asked of the
-    guest: kernel messages may interleave with what its rcS printed)."""
-    vm.console.expect(r"sample-rootfs: ready", timeout)
-    vm.console.expect(PROMPT, timeout)
-    rc, out = vm.console.run("cat /etc/sample-version", timeout=timeout)
-    m = re.search(r"\b(\d+\.\d+\.\d+)\b", out)
-    assert rc == 0 and m, out
-    return m.group(1)
-
-
-# A line the kernel printed on the console (a warning under load: "hrtimer: interrupt took ..."), which can
-# land between the lines of what a command printed.
-_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
-
-
-def guest_json(out: str):
-    """The JSON a guest command printed, without the kernel's console lines interleaved with it."""
-    return json.loads(_KERNEL_LINE.sub("", out))
+    """The version the image up reports (rig.version_up), with the tests' patience."""
+    return version_up(vm, timeout)
 
 
 def status(vm: VM) -> dict:

@@ -11,6 +11,7 @@ import pytest
 from builder.disk import build_disk
 from builder.image import build_image
 from builder.lab.boot import disk_vm
+from builder.lab.rig import PROMPT
 from builder.lab.samplerootfs import build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import BootDisk
@@ -18,7 +19,6 @@ from tests.fixtures import BootDisk
 pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 120
 READY = r"sample-rootfs: ready"
-PROMPT = r"\(sample\) / # "
 
 
 @pytest.fixture(scope="module")

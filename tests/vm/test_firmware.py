@@ -9,7 +9,6 @@ table) is the evidence, with the firmware's own console lines."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -23,14 +22,13 @@ from builder.board import load_board
 from builder.disk import FIRST, build_disk, partitions
 from builder.image import build_image
 from builder.lab.boot import disk_vm
+from builder.lab.rig import PROMPT, fat_read, fat_write
 from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from qemu.vm import VM
 from tests.fixtures import board_parts
-from tests.vm.devices import PROMPT
 
 pytestmark = pytest.mark.vm
 T = 240
-MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 def _up(vm: VM) -> dict:
@@ -51,22 +49,6 @@ def panicking(cmdline: str) -> str:
     """A command line on which the kernel panics before any /init: no init in the initramfs, no root to mount."""
     words = [w for w in cmdline.split() if not w.startswith("root=") and w != "rootwait"]
     return " ".join([*words, "rdinit=/nonexistent"])
-
-
-def _fat(disk: Path) -> str:
-    return f"{disk}@@{FIRST}"
-
-
-def fat_read(disk: Path, name: str) -> bytes:
-    return subprocess.run(["mtype", "-i", _fat(disk), f"::{name}"], env=MTOOLS, check=True,
-                          capture_output=True).stdout
-
-
-def fat_write(disk: Path, name: str, data: bytes, tmp: Path) -> None:
-    """What a person (or a bad card) does to the boot FAT between two power-ons."""
-    f = tmp / "fat-put"
-    f.write_bytes(data)
-    subprocess.run(["mcopy", "-o", "-i", _fat(disk), str(f), f"::{name}"], env=MTOOLS, check=True)
 
 
 def _make(name: str, firmware: str, test_dir: Path, signing_key, built_initramfs) -> tuple[Path, Path]:

@@ -21,11 +21,11 @@ from builder.image import build_image
 from builder.initramfs import build_initramfs
 from builder.kernelfile import read_kernel
 from builder.lab.boot import disk_vm
+from builder.lab.rig import PROMPT, guest_json
 from builder.lab.samplerootfs import SAMPLE_PERSIST, add_kernel_modules, build_sample_rootfs
 from builder.parts import SECOND_KERNELS, locate_kernel, locate_kernel_package
 from qemu.vm import VM
 from tests.fixtures import board_parts
-from tests.vm.devices import PROMPT, guest_json
 
 pytestmark = pytest.mark.vm
 T = 240
