@@ -42,7 +42,7 @@ KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
 
 
 # -- images ---------------------------------------------------------------------------------------------------
-def signed_initramfs(board: Board, out: Path, name: str, comment: str, say=print) -> tuple[Path, Path]:
+def signed_initramfs(board: Board, out: Path, name: str, comment: str) -> tuple[Path, Path]:
     """(an initramfs for `board` that trusts only a key of the rig's own, that key's private half), made once
     in `out` (keys/<name>.key, .pub; initramfs.img)."""
     from builder.initramfs import TrustPolicy, build_initramfs
@@ -52,7 +52,6 @@ def signed_initramfs(board: Board, out: Path, name: str, comment: str, say=print
     if not key.with_suffix(".key").exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         keygen(key, comment)
-    say(f"{name}: building the initramfs and images")
     initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
     return initrd, key.with_suffix(".key")
 
