@@ -20,10 +20,9 @@ from pathlib import Path
 
 from builder.board import Board
 from builder.disk import build_disk
-from builder.image import build_image
 from builder.lab.boot import disk_vm
-from builder.lab.rig import PROMPT
-from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
+from builder.lab.rig import PROMPT, sample_bank
+from builder.lab.samplerootfs import build_sample_rootfs
 from builder.lab.serve import Server
 from builder.pollservice import install_poll_service
 from builder.publish import publish
@@ -52,17 +51,21 @@ class Lab:
     def build(self, port: int) -> None:
         """Both releases (polling the channel at `port` of the host, 10.0.2.2 to a guest) and the disk."""
         url = f"http://10.0.2.2:{port}/stable.json"
+        self.build_releases(url, "--reboot")
+        self.say(f"built 1.0.0 and 1.1.0 (both poll {url} every {EVERY}) and a disk with 1.0.0")
+
+    def build_releases(self, url: str, options: str) -> None:
+        """Images 1.0.0 and 1.1.0 whose poll service runs `bankctl poll URL OPTIONS`, 1.1.0 failing its self-test
+        on the hardware variant; the devices' disk with 1.0.0."""
         self.banks = {}
         for version in ("1.0.0", "1.1.0"):
             rootfs = build_sample_rootfs(self.board.arch, self.out / f"rootfs-{version}", version=version,
                                          cmdline_selftest=version != "1.0.0")
-            install_poll_service(rootfs, url, EVERY, "--reboot")
+            install_poll_service(rootfs, url, EVERY, options)
             bank = self.out / f"app-{version}.bank"
-            self.banks[version] = (bank, build_image(rootfs, version, bank, sign_key=self.key, confirm_boots=True,
-                                                     persist=SAMPLE_PERSIST))
+            self.banks[version] = (bank, sample_bank(rootfs, version, bank, self.key))
         self.disk = self.out / "disk.img"
         build_disk(self.board, self.banks["1.0.0"][0], self.disk, 256 << 20, self.initramfs)
-        self.say(f"built 1.0.0 and 1.1.0 (both poll {url} every {EVERY}) and a disk with 1.0.0")
 
     def publish(self, version: str) -> None:
         publish(self.banks[version][0], "stable", str(self.www), self.key, [self.board.name])
@@ -122,16 +125,10 @@ def run_lab(lab: Lab) -> dict:
             raise TimeoutError(f"{e}\n{poll_logs(vms)}") from None
 
 
-def _run(lab: Lab, srv: Server, vms: list[VM]) -> dict:
-    lab.say(f"booted {lab.count} devices (device {', '.join(map(str, lab.variants))} is the hardware variant)")
-    for vm in vms:
-        vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
-        vm.console.expect(r"bankctl-poll: polling", T)
-    wait_for("every device's first poll", lambda: len({r["device"] for r in srv.fleet_log()}) >= lab.count)
-    lab.say("every device polled the channel: 1.0.0 is what they run")
-    published = time.monotonic()
-    lab.publish("1.1.0")
-    committed = {}
+def follow_update(lab: Lab, vms: list[VM], since: float) -> dict[int, float]:
+    """Each device takes 1.1.0: up on it on trial and committed, or (the hardware variant) fallen back to 1.0.0
+    in the same boot, then polling again. Returns each device's seconds from `since` to there."""
+    done = {}
     for i, vm in enumerate(vms):
         if i in lab.variants:
             vm.console.expect(r"self-test .*20-hardware failed", T)
@@ -141,9 +138,22 @@ def _run(lab: Lab, srv: Server, vms: list[VM]) -> dict:
             vm.console.expect(r"sample-rootfs: up, version 1\.1\.0", T)
             vm.console.expect(r"trial boot; marked good", T)
             lab.say(f"device {i}: 1.1.0 booted on trial and committed itself")
-        committed[i] = time.monotonic() - published
+        done[i] = time.monotonic() - since
         vm.console.expect(r"bankctl-poll: polling", T)
         vm.console.expect(PROMPT, T)
+    return done
+
+
+def _run(lab: Lab, srv: Server, vms: list[VM]) -> dict:
+    lab.say(f"booted {lab.count} devices (device {', '.join(map(str, lab.variants))} is the hardware variant)")
+    for vm in vms:
+        vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
+        vm.console.expect(r"bankctl-poll: polling", T)
+    wait_for("every device's first poll", lambda: len({r["device"] for r in srv.fleet_log()}) >= lab.count)
+    lab.say("every device polled the channel: 1.0.0 is what they run")
+    published = time.monotonic()
+    lab.publish("1.1.0")
+    committed = follow_update(lab, vms, published)
     image = lab.banks["1.1.0"][1]["id"]
     statuses = [status(vm) for vm in vms]
     ids = [s["device_id"] for s in statuses]

@@ -19,55 +19,29 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from builder.board import Board
-from builder.disk import build_disk
-from builder.image import build_image
-from builder.lab.boot import disk_vm
-from builder.lab.fleetlab import PROMPT, VARIANT, poll_logs, status, wait_for
+from builder.lab import fleetlab
+from builder.lab.fleetlab import follow_update, poll_logs, status, wait_for
 from builder.lab.goosebit import Goosebit
-from builder.lab.samplerootfs import SAMPLE_PERSIST, build_sample_rootfs
-from builder.pollservice import install_poll_service
 from builder.swu import write_swu
 from qemu.vm import VM
 
-EVERY = "5s"
 T = 240.0
 
 
-class Lab:
+class Lab(fleetlab.Lab):
+    """The fleet lab's devices and releases (fleetlab.Lab), polling a rollout server instead of a channel."""
+
     def __init__(self, board: Board, out: Path, initramfs: Path, key: Path, devices: int = 2,
                  variants: tuple[int, ...] = (1,)) -> None:
-        self.board, self.out, self.initramfs, self.key = board, out, initramfs, key
-        self.count, self.variants = devices, variants
-        self.events: list[tuple[float, str]] = []
-        self.start = time.monotonic()
-
-    def say(self, text: str) -> None:
-        self.events.append((time.monotonic() - self.start, text))
-        print(f"[{time.monotonic() - self.start:6.1f} s] {text}", flush=True)
+        super().__init__(board, out, initramfs, key, devices, variants)
 
     def build(self, port: int) -> None:
         url = f"http://10.0.2.2:{port}"
-        self.banks = {}
-        for version in ("1.0.0", "1.1.0"):
-            rootfs = build_sample_rootfs(self.board.arch, self.out / f"rootfs-{version}", version=version,
-                                         cmdline_selftest=version != "1.0.0")
-            install_poll_service(rootfs, url, EVERY, "--reboot --hawkbit")
-            bank = self.out / f"app-{version}.bank"
-            self.banks[version] = (bank, build_image(rootfs, version, bank, sign_key=self.key, confirm_boots=True,
-                                                     persist=SAMPLE_PERSIST))
+        self.build_releases(url, "--reboot --hawkbit")
         self.swu = self.out / "app-1.1.0.swu"
         write_swu(self.banks["1.1.0"][0], self.swu, [self.board.name])
-        self.disk = self.out / "disk.img"
-        build_disk(self.board, self.banks["1.0.0"][0], self.disk, 256 << 20, self.initramfs)
         self.say(f"built 1.0.0 and 1.1.0 (both poll the rollout server {url} with bankctl poll --hawkbit), "
                  f"{self.swu.name} and a disk with 1.0.0")
-
-    def device_vm(self, i: int) -> VM:
-        d = self.out / f"device-{i}"
-        d.mkdir(exist_ok=True)
-        shutil.copyfile(self.disk, d / "disk.img")
-        return disk_vm(self.board, d / "disk.img", d, append=VARIANT if i in self.variants else "", reboot=True,
-                       net=True)
 
 
 def run_lab(lab: Lab) -> dict:
@@ -97,19 +71,7 @@ def _run(lab: Lab, gb: Goosebit, vms: list[VM]) -> dict:
     gb.api("PUT", "/rollouts", {"name": "lab-1.1.0", "feed": "default", "software_id": sid})
     published = time.monotonic()
     lab.say(f"uploaded {lab.swu.name} (software {sid}) and rolled it out to feed default")
-    done = {}
-    for i, vm in enumerate(vms):
-        if i in lab.variants:
-            vm.console.expect(r"self-test .*20-hardware failed", T)
-            vm.console.expect(r"sample-rootfs: up, version 1\.0\.0", T)
-            lab.say(f"device {i}: 1.1.0's self-test failed, back on 1.0.0 in the same boot")
-        else:
-            vm.console.expect(r"sample-rootfs: up, version 1\.1\.0", T)
-            vm.console.expect(r"trial boot; marked good", T)
-            lab.say(f"device {i}: 1.1.0 booted on trial and committed itself")
-        done[i] = time.monotonic() - published
-        vm.console.expect(r"bankctl-poll: polling", T)
-        vm.console.expect(PROMPT, T)
+    done = follow_update(lab, vms, published)
     statuses = [status(vm) for vm in vms]
     ids = [s["device_id"] for s in statuses]
 
