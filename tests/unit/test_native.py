@@ -19,8 +19,6 @@ def test_a_host_python_gets_the_stand_in() -> None:
 
 def test_a_frozen_program_without_the_module_is_a_build_fault(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    # as in a program without it, whatever this process loaded before (tests/host/test_bankboot_module.py builds one)
-    monkeypatch.setitem(sys.modules, "_bankboot", None)
     try:
         with pytest.raises(ImportError, match="no _bankboot module .*a build fault.*builder/leanpython.py"):
             importlib.reload(native)
