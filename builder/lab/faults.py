@@ -148,7 +148,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
     updates = [] if campaign.second_disk else [p for n, p in campaign.banks.items() if n != "base"]
     build_disk(board, campaign.banks["base"], fresh, 512 << 20, initrd, boot_size=None, firmware=board.firmware,
                extra_cmdline=NO_PROMPT if board.firmware != "direct" else "",
-               userdata_files=[seed_file, *updates])
+               userdata_files=[seed_file, *updates], userdata_size=userdata_room(updates))
     campaign.disks["committed"] = fresh
     campaign.current, campaign.previous = "1.0.0", None
     if "committed" in need:
@@ -455,6 +455,30 @@ def disk_fault(campaign: Campaign, fault: str) -> Outcome:
 
 
 # -- the campaign -------------------------------------------------------------------------------------------------
+
+def userdata_room(updates: list[Path]) -> int:
+    """The userdata partition's size: the default 64 MiB, or, on a board whose updates are files on /userdata (one
+    SD slot: the Pis), room for them too (the 64 MB image whose stage the cuts land in does not fit beside the
+    rest in 64 MiB)."""
+    from builder.disk import MiB
+
+    need = sum(p.stat().st_size for p in updates)
+    return 64 * MiB + (-(-need // MiB) + 16) * MiB if need else 64 * MiB
+
+
+def loader_classes_absent(board: Board) -> str:
+    """Why a board has no loader classes ('' if it has): a loader A/B needs firmware with slots and an image that
+    can carry the new loader's kernel (install-loader copies it from the image)."""
+    from builder.kernelfile import KEXEC_FILE_ARCHES
+
+    if board.firmware == "direct":
+        return "it boots direct (no loader slots)"
+    if board.arch.debian not in KEXEC_FILE_ARCHES:
+        return (f"its images cannot carry a kernel ({board.arch.debian}: no kexec, builder/kernelfile.py), so "
+                f"install-loader has no new loader to install")
+    return ""
+
+
 def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tuple[str, ...] = DISK_CLASSES,
                  say=print, loader_rounds: int = 0, plan_override: list[tuple[str, str]] | None = None,
                  need: tuple[str, ...] = ("committed", "trial", "gc", "big"), big_mb: int = 64,
@@ -481,10 +505,18 @@ def run_campaign(board: Board, out: Path, seed: int, cuts: int, disk_classes: tu
         mark = "ok" if o.recovered else "FAILED"
         say(f"faults: [{i}/{len(plan)}] {o.fault}: {o.detail}: {mark}, {o.boots} boot(s), up {o.version}"
             + (f": {o.error}" if o.error else ""))
-    if loader_rounds and board.firmware != "direct":
+    if loader_rounds:
         from builder.lab.loaderfaults import run_loader_faults
 
-        outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say, loader_classes)
+        why = loader_classes_absent(board)
+        if why:
+            say(f"faults: no loader classes on {board.name}: {why}")
+        else:
+            try:
+                outcomes += run_loader_faults(board, out / "loader", rng, loader_rounds, say, loader_classes)
+            except Exception as e:  # preparing the loader device: one failed injection, the rest still reported
+                outcomes.append(Outcome("loader: prepare", "", False, 0, error=f"{type(e).__name__}: {str(e)[-800:]}"))
+                say(f"faults: the loader classes could not start: {type(e).__name__}: {e}")
     report = summarize(outcomes, seed)
     report["board"], report["seconds"] = board.name, round(time.monotonic() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
