@@ -34,3 +34,22 @@ def test_the_full_campaign_prepares_what_its_classes_start_from() -> None:
     assert disks_for([("cut", "gc")]) == {"committed", "gc", "big"}
     assert disks_for([("disk", "squashfs-middle")]) == {"committed"}
     assert disks_for([("cut", "stage"), ("disk", "full")]) == {"big"}
+
+
+def test_the_loader_classes_run_where_a_loader_can_be_installed(tmp_path) -> None:
+    from builder.board import load_board
+    from builder.lab.faults import loader_classes_absent
+
+    assert loader_classes_absent(load_board("qemu-aarch64")) == ""
+    assert loader_classes_absent(load_board("qemu-x86_64")) == ""
+    assert "direct" in loader_classes_absent(load_board("raspberrypi3"))
+    assert "cannot carry a kernel" in loader_classes_absent(load_board("qemu-armv7"))
+
+
+def test_userdata_has_room_for_updates_put_there(tmp_path) -> None:
+    from builder.lab.faults import userdata_room
+
+    big = tmp_path / "big.bank"
+    big.write_bytes(b"\0" * (70 << 20))
+    assert userdata_room([]) == 64 << 20
+    assert userdata_room([big]) >= (64 << 20) + big.stat().st_size
