@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from builder.arch import Arch, get_arch
+from builder.errors import BuildError
 from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS, DEVICE_KEY
 
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_BOARD = "qemu-aarch64"
 
 
-class BoardError(ValueError):
+class BoardError(BuildError, ValueError):
     pass
 
 
