@@ -138,8 +138,8 @@ def load_board(name_or_path: str) -> Board:
                              f"(or give the path of a board .toml file)")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BoardError(f"{path}: not valid TOML: {e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise BoardError(f"{path}: not valid TOML: {e}") from e
     return parse_board(path.name.removesuffix(".toml"), path, data)
 
 
