@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from builder.errors import BuildError
 from overlay_layout import contract
 
 
@@ -48,7 +49,7 @@ def host_arch() -> Arch:
     try:
         return ARCHES[contract.arch_of_machine(os.uname().machine).debian]
     except contract.UnknownArch as e:
-        raise RuntimeError(f"unsupported build machine: {e}") from None
+        raise BuildError(f"unsupported build machine: {e}") from e
 
 
 def is_native(arch: Arch) -> bool:

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from builder.disk import partitions
+from builder.errors import BuildError
 from builder.run import find_tool, run
 
 SECTOR = 512
 BANKS_PARTITION = 2  # p2 (builder/disk.py's layout)
 
 
-class BanksPartError(RuntimeError):
+class BanksPartError(BuildError):
     pass
 
 

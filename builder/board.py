@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from builder.arch import Arch, get_arch
+from builder.errors import BuildError
 from overlay_layout.contract import DEFAULT_UNCONFIRMED_BOOTS, DEVICE_KEY
 
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "none")
 DEFAULT_BOARD = "qemu-aarch64"
 
 
-class BoardError(ValueError):
+class BoardError(BuildError, ValueError):
     pass
 
 
@@ -137,8 +138,8 @@ def load_board(name_or_path: str) -> Board:
                              f"(or give the path of a board .toml file)")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise BoardError(f"{path}: not valid TOML: {e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise BoardError(f"{path}: not valid TOML: {e}") from e
     return parse_board(path.name.removesuffix(".toml"), path, data)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from builder.board import DEFAULT_BOARD, board_names, load_board
 from builder.paths import build_dir, set_cache_dir
 from initfs import VERSION
+from overlay_layout.errors import EXIT_ERROR, BankbootError
 
 
 def _human(n: int) -> str:
@@ -664,13 +665,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "cache", None):
         set_cache_dir(Path(args.cache))
+    # A user's error is a BankbootError (builder/errors.py): its message and its exit code; a file that is
+    # missing or unreadable, its message and 1. Anything else is a bug in bankboot: its traceback.
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, ValueError, OSError) as e:
+    except BankbootError as e:
         print(f"bankboot {args.command}: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
+    except OSError as e:
+        print(f"bankboot {args.command}: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ import lzma
 import sys
 
 from builder.compresscache import cached_compress
+from builder.errors import BuildError
 from builder.run import run
 
 # The options matter to the kernel, not just the ratio: its xz decoder knows CRC32 but not CRC64 and
 # wants a small dictionary; its lz4 decoder wants the legacy frame format (-l).
 ZSTD_LEVEL = 19
+
+
+class CompressError(BuildError, ValueError):
+    """A compression this builder does not write, or data it did not write."""
 
 
 def compress(data: bytes, method: str) -> bytes:
@@ -31,7 +36,7 @@ def compress(data: bytes, method: str) -> bytes:
     elif method == "lz4":
         cmd = ["lz4", "-l", "-9", "-q", "-c"]
     else:
-        raise ValueError(f"unknown compression {method!r}")
+        raise CompressError(f"unknown compression {method!r}")
     return cached_compress(data, " ".join(cmd) + " " + tool_version(cmd[0]),
                            lambda raw: run(cmd, input=raw, text=False).stdout, lambda out: decompress(out, method))
 
@@ -56,7 +61,7 @@ def detect(data: bytes) -> str:
     for magic, method in MAGIC.items():
         if data.startswith(magic):
             return method
-    raise ValueError("not an initramfs this builder writes (unknown compression or not a cpio archive)")
+    raise CompressError("not an initramfs this builder writes (unknown compression or not a cpio archive)")
 
 
 def decompress(data: bytes, method: str) -> bytes:

@@ -8,11 +8,16 @@ import os
 import stat
 from typing import BinaryIO
 
+from builder.errors import BuildError
 from builder.fstree import FsTree
 
 _KIND_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
               "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 TRAILER = "TRAILER!!!"
+
+
+class CpioError(BuildError, ValueError):
+    """A newc archive that cannot be written reproducibly or read back."""
 
 
 def source_date_epoch() -> int:
@@ -21,7 +26,7 @@ def source_date_epoch() -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
+        raise CpioError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
 
 
 def _pad(n: int) -> bytes:
@@ -50,7 +55,7 @@ def read_cpio(data: bytes) -> dict[str, bytes]:
     pos = 0
     while pos + 110 <= len(data):
         if data[pos:pos + 6] not in (b"070701", b"070702"):
-            raise ValueError(f"not a newc cpio archive (bad magic at byte {pos})")
+            raise CpioError(f"not a newc cpio archive (bad magic at byte {pos})")
         fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
         name_end = pos + 110 + namesize

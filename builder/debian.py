@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from builder.cachelock import cache_lock
+from builder.errors import BuildError
 from builder.run import run
 
 APT_TRIES = 4
 
 
-class DebianError(RuntimeError):
+class DebianError(BuildError):
     pass
 
 

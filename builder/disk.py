@@ -21,6 +21,7 @@ from pathlib import Path
 
 from builder.bmap import copy_sparse, mkfs_env, write_bmap
 from builder.board import Board
+from builder.errors import BuildError
 from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
 from builder.run import run
@@ -41,7 +42,7 @@ BANKS_LABEL = "bankboot-banks"
 USERDATA_LABEL = "bankboot-data"
 
 
-class DiskError(RuntimeError):
+class DiskError(BuildError):
     pass
 
 

@@ -14,11 +14,12 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from builder.arch import Arch
+from builder.errors import BuildError
 
 ELF_MAGIC = b"\x7fELF"
 
 
-class ElfError(RuntimeError):
+class ElfError(BuildError):
     pass
 
 

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from builder.cachelock import cache_lock
+from builder.errors import BuildError
 from builder.paths import cache_dir, package_root
 from builder.pysysroot import PySysroot
 from builder.run import run
@@ -105,7 +106,7 @@ def stage_sources(dest: Path) -> Path:
     return dest
 
 
-class FreezeError(RuntimeError):
+class FreezeError(BuildError):
     pass
 
 

@@ -9,6 +9,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builder.errors import BuildError
+
+
+class TreeError(BuildError, ValueError):
+    """A path or file the tree refuses (escapes it, clashes with an entry, cannot be copied); a call that breaks
+    the API stays a plain ValueError."""
+
 
 @dataclass
 class Entry:
@@ -34,10 +41,10 @@ def norm(path: str | PurePosixPath) -> str:
         if part in ("/", "."):
             continue
         if part == "..":
-            raise ValueError(f"path {path!r} escapes the tree")
+            raise TreeError(f"path {path!r} escapes the tree")
         parts.append(part)
     if not parts:
-        raise ValueError(f"empty path {path!r}")
+        raise TreeError(f"empty path {path!r}")
     return "/".join(parts)
 
 
@@ -55,7 +62,7 @@ class FsTree:
         key = norm(path)
         old = self.entries.get(key)
         if old is not None and old != entry and not (old.kind == entry.kind == "dir"):
-            raise ValueError(f"{key!r} added twice with different contents ({old.kind} then {entry.kind})")
+            raise TreeError(f"{key!r} added twice with different contents ({old.kind} then {entry.kind})")
         parent = str(PurePosixPath(key).parent)
         if parent != ".":
             self.add_dir(parent)
@@ -67,7 +74,7 @@ class FsTree:
         old = self.entries.get(key)
         if old is not None:
             if old.kind != "dir":
-                raise ValueError(f"{key!r} is a {old.kind}, cannot make it a directory")
+                raise TreeError(f"{key!r} is a {old.kind}, cannot make it a directory")
             return
         self._put(key, Entry("dir", mode))
 
@@ -86,7 +93,7 @@ class FsTree:
         """Turn a file already in the tree into a symlink: a second copy of a library becomes a link."""
         old = self.get(path)
         if old is None or old.kind != "file":
-            raise ValueError(f"{norm(path)!r} is not a file in the tree")
+            raise TreeError(f"{norm(path)!r} is not a file in the tree")
         self.entries[norm(path)] = Entry("symlink", 0o777, target=target)
 
     def add_device(self, path: str, kind: str, major: int, minor: int, mode: int = 0o600) -> None:
@@ -107,7 +114,7 @@ class FsTree:
         elif stat.S_ISREG(st.st_mode):
             self.add_file(dest, src=src, mode=stat.S_IMODE(st.st_mode))
         else:
-            raise ValueError(f"{src}: cannot copy a {stat.filemode(st.st_mode)[0]!r} file into the tree")
+            raise TreeError(f"{src}: cannot copy a {stat.filemode(st.st_mode)[0]!r} file into the tree")
 
     def size(self) -> int:
         """Bytes of file content: what the initramfs takes in RAM once unpacked."""

@@ -22,7 +22,7 @@ from builder.arch import ARCHES
 from builder.board import Board
 from builder.cpio import source_date_epoch
 from builder.elf import ElfError, read_elf, resolve_in_root
-from builder.imageerror import ImageError
+from builder.errors import ImageError
 from builder.run import find_tool, run
 from builder.signing import SigningError, finish_manifest
 from initfs import VERSION

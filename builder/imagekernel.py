@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder.board import Board
 from builder.elf import resolve_in_root
-from builder.imageerror import ImageError
+from builder.errors import ImageError
 from builder.lint import KARGS_D, MODULES, image_kernels
 from overlay_layout.hashing import hash_file
 from overlay_layout.manifest import KERNEL_FILES

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.board import Board
 from builder.cpio import source_date_epoch
-from builder.imageerror import ImageError
+from builder.errors import ImageError
 from builder.layerread import LayerError
 from builder.source import Source
 

@@ -15,6 +15,7 @@ from builder import compress as compression
 from builder.board import Board
 from builder.cpio import write_cpio
 from builder.elf import LibraryResolver, is_elf, read_elf, resolve_in_root
+from builder.errors import BuildError
 from builder.freeze import CONTENTS_DIR, freeze_init
 from builder.fstree import FsTree
 from builder.kmod import ModuleError, module_closure, run_depmod
@@ -76,6 +77,10 @@ fi
 export PS1='(baseline) \\w # '
 while true; do setsid cttyhack sh -l; done
 """
+
+
+class InitramfsError(BuildError, ValueError):
+    """An initramfs that cannot be built as asked (no trusted key, a kernel that defeats it) or read back."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +255,10 @@ def add_trust(tree: FsTree, policy: TrustPolicy, conf: InitramfsConf) -> None:
         tree.add_file(f"{archive_path(TRUST_DIR)}/{kid}.pub", data=path.read_bytes())
         ids.append(kid)
     if not ids and not policy.allow_unsigned:
-        raise ValueError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
+        raise InitramfsError("no trusted key given (--trust KEY.pub, or TRUST= for make): this initramfs would refuse "
                          "every image; use --insecure-allow-unsigned only for development")
     if not 1 <= policy.threshold <= max(1, len(set(ids))):
-        raise ValueError(f"--threshold {policy.threshold}: an image must be signed by 1 to the {len(set(ids))} "
+        raise InitramfsError(f"--threshold {policy.threshold}: an image must be signed by 1 to the {len(set(ids))} "
                          f"trusted key(s), or nothing could ever boot")
     conf.trusted, conf.unsigned, conf.downgrade = tuple(ids), policy.allow_unsigned, policy.allow_downgrade
     conf.threshold = policy.threshold
@@ -275,7 +280,7 @@ def add_network(tree: FsTree, board: Board, sysroot: PySysroot, conf: InitramfsC
 
 def assemble(board: Board, init: str = "frozen", policy: TrustPolicy | None = None) -> tuple[FsTree, KernelParts]:
     if init not in INIT_KINDS:
-        raise ValueError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
+        raise InitramfsError(f"init kind {init!r} is not one of {', '.join(INIT_KINDS)}")
     kernel = locate_kernel(board)
     if board.sealed:
         refuse_root_capable_kernel(board, kernel)
@@ -316,7 +321,7 @@ def refuse_root_capable_kernel(board: Board, kernel: KernelParts) -> None:
     config = kernel_config(kernel)
     found = builtin_root_filesystems(config) if config else []
     if found:
-        raise ValueError(f"board {board.name}: kernel {kernel.version} has {', '.join(found)} built in ({config}): "
+        raise InitramfsError(f"board {board.name}: kernel {kernel.version} has {', '.join(found)} built in ({config}): "
                          f"with rdinit= naming no file it would mount root= itself and run any init= from the "
                          f"card; a sealed build needs those as modules")
 
@@ -340,9 +345,9 @@ def read_settings(initramfs: Path) -> tuple[InitramfsConf, dict[str, bytes]]:
     try:
         files = read_cpio(compression.decompress(raw, compression.detect(raw)))
     except (ValueError, OSError, RuntimeError) as e:
-        raise ValueError(f"{initramfs} is not a bankboot initramfs: {e}") from None
+        raise InitramfsError(f"{initramfs} is not a bankboot initramfs: {e}") from e
     if archive_path(CONF) not in files:
-        raise ValueError(f"{initramfs} is not a bankboot initramfs: it has no {CONF}")
+        raise InitramfsError(f"{initramfs} is not a bankboot initramfs: it has no {CONF}")
     conf = InitramfsConf.parse(files[archive_path(CONF)].decode(errors="replace"))
     keys = {}
     for name, data in files.items():

@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.errors import BuildError
 from overlay_layout.contract import ARCHES
 
 # Architectures whose kernel has kexec_file_load (kernel, initramfs and command line by file descriptor).
@@ -24,7 +25,7 @@ _BANNER = re.compile(rb"Linux version (\S+) \(.{1,400}?\) (#\d+ [^\n\0]{1,200})"
 _X86_VERSION = re.compile(rb"^(\S+) \(.{1,200}?\) (#\d+ [^\0]{1,200})")
 
 
-class KernelFileError(ValueError):
+class KernelFileError(BuildError, ValueError):
     pass
 
 

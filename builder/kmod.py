@@ -6,10 +6,11 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.run import find_tool, run
 
 
-class ModuleError(RuntimeError):
+class ModuleError(BuildError):
     pass
 
 

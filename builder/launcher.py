@@ -12,6 +12,7 @@ from pathlib import Path
 from builder.arch import Arch
 from builder.cachelock import cache_lock
 from builder.elf import read_elf
+from builder.errors import BuildError
 from builder.paths import cache_dir
 from builder.run import find_tool, run
 from overlay_layout.contract import KIT
@@ -30,7 +31,7 @@ FLAGS = ["-Os", "-std=gnu11", "-Wall", "-Werror", "-ffreestanding", "-fno-builti
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+:-]+$")
 
 
-class LauncherError(RuntimeError):
+class LauncherError(BuildError):
     pass
 
 

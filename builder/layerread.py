@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from builder.errors import BuildError
 from builder.run import find_tool
 
 BLOCK = 512
@@ -31,7 +32,7 @@ DECOMPRESSORS = {"gzip": ("gzip", "gzip"), "zstd": ("zstd", "zstd"), "xz": ("xz"
                  "bzip2": ("bzip2", "bzip2")}
 
 
-class LayerError(ValueError):
+class LayerError(BuildError, ValueError):
     pass
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from builder import debian
 from builder.arch import Arch
 from builder.cachelock import cache_lock
+from builder.errors import BuildError
 from builder.launcher import COMPILERS
 from builder.paths import cache_dir
 from builder.run import find_tool, run
@@ -112,7 +113,7 @@ def support_assembly(arch: Arch) -> str:
     return "".join(lines)
 
 
-class LeanPythonError(RuntimeError):
+class LeanPythonError(BuildError):
     pass
 
 

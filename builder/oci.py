@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from builder.arch import ARCHES
+from builder.errors import BuildError
 from builder.layerread import Layer
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -34,7 +35,7 @@ LAYER_TYPES = {
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
-class OciError(ValueError):
+class OciError(BuildError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.source import SourceError, repository, skopeo
 from overlay_layout.bankfile import BankFile
 from overlay_layout.hashing import hash_file
@@ -31,7 +32,7 @@ MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 HUB, HUB_API = "docker.io", "registry-1.docker.io"
 
 
-class OciPushError(ValueError):
+class OciPushError(BuildError, ValueError):
     pass
 
 

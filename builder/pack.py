@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.imageerror import ImageError
+from builder.errors import ImageError
 from builder.layerread import Layer
 from builder.layers import FlattenStats, Visitor, flatten
 from builder.run import find_tool

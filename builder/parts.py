@@ -12,12 +12,13 @@ from pathlib import Path
 from builder import debian
 from builder.arch import Arch
 from builder.board import Board
+from builder.errors import BuildError
 from builder.kmod import run_depmod
 from builder.paths import cache_dir, fetch_hint
 from builder.run import run
 
 
-class PartsError(RuntimeError):
+class PartsError(BuildError):
     pass
 
 

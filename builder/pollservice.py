@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builder.errors import BuildError
 from overlay_layout.contract import BIN, BOOTED, POLL_CONF, archive_path
 
 UNIT_NAME = "bankctl-poll.service"
@@ -72,10 +73,14 @@ esac
 """
 
 
+class PollServiceError(BuildError, ValueError):
+    """A poll.conf value that systemd and sh would not read alike."""
+
+
 def poll_conf(url: str, every: str = "6h", options: str = "--reboot") -> str:
     for name, value in (("URL", url), ("EVERY", every), ("OPTIONS", options)):
         if any(c in value for c in "\"'$`\\\n"):
-            raise ValueError(f"poll.conf {name}={value!r}: no quotes, $, ` or \\ (systemd and sh read it alike)")
+            raise PollServiceError(f"poll.conf {name}={value!r}: no quotes, $, ` or \\ (systemd and sh read it alike)")
     return f"URL={url}\nEVERY={every}\nOPTIONS=\"{options}\"\n"
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from builder.board import BoardError, load_board
+from builder.errors import BuildError
 from overlay_layout import durable, hashing
 from overlay_layout.bankfile import BankFile
 from overlay_layout.contract import is_name
@@ -47,7 +48,7 @@ BANK_CACHE = "public, max-age=31536000, immutable"  # a bank's name is its conte
 DOCUMENT_CACHE = "no-cache"  # a CDN asks the origin (If-None-Match) every time
 
 
-class PublishError(RuntimeError):
+class PublishError(BuildError):
     pass
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from builder import debian
 from builder.arch import Arch
 from builder.elf import read_elf, resolve_in_root
+from builder.errors import BuildError
 from builder.paths import cache_dir, fetch_hint
 from builder.run import find_tool, run, target_runner
 
@@ -34,7 +35,7 @@ PYINSTALLER_PIN = "pyinstaller==6.22.3"
 PYTHON = "usr/bin/python3.11"
 
 
-class SysrootError(RuntimeError):
+class SysrootError(BuildError):
     pass
 
 

@@ -9,11 +9,12 @@ import subprocess
 from pathlib import Path
 
 from builder.arch import Arch, is_native
+from builder.errors import BuildError
 
 TAIL = 2000  # characters of a failed command's output kept in the error
 
 
-class CommandError(RuntimeError):
+class CommandError(BuildError):
     pass
 
 

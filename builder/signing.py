@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from builder.errors import BuildError
 from overlay_layout import durable, ed25519
 from overlay_layout.keychain import extend, new_update, parse_chain, set_of, sign_update, verify_update
 from overlay_layout.layout import MANIFEST, SQUASHFS, LayoutError
@@ -23,7 +24,7 @@ from overlay_layout.manifest import dump_manifest, parse_manifest
 from overlay_layout.trust import KeySet, TrustError, key_id, read_private_key, read_public_key, sign_manifest
 
 
-class SigningError(RuntimeError):
+class SigningError(BuildError):
     pass
 
 

@@ -22,6 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.layerread import Layer, LayerError, detect_compression
 from builder.layers import normalize
 from builder.oci import INDEX_TYPES, OciError, choose_platform, read_dir, read_layout, sha256_hex
@@ -44,7 +45,7 @@ _HINTS = (("unauthorized", "the registry wants credentials: log in with `skopeo 
           ("connection refused", "nothing answers at that address"))
 
 
-class SourceError(ValueError):
+class SourceError(BuildError, ValueError):
     pass
 
 

@@ -11,6 +11,8 @@ import os
 import struct
 from pathlib import PurePosixPath
 
+from builder.errors import BuildError
+
 MAGIC = 0x73717368
 COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
 _SUPER = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
@@ -20,7 +22,7 @@ UNCOMPRESSED_BLOCK = 1 << 24
 DIR_TYPES, FILE_TYPES, LINK_TYPES = (1, 8), (2, 9), (3, 10)
 
 
-class SquashfsError(ValueError):
+class SquashfsError(BuildError, ValueError):
     pass
 
 

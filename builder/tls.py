@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.pysysroot import PySysroot
 from builder.run import find_tool, run
 from overlay_layout.net.tlspiece import EXTENSIONS, LIBRARIES, MODULES, pack
 
 
-class TlsBuildError(RuntimeError):
+class TlsBuildError(BuildError):
     pass
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from builder.arch import Arch
 from builder.cachelock import cache_lock
 from builder.elf import read_elf
+from builder.errors import BuildError
 from builder.launcher import COMPILERS
 from builder.paths import cache_dir
 from builder.run import find_tool, run
@@ -25,7 +26,7 @@ FLAGS = ["-Os", "-std=gnu11", "-Wall", "-Werror", "-shared", "-fPIC", "-nostdlib
          "-Wl,-z,noexecstack", "-Wl,-z,noseparate-code", "-Wl,-z,norelro", "-Wl,--hash-style=gnu", "-s"]
 
 
-class XenShimError(RuntimeError):
+class XenShimError(BuildError):
     pass
 
 

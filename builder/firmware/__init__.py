@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.run import run
 from overlay_layout.contract import (
     LOADER_DIR,
@@ -37,7 +38,7 @@ ENV_FLASH = 64 << 20  # QEMU virt's second pflash bank, where Debian's U-Boot ke
 UBOOT_ENV_SIZE = 0x40000
 
 
-class FirmwareError(RuntimeError):
+class FirmwareError(BuildError):
     pass
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from builder.board import Board
+from builder.errors import BuildError
 from builder.initramfs import build_initramfs
 from builder.lab.rig import PROMPT
 from builder.paths import build_dir
@@ -48,13 +49,17 @@ TRIAL_MB = (16, 64, 128)  # image sizes for a trial's first boot (the full hash)
 KMSG = "printk.devkmsg=on"
 
 
+class BenchError(BuildError):
+    """A guest that did not report what the bench measures (a failed command, a missing log line)."""
+
+
 def read_marks(dmesg: str, kind: str) -> dict[str, float]:
     """{mark: seconds since the kernel started} from `dmesg` output; a missing mark is an error naming it."""
     found = {}
     for label, pattern in MARKS[kind]:
         m = re.search(r"^\[\s*(\d+\.\d+)\] " + pattern, dmesg, re.MULTILINE)
         if m is None:
-            raise RuntimeError(f"bench: the guest's kernel log has no {label!r} line ({pattern!r})")
+            raise BenchError(f"bench: the guest's kernel log has no {label!r} line ({pattern!r})")
         found[label] = float(m.group(1))
     return found
 
@@ -75,7 +80,7 @@ def boot_and_read(vm, kind: str, timeline: Path | None = None) -> tuple[dict[str
     vm.console.expect(PROMPT, BOOT_TIMEOUT)
     rc, text = vm.console.run("dmesg", timeout=120)
     if rc != 0:
-        raise RuntimeError(f"bench: dmesg failed in the guest:\n{text}")
+        raise BenchError(f"bench: dmesg failed in the guest:\n{text}")
     if timeline is not None:
         rc, text2 = vm.console.run(f"cat {TIMELINE}", timeout=60)
         if rc == 0:
@@ -182,10 +187,10 @@ def _guest_seconds(vm, cmd: str, timeout: float = 900) -> float:
     """`cmd` in the guest's shell, timed by the guest's clock (busybox time)."""
     rc, text = vm.console.run(f"busybox time -p sh -c '{cmd}' 2>&1", timeout=timeout)
     if rc != 0:
-        raise RuntimeError(f"bench: `{cmd}` failed in the guest:\n{text}")
+        raise BenchError(f"bench: `{cmd}` failed in the guest:\n{text}")
     found = re.search(r"real ([\d.]+)", text)
     if found is None:
-        raise RuntimeError(f"bench: no time from `{cmd}` in the guest:\n{text}")
+        raise BenchError(f"bench: no time from `{cmd}` in the guest:\n{text}")
     return float(found.group(1))
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from builder.board import Board, BoardError, load_board
-from builder.lab.bench import BOOT_TIMEOUT, KMSG, PROMPT, read_marks
+from builder.lab.bench import BOOT_TIMEOUT, KMSG, PROMPT, BenchError, read_marks
 
 
 def boards_to_compare(board: Board) -> list[tuple[Board, str]]:
@@ -50,7 +50,7 @@ def time_firmware_boot(board: Board, firmware: str, bank: Path, initrd: Path, ou
         instructions = int(vm.qmp.cmd("query-replay")["icount"])  # type: ignore[index]
         rc, dmesg = vm.console.run("dmesg", timeout=120)
         if rc != 0:
-            raise RuntimeError(f"bench: dmesg failed in the guest:\n{dmesg}")
+            raise BenchError(f"bench: dmesg failed in the guest:\n{dmesg}")
     marks = read_marks(dmesg, "frozen")
     return {"instructions to the shell": instructions / 1e9, "kernel clock: image init": marks["image init"],
             "wall: QEMU start -> up": wall}

@@ -11,19 +11,24 @@ import tempfile
 from pathlib import Path
 
 from builder.board import Board
+from builder.errors import BuildError
 from builder.parts import locate_kernel
 from qemu.machine import Machine
 from qemu.vm import VM
 
 
+class BootError(BuildError, ValueError):
+    """A board or disk that `bankboot qemu` cannot boot (no QEMU machine, no device tree, no command line)."""
+
+
 def machine_for(board: Board) -> Machine:
     if not board.qemu_system:
-        raise RuntimeError(f"board {board.name} has no QEMU machine (real hardware only)")
+        raise BootError(f"board {board.name} has no QEMU machine (real hardware only)")
     dtb = None
     if board.dtb:
         dtb_dir = locate_kernel(board).dtb_dir
         if dtb_dir is None or not (dtb_dir / board.dtb).is_file():
-            raise RuntimeError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
+            raise BootError(f"board {board.name}: device tree {board.dtb} not found in the kernel package")
         dtb = seeded_dtb(dtb_dir / board.dtb)
     return Machine(board.name, board.qemu_system, board.qemu_args, board.qemu_disk, board.arch.uname,
                    board.serial_index, dtb, board.qemu_net)
@@ -78,7 +83,7 @@ def firmware_args(board: Board, disk: Path, append: str = "") -> list[str] | Non
     if kind == "direct":
         return None
     if append:
-        raise ValueError(f"{disk} boots through {kind}, which reads its command line from the disk: give "
+        raise BootError(f"{disk} boots through {kind}, which reads its command line from the disk: give "
                          f"`{append}` to bankboot disk --append instead")
     return qemu_args(kind, board.arch.debian, disk)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import struct
 
+from builder.errors import BuildError
+
 MAGIC = 0xD00DFEED
 BEGIN_NODE, END_NODE, PROP, NOP, END = 1, 2, 3, 4, 9
 HEADER = struct.Struct(">10I")
 
 
-class DeviceTreeError(ValueError):
+class DeviceTreeError(BuildError, ValueError):
     pass
 
 

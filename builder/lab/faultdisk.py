@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 from builder.bankspart import debugfs, partition_range, pointer, read_file
+from builder.errors import BuildError
 
 
-class FaultError(RuntimeError):
+class FaultError(BuildError):
     pass
 
 

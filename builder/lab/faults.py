@@ -24,6 +24,7 @@ from builder.lab.rig import (
     BOOT_TIMEOUT,
     NO_PROMPT,
     PROMPT,
+    GuestError,
     boot_entries,
     came_up,
     copy_device,
@@ -166,7 +167,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print, need: set[st
             vm.console.sendline("reboot")
             vm.console.expect(r"Linux version", BOOT_TIMEOUT)  # "Booting Linux on physical CPU" is ARM's only
             if version_up(vm) != "1.1.0":
-                raise AssertionError("the update did not commit while preparing the campaign")
+                raise GuestError("the update did not commit while preparing the campaign")
             campaign.userdata["/userdata/committed"] = write_userdata(vm, "/userdata/committed", 65536)
             power_off(vm)
         campaign.disks["committed"] = committed

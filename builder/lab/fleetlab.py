@@ -20,6 +20,7 @@ from pathlib import Path
 
 from builder.board import Board
 from builder.disk import build_disk
+from builder.errors import BuildError
 from builder.lab.boot import disk_vm
 from builder.lab.rig import PROMPT, sample_bank
 from builder.lab.samplerootfs import build_sample_rootfs
@@ -82,7 +83,7 @@ class Lab:
 def status(vm: VM) -> dict:
     rc, out = vm.console.run("bankctl status --json", timeout=T)
     if rc != 0:
-        raise RuntimeError(f"bankctl status failed on a device: {out}")
+        raise BuildError(f"bankctl status failed on a device: {out}")
     return json.loads(out)
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from multiprocessing import Pool
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.keys import keygen
 
 BOARD = "qemu-aarch64"
@@ -147,7 +148,6 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-
 def on_nginx(fleet: Fleet, sizes: list[int], workers: int = 16) -> dict[str, list[dict]]:
     """The rounds for each fleet size against a channel in a directory that nginx serves; each round's
     requests checked against nginx's access log."""
@@ -166,7 +166,7 @@ def on_nginx(fleet: Fleet, sizes: list[int], workers: int = 16) -> dict[str, lis
             rounds = simulate(fleet, n, srv.url("stable.json"), put, workers)
             logged = srv.fleet_log()
         if len(logged) != sum(r["requests"] for r in rounds):
-            raise RuntimeError(f"nginx logged {len(logged)} requests, the devices counted "
+            raise BuildError(f"nginx logged {len(logged)} requests, the devices counted "
                                f"{sum(r['requests'] for r in rounds)}")
         for r in rounds:
             r["devices_seen"] = n

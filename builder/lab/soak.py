@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.errors import BuildError
 from builder.lab.rig import (
     BOOT_TIMEOUT,
     came_up,
@@ -265,7 +266,7 @@ def format_table(seed: int, cycles: int, boots: int, seconds: float, table: dict
 
 
 # -- booting --------------------------------------------------------------------------------------------------
-class SoakFailure(AssertionError):
+class SoakFailure(BuildError, AssertionError):
     pass
 
 

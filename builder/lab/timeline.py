@@ -8,11 +8,13 @@ import json
 from html import escape
 from pathlib import Path
 
+from builder.errors import BuildError
+
 COLOURS = ("#3b6ea8", "#c8702a", "#5a9a4a", "#9a4a8a", "#8a8a3a")
 ROW, LABEL, WIDTH, TOP = 18, 300, 1000, 40
 
 
-class TimelineError(ValueError):
+class TimelineError(BuildError, ValueError):
     pass
 
 
