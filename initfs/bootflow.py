@@ -184,7 +184,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
     upper from the banks partition. `notes`: what was repaired on the way (a planted symlink replaced)."""
-    from initfs.dmverity import attach_readonly
+    from initfs.blockdev import attach_readonly
 
     layout.check_image(image)
     manifest = verify_image(layout, image, full_check, keys, policy)
@@ -192,7 +192,7 @@ def mount_image(layout: Layout, image: str, full_check: bool = False, notes: lis
     os.makedirs(LOWER, exist_ok=True)
     with log.step(f"mount {squashfs}"):
         if "verity" in manifest:
-            from initfs.dmverity import VerityError, open_verity
+            from initfs.blockdev import VerityError, open_verity
 
             try:
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
@@ -371,7 +371,7 @@ def mount_userdata(opts: Options, layout: Layout) -> str:
 def release_image(image: str) -> None:
     """Undo whatever of mount_image happened: overlay, squashfs, the verity mapping (loops clear themselves).
     Never fails: a mount that stays busy is detached, so the next candidate can use the mount points."""
-    from initfs.dmverity import close_verity
+    from initfs.blockdev import close_verity
     from initfs.syscalls import MNT_DETACH, umount
 
     for target in [*_mounts_under(NEWROOT), LOWER]:
@@ -472,16 +472,15 @@ def own_kernel(image: str, manifest: Manifest, pinned: str | None, method: str) 
 
 def _quietly(what: str, fn: Callable[..., T], *args: Any) -> T | None:
     """A write to the banks partition that must not stop the boot: failures are warnings."""
-    from overlay_layout.bootwalk import quietly
+    from overlay_layout.state import quietly
 
     return quietly(log.error, what, fn, *args)
 
 
 def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str) -> tuple[Chosen, Banks]:
-    """This boot's image: the menu's or the command line's choice, then overlay_layout.bootwalk's walk of the
+    """This boot's image: the menu's or the command line's choice, then overlay_layout.state.walk of the
     policy's candidates, each prepared (mounted, verified, preflighted, a trial self-tested) here."""
-    from overlay_layout.bootwalk import CannotBoot, walk
-    from overlay_layout.state import Banks
+    from overlay_layout.state import Banks, CannotBoot, walk
     from overlay_layout.trust import init_policy
 
     banks = Banks(BANKS)
