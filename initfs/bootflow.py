@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from overlay_layout.policy import Candidate, Plan
     from overlay_layout.records import Booted, BootRecord, Chosen, Manifest, MenuEntry, Prepared, StatusImage
     from overlay_layout.state import Banks
-    from overlay_layout.trust import KeySet
+    from overlay_layout.trust import KeySet, Policy
 
     T = TypeVar("T")
 
@@ -108,15 +108,17 @@ def menu_selection(opts: Options, banks: Banks, limit: int, config: InitramfsCon
         return prompt(entries, timeout, opts.get("bankboot.menu_timeout")), "console menu"
 
 
-def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = None) -> Manifest:
+def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = None,
+                 policy: Policy | None = None) -> Manifest:
     """The image's manifest must be signed by the keys in force, enough of them (checked every boot: cheap);
     on a trial's first boot the whole squashfs and hash tree are also hashed against it. Later reads are
-    checked by dm-verity."""
+    checked by dm-verity. `policy`: the init's, when the caller has it already (else read here)."""
     from initfs import VERSION
     from overlay_layout.layout import LayoutError
     from overlay_layout.manifest import read_installed
     from overlay_layout.trust import Policy, TrustError
 
+    policy = policy or Policy.load()
     path = layout.manifest_path(image)
     try:
         manifest = read_installed(layout, image)
@@ -128,7 +130,7 @@ def verify_image(layout: Layout, image: str, full: bool, keys: KeySet | None = N
         raise BootError(f"{path} describes image {manifest['id']}")
     try:
         with log.step("verify manifest signature"):
-            who = Policy.load().check(manifest, VERSION, keys)
+            who = policy.check(manifest, VERSION, keys)
     except TrustError as e:
         raise BootError(f"verification failed: {e}") from e
     manifest["_signed_by"] = who
@@ -177,20 +179,20 @@ def _volatile(image: str) -> tuple[str, str]:
 
 
 def mount_image(layout: Layout, image: str, full_check: bool = False, notes: list[str] | None = None,
-                keys: KeySet | None = None) -> Manifest:
+                keys: KeySet | None = None, policy: Policy | None = None) -> Manifest:
     """The image's verified squashfs under an overlay on NEWROOT. A sealed image (its signed manifest has a
     persistence policy) gets a tmpfs upper here: what preflight and self-test see is the signed image alone;
     its persistent paths are mounted after them (mount_persistent). An unsealed one gets its whole-root
     upper from the banks partition. `notes`: what was repaired on the way (a planted symlink replaced)."""
-    from initfs.dmverity import attach_readonly
+    from initfs.blockdev import attach_readonly
 
     layout.check_image(image)
-    manifest = verify_image(layout, image, full_check, keys)
+    manifest = verify_image(layout, image, full_check, keys, policy)
     squashfs = layout.squashfs(image)
     os.makedirs(LOWER, exist_ok=True)
     with log.step(f"mount {squashfs}"):
         if "verity" in manifest:
-            from initfs.dmverity import VerityError, open_verity
+            from initfs.blockdev import VerityError, open_verity
 
             try:
                 dev, fd = open_verity(f"bankboot-{image}", squashfs, layout.verity(image), manifest), None
@@ -369,7 +371,7 @@ def mount_userdata(opts: Options, layout: Layout) -> str:
 def release_image(image: str) -> None:
     """Undo whatever of mount_image happened: overlay, squashfs, the verity mapping (loops clear themselves).
     Never fails: a mount that stays busy is detached, so the next candidate can use the mount points."""
-    from initfs.dmverity import close_verity
+    from initfs.blockdev import close_verity
     from initfs.syscalls import MNT_DETACH, umount
 
     for target in [*_mounts_under(NEWROOT), LOWER]:
@@ -401,13 +403,13 @@ def _mounts_under(top: str) -> list[str]:
 
 
 def prepare(layout: Layout, image: str, init: str, trial: bool, opts: Options, config: InitramfsConf,
-            boot_floor: str | None = None, keys: KeySet | None = None) -> Prepared:
+            boot_floor: str | None = None, keys: KeySet | None = None, policy: Policy | None = None) -> Prepared:
     """Mount the image (verified against `keys`), read its init through verity and, for a trial, self-test it."""
     from initfs.preflight import preflight, verify_ranges
     from overlay_layout.policy import below_floor
 
     notes: list[str] = []
-    manifest = mount_image(layout, image, full_check=trial, notes=notes, keys=keys)
+    manifest = mount_image(layout, image, full_check=trial, notes=notes, keys=keys, policy=policy)
     if below_floor(manifest["version"], boot_floor):  # the signed version, checked again after the plan
         raise BootError(f"version {manifest['version']} is below the anti-rollback floor {boot_floor}")
     pinned = opts.get("bankboot.kexec")
@@ -470,20 +472,23 @@ def own_kernel(image: str, manifest: Manifest, pinned: str | None, method: str) 
 
 def _quietly(what: str, fn: Callable[..., T], *args: Any) -> T | None:
     """A write to the banks partition that must not stop the boot: failures are warnings."""
-    from overlay_layout.bootwalk import quietly
+    from overlay_layout.state import quietly
 
     return quietly(log.error, what, fn, *args)
 
 
 def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str) -> tuple[Chosen, Banks]:
-    """This boot's image: the menu's or the command line's choice, then overlay_layout.bootwalk's walk of the
+    """This boot's image: the menu's or the command line's choice, then overlay_layout.state.walk of the
     policy's candidates, each prepared (mounted, verified, preflighted, a trial self-tested) here."""
-    from overlay_layout.bootwalk import CannotBoot, walk
-    from overlay_layout.state import Banks
+    from overlay_layout.state import Banks, CannotBoot, walk
+    from overlay_layout.trust import init_policy
 
     banks = Banks(BANKS)
     _quietly("removing staging leftovers", banks.remove_staging_leftovers)
-    keys = _quietly("reading the keys in force", trusted_keys, banks)
+    # Read once: the keys in force and every candidate's signature check use it (when it cannot be read, each
+    # of them reads it again and fails as it would have).
+    policy = _quietly("reading the trust policy", init_policy, config)
+    keys = _quietly("reading the keys in force", trusted_keys, banks, policy)
     limit = opts.get("bankboot.unconfirmed_boots") or config.unconfirmed_boots
     try:
         select, how = menu_selection(opts, banks, limit, config)
@@ -493,7 +498,7 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str) -> 
 
     def step(cand: Candidate, plan: Plan) -> Prepared:
         try:
-            return prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor, keys)
+            return prepare(layout, cand.image, init, cand.trial, opts, config, plan.boot_floor, keys, policy)
         except Exception as e:
             from initfs.selftest import SelfTestError
 
@@ -503,13 +508,13 @@ def _choose(opts: Options, config: InitramfsConf, layout: Layout, init: str) -> 
     return chosen, banks
 
 
-def trusted_keys(banks: Banks) -> KeySet:
+def trusted_keys(banks: Banks, policy: Policy | None = None) -> KeySet:
     """The keys this boot checks images against: the initramfs's root keys advanced by the key updates the
     device committed (overlay_layout/keychain.py); the plan leaves out images they can never verify."""
     from overlay_layout.trust import Policy, boot_keys
 
     with log.step("keys in force"):
-        keys = boot_keys(banks, Policy.load())
+        keys = boot_keys(banks, policy or Policy.load())
     if keys.serial:
         log.log(f"keys in force: key update {keys.serial}, {keys.describe()}")
     return keys

@@ -175,7 +175,7 @@ def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: s
 
 def mount_source(squashfs: str) -> None:
     """The image's squashfs, read-only at SOURCE (its bytes are checked against the manifest on copy)."""
-    from initfs.dmverity import attach_readonly
+    from initfs.blockdev import attach_readonly
 
     os.makedirs(SOURCE, exist_ok=True)
     dev, fd = attach_readonly(squashfs)

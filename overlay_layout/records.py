@@ -295,7 +295,7 @@ class Effect(NamedTuple):
 
 
 class Chosen(NamedTuple):
-    """What a boot's candidate walk ended with (overlay_layout/bootwalk.py)."""
+    """What a boot's candidate walk ended with (overlay_layout.state.walk)."""
 
     candidate: Candidate | None  # the one that prepared; None when none did
     why: str  # as the boot record says it (a selection names who made it)

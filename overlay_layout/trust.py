@@ -354,6 +354,11 @@ def committed_images(banks: Banks) -> list[str]:
     return out
 
 
+def init_policy(conf: InitramfsConf) -> Policy:
+    """The running init's policy from its initramfs.conf, already read (`conf`), and its trust directory."""
+    return Policy.of(conf, load_trusted("/" + archive_path(TRUST_DIR)))
+
+
 def boot_keys(banks: Banks, policy: Policy) -> KeySet:
     """The keys this boot checks images against (written back to the trust file when it was behind), and
     the plan told which images they can never verify (banks.untrusted): the init's and the model's one

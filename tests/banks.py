@@ -104,9 +104,9 @@ def install_first_image(root: Path, image: str = "1.0.0-base") -> None:
 
 
 def boot(banks):
-    """What an init's boot would choose when every candidate prepares (overlay_layout.bootwalk, its writes
+    """What an init's boot would choose when every candidate prepares (overlay_layout.state.walk, its writes
     made); the candidate."""
-    from overlay_layout.bootwalk import walk
+    from overlay_layout.state import walk
 
     chosen = walk(banks, lambda candidate, plan: {})
     assert chosen.candidate is not None, f"nothing to boot on {banks.root}"

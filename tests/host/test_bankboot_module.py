@@ -48,11 +48,16 @@ def real(built: Path) -> ModuleType:
     so = next(built.glob("_bankboot*"))
     spec = importlib.util.spec_from_file_location("_bankboot", so)
     assert spec is not None and spec.loader is not None
+    before = sys.modules.get("_bankboot")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    # A single-phase extension puts itself in sys.modules as it loads: left there, every later `import
-    # _bankboot` of the session (tests/unit/test_native.py's) would find it.
-    sys.modules.pop("_bankboot", None)
+    # A single-phase extension (PyModule_Create) enters sys.modules as it is created, not when it is
+    # imported: left there, every later `import _bankboot` of the session (overlay_layout.native, reloaded
+    # by tests/unit/test_native.py) would find this build for the host instead of no module at all.
+    if before is None:
+        sys.modules.pop("_bankboot", None)
+    else:
+        sys.modules["_bankboot"] = before
     module.open_sodium(SODIUM)
     return module
 

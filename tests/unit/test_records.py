@@ -18,7 +18,7 @@ def test_runtime_records_match_their_typed_twins(name: str) -> None:
 
 
 def test_the_walks_record_matches_its_typed_twin() -> None:
-    from overlay_layout.bootwalk import Chosen
+    from overlay_layout.state import Chosen
 
     assert Chosen._fields == typed.Chosen._fields
     assert Chosen._field_defaults == typed.Chosen._field_defaults

@@ -58,6 +58,6 @@ def test_the_init_imports_nothing_of_the_network_stage() -> None:
         if name not in seen:
             seen.add(name)
             todo.extend(imports_of(name, known[name], known))
-    assert "overlay_layout.bootwalk" in seen and "initfs.bootflow" in seen  # the walk is followed
+    assert "overlay_layout.state" in seen and "initfs.bootflow" in seen  # the walk is followed
     assert not {m for m in seen if m.startswith("overlay_layout.net")}
     assert "initfs.bankctl" not in seen

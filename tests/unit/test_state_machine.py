@@ -22,12 +22,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from initfs.switchroot import remove_old_kits
 from overlay_layout import bootlog, durable
-from overlay_layout.bootwalk import walk
 from overlay_layout.layout import Layout
 from overlay_layout.policy import LAST_RESORT, PINNED, SPEND_TRY, Candidate, Plan, below_floor
 from overlay_layout.records import Prepared
 from overlay_layout.stage import StageError, stage
-from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state
+from overlay_layout.state import BAD, GOOD, TRIAL, Banks, StateError, check_state, walk
 from tests.banks import DEV, boot, install_first_image, is_complete, make_bank
 
 
@@ -162,7 +161,7 @@ class Device(RuleBasedStateMachine):
             self.countdown = None
 
     def reboot(self, kexec: bool = False) -> None:
-        """What the init does: overlay_layout.bootwalk's walk (the policy's plan, its writes made first, then
+        """What the init does: overlay_layout.state.walk (the policy's plan, its writes made first, then
         the candidates in order until one prepares, resets applied, a trial that fails marked bad), with a
         preparation step that fails on the images this model damaged; the boot is counted and logged."""
         banks = Banks(str(self.root))  # a new boot reads everything again
