@@ -83,6 +83,15 @@ def check_room(files: list[tuple[str, str, KernelFile]]) -> None:
                           f"bigger boot partition)")
 
 
+def drop_leftovers(paths: list[str]) -> None:
+    """What a cut install left beside the files in place (a `.new` copy, whole or cut short, never booted):
+    removed before the room is counted, else every cut would take a loader's worth of the partition and the
+    retry would find no room."""
+    for path in paths:
+        if os.path.lexists(path):
+            durable.remove(path)
+
+
 def _keep_previous(path: str) -> None:
     """A copy of the file now in place as path.previous (written beside, fsynced, renamed)."""
     if not os.path.exists(path):
@@ -108,14 +117,17 @@ def install_ab(lower: str, manifest: Manifest, boot_dev: str, tries: int) -> lis
 
     k = manifest["kernel"]
     wants = {lower + k["image"]["path"]: k["image"], lower + k["initramfs"]["path"]: k["initramfs"]}
+    if "tls" in k:
+        wants[lower + k["tls"]["path"]] = k["tls"]
     st = status(BOOT)
     good = st.get("good") or good_slot(BOOT)
     slot = other(good)
     cmdline = slot_cmdline(BOOT, good)
     if not cmdline:
         raise LoaderError(f"the committed loader {good} has no command line on {boot_dev}: nothing installed")
-    old = sum(os.path.getsize(os.path.join(BOOT, slot, n)) for n in (SLOT_KERNEL, SLOT_INITRD)
-              if os.path.exists(os.path.join(BOOT, slot, n)))
+    names = (SLOT_KERNEL, SLOT_INITRD, TLS_PIECE)
+    drop_leftovers([os.path.join(BOOT, slot, f".{n}.new") for n in names])
+    old = sum(os.path.getsize(p) for p in (os.path.join(BOOT, slot, n) for n in names) if os.path.exists(p))
     need = sum(w["size"] for w in wants.values()) - old
     fs = os.statvfs(BOOT)
     if need > fs.f_bavail * fs.f_frsize:
@@ -151,6 +163,7 @@ def install_loader(lower: str, manifest: Manifest, boot_dev: str, kernel_name: s
     try:
         if firmware_on(BOOT) != "direct":
             return install_ab(lower, manifest, boot_dev, tries)
+        drop_leftovers([f"{BOOT}/{name}{suffix}" for _, name, _ in files for suffix in (".new", ".previous.new")])
         check_room(files)
         for src, name, want in files:  # both new files complete before anything in place changes
             _copy_checked(src, f"{BOOT}/{name}.new", want)
