@@ -212,7 +212,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
             if kernel.dtb_dir is None or not (kernel.dtb_dir / board.dtb).is_file():
                 raise DiskError(f"board {board.name}: device tree {board.dtb} not found with the kernel")
             files.append((kernel.dtb_dir / board.dtb, Path(board.dtb).name))
-        mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        mtools = mtools_env()
         for d in sorted({str(Path(name).parent) for _, name in files} - {"."}, key=len):
             for i in range(1, len(Path(d).parts) + 1):
                 _run(["mmd", "-D", "s", "-i", str(boot), "::" + "/".join(Path(d).parts[:i])], env=mtools,
@@ -269,14 +269,23 @@ def partitions(disk: Path) -> list[dict]:
     return json.loads(_run(["sfdisk", "-J", str(disk)]))["partitiontable"]["partitions"]
 
 
-def read_boot_file(disk: Path, name: str, dest: Path) -> Path:
-    """One file of the disk's boot partition (the FAT partition 1), copied into `dest`."""
+def mtools_env() -> dict[str, str]:
+    """The environment for mtools on a boot FAT: mtools checks a FAT's geometry against a floppy's unless
+    told not to, and the boot FAT is a partition (every mtools call on one runs with this)."""
+    return {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def boot_fat(disk: Path) -> str:
+    """The disk's boot FAT (partition 1) as mtools's -i names it: FILE@@OFFSET."""
     parts = partitions(disk)
     if not parts:
         raise DiskError(f"{disk} has no partition table")
-    offset = parts[0]["start"] * 512
-    _run(["mcopy", "-n", "-o", "-i", f"{disk}@@{offset}", f"::{name}", str(dest / name)],
-         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    return f"{disk}@@{parts[0]['start'] * 512}"
+
+
+def read_boot_file(disk: Path, name: str, dest: Path) -> Path:
+    """One file of the disk's boot partition (the FAT partition 1), copied into `dest`."""
+    _run(["mcopy", "-n", "-o", "-i", boot_fat(disk), f"::{name}", str(dest / name)], env=mtools_env())
     return dest / name
 
 

@@ -56,3 +56,9 @@ def set_cache_dir(path: Path) -> None:
 def fetch_hint() -> str:
     """What to do when a part is not in the cache."""
     return f"the cache {cache_dir()} lacks it: run `bankboot deps` (`make deps` in a checkout), or give --cache"
+
+
+def default_initramfs_path(board_name: str) -> Path:
+    """build/<board>/initramfs.img: where `bankboot initramfs` (and `make initramfs`) writes a board's
+    initramfs when no -o is given, and where the commands that boot one look for it."""
+    return build_dir() / board_name / "initramfs.img"

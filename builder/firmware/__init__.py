@@ -202,13 +202,11 @@ def qemu_args(kind: str, arch: str, disk: Path) -> list[str]:
 
 def firmware_of(disk: Path) -> str:
     """Which firmware a disk was made for, from what its boot FAT holds (what the firmware itself looks at)."""
-    from builder.disk import partitions
+    from builder.disk import boot_fat, mtools_env, partitions
 
-    parts = partitions(disk)
-    if not parts:
+    if not partitions(disk):
         return "direct"
-    img = f"{disk}@@{parts[0]['start'] * 512}"
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    img, env = boot_fat(disk), mtools_env()
     listing = run(["mdir", "-b", "-i", img, "::/"], env=env, check=False).stdout
     if "::/boot.scr" in listing:
         return "uboot"
@@ -219,11 +217,10 @@ def firmware_of(disk: Path) -> str:
 def committed_loader(disk: Path, kind: str, dest: Path) -> tuple[Path, str]:
     """The committed loader's initramfs (copied into dest) and command line, read as the firmware would:
     U-Boot's good.env, or the first systemd-boot entry without a boot counter (bankboot inspect)."""
-    from builder.disk import partitions, read_boot_file
+    from builder.disk import boot_fat, mtools_env, read_boot_file
     from initfs.loaderab import parse_entries, read_env
 
-    fat = f"{disk}@@{partitions(disk)[0]['start'] * 512}"
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    fat, env = boot_fat(disk), mtools_env()
     if kind == "uboot":
         text = run(["mtype", "-i", fat, f"::/{LOADER_DIR}/{LOADER_GOOD}"], env=env, check=False).stdout
         slot = text.strip().removeprefix("bb_good=")

@@ -15,7 +15,6 @@ Nothing here checks an outcome: the campaign, the soak and the tests each say wh
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.board import Board
-from builder.disk import FIRST
+from builder.disk import boot_fat, mtools_env
 from builder.errors import BuildError
 from builder.lab.boot import disk_vm
 from builder.run import run
@@ -36,7 +35,6 @@ UP_OR_NOT = rb"(sample-rootfs: ready|rescue\) / # |Kernel panic)"  # the image, 
 BOOT_TIMEOUT = 180.0  # OVMF's boots and a loaded 2-core host take their time
 NO_PROMPT = "bankboot.timeout=0"  # no ESC window: a boot goes straight on
 FIRMWARE_STATE = (".uboot-env", ".efivars")  # beside a disk: what boot.disk_vm gives the firmware to keep
-MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}  # the boot FAT is a partition, not a floppy's geometry
 # A line the kernel printed on the console (a warning under load: "hrtimer: interrupt took ..."), which can
 # land between the lines of what a command printed.
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\] .*(\n|$)", re.MULTILINE)
@@ -110,13 +108,8 @@ def copy_device(src: Path, dest: Path) -> None:
             b.unlink(missing_ok=True)
 
 
-def boot_fat(disk: Path) -> str:
-    """The disk's boot FAT (p1) as mtools names it."""
-    return f"{disk}@@{FIRST}"
-
-
 def fat_read(disk: Path, name: str) -> bytes:
-    return subprocess.run(["mtype", "-i", boot_fat(disk), f"::{name}"], env=MTOOLS, check=True,
+    return subprocess.run(["mtype", "-i", boot_fat(disk), f"::{name}"], env=mtools_env(), check=True,
                           capture_output=True).stdout
 
 
@@ -124,12 +117,12 @@ def fat_write(disk: Path, name: str, data: bytes, tmp: Path) -> None:
     """What a person (or a bad card) does to the boot FAT between two power-ons."""
     f = tmp / "fat-put"
     f.write_bytes(data)
-    subprocess.run(["mcopy", "-o", "-i", boot_fat(disk), str(f), f"::{name}"], env=MTOOLS, check=True)
+    subprocess.run(["mcopy", "-o", "-i", boot_fat(disk), str(f), f"::{name}"], env=mtools_env(), check=True)
 
 
 def boot_entries(disk: Path) -> list[str]:
     """The systemd-boot entries on the boot FAT of a disk for UEFI (loader/entries/*.conf)."""
-    listing = subprocess.run(["mdir", "-b", "-i", boot_fat(disk), "::/loader/entries"], env=MTOOLS,
+    listing = subprocess.run(["mdir", "-b", "-i", boot_fat(disk), "::/loader/entries"], env=mtools_env(),
                              capture_output=True, text=True, check=True).stdout
     return [line.split("::/")[-1] for line in listing.splitlines() if line.endswith(".conf")]
 

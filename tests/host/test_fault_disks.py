@@ -4,24 +4,22 @@ its firmware's storage. Booting them is `make faults BOARD=...` and tests/vm/tes
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from builder.disk import FIRST, build_disk
+from builder.disk import boot_fat, build_disk, mtools_env
 from builder.image import build_image
 from builder.lab.faults import NOISE_WINDOW, set_options
 from builder.lab.rig import NO_PROMPT, copy_device
 from builder.lab.samplerootfs import build_sample_rootfs
 
 pytestmark = pytest.mark.host
-ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 def _read(disk: Path, name: str) -> str:
-    return subprocess.run(["mtype", "-i", f"{disk}@@{FIRST}", f"::{name}"], env=ENV, check=True,
+    return subprocess.run(["mtype", "-i", boot_fat(disk), f"::{name}"], env=mtools_env(), check=True,
                           capture_output=True, text=True).stdout
 
 

@@ -3,7 +3,6 @@ sfdisk and u-boot-tools (booting it is tests/vm/test_firmware.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import zlib
 from pathlib import Path
@@ -11,13 +10,12 @@ from pathlib import Path
 import pytest
 
 from builder.board import BoardError, load_board, parse_board
-from builder.disk import FIRST, DiskError, build_disk, partitions
+from builder.disk import DiskError, boot_fat, build_disk, mtools_env, partitions
 from builder.firmware import firmware_of, qemu_args
 from builder.image import build_image
 from builder.lab.samplerootfs import build_sample_rootfs
 
 pytestmark = pytest.mark.host
-ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def bank(aarch64, signing_key, tmp_path_factory) -> Path:
 
 
 def _read(disk: Path, name: str) -> bytes:
-    return subprocess.run(["mtype", "-i", f"{disk}@@{FIRST}", f"::{name}"], env=ENV, check=True,
+    return subprocess.run(["mtype", "-i", boot_fat(disk), f"::{name}"], env=mtools_env(), check=True,
                           capture_output=True).stdout
 
 
@@ -120,7 +118,7 @@ def test_bankboot_disk_with_defaults_has_room_for_a_second_loader(aarch64, built
                  "-o", str(disk)]) == 0
     assert "boot partition 128 MiB" in capsys.readouterr().out
     assert firmware_of(disk) == board.firmware == "uboot"
-    listing = subprocess.run(["mdir", "-i", f"{disk}@@{FIRST}", "::/"], env=ENV, check=True, capture_output=True,
+    listing = subprocess.run(["mdir", "-i", boot_fat(disk), "::/"], env=mtools_env(), check=True, capture_output=True,
                              text=True).stdout
     line = next(x for x in listing.splitlines() if "bytes free" in x)  # "   85 356 544 bytes free"
     free = int("".join(c for c in line.split("bytes free")[0] if c.isdigit()))
