@@ -195,7 +195,9 @@ def cmd_stage(banks: Banks, args: argparse.Namespace) -> int:
 
     booted = booted_info(args).get("image")
     if getattr(sys, "frozen", False):
-        fast_hashing(kit_root())  # every byte staged is hashed: the kernel's SHA-256 where it can
+        # every byte staged is hashed: the kernel's SHA-256 where it can; which one is said, as a slow stage's
+        # first suspect
+        print(f"bankctl stage: {fast_hashing(kit_root())}", file=sys.stderr)
     if "://" in args.file:
         m, line = _stage_url(banks, args, booted)  # the network stage: only `stage URL` imports it
         print(f"fetched: {line}")

@@ -26,7 +26,9 @@ class KernelSha256:
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         fd, _ = _tfm()._accept()  # type: ignore[attr-defined]  # the C socket's accept, as socket.py uses it
-        self._op = _socket.socket(fileno=fd)
+        # Family, type and protocol given, as socket.py's accept gives them: with fileno alone, CPython asks
+        # getsockname(2) for the family, which an AF_ALG socket refuses (EOPNOTSUPP), and every digest failed.
+        self._op = _socket.socket(_socket.AF_ALG, _socket.SOCK_SEQPACKET, 0, fd)
         self._done: bytes | None = None
         if data:
             self.update(data)

@@ -20,7 +20,9 @@ def test_good_update_commits_after_mark_good_and_esc_or_select_boots_previous_on
         assert up(vm) == "1.0.0"
         rc, out = sh(vm, "bankctl stage /dev/vdb --tries 2")
         assert rc == 0, out
-        # The stage hashed with the kernel: its crypto socket module is loaded, its sha256 is the ARMv8 one.
+        # The stage hashed with the kernel's ARMv8 SHA-256 (the known digest came back from its crypto socket):
+        # the module is loaded and sha256-ce is the kernel's sha256.
+        assert "hashing with the kernel's SHA-256 (sha256-ce)" in out, out
         rc, out = sh(vm, "grep -c '^algif_hash ' /proc/modules; grep -A2 '^name *: sha256$' /proc/crypto")
         assert rc == 0 and out.split()[0] == "1" and "sha256-ce" in out, out
         st = status(vm)
@@ -29,6 +31,7 @@ def test_good_update_commits_after_mark_good_and_esc_or_select_boots_previous_on
         assert up(vm) == "1.1.0"
         assert "trial boot; marked good" in vm.console.text()
         # The trial's first boot hashed the whole image with the kernel too (loaded before the hash).
+        assert "hashing with the kernel's SHA-256 (sha256-ce)" in vm.console.text()
         rc, out = sh(vm, "grep -c '^algif_hash ' /proc/modules")
         assert rc == 0 and out.strip() == "1", out
         st = status(vm)
