@@ -81,27 +81,37 @@ def kill_leftovers() -> int:
 
 
 def _run_one(newroot: str, path: str, timeout: float) -> None:
+    """Run one check and wait for it: woken by its SIGCHLD (blocked here, taken with sigtimedwait), not by
+    polling, so a check that takes a millisecond costs the boot a millisecond (a 20 ms poll made the
+    sample's one-line check cost 70 ms of every trial's first boot)."""
     env = clean_environ()
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the check, in the image
-        try:
-            os.chroot(newroot)
-            os.chdir("/")
-            os.setsid()
-            os.execve(path, [path], env)
-        except BaseException as e:
-            os.write(2, f"bankboot: cannot run {path}: {e}\n".encode())
-        os._exit(127)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            break
-        if time.monotonic() - start > timeout:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise SelfTestError(f"self-test {path} did not finish within {timeout:.0f} s")
-        time.sleep(0.02)
+    chld = {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, chld)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the check, in the image, with the signal mask it would have had
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, chld)
+                os.chroot(newroot)
+                os.chdir("/")
+                os.setsid()
+                os.execve(path, [path], env)
+            except BaseException as e:
+                os.write(2, f"bankboot: cannot run {path}: {e}\n".encode())
+            os._exit(127)
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                break
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise SelfTestError(f"self-test {path} did not finish within {timeout:.0f} s")
+            signal.sigtimedwait(chld, left)  # a child of a check's that exits wakes us too: waitpid says
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, chld)
     code = os.waitstatus_to_exitcode(status)
     log.log(f"self-test {path}: exit {code} ({time.monotonic() - start:.2f} s)")
     if code != 0:
