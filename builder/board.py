@@ -57,6 +57,9 @@ class Board:
     # How the board's firmware finds the loader: "direct" (QEMU -kernel, or firmware that cannot run under
     # QEMU), "uboot" (distro boot of boot.scr) or "uefi" (systemd-boot); builder/firmware.
     firmware: str
+    # Whether Linux can kexec on this board: not where the firmware starts the other CPUs through a spin table
+    # (the Raspberry Pis' armstub), from which Linux cannot take them back (docs/boards.md).
+    kexec: bool
     uboot_watchdog: str  # U-Boot commands boot.scr runs to arm the board's watchdog before any kernel
     power_of_two: bool  # the disk image size must be a power of two (QEMU's SD cards)
     qemu_system: str
@@ -104,6 +107,7 @@ SETTINGS = (
     Setting("boot.config_txt", "config_txt", str, None),
     Setting("boot.device_key", "device_key", str, DEVICE_KEY),
     Setting("boot.firmware", "firmware", str, "direct"),
+    Setting("boot.kexec", "kexec", bool, True),
     Setting("boot.uboot_watchdog", "uboot_watchdog", str, ""),
     Setting("disk.power_of_two", "power_of_two", bool, False),
     Setting("qemu.system", "qemu_system", str),

@@ -138,6 +138,28 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
 
 
+def check_kernel(bank: Path, manifest: Manifest, initramfs: Path, loader_kernel: Path) -> None:
+    """An image carrying a kernel other than the loader's boots only by a kexec: refuse a disk whose
+    initramfs cannot kexec (a board whose firmware holds the CPUs a kexec needs, boot.kexec = false), as its
+    first boot would find nothing it can boot."""
+    from builder.initramfs import read_settings
+    from builder.kernelfile import read_kernel
+
+    k = manifest.get("kernel")
+    if not k:
+        return
+    conf, _ = read_settings(initramfs)
+    if conf.init != "frozen" or conf.kexec != "none":
+        return
+    loader = read_kernel(loader_kernel)
+    if (loader.release, loader.version) == (k["release"], k["version"]):
+        return
+    raise DiskError(f"{bank} carries its own kernel {k['release']}, which a loader on kernel {loader.release} boots "
+                    f"only by kexec, and {initramfs} does not kexec (initramfs.conf kexec=none: the board cannot, "
+                    f"board key boot.kexec): the disk's first boot would find nothing it can boot. Build the image "
+                    f"without --kernel for this board")
+
+
 def tls_piece_for(initramfs: Path) -> Path | None:
     """The TLS piece built with `initramfs` (beside it), which `bankctl stage https://` reads from the boot
     partition; None (with a warning) when the initramfs names none or it is not there, an error when the
@@ -184,6 +206,7 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         raise DiskError(f"initramfs {initramfs} does not exist (make initramfs BOARD={board.name})")
     check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
+    check_kernel(bank, manifest, initramfs, kernel.image)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
     tls = tls_piece_for(initramfs)
     if boot_size is None:

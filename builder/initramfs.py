@@ -183,8 +183,9 @@ def add_kexec(tree: FsTree, board: Board, kernel: KernelParts) -> str:
     syscall, or Debian's kexec-tools (with its libraries) where the kernel has only kexec_load."""
     from builder.kernelfile import KEXEC_FILE_ARCHES
 
-    # 32-bit ARM: images cannot carry a kernel (builder/kernelfile.py), so no kexec-tools to carry either.
-    method = kexec_method(kernel, board.arch) if board.arch.debian in KEXEC_FILE_ARCHES else "none"
+    # 32-bit ARM: images cannot carry a kernel (builder/kernelfile.py), so no kexec-tools to carry either; nor
+    # on a board whose firmware holds the CPUs a kexec needs back (board key boot.kexec).
+    method = kexec_method(kernel, board.arch) if board.arch.debian in KEXEC_FILE_ARCHES and board.kexec else "none"
     if method == "tools":
         kexec = locate_kexec_tools(board.arch)
         root = kexec.parent.parent  # the packages unpacked together (parts.KEXEC_TOOLS_PACKAGES)

@@ -89,10 +89,45 @@ def check_file(path: str, want: KernelFile, verified: bool) -> None:
 KEXEC_TOOL = "/sbin/kexec"
 
 
+def cpus_held(root: str = "") -> str | None:
+    """Why the running kernel cannot kexec on this machine's CPUs, None when it can: firmware that started the
+    other cores through a spin table (the Raspberry Pis' armstub) gives Linux no way to stop them, and it
+    refuses any kexec while more than one CPU is possible ("Can't kexec: CPUs are stuck in the kernel")."""
+    base = f"{root}/proc/device-tree/cpus"
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("cpu@")]
+    except OSError:
+        return None  # no device tree (x86_64, ACPI): PSCI or the BIOS's own way
+    spin = []
+    for name in names:
+        try:
+            with open(f"{base}/{name}/enable-method", "rb") as f:
+                if f.read().rstrip(b"\0") == b"spin-table":
+                    spin.append(name)
+        except OSError:
+            continue
+    try:
+        with open(f"{root}/sys/devices/system/cpu/possible") as f:
+            possible = f.read().strip()
+    except OSError:
+        possible = "0"
+    if not spin or possible == "0":
+        return None
+    return (f"this machine's firmware starts its CPUs through a spin table ({', '.join(sorted(spin))}), from which "
+            f"Linux cannot take them back, and CPUs {possible} are possible: the kernel refuses to kexec here "
+            f"(a board like the Raspberry Pis boots images on the loader's kernel: docs/boards.md)")
+
+
 def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> None:
     """Stage the kernel; nothing runs until execute(). `file`: kexec_file_load (the kernel checks the image:
     architecture, format, a signature where it enforces one); `tools`: Debian's kexec-tools through
     kexec_load, for kernels without kexec_file_load (its checks, and the running device tree)."""
+    if method == "none":
+        raise KexecError("this initramfs does not kexec (initramfs.conf kexec=none: its board cannot, or its "
+                         "kernel was built without kexec), so an image carrying another kernel cannot boot here")
+    held = cpus_held()
+    if held is not None:
+        raise KexecError(held)
     if method == "tools":
         # --no-checks: no sha256 of every segment in the purgatory, run with caches off (seconds on slow
         # boards); the segments are loaded and started within the same second, from checked files.
@@ -103,7 +138,7 @@ def load(kernel: str, initramfs: str, cmdline: str, method: str = "file") -> Non
                              f"{' '.join(out.split())[-400:] or 'no message'}")
         return
     if method != "file":
-        raise KexecError("this initramfs's kernel cannot kexec (built without CONFIG_KEXEC)")
+        raise KexecError(f"initramfs.conf kexec={method}: not a way this init knows to kexec")
     from initfs.syscalls import kexec_file_load
 
     kfd = _raw_kernel(kernel)

@@ -238,3 +238,53 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
         assert _up(vm) == ("1.0.0", loader_kernel.version)
         reason = _image(_status(vm), "1.1.0")["reason"]
         assert "no tries left" in reason, reason
+
+
+def test_a_pi_cannot_kexec_so_a_disk_of_an_image_with_its_own_kernel_is_refused_and_its_trial_falls_back(
+        test_dir: Path, signing_key, trust_policy) -> None:
+    """raspberrypi3's firmware starts the other cores through a spin table, from which Linux cannot take them
+    back, so the kernel refuses any kexec. The board's initramfs carries no kexec (boot.kexec = false),
+    `bankboot disk` refuses a disk whose image carries its own kernel (its first boot would find nothing to
+    boot), and a loader that tries anyway (built as if the board could) says why before kexec-tools runs;
+    either way a staged image with its own kernel fails its trial and the device boots on."""
+    from builder.disk import DiskError
+    from builder.initramfs import read_settings
+
+    board, loader_kernel, _ = board_parts("raspberrypi3")
+    second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
+    out = test_dir / "kexec-raspberrypi3"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    key = signing_key.private
+    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
+    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
+    rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")
+    add_kernel_modules(rootfs, second, board.modules)
+    build_image(rootfs, "1.1.0", out / "app-1.1.0.bank", sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
+                kernel_board=board)
+    initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
+    assert read_settings(initrd)[0].kexec == "none"
+    with pytest.raises(DiskError, match=r"carries its own kernel .* does not kexec .*boot\.kexec"):
+        build_disk(board, out / "app-1.1.0.bank", out / "refused.img", 512 << 20, initrd)
+    assert not (out / "refused.img").exists()
+
+    able = out / "raspberrypi3-kexec.toml"
+    able.write_text(board.path.read_text().replace("kexec = false", "kexec = true"))
+    loader = build_initramfs(load_board(str(able)), out / "loader-kexec.img", policy=trust_policy).path
+    assert read_settings(loader)[0].kexec == "tools"
+    disk = out / "disk.img"
+    build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, loader, userdata_size=192 << 20,
+               userdata_files=[out / "app-1.1.0.bank"])
+    with disk_vm(board, disk, out, reboot=True) as vm:
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        rc, cpus = vm.console.run("cat /proc/device-tree/cpus/cpu@1/enable-method; echo; "
+                                  "cat /sys/devices/system/cpu/possible", timeout=T)
+        assert rc == 0 and "spin-table" in cpus and "0-3" in cpus, cpus
+        rc, msg = vm.console.run("bankctl stage /userdata/app-1.1.0.bank --tries 2", timeout=T)
+        assert rc == 0, msg
+        start = len(vm.console.text())
+        vm.console.sendline("reboot")
+        assert _up(vm) == ("1.0.0", loader_kernel.version)
+        assert "kexec: starting" not in vm.console.text()[start:]
+        image = _image(_status(vm), "1.1.0")
+        assert image["state"] == "bad" and "spin table" in image["reason"], image
