@@ -25,7 +25,7 @@ from builder.errors import BuildError
 from builder.image import extract_image, read_bank
 from builder.parts import locate_kernel
 from builder.run import run
-from overlay_layout.contract import TLS_PIECE
+from overlay_layout.contract import TLS_PIECE, InitramfsConf
 from overlay_layout.layout import Layout
 from overlay_layout.manifest import dump_manifest
 from overlay_layout.state import Banks
@@ -111,11 +111,12 @@ def _mkfs_ext4(path: Path, size: int, label: str, content: Path | None) -> None:
     _run([*cmd, str(path)], env=mkfs_env())
 
 
-def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet | None = None) -> None:
+def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet | None = None) -> InitramfsConf:
     """Refuse a disk whose image its initramfs would refuse at boot (unsigned, signed by keys it does not
     trust or not enough of them, needing a newer bankboot, another architecture): that disk's first boot
     would end in the rescue policy. `keys`: the keys in force instead of the initramfs's own (a rotated
-    disk). The baseline busybox-sh initramfs checks nothing, so nothing is checked for it."""
+    disk). The baseline busybox-sh initramfs checks nothing, so nothing is checked for it. Returns the
+    initramfs's settings (read once for every check of a disk)."""
     from builder.initramfs import read_settings
     from overlay_layout.trust import Policy, TrustError
 
@@ -124,7 +125,7 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet
     except (ValueError, TrustError) as e:
         raise DiskError(str(e)) from None
     if conf.init != "frozen":
-        return
+        return conf
     if conf.arch and conf.arch != manifest["arch"]:
         raise DiskError(f"{initramfs} is for {conf.arch}; {bank} is an {manifest['arch']} image")
     try:
@@ -136,19 +137,18 @@ def check_bootable(bank: Path, manifest: Manifest, initramfs: Path, keys: KeySet
         policy.check(manifest, conf.bankboot, keys)
     except TrustError as e:
         raise DiskError(f"{initramfs} would refuse {bank} at boot: {e}") from None
+    return conf
 
 
-def check_kernel(bank: Path, manifest: Manifest, initramfs: Path, loader_kernel: Path) -> None:
+def check_kernel(bank: Path, manifest: Manifest, initramfs: Path, conf: InitramfsConf, loader_kernel: Path) -> None:
     """An image carrying a kernel other than the loader's boots only by a kexec: refuse a disk whose
     initramfs cannot kexec (a board whose firmware holds the CPUs a kexec needs, boot.kexec = false), as its
-    first boot would find nothing it can boot."""
-    from builder.initramfs import read_settings
+    first boot would find nothing it can boot. `conf`: the initramfs's settings (check_bootable's)."""
     from builder.kernelfile import read_kernel
 
     k = manifest.get("kernel")
     if not k:
         return
-    conf, _ = read_settings(initramfs)
     if conf.init != "frozen" or conf.kexec != "none":
         return
     loader = read_kernel(loader_kernel)
@@ -204,9 +204,9 @@ def build_disk(board: Board, bank: Path, output: Path, size: int, initramfs: Pat
         raise DiskError(f"{bank} is an {manifest['arch']} image; board {board.name} is {board.arch.debian}")
     if not initramfs.is_file():
         raise DiskError(f"initramfs {initramfs} does not exist (make initramfs BOARD={board.name})")
-    check_bootable(bank, manifest, initramfs)
+    conf = check_bootable(bank, manifest, initramfs)
     kernel = locate_kernel(board)
-    check_kernel(bank, manifest, initramfs, kernel.image)
+    check_kernel(bank, manifest, initramfs, conf, kernel.image)
     disk_id = int.from_bytes(hashlib.sha256(f"{board.name}:{manifest['sha256']}".encode()).digest()[:4], "big") or 1
     tls = tls_piece_for(initramfs)
     if boot_size is None:

@@ -15,27 +15,18 @@ from builder.paths import build_dir, default_initramfs_path
 BOARD_HELP = f"a board file's name (builder/boards/*.toml) or path; default {DEFAULT_BOARD}"
 
 
-def cmd_fleet_demo(args: argparse.Namespace) -> int:
-    """Several QEMU devices following one channel (builder/lab/fleetlab.py), narrated, then a table."""
-    from builder.lab.fleetlab import Lab, describe, run_lab
+def cmd_device_lab(args: argparse.Namespace) -> int:
+    """QEMU devices taking a release, narrated, then a table: from a channel on nginx (fleet-demo,
+    builder/lab/fleetlab.py) or from a goosebit rollout server with bankctl poll --hawkbit (hawkbit-lab,
+    builder/lab/hawkbitlab.py)."""
+    import importlib
 
+    lab_module = importlib.import_module(f"builder.lab.{args.lab}")
     board = load_board(args.board)
     initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
     variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
-    lab = Lab(board, build_dir() / "fleet-demo", initrd, Path(args.sign), args.devices, variants)
-    print(describe(run_lab(lab), variants))
-    return 0
-
-
-def cmd_hawkbit_lab(args: argparse.Namespace) -> int:
-    """QEMU devices polling a goosebit rollout server with bankctl poll --hawkbit (builder/lab/hawkbitlab.py)."""
-    from builder.lab.hawkbitlab import Lab, describe, run_lab
-
-    board = load_board(args.board)
-    initrd = Path(args.initramfs) if args.initramfs else default_initramfs_path(board.name)
-    variants = tuple(int(v) for v in args.variant.split(",") if v != "") if args.variant else ()
-    lab = Lab(board, build_dir() / "hawkbit-lab", initrd, Path(args.sign), args.devices, variants)
-    print(describe(run_lab(lab), variants))
+    lab = lab_module.Lab(board, build_dir() / args.command, initrd, Path(args.sign), args.devices, variants)
+    print(lab_module.describe(lab_module.run_lab(lab), variants))
     return 0
 
 
@@ -145,28 +136,22 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 def add_lab_commands(sub: Any) -> None:
     """The lab's subcommands on bankboot's subparsers (`sub`, argparse's _SubParsersAction)."""
-    fd = sub.add_parser("fleet-demo", help="QEMU devices following one channel on nginx: 1.1.0 is published, they "
-                                           "update, one hardware variant falls back (docs/fleet.md)")
-    fd.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
-    fd.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
-                                        "build/<board>/initramfs.img)")
-    fd.add_argument("--sign", required=True, metavar="KEY.key", help="the release key (images and the channel)")
-    fd.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
-    fd.add_argument("--variant", default="2", metavar="N,...",
-                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
-    fd.set_defaults(func=cmd_fleet_demo)
-
-    hl = sub.add_parser("hawkbit-lab", help="QEMU devices polling a goosebit rollout server (hawkBit DDI) on loopback: "
-                                            "1.1.0 is rolled out as a .swu, one hardware variant falls back and "
-                                            "reports why (docs/hawkbit.md)")
-    hl.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
-    hl.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
-                                        "build/<board>/initramfs.img)")
-    hl.add_argument("--sign", required=True, metavar="KEY.key", help="the release key")
-    hl.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
-    hl.add_argument("--variant", default="2", metavar="N,...",
-                    help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
-    hl.set_defaults(func=cmd_hawkbit_lab)
+    labs = (("fleet-demo", "fleetlab", "the release key (images and the channel)",
+             "QEMU devices following one channel on nginx: 1.1.0 is published, they update, one hardware variant "
+             "falls back (docs/fleet.md)"),
+            ("hawkbit-lab", "hawkbitlab", "the release key",
+             "QEMU devices polling a goosebit rollout server (hawkBit DDI) on loopback: 1.1.0 is rolled out as a "
+             ".swu, one hardware variant falls back and reports why (docs/hawkbit.md)"))
+    for name, module, sign_help, help_text in labs:
+        lp = sub.add_parser(name, help=help_text)
+        lp.add_argument("--board", default=DEFAULT_BOARD, help=BOARD_HELP)
+        lp.add_argument("--initramfs", help="the devices' initramfs, trusting --sign's key (default: "
+                                            "build/<board>/initramfs.img)")
+        lp.add_argument("--sign", required=True, metavar="KEY.key", help=sign_help)
+        lp.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
+        lp.add_argument("--variant", default="2", metavar="N,...",
+                        help="the devices whose hardware 1.1.0's self-test fails on (default 2; '' for none)")
+        lp.set_defaults(func=cmd_device_lab, lab=module)
 
     fs = sub.add_parser("fleet-sim", help="N simulated devices polling a channel on nginx (and S3): requests and "
                                           "bytes per device per release, and how they grow with the fleet")

@@ -200,6 +200,19 @@ def test_image_kernel_kexec_commits_and_failures_fall_back(name: str, test_dir: 
         assert _status(vm)["booted"]["kernel"] == {"running": second.version, "loader": second.version}
 
 
+def _plain_and_own_kernel(board, second, out: Path, key: Path, append: str = "") -> None:
+    """In a fresh `out`: app-1.0.0.bank, booted on the loader's kernel, and app-1.1.0.bank carrying the kernel
+    `second` (its modules, and a bankboot initramfs with the board's settings; `append`: its command line)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
+    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
+    rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")
+    add_kernel_modules(rootfs, second, board.modules)
+    build_image(rootfs, "1.1.0", out / "app-1.1.0.bank", sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
+                kernel_board=board, kernel_append=append)
+
+
 def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(test_dir: Path, signing_key,
                                                                                trust_policy) -> None:
     """bankboot.watchdog= arms the hardware watchdog for a trial before the kexec; with watchdog.stop_on_reboot=0
@@ -208,17 +221,9 @@ def test_a_kernel_that_hangs_is_reset_by_the_watchdog_armed_before_the_kexec(tes
     board, loader_kernel, _ = board_parts("qemu-aarch64")
     second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
     out = test_dir / "kexec-hang"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    key = signing_key.private
-    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
-    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
-    rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")
-    add_kernel_modules(rootfs, second, board.modules)
     # The second kernel's first process reads the console for ever: it never gets to mount anything (busybox's
     # cat: a development initramfs has busybox but no applet links; `--` hands `cat` to it as its argument).
-    build_image(rootfs, "1.1.0", out / "app-1.1.0.bank", sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
-                kernel_board=board, kernel_append="rdinit=/bin/busybox -- cat")
+    _plain_and_own_kernel(board, second, out, signing_key.private, append="rdinit=/bin/busybox -- cat")
     initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
     disk = out / "disk.img"
     build_disk(board, out / "app-1.0.0.bank", disk, 512 << 20, initrd, userdata_files=[out / "app-1.1.0.bank"],
@@ -253,15 +258,7 @@ def test_a_pi_cannot_kexec_so_a_disk_of_an_image_with_its_own_kernel_is_refused_
     board, loader_kernel, _ = board_parts("raspberrypi3")
     second = locate_kernel_package(board.arch, SECOND_KERNELS[board.arch.debian])
     out = test_dir / "kexec-raspberrypi3"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
-    key = signing_key.private
-    base = build_sample_rootfs(board.arch, out / "rootfs-1.0.0", version="1.0.0")
-    build_image(base, "1.0.0", out / "app-1.0.0.bank", sign_key=key, persist=SAMPLE_PERSIST)
-    rootfs = build_sample_rootfs(board.arch, out / "rootfs-1.1.0", version="1.1.0")
-    add_kernel_modules(rootfs, second, board.modules)
-    build_image(rootfs, "1.1.0", out / "app-1.1.0.bank", sign_key=key, persist=SAMPLE_PERSIST, kernel=second.image,
-                kernel_board=board)
+    _plain_and_own_kernel(board, second, out, signing_key.private)
     initrd = build_initramfs(board, out / "loader.img", policy=trust_policy).path
     assert read_settings(initrd)[0].kexec == "none"
     with pytest.raises(DiskError, match=r"carries its own kernel .* does not kexec .*boot\.kexec"):
